@@ -1,0 +1,19 @@
+"""anvm_stats: how a deep network behaves, with statistical confidence, when its weights live in analog
+non-volatile memory, and how to train it to survive."""
+
+__version__ = "0.1.0"
+
+from . import dims, hardware, rng  # noqa: E402
+from .analog import AnalogProgram, prepare  # noqa: E402
+from .hardware import (  # noqa: E402
+    BitSlicedMapping, ConductanceLevels, DifferentialMapping, Drift, HardwareSpec, OffsetMapping, Periphery,
+    ProgrammingNoise, Quantizer, ReadNoise, StuckAt,
+)
+from .montecarlo import RunOptions, evaluate, sweep  # noqa: E402
+from .sampler import ChipSampler  # noqa: E402
+
+__all__ = [
+    "__version__", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
+    "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
+    "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "RunOptions", "evaluate", "sweep", "ChipSampler",
+]

@@ -1,0 +1,62 @@
+"""Fold BatchNorm into the conv/linear layer that directly precedes it (inference semantics)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def find_foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer_name, batchnorm_name)`` pairs where the BatchNorm's only input is the layer's output and the layer
+    has no other user, found by torch.fx symbolic tracing. Returns ``[]`` (with a warning) if tracing fails."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as err:  # noqa: BLE001 - any tracing failure means "cannot prove the pattern"
+        if any(isinstance(m, _BATCHNORMS) for m in model.modules()):
+            warnings.warn(f"BatchNorm left digital (unfolded): torch.fx could not trace the model ({err})",
+                          stacklevel=3)
+        return []
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), _BATCHNORMS):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and isinstance(model.get_submodule(src.target), _FOLDABLE)):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every foldable BatchNorm of ``model`` IN PLACE (call on a copy) and replace it by ``nn.Identity``.
+
+    ``W' = W * gamma / sqrt(var + eps)`` (per output channel), ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``.
+    BatchNorms without running statistics are left alone. Returns the folded pairs.
+    """
+    done = []
+    for layer_name, bn_name in find_foldable_pairs(model):
+        layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
+        if not bn.track_running_stats or bn.running_mean is None or layer.weight.shape[0] != bn.num_features:
+            continue
+        scale = bn.running_var.add(bn.eps).rsqrt()
+        if bn.affine:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.affine else 0.0)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = bias * scale + shift
+        layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
+        layer.bias = nn.Parameter(new_bias.to(layer.weight.dtype))
+        _set_submodule(model, bn_name, nn.Identity())
+        done.append((layer_name, bn_name))
+    return done

@@ -1,0 +1,211 @@
+"""The analog layer: a drop-in module that runs K chip instances of one crossbar layer at once.
+
+Activations of K instances travel through the (copied) network folded into the batch dim, ``[K*B, ...]``,
+instance-major, so every digital module (ReLU, pooling, residual adds, flatten) works unchanged. Before the first
+analog layer the activations are still shared ``[B, ...]``; that layer computes all instances with one GEMM or
+convolution against the stacked weights. Linear layers use batched GEMMs; convolutions use a grouped convolution
+with ``groups = K``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hardware.mapping import LayerEncoding
+from ..hardware.periphery import calibrate_range, quantize
+
+Tensor = torch.Tensor
+_CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """Static description of one analog layer.
+
+    Attributes
+    ----------
+    name : str
+        Qualified module name in the user's model.
+    op : {"linear", "conv1d", "conv2d"}
+    out_features, in_features : int
+        Crossbar shape: outputs (columns) and inputs per output (``C/groups * prod(kernel)`` for convs).
+    kernel : tuple of int
+        Kernel size (empty for linear).
+    conv : dict
+        stride, padding, dilation, groups for convs.
+    bias_mode : {"column", "digital", "none"}
+    bias_scale : float
+        ``s`` of the bias column ``W~ = [W, b/s]`` (input value of the extra row).
+    digital_bias : Tensor [out] or None
+    encoding : LayerEncoding
+        Combination / gain / offset of the mapping (nominal ``g`` kept for reference).
+    w_slice, b_slice : slice
+        Where this layer's weight devices ``[A, out, in]`` and bias-column devices ``[A, out]`` sit in the chip's
+        flat device vector.
+    """
+
+    name: str
+    op: str
+    out_features: int
+    in_features: int
+    kernel: tuple
+    conv: dict
+    bias_mode: str
+    bias_scale: float
+    digital_bias: Tensor | None
+    encoding: LayerEncoding
+    w_slice: slice
+    b_slice: slice | None
+
+    @property
+    def n_arrays(self) -> int:
+        return self.encoding.n_arrays
+
+    def weight_view(self, g: Tensor) -> Tensor:
+        """``[K, A, out, in]`` view of the weight devices in flat conductances ``g`` ``[K, P]``."""
+        return g[:, self.w_slice].view(g.shape[0], self.n_arrays, self.out_features, self.in_features)
+
+    def bias_view(self, g: Tensor) -> Tensor | None:
+        if self.b_slice is None:
+            return None
+        return g[:, self.b_slice].view(g.shape[0], self.n_arrays, self.out_features, 1)
+
+
+@dataclass(eq=False)
+class LayerRuntime:
+    """What one forward of K instances needs, set by the evaluator before calling the network.
+
+    ``weight``: ``[K, out, in]`` effective weights (mode "weights") or ``[K, S*out, in]`` analog signal
+    matrices (mode "signals"); ``bias``: ``[K, out]`` / ``[K, S*out]`` bias-column values or None.
+    """
+
+    K: int
+    B: int
+    mode: str
+    weight: Tensor
+    bias: Tensor | None
+    ste: bool = False
+    dac_levels: int | None = None
+    adc_levels: int | None = None
+    output_noise: float = 0.0
+    noise_sources: list | None = None     # per-instance torch.Generators for output noise
+    calibrating: bool = False
+
+
+class AnalogModule(nn.Module):
+    """Replacement for one Linear / Conv1d / Conv2d in the copied network (see module docstring)."""
+
+    def __init__(self, plan: LayerPlan, dac_percentile: float = 99.99, adc_percentile: float = 99.99):
+        super().__init__()
+        self.plan = plan
+        self.dac_percentile = dac_percentile
+        self.adc_percentile = adc_percentile
+        self.dac_range: tuple[float, float] | None = None
+        self.signal_lo: Tensor | None = None   # [S]
+        self.signal_hi: Tensor | None = None
+        self.runtime: LayerRuntime | None = None
+
+    def extra_repr(self) -> str:
+        p = self.plan
+        return f"{p.name}: {p.op} {p.in_features}->{p.out_features}, arrays={p.n_arrays}, bias={p.bias_mode}"
+
+    # ------------------------------------------------------------------ helpers
+    def _matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int) -> Tensor:
+        """Apply stacked weights ``w`` ``[K, O, in]`` (+ per-instance ``bias`` ``[K, O]``) to ``x``.
+
+        Returns ``[K, B, O, *spatial]`` (possibly a non-contiguous view)."""
+        p = self.plan
+        O = w.shape[1]
+        if p.op == "linear":
+            if shared:   # one GEMM family for all instances: [K, O, in] @ [in, B]
+                xt = x.T.expand(K, *x.T.shape)
+                y = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.unsqueeze(-1), w, xt)
+                return y.transpose(1, 2)
+            x3 = x.view(K, B, -1)
+            wt = w.transpose(1, 2)
+            return torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
+        conv = _CONV[p.op]
+        groups = p.conv["groups"]
+        kw = dict(stride=p.conv["stride"], padding=p.conv["padding"], dilation=p.conv["dilation"])
+        wk = w.reshape(K * O, -1, *p.kernel)
+        bk = None if bias is None else bias.reshape(K * O)
+        if shared and groups == 1:
+            y = conv(x, wk, bk, groups=1, **kw)
+        else:
+            if shared:
+                x = x.unsqueeze(0).expand(K, *x.shape).reshape(K * B, *x.shape[1:])
+            xs = x.view(K, B, *x.shape[1:]).transpose(0, 1).reshape(B, K * x.shape[1], *x.shape[2:])
+            y = conv(xs, wk, bk, groups=K * groups, **kw)
+        return y.view(B, K, O, *y.shape[2:]).transpose(0, 1)
+
+    def _input_sum(self, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
+        """Sum of each output's inputs, ``[K or 1, B, O or 1, *spatial]`` (for digital offset correction)."""
+        p = self.plan
+        if p.op == "linear":
+            s = x.sum(dim=-1).view(-1, B, 1)
+        else:
+            groups = p.conv["groups"]
+            ones = x.new_ones(groups, x.shape[1] // groups, *p.kernel)
+            s = _CONV[p.op](x, ones, None, stride=p.conv["stride"], padding=p.conv["padding"],
+                            dilation=p.conv["dilation"], groups=groups)
+            s = s.repeat_interleave(p.out_features // groups, dim=1)
+            s = s.view(-1, B, *s.shape[1:])
+        return s
+
+    def _channel_view(self, t: Tensor, ndim_spatial: int) -> Tensor:
+        return t.view(*t.shape, *([1] * ndim_spatial))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        rt = self.runtime
+        if rt is None:
+            raise RuntimeError(f"analog layer {self.plan.name!r} called outside an AnalogProgram evaluation")
+        K, B = rt.K, rt.B
+        if x.shape[0] not in (B, K * B):
+            raise RuntimeError(f"analog layer {self.plan.name!r}: batch dim {x.shape[0]} is neither B={B} nor "
+                               f"K*B={K * B}; the model mixes per-sample and per-instance tensors")
+        shared = x.shape[0] == B and K > 1
+        if rt.dac_levels is not None:
+            if rt.calibrating:
+                self.dac_range = calibrate_range(x, self.dac_percentile)
+            x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
+        p = self.plan
+        bias = None if rt.bias is None else rt.bias * p.bias_scale
+        y = self._matmul(x, rt.weight, bias, shared, K, B)
+        nsp = y.dim() - 3
+        enc = p.encoding
+        if rt.mode == "signals":
+            y = self._digitise(y, rt, K, B)
+            S, O = enc.n_signals, p.out_features
+            y = y.view(K, B, S, O, *y.shape[3:])
+            y = (y * self._channel_view(enc.gain, nsp)).sum(dim=2)
+            if enc.offset is not None:
+                xsum = self._input_sum(x, shared, K, B)
+                if p.bias_mode == "column":
+                    xsum = xsum + p.bias_scale
+                y = y + xsum * self._channel_view(enc.offset, nsp)
+        if p.digital_bias is not None:
+            y = y + self._channel_view(p.digital_bias, nsp)
+        return y.reshape(K * B, *y.shape[2:])
+
+    def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int) -> Tensor:
+        """Output noise and ADC on the analog signals ``y`` ``[K, B, S*O, *spatial]``."""
+        S, O = self.plan.encoding.n_signals, self.plan.out_features
+        if rt.calibrating:
+            sig = y.reshape(K, B, S, O, -1).transpose(0, 2).reshape(S, -1)
+            ranges = [calibrate_range(sig[s], self.adc_percentile) for s in range(S)]
+            self.signal_lo = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
+            self.signal_hi = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
+        nsp = y.dim() - 3
+        lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
+        hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
+        if rt.output_noise > 0 and not rt.calibrating:
+            noise = torch.stack([torch.randn(y.shape[1:], generator=g, device=y.device, dtype=y.dtype)
+                                 for g in rt.noise_sources])
+            y = y + noise * ((hi - lo) * rt.output_noise)
+        if rt.adc_levels is not None:
+            y = quantize(y, lo, hi, rt.adc_levels, ste=rt.ste)
+        return y

@@ -1,0 +1,272 @@
+"""prepare(model, spec) -> AnalogProgram: the network as a chip, ready to be instantiated K times."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InvalidWeightsError, UnsupportedLayerError
+from ..hardware.spec import HardwareSpec
+from .fold import fold_batchnorm
+from .layers import AnalogModule, LayerPlan, LayerRuntime
+
+Tensor = torch.Tensor
+
+#: module types mapped to crossbars by default
+ANALOG_TYPES = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
+#: parameterised module types that may stay digital beside the analog layers (they act per sample)
+DIGITAL_OK = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Identity)
+
+LayerFilter = Callable[[str, nn.Module], bool] | Sequence[str] | None
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise InvalidWeightsError(f"parameter {name!r} holds {bad} NaN/inf value(s); analog mapping needs "
+                                      f"finite weights")
+
+
+def _select(model: nn.Module, layers: LayerFilter) -> list[str]:
+    modules = dict(model.named_modules())
+    if layers is None:
+        return [n for n, m in modules.items() if type(m) in ANALOG_TYPES]
+    if callable(layers):
+        chosen = [n for n, m in modules.items() if n and layers(n, m)]
+    else:
+        chosen = list(layers)
+        missing = [n for n in chosen if n not in modules]
+        if missing:
+            raise ConfigError("layers", missing[0], f"a module name of the model; analog-capable ones are "
+                                                   f"{[n for n, m in modules.items() if type(m) in ANALOG_TYPES]}")
+    for n in chosen:
+        if type(modules[n]) not in ANALOG_TYPES:
+            raise UnsupportedLayerError(
+                f"layer {n!r} is a {type(modules[n]).__name__}; analog layers must be one of "
+                f"{[t.__name__ for t in ANALOG_TYPES]}")
+    return chosen
+
+
+def _check_rest(model: nn.Module, analog: set[str], digital: Iterable[str]) -> None:
+    allowed_digital = set(digital)
+    for name, m in model.named_modules():
+        if name in analog or name in allowed_digital or not list(m.parameters(recurse=False)):
+            continue
+        if type(m) in ANALOG_TYPES or isinstance(m, DIGITAL_OK):
+            continue
+        raise UnsupportedLayerError(
+            f"module {name!r} ({type(m).__name__}) holds parameters but is neither an analog layer "
+            f"({', '.join(t.__name__ for t in ANALOG_TYPES)}) nor a known per-sample digital module "
+            f"({', '.join(t.__name__ for t in DIGITAL_OK)}); pass digital=[{name!r}] to run it digitally "
+            f"if it treats every sample of the batch independently")
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _augmented(w: Tensor, b: Tensor | None, mode: str) -> tuple[Tensor, float, str]:
+    """``W~ = [W, b/s]`` with ``s = range(b)/range(W)`` (half-ranges), or W alone."""
+    if b is None or mode == "digital":
+        return w, 1.0, "none" if b is None else "digital"
+    half = lambda t: float(t.max() - t.min()) / 2  # noqa: E731
+    rw, rb = half(w), half(b)
+    if rb > 0 and rw > 0:
+        s = rb / rw
+    else:
+        mw, mb = float(w.abs().max()), float(b.abs().max())
+        s = mb / mw if mw > 0 and mb > 0 else 1.0
+    return torch.cat([w, (b / s)[:, None]], dim=1), s, "column"
+
+
+@dataclass(eq=False)
+class AnalogProgram:
+    """A network mapped to a chip: nominal conductances of every analog device and the copied network.
+
+    Attributes
+    ----------
+    module : nn.Module
+        Deep copy of the user's model (eval mode, BatchNorm folded) with analog layers replaced by
+        :class:`AnalogModule`. The user's model is never touched.
+    plans : tuple of LayerPlan
+        One per analog layer, in forward order of registration.
+    g0 : Tensor [P]
+        Nominal normalised conductances of all P devices of the chip (all layers, flat).
+    spec : HardwareSpec
+        The spec the program was prepared with (mapping, bounds, calibration percentiles).
+    """
+
+    module: nn.Module
+    plans: tuple
+    g0: Tensor
+    spec: HardwareSpec
+    folded: tuple
+
+    @property
+    def n_devices(self) -> int:
+        return self.g0.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.g0.device
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [p.name for p in self.plans]
+
+    def analog_modules(self) -> list[AnalogModule]:
+        return [self.module.get_submodule(p.name) for p in self.plans]
+
+    def to(self, device: torch.device | str) -> "AnalogProgram":
+        """A copy on ``device``."""
+        new = copy.deepcopy(self)
+        new.module.to(device)
+        new.g0 = new.g0.to(device)
+        for m in new.analog_modules():
+            m.plan = _plan_to(m.plan, device)
+            if m.signal_lo is not None:
+                m.signal_lo, m.signal_hi = m.signal_lo.to(device), m.signal_hi.to(device)
+        new.plans = tuple(m.plan for m in new.analog_modules())
+        return new
+
+    def weights(self, g: Tensor) -> dict[str, Tensor]:
+        """Effective augmented weights ``[K, out, in(+1)]`` per layer from conductances ``g`` ``[K, P]`` (ideal
+        periphery; the bias column holds ``b/s``)."""
+        out = {}
+        for p in self.plans:
+            w = p.encoding.decode(p.weight_view(g))
+            bv = p.bias_view(g)
+            out[p.name] = w if bv is None else torch.cat([w, p.encoding.decode(bv)], dim=-1)
+        return out
+
+    def load(self, g: Tensor, *, B: int, dac_levels=None, adc_levels=None, output_noise: float = 0.0,
+             noise_sources=None, ste: bool = False, calibrating: bool = False) -> None:
+        """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``."""
+        K = g.shape[0]
+        signals = adc_levels is not None or output_noise > 0 or calibrating
+        for m in self.analog_modules():
+            p = m.plan
+            enc = p.encoding
+            wv, bv = p.weight_view(g), p.bias_view(g)
+            if signals:
+                w = enc.signals(wv).reshape(K, -1, p.in_features)
+                b = None if bv is None else enc.signals(bv).reshape(K, -1)
+            else:
+                w = enc.decode(wv)
+                b = None if bv is None else enc.decode(bv)[..., 0]
+            m.runtime = LayerRuntime(K=K, B=B, mode="signals" if signals else "weights", weight=w, bias=b,
+                                     ste=ste, dac_levels=dac_levels, adc_levels=adc_levels,
+                                     output_noise=output_noise, noise_sources=noise_sources,
+                                     calibrating=calibrating)
+
+    def unload(self) -> None:
+        for m in self.analog_modules():
+            m.runtime = None
+
+
+def _plan_to(plan: LayerPlan, device) -> LayerPlan:
+    from dataclasses import replace
+    enc = plan.encoding
+    enc = type(enc)(g=enc.g.to(device), combine=enc.combine.to(device), gain=enc.gain.to(device),
+                    offset=None if enc.offset is None else enc.offset.to(device))
+    db = None if plan.digital_bias is None else plan.digital_bias.to(device)
+    return replace(plan, encoding=enc, digital_bias=db)
+
+
+@torch.no_grad()
+def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: LayerFilter = None,
+            digital: Iterable[str] = (), device: torch.device | str | None = None,
+            n_calibration: int = 512) -> AnalogProgram:
+    """Map ``model`` onto the chip described by ``spec``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained network; it is deep-copied and never modified.
+    spec : HardwareSpec
+    calibration : (x, y) tensors, x tensor, Data, or iterable of batches, optional
+        Data used to set DAC/ADC ranges (required when the spec has converters or output noise); at most
+        ``n_calibration`` samples are used.
+    layers : list of module names or callable(name, module) -> bool, optional
+        Which modules become analog (default: every Linear, Conv1d and Conv2d).
+    digital : iterable of str
+        Names of other parameterised modules allowed to run digitally beside the analog layers.
+    device : torch device, optional
+        Where the program lives (default: the model's parameters' device).
+
+    Raises
+    ------
+    InvalidWeightsError, UnsupportedLayerError, ConfigError
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
+    if not isinstance(spec, HardwareSpec):
+        raise ConfigError("spec", type(spec).__name__, "an anvm_stats.HardwareSpec")
+    _check_finite(model)
+    net = copy.deepcopy(model).eval().float()
+    if device is None:
+        first = next(net.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    net.to(device)
+    folded = tuple(fold_batchnorm(net)) if spec.fold_batchnorm else ()
+    names = _select(net, layers)
+    if not names:
+        raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
+    _check_rest(net, set(names), digital)
+    per = spec.periphery
+    plans, chunks, offset = [], [], 0
+    for name in names:
+        mod = net.get_submodule(name)
+        op = ANALOG_TYPES[type(mod)]
+        if op != "linear" and mod.padding_mode != "zeros":
+            raise UnsupportedLayerError(f"layer {name!r}: padding_mode={mod.padding_mode!r}; only 'zeros' is supported")
+        w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+        b = None if mod.bias is None else mod.bias.detach()
+        w_aug, s_b, bias_mode = _augmented(w, b, spec.bias)
+        enc = spec.mapping.encode(w_aug, spec.bounds)
+        A, O, n_in = enc.g.shape[0], w.shape[0], w.shape[1]
+        g_w = enc.g[:, :, :n_in].reshape(-1)
+        w_slice = slice(offset, offset + g_w.numel())
+        offset += g_w.numel()
+        chunks.append(g_w)
+        b_slice = None
+        if bias_mode == "column":
+            g_b = enc.g[:, :, n_in:].reshape(-1)
+            b_slice = slice(offset, offset + g_b.numel())
+            offset += g_b.numel()
+            chunks.append(g_b)
+        conv = {} if op == "linear" else dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+                                               groups=mod.groups)
+        plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
+                         kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
+                         digital_bias=b if bias_mode == "digital" else None, encoding=enc,
+                         w_slice=w_slice, b_slice=b_slice)
+        plans.append(plan)
+        _set_submodule(net, name, AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
+                                               adc_percentile=per.adc.percentile if per.adc else 99.99))
+    program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded)
+    if per.needs_calibration:
+        _calibrate(program, calibration, n_calibration)
+    return program
+
+
+def _calibrate(program: AnalogProgram, calibration, n_max: int) -> None:
+    from ..data_source import first_samples
+
+    if calibration is None:
+        raise ConfigError("calibration", None, "calibration data ((x, y) tensors, x, or batches): the spec's "
+                                               "DAC/ADC/output-noise ranges come from a percentile of calibration values")
+    x = first_samples(calibration, n_max).to(program.device)
+    per = program.spec.periphery
+    program.load(program.g0[None], B=x.shape[0], dac_levels=per.dac.n_levels if per.dac else None,
+                 adc_levels=per.adc.n_levels if per.adc else None, calibrating=True)
+    try:
+        program.module(x)
+    finally:
+        program.unload()

@@ -1,0 +1,55 @@
+"""Names of the dims, coordinates and variables of every anvm_stats Dataset, and a schema check.
+
+Order of dims never matters; code selects by name.
+"""
+
+from __future__ import annotations
+
+import xarray as xr
+
+INSTANCE = "instance"            # one simulated chip: the Monte Carlo sample dim
+NOISE_LEVEL = "noise_level"      # programming-noise sigma in the spec's own convention
+T_INFERENCE = "t_inference"      # seconds after programming
+ADC_BITS = "adc_bits"
+DAC_BITS = "dac_bits"
+STUCK_AT_RATE = "stuck_at_rate"
+LAYER = "layer"                  # qualified module name
+PERTURBATION = "perturbation"    # HA-SGD draws
+EPOCH = "epoch"
+QUANTILE = "quantile"
+CI_BOUND = "ci_bound"            # coordinate values ["lower", "upper"]
+CI_BOUND_VALUES = ("lower", "upper")
+
+#: grid axes a sweep understands; each is a "knob" of HardwareSpec.with_knobs
+SWEEP_DIMS = (NOISE_LEVEL, T_INFERENCE, ADC_BITS, DAC_BITS, STUCK_AT_RATE)
+
+# per-instance metric variables
+ACCURACY = "accuracy"
+TOP5_ACCURACY = "top5_accuracy"
+LOSS = "loss"
+CORRECT_COUNT = "correct_count"
+N_SAMPLES = "n_samples"
+METRICS = (ACCURACY, LOSS, TOP5_ACCURACY, CORRECT_COUNT)
+
+#: attrs every result Dataset carries (see anvm_stats.provenance)
+REQUIRED_ATTRS = ("created_at", "anvm_stats_version", "torch_version", "device", "seed_entropy",
+                  "hardware_spec", "model", "dataset")
+
+
+def validate_dataset(ds: xr.Dataset, *, require_attrs: bool = True) -> None:
+    """Check that ``ds`` follows the anvm_stats conventions.
+
+    Raises
+    ------
+    ValueError
+        If a variable reuses a dim name, ``instance`` is missing, or a required attr is absent.
+    """
+    clash = set(ds.data_vars) & set(ds.dims)
+    if clash:
+        raise ValueError(f"variables reuse dim names: {sorted(clash)}")
+    if INSTANCE not in ds.dims:
+        raise ValueError(f"dataset has no {INSTANCE!r} dim; dims are {list(ds.dims)}")
+    if require_attrs:
+        missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+        if missing:
+            raise ValueError(f"dataset lacks provenance attrs {missing}")

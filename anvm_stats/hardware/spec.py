@@ -1,0 +1,194 @@
+"""HardwareSpec: one frozen description of a CIM chip (mapping + device effects + periphery), with presets."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from ..errors import ConfigError, check, check_number
+from . import registry
+from .effects import Bounds, ConductanceLevels, DeviceEffect, ProgrammingNoise, ReadNoise, StuckAt, validate_effect
+from .mapping import DifferentialMapping, Mapping, OffsetMapping
+from .periphery import Periphery
+
+_BIAS_MODES = ("column", "digital")
+_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
+#: sweep knobs every spec understands (dims of a sweep Dataset)
+KNOBS = ("noise_level", "t_inference", "adc_bits", "dac_bits", "stuck_at_rate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardwareSpec:
+    """A compute-in-memory chip model.
+
+    Parameters
+    ----------
+    mapping : Mapping
+        Weight -> conductance mapping (:class:`DifferentialMapping`, :class:`OffsetMapping`,
+        :class:`BitSlicedMapping` or a registered user mapping).
+    effects : tuple of DeviceEffect
+        Applied in order to the nominal conductances; ``phase="program"`` effects once per chip,
+        ``phase="read"`` effects at every forward pass.
+    periphery : Periphery
+        DAC / ADC quantisation and output noise.
+    g_min : float in [0, 1)
+        Minimum conductance as a fraction of the maximum (off/on ratio).
+    bias : {"column", "digital"}
+        ``"column"``: the bias is an extra crossbar column ``W~ = [W, b/s]`` with input ``s`` chosen so the bias
+        column's range matches the weights' (paper 1); ``"digital"``: added exactly after the ADC.
+    fold_batchnorm : bool
+        Fold a BatchNorm that directly follows a conv/linear into its weights and bias before mapping.
+    name : str
+        Label used in reports.
+    """
+
+    mapping: Mapping = field(default_factory=DifferentialMapping)
+    effects: tuple = ()
+    periphery: Periphery = field(default_factory=Periphery)
+    g_min: float = 0.0
+    bias: str = "column"
+    fold_batchnorm: bool = True
+    name: str = "custom"
+
+    def __post_init__(self):
+        if not isinstance(self.effects, tuple):
+            object.__setattr__(self, "effects", tuple(self.effects))
+        for i, eff in enumerate(self.effects):
+            validate_effect(eff, f"effects[{i}]")
+        check(hasattr(self.mapping, "encode"), "mapping", self.mapping, "a Mapping with an encode() method")
+        check(isinstance(self.periphery, Periphery), "periphery", self.periphery, "a Periphery")
+        check_number("g_min", self.g_min, low=0.0, high=1.0, high_open=True)
+        check(self.bias in _BIAS_MODES, "bias", self.bias, f"one of {_BIAS_MODES}")
+        check(isinstance(self.fold_batchnorm, bool), "fold_batchnorm", self.fold_batchnorm, "true or false")
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(g_min=self.g_min, g_max=1.0)
+
+    @property
+    def program_effects(self) -> tuple:
+        return tuple(e for e in self.effects if e.phase == "program")
+
+    @property
+    def read_effects(self) -> tuple:
+        return tuple(e for e in self.effects if e.phase == "read")
+
+    def with_knobs(self, **knobs: Any) -> "HardwareSpec":
+        """A copy with sweep knobs set, e.g. ``spec.with_knobs(noise_level=0.1, adc_bits=6)``.
+
+        Every knob must be understood by at least one component (an effect or the periphery).
+
+        Raises
+        ------
+        ConfigError
+            For a knob no component of this spec responds to.
+        """
+        spec = self
+        for name, value in knobs.items():
+            hit = False
+            effects = []
+            for eff in spec.effects:
+                new = eff.with_knob(name, value)
+                hit |= new is not None
+                effects.append(eff if new is None else new)
+            periphery = spec.periphery.with_knob(name, value)
+            hit |= periphery is not None
+            if not hit:
+                raise ConfigError(name, value, f"a knob of this spec's components (effects: "
+                                               f"{[e.kind for e in spec.effects]}); knobs are {KNOBS}")
+            spec = replace(spec, effects=tuple(effects), periphery=periphery or spec.periphery)
+        return spec
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "g_min": self.g_min, "bias": self.bias, "fold_batchnorm": self.fold_batchnorm,
+            "mapping": registry.to_dict(self.mapping),
+            "effects": [registry.to_dict(e) for e in self.effects],
+            "periphery": self.periphery.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardwareSpec":
+        """Build a spec from plain data; errors name the offending key (e.g. ``effects[1].sigma``)."""
+        if not isinstance(data, dict):
+            raise ConfigError("hardware", data, "a table")
+        unknown = sorted(set(data) - set(_SPEC_KEYS))
+        if unknown:
+            raise ConfigError(unknown[0], data[unknown[0]], f"one of {_SPEC_KEYS}")
+        kw: dict[str, Any] = {k: data[k] for k in ("name", "g_min", "bias", "fold_batchnorm") if k in data}
+        if "mapping" in data:
+            kw["mapping"] = registry.from_dict("mapping", data["mapping"], "mapping")
+        effects = data.get("effects", [])
+        if not isinstance(effects, (list, tuple)):
+            raise ConfigError("effects", effects, "a list of effect tables")
+        kw["effects"] = tuple(registry.from_dict("effect", e, f"effects[{i}]") for i, e in enumerate(effects))
+        if "periphery" in data:
+            kw["periphery"] = Periphery.from_dict(data["periphery"])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text_or_path: str | Path) -> "HardwareSpec":
+        """Parse TOML text, or read a ``.toml`` file when given an existing path."""
+        path = Path(text_or_path) if isinstance(text_or_path, Path) or str(text_or_path).endswith(".toml") else None
+        text = path.read_text() if path is not None else str(text_or_path)
+        return cls.from_dict(tomllib.loads(text))
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def ideal(cls) -> "HardwareSpec":
+        """No device effects and ideal periphery: analog output equals float output."""
+        return cls(name="ideal")
+
+    @classmethod
+    def paper1(cls, sigma: float = 0.05, mu: float = 0.0) -> "HardwareSpec":
+        """Wan et al. 2020 (paper 1): ``W~ -> W~ + range_l (sigma N(0,1) + mu)`` on ``W~ = [W, b/s]``.
+
+        ``range_l = (max W~ - min W~)/2`` per layer; implemented exactly as an asymmetric offset mapping of
+        ``[min W~, max W~]`` onto the device range with unclipped Gaussian noise in units of half the range.
+        The sweep knob ``noise_level`` is paper 1's sigma.
+        """
+        return cls(name=f"paper1(sigma={sigma}, mu={mu})",
+                   mapping=OffsetMapping(granularity="layer", symmetric=False),
+                   effects=(ProgrammingNoise(sigma=sigma, mu=mu, relative_to="half_range", clip=False),),
+                   bias="column")
+
+    @classmethod
+    def xiao(cls, sigma: float = 0.05, *, proportional: bool = True, state_proportional: bool = False,
+             adc_bits: int | None = 8, g_min: float = 0.0) -> "HardwareSpec":
+        """Xiao et al. 2022 (paper 3): differential (proportional) or offset mapping, programming error
+        ``N(0, a_ind Gmax)`` (state-independent) or ``N(0, a_prop G)`` (state-proportional), clipped, with an
+        ADC whose range covers the inner 99.98 % of calibration outputs."""
+        return cls(name=f"xiao(sigma={sigma}, {'differential' if proportional else 'offset'})",
+                   mapping=DifferentialMapping() if proportional else OffsetMapping(),
+                   effects=(ProgrammingNoise(sigma=sigma, relative_to="state" if state_proportional else "range"),),
+                   periphery=Periphery(adc=None if adc_bits is None else Quantizer(bits=adc_bits, percentile=99.99)),
+                   g_min=g_min)
+
+    @classmethod
+    def rram_charan(cls, *, levels: int = 10, variation: float = 0.5, p_stuck_off: float = 0.01,
+                    p_stuck_on: float = 0.01) -> "HardwareSpec":
+        """Charan et al. 2020 (paper 2): 65 nm RRAM with 10 conductance levels, 50 % variation
+        (state-proportional sigma = 0.5 of the level's conductance) and stuck-at faults."""
+        return cls(name=f"rram_charan(levels={levels}, variation={variation})",
+                   mapping=DifferentialMapping(),
+                   effects=(ConductanceLevels(levels=levels),
+                            ProgrammingNoise(sigma=variation, relative_to="state"),
+                            StuckAt(p_off=p_stuck_off, p_on=p_stuck_on)))
+
+
+from .periphery import Quantizer  # noqa: E402  (after the class to keep presets readable)
+
+__all__ = ["HardwareSpec", "KNOBS", "ReadNoise", "DeviceEffect"]

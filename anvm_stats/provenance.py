@@ -1,0 +1,31 @@
+"""Provenance attrs every result Dataset carries."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+
+import torch
+from torch import nn
+
+from . import __version__
+
+
+def model_label(model: nn.Module) -> str:
+    """``"ClassName (N parameters)"``."""
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} ({n} parameters)"
+
+
+def provenance(*, model: nn.Module, spec, dataset: str, seed_entropy: str, device) -> dict[str, str]:
+    """The attrs listed in :data:`anvm_stats.dims.REQUIRED_ATTRS` (all strings, netCDF-safe)."""
+    return {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "anvm_stats_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "seed_entropy": seed_entropy,
+        "hardware_spec": json.dumps(spec.to_dict(), sort_keys=True),
+        "model": model_label(model),
+        "dataset": dataset,
+    }

@@ -1,0 +1,99 @@
+"""ChipSampler: turns (seed, instance index) into programmed chips of an AnalogProgram.
+
+Instance ``i`` draws its programming randomness from its own stream (:mod:`anvm_stats.rng`), so its chip is the
+same whatever the chunking, order or worker. Base draws are separated from their application
+(:mod:`anvm_stats.hardware.effects`): a sweep draws once per instance and re-applies the effects at every grid
+point (common random numbers).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .analog.program import AnalogProgram
+from .hardware.spec import HardwareSpec
+from .rng import SeedLike, Stream, instance_generators, root_sequence
+
+Tensor = torch.Tensor
+Draws = list  # one dict[str, Tensor [K, P]] per program-phase effect
+
+
+class ChipSampler:
+    """Draws and programs chip instances of ``program``.
+
+    Parameters
+    ----------
+    program : AnalogProgram
+    seed : int, SeedSequence or None
+        Root seed of the run; instance ``i`` uses child ``(i, stream)`` of it.
+    """
+
+    def __init__(self, program: AnalogProgram, seed: SeedLike):
+        self.program = program
+        self.root = root_sequence(seed)
+
+    def _draw(self, effects: Sequence, indices: Sequence[int], stream: Stream,
+              generators: list | None = None) -> Draws:
+        prog = self.program
+        n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
+        gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
+        per_instance = [[e.draw(n, gen, device=dev, dtype=dtype) for e in effects] for gen in gens]
+        out = []
+        for j, _ in enumerate(effects):
+            keys = per_instance[0][j].keys() if per_instance else ()
+            out.append({k: torch.stack([inst[j][k] for inst in per_instance]) for k in keys})
+        return out
+
+    def draw(self, indices: Sequence[int], spec: HardwareSpec | None = None) -> Draws:
+        """Base programming draws of ``indices``: one dict of ``[K, P]`` tensors per program effect of ``spec``
+        (default: the program's spec). Knob values never change what is drawn."""
+        spec = spec or self.program.spec
+        return self._draw(spec.program_effects, list(indices), Stream.PROGRAM)
+
+    def program_chips(self, draws: Draws, spec: HardwareSpec | None = None, *, K: int | None = None) -> Tensor:
+        """Programmed conductances ``[K, P]`` from base draws, with the effect parameters of ``spec``."""
+        spec = spec or self.program.spec
+        effects = spec.program_effects
+        if len(draws) != len(effects):
+            raise ValueError(f"draws for {len(draws)} effects, spec has {len(effects)} program effects")
+        if K is None:
+            K = next(t.shape[0] for d in draws for t in d.values())
+        g = self.program.g0.expand(K, -1)
+        for eff, d in zip(effects, draws):
+            g = eff.apply(g, d, spec.bounds)
+        return g.clone() if g.data_ptr() == self.program.g0.data_ptr() else g
+
+    def chips(self, indices: Sequence[int], spec: HardwareSpec | None = None) -> Tensor:
+        """Draw and program in one call: conductances ``[K, P]`` of instances ``indices``."""
+        spec = spec or self.program.spec
+        return self.program_chips(self.draw(indices, spec), spec, K=len(indices))
+
+    def read_generators(self, indices: Sequence[int]) -> list[torch.Generator]:
+        """Fresh per-instance generators of the READ stream (read noise, ADC output noise)."""
+        return instance_generators(self.root, list(indices), Stream.READ, self.program.device)
+
+    def read(self, g: Tensor, spec: HardwareSpec, generators: list[torch.Generator]) -> Tensor:
+        """Conductances seen by one forward pass: ``g`` plus fresh read-phase effects."""
+        effects = spec.read_effects
+        if not effects:
+            return g
+        draws = self._draw(effects, range(len(generators)), Stream.READ, generators)
+        for eff, d in zip(effects, draws):
+            g = eff.apply(g, d, spec.bounds)
+        return g
+
+
+def instance_indices(n_instances: int | None, instances: Sequence[int] | None) -> np.ndarray:
+    """Instance indices of a run: ``range(n_instances)`` or the explicit ``instances``."""
+    from .errors import ConfigError, check_number
+
+    if instances is not None:
+        idx = np.asarray(list(instances), dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or (idx < 0).any() or len(np.unique(idx)) != idx.size:
+            raise ConfigError("instances", instances, "a non-empty sequence of distinct non-negative ints")
+        return idx
+    check_number("n_instances", n_instances, low=1, integer=True)
+    return np.arange(int(n_instances), dtype=np.int64)

@@ -1,0 +1,127 @@
+"""Monte Carlo engine: determinism, chunk/order invariance, common random numbers, Dataset schema."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import anvm_stats as av
+from anvm_stats import dims
+from anvm_stats.errors import ConfigError
+from conftest import make_data, make_mlp, make_resnet
+
+
+def data_vars(ds):
+    return ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds.assign_attrs({})
+
+
+def run(net, spec, data, **kw):
+    kw.setdefault("progress", False)
+    return av.sweep(net, spec, data, **kw)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    net = make_mlp(sizes=(8, 16, 16, 7))
+    return net, make_data(n=40, n_classes=7)
+
+
+def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
+    net, data = setup
+    spec = av.HardwareSpec.paper1(0.2)
+    a = run(net, spec, data, n_instances=9, seed=11)
+    b = run(net, spec, data, n_instances=9, seed=11, chunk_size=2, batch_size=7)
+    c = run(net, spec, data, n_instances=9, seed=11, chunk_size=1)
+    xr.testing.assert_allclose(data_vars(a), data_vars(b))
+    xr.testing.assert_identical(data_vars(a), data_vars(c))
+    assert a.accuracy.std() > 0
+    d = run(net, spec, data, n_instances=9, seed=12)
+    assert not np.array_equal(a.correct_count.values, d.correct_count.values)
+
+
+def test_instance_i_depends_only_on_seed_and_i(setup):
+    net, data = setup
+    spec = av.HardwareSpec.paper1(0.2)
+    full = run(net, spec, data, n_instances=8, seed=3)
+    halves = xr.concat([run(net, spec, data, instances=[4, 5, 6, 7], seed=3),
+                        run(net, spec, data, instances=[3, 0, 2, 1], seed=3)], dims.INSTANCE).sortby(dims.INSTANCE)
+    xr.testing.assert_identical(data_vars(full), data_vars(halves))
+
+
+def test_sweep_points_share_chips(setup):
+    net, data = setup
+    base = av.HardwareSpec.paper1(0.1)
+    sw = run(net, base, data, grid={"noise_level": [0.0, 0.1, 0.3]}, n_instances=6, seed=2)
+    assert sw.accuracy.dims == (dims.NOISE_LEVEL, dims.INSTANCE)
+    single = run(net, av.HardwareSpec.paper1(0.3), data, n_instances=6, seed=2)
+    xr.testing.assert_allclose(data_vars(sw.sel(noise_level=0.3, drop=True)), data_vars(single))
+    clean = sw.sel(noise_level=0.0)
+    float_acc = float((net(data[0]).argmax(1) == data[1]).float().mean())
+    assert np.allclose(clean.accuracy, float_acc)
+    assert (sw.accuracy.sel(noise_level=0.3).mean() < sw.accuracy.sel(noise_level=0.0).mean())
+
+
+def test_multi_axis_sweep_with_adc_and_faults():
+    net = make_resnet()
+    x, _ = make_data(n=20, shape=(1, 6, 6), n_classes=5)
+    y = net(x).argmax(1)      # labels the float net gets right: hardware errors can only lower accuracy
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.02), av.StuckAt(p_off=0.01)),
+                           periphery=av.Periphery(adc=av.Quantizer(bits=8)))
+    ds = run(net, spec, (x, y), grid={"adc_bits": [2, 8], "stuck_at_rate": [0.0, 0.2]}, n_instances=4, seed=0)
+    assert set(ds.accuracy.dims) == {dims.ADC_BITS, dims.STUCK_AT_RATE, dims.INSTANCE}
+    assert dims.TOP5_ACCURACY not in ds     # 5 classes: top-5 is trivially 1
+    good, bad = ds.accuracy.sel(adc_bits=8, stuck_at_rate=0.0), ds.accuracy.sel(adc_bits=2, stuck_at_rate=0.2)
+    assert float(good.mean()) > 0.8 and float(good.mean()) > float(bad.mean())
+
+
+def test_dataset_schema_and_provenance(setup):
+    net, data = setup
+    ds = run(net, av.HardwareSpec.paper1(0.1), data, n_instances=3, seed=0)
+    dims.validate_dataset(ds)
+    assert set(dims.METRICS) <= set(ds.data_vars)
+    assert ds.correct_count.dtype == np.int64
+    assert np.allclose(ds.accuracy, ds.correct_count / 40)
+    assert ds.top5_accuracy.min() >= ds.accuracy.min()
+    assert av.HardwareSpec.from_dict(__import__("json").loads(ds.attrs["hardware_spec"])) == av.HardwareSpec.paper1(0.1)
+    assert ds.attrs["seed_entropy"] == "0" and "Sequential" in ds.attrs["model"]
+
+
+def test_fresh_seed_is_recorded_and_reproducible(setup):
+    net, data = setup
+    spec = av.HardwareSpec.paper1(0.3)
+    a = run(net, spec, data, n_instances=3, seed=None)
+    b = run(net, spec, data, n_instances=3, seed=int(a.attrs["seed_entropy"]))
+    xr.testing.assert_identical(data_vars(a), data_vars(b))
+
+
+def test_read_noise_runs_are_reproducible(setup):
+    net, data = setup
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
+                           periphery=av.Periphery(output_noise=0.01))
+    a = run(net, spec, data, n_instances=4, seed=1, batch_size=10, calibration=data[0])
+    b = run(net, spec, data, n_instances=4, seed=1, batch_size=10, chunk_size=1, calibration=data[0])
+    xr.testing.assert_allclose(data_vars(a), data_vars(b))
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(grid={"sigma": [0.1]}), "grid.sigma"),
+    (dict(grid={"noise_level": []}), "grid.noise_level"),
+    (dict(n_instances=0), "n_instances"),
+    (dict(instances=[1, 1]), "instances"),
+    (dict(seed=-3), "seed"),
+    (dict(chunk_size=0), "RunOptions.chunk_size"),
+])
+def test_bad_run_arguments(setup, kw, field):
+    net, data = setup
+    kw.setdefault("n_instances", 2)
+    with pytest.raises(ConfigError) as info:
+        run(net, av.HardwareSpec.paper1(0.1), data, **kw)
+    assert info.value.field == field
+
+
+def test_dataloader_style_batches(setup):
+    net, (x, y) = setup
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
+    a = run(net, av.HardwareSpec.paper1(0.1), batches, n_instances=3, seed=0)
+    b = run(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=3, seed=0)
+    xr.testing.assert_allclose(data_vars(a), data_vars(b))
