@@ -8,6 +8,7 @@ point (common random numbers).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -37,15 +38,38 @@ class ChipSampler:
 
     def _draw(self, effects: Sequence, indices: Sequence[int], stream: Stream,
               generators: list | None = None) -> Draws:
+        """Per-instance draws stacked into ``[K, n]`` buffers.
+
+        torch's CPU samplers are single-threaded; instances have independent generators, so they are drawn in
+        parallel threads (``torch.get_num_threads()``), each writing its own rows. Results never depend on the
+        number of threads."""
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
         gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
-        per_instance = [[e.draw(n, gen, device=dev, dtype=dtype) for e in effects] for gen in gens]
-        out = []
-        for j, _ in enumerate(effects):
-            keys = per_instance[0][j].keys() if per_instance else ()
-            out.append({k: torch.stack([inst[j][k] for inst in per_instance]) for k in keys})
-        return out
+        K = len(gens)
+        if K == 0 or not effects:
+            return [{} for _ in effects]
+        first = [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
+        bufs = [{k: torch.empty((K, *t.shape), dtype=t.dtype, device=t.device) for k, t in d.items()}
+                for d in first]
+        for j, d in enumerate(first):
+            for k, t in d.items():
+                bufs[j][k][0].copy_(t)
+
+        def fill(rows: range) -> None:
+            for r in rows:
+                for j, e in enumerate(effects):
+                    for k, t in e.draw(n, gens[r], device=dev, dtype=dtype).items():
+                        bufs[j][k][r].copy_(t)
+
+        workers = min(torch.get_num_threads(), K - 1) if dev.type == "cpu" else 1
+        if workers <= 1 or not any(bufs):
+            fill(range(1, K))
+        else:
+            parts = [range(1 + w, K, workers) for w in range(workers)]
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(fill, parts))
+        return bufs
 
     def draw(self, indices: Sequence[int], spec: HardwareSpec | None = None) -> Draws:
         """Base programming draws of ``indices``: one dict of ``[K, P]`` tensors per program effect of ``spec``

@@ -212,3 +212,18 @@ def test_batchnorm_is_folded():
     assert isinstance(prog.module.bn1, nn.Identity)
     prog2 = av.prepare(make_resnet(), av.HardwareSpec(fold_batchnorm=False))
     assert prog2.folded == () and isinstance(prog2.module.bn1, nn.BatchNorm2d)
+
+
+def test_cuda_request_falls_back_to_cpu_when_absent():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: nothing to fall back from")
+    net = make_mlp()
+    x, y = make_data(n=6)
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        ds = av.evaluate(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=2, seed=0, device="cuda",
+                         progress=False)
+    ref = av.evaluate(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=2, seed=0, progress=False)
+    assert ds.attrs["device"] == "cpu"
+    assert (ds.accuracy.values == ref.accuracy.values).all()
+    with pytest.raises(ConfigError, match="device"):
+        av.prepare(net, av.HardwareSpec.ideal(), device="gpu0")

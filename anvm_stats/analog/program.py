@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -22,6 +23,20 @@ ANALOG_TYPES = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
 DIGITAL_OK = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Identity)
 
 LayerFilter = Callable[[str, nn.Module], bool] | Sequence[str] | None
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device; a CUDA request on a machine without CUDA falls back to the CPU with a
+    warning (results are the same model, drawn from CPU generators)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", device, "a torch device such as 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device={str(device)!r} requested but CUDA is not available: running on the CPU",
+                      RuntimeWarning, stacklevel=3)
+        return torch.device("cpu")
+    return dev
 
 
 def _check_finite(model: nn.Module) -> None:
@@ -213,6 +228,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
     if device is None:
         first = next(net.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
+    device = resolve_device(device)
     net.to(device)
     folded = tuple(fold_batchnorm(net)) if spec.fold_batchnorm else ()
     names = _select(net, layers)

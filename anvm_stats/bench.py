@@ -1,0 +1,204 @@
+"""Benchmarks printed as JSON by ``anvm-stats bench``: ratios measured inside one run, never wall-clock asserts.
+
+* ``engine``: the K-instance engine against (a) the simplest fast loop a user would write (one model copy; per
+  instance, copy nominal + noise into it and evaluate) on the same draws, (b) a 10-line ``torch.func.vmap``
+  version, and (c) this machine's limit measured in the same run:
+  ``limit = FLOPs / measured matmul rate + Gaussian draws / measured sampling rate``.
+* ``sweep``: an 8-point noise sweep (common random numbers: draws once per instance) against the per-point simple
+  loop, and against the sweep's own limit (FLOPs of all points + draws once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analog.program import prepare
+from .hardware.spec import HardwareSpec
+from .montecarlo import sweep
+from .rng import Stream, instance_generators, root_sequence
+
+SIGMAS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def measure_matmul_rate(device: torch.device, n: int = 2048) -> float:
+    """FLOP/s of a square float32 GEMM (TF32 allowed on CUDA when the caller enabled it)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    return 2 * n ** 3 / _best(lambda: a @ b, device, 5)
+
+
+def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
+    """Standard normal draws per second from one seeded generator (what the engine and a user's loop both use)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    torch.randn(n, generator=g, device=device)
+    return n / _best(lambda: torch.randn(n, generator=g, device=device), device, 5)
+
+
+def _digits_mlp(device: torch.device, seed: int = 0):
+    try:
+        from .data import digits
+        test = digits("test")
+        x, y = test.x, test.y
+    except Exception:  # noqa: BLE001 - the data module is optional for the benchmark
+        g = torch.Generator().manual_seed(seed)
+        x, y = torch.rand(360, 64, generator=g), torch.randint(0, 10, (360,), generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return net.to(device).eval(), x.to(device), y.to(device)
+
+
+def _mlp_cost(net: nn.Module, n_samples: int) -> tuple[float, int]:
+    """FLOPs per instance (multiply-add = 2, bias column included) and Gaussian draws per instance."""
+    flops, draws = 0.0, 0
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            cols = m.in_features + (m.bias is not None)
+            flops += 2.0 * n_samples * m.out_features * cols
+            draws += m.out_features * cols
+    return flops, draws
+
+
+@torch.no_grad()
+def simple_loop(net: nn.Module, x, y, sigmas, n_instances: int, seed: int) -> np.ndarray:
+    """What a user would write: one model copy; per instance and noise level, nominal + range*sigma*N copied in.
+
+    Uses the same per-instance streams and draw order as the engine (weights then bias column per layer)."""
+    import copy
+
+    work = copy.deepcopy(net)
+    layers = [(m, w) for m, w in zip([m for m in work.modules() if isinstance(m, nn.Linear)],
+                                     [m for m in net.modules() if isinstance(m, nn.Linear)])]
+    nominal = []
+    for m, src in layers:
+        w, b = src.weight.detach(), src.bias.detach()
+        s = float(b.max() - b.min()) / float(w.max() - w.min())
+        w_aug = torch.cat([w, (b / s)[:, None]], 1)
+        nominal.append((w_aug, float(w_aug.max() - w_aug.min()) / 2, s))
+    n_dev = sum(w.numel() for w, _, _ in nominal)
+    root = root_sequence(seed)
+    acc = np.zeros((len(sigmas), n_instances))
+    for p, sigma in enumerate(sigmas):
+        gens = instance_generators(root, range(n_instances), Stream.PROGRAM, x.device)
+        for i, gen in enumerate(gens):
+            z = torch.randn(n_dev, generator=gen, device=x.device)
+            off = 0
+            for (m, _), (w_aug, rng, s) in zip(layers, nominal):
+                o, i_ = m.weight.shape
+                zw = z[off:off + o * i_].view(o, i_)
+                zb = z[off + o * i_: off + o * (i_ + 1)]
+                off += o * (i_ + 1)
+                m.weight.copy_(w_aug[:, :i_] + rng * sigma * zw)
+                m.bias.copy_((w_aug[:, -1] + rng * sigma * zb) * s)
+            acc[p, i] = float((work(x).argmax(1) == y).float().mean())
+    return acc
+
+
+@torch.no_grad()
+def vmap_loop(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, chunk: int = 64) -> np.ndarray:
+    """A 10-line torch.func.vmap version (no bias column, plain Gaussian per layer), for reference."""
+    from torch.func import functional_call, vmap
+
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    ranges = {k: float(v.max() - v.min()) / 2 for k, v in params.items()}
+    root = root_sequence(seed)
+    out = []
+    for start in range(0, n_instances, chunk):
+        gens = instance_generators(root, range(start, min(n_instances, start + chunk)), Stream.PROGRAM, x.device)
+        stacked = {k: torch.stack([v + ranges[k] * sigma * torch.randn(v.shape, generator=g, device=x.device)
+                                   for g in gens]) for k, v in params.items()}
+        logits = vmap(lambda p: functional_call(net, p, (x,)))(stacked)
+        out.append((logits.argmax(-1) == y).float().mean(-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int = 0) -> dict:
+    """Engine vs simple loop vs vmap vs limit, MLP 64-256-256-10 on the digits test split (360 samples)."""
+    dev = torch.device(device)
+    n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
+    net, x, y = _digits_mlp(dev, seed)
+    spec = HardwareSpec.paper1(0.05)
+    program = prepare(net, spec)
+    flops, draws = _mlp_cost(net, x.shape[0])
+    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
+    engine_s = _best(lambda: sweep(net, spec, (x, y), n_instances=n_instances, seed=seed, progress=False,
+                                   program=program), dev, 2)
+    n_simple = min(n_instances, 256 if dev.type == "cpu" else 1024)
+    simple_s = _best(lambda: simple_loop(net, x, y, [0.05], n_simple, seed), dev, 1) * n_instances / n_simple
+    vmap_s = _best(lambda: vmap_loop(net, x, y, 0.05, n_simple, seed), dev, 1) * n_instances / n_simple
+    eng = sweep(net, spec, (x, y), n_instances=n_simple, seed=seed, progress=False, program=program)
+    ref = simple_loop(net, x, y, [0.05], n_simple, seed)[0]
+    return {
+        "job": f"MLP 64-256-256-10, {x.shape[0]} samples, paper1 sigma=0.05, {n_instances} instances",
+        "device": str(dev), "matmul_gflops": matmul_rate / 1e9, "randn_msamples_per_s": sampling_rate / 1e6,
+        "limit_instances_per_s": n_instances / limit_s, "engine_instances_per_s": n_instances / engine_s,
+        "simple_loop_instances_per_s": n_instances / simple_s, "vmap_instances_per_s": n_instances / vmap_s,
+        "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s,
+        "max_accuracy_difference_vs_simple_loop": float(np.abs(eng.accuracy.values - ref).max()),
+    }
+
+
+def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> dict:
+    """8 noise levels x n_instances: the CRN sweep vs the per-point simple loop and vs its own limit."""
+    dev = torch.device(device)
+    net, x, y = _digits_mlp(dev, seed)
+    spec = HardwareSpec.paper1(0.05)
+    program = prepare(net, spec)
+    flops, draws = _mlp_cost(net, x.shape[0])
+    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    n_pts = len(SIGMAS)
+    limit_s = n_instances * (n_pts * flops / matmul_rate + draws / sampling_rate)
+    grid = {"noise_level": list(SIGMAS)}
+    sweep_s = _best(lambda: sweep(net, spec, (x, y), grid=grid, n_instances=n_instances, seed=seed,
+                                  progress=False, program=program), dev, 2)
+    loop_s = _best(lambda: simple_loop(net, x, y, SIGMAS, n_instances, seed), dev, 1)
+    return {
+        "job": f"{n_pts} noise levels x {n_instances} instances, MLP 64-256-256-10",
+        "device": str(dev), "limit_s": limit_s, "sweep_s": sweep_s, "per_point_simple_loop_s": loop_s,
+        "sweep_vs_simple_loop": loop_s / sweep_s, "sweep_fraction_of_limit": limit_s / sweep_s,
+    }
+
+
+def run_benchmarks(device: str = "cpu", which: tuple[str, ...] = ("engine", "sweep"), **kw) -> dict:
+    """Run the named benchmarks (plus those other modules register, when importable) and return a JSON-able dict."""
+    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    if "engine" in which:
+        out["engine"] = bench_engine(device)
+    if "sweep" in which:
+        out["sweep"] = bench_sweep(device)
+    extra = {"hasgd": ("anvm_stats.training.bench", "bench_hasgd"),
+             "distributed": ("anvm_stats.parallel.bench", "bench_distributed"),
+             "sensitivity": ("anvm_stats.sensitivity.bench", "bench_hutchinson")}
+    for name, (mod, fn) in extra.items():
+        if name in which:
+            import importlib
+            out[name] = getattr(importlib.import_module(mod), fn)()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_benchmarks(), indent=2))

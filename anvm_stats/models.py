@@ -1,0 +1,350 @@
+"""Model zoo for studies: MLP, LeNet-5, CIFAR-style ResNet-20/32 and pre-activation WideResNet.
+
+All are plain ``nn.Module``s of ``nn.Linear`` / ``nn.Conv2d`` / ``nn.BatchNorm`` / ReLU / pooling, traceable by
+``torch.fx.symbolic_trace`` (no data-dependent control flow, no in-place ops), so that the analog engine maps
+every Linear and Conv2d to crossbars and folds each BatchNorm that directly follows one.
+
+Randomness: every constructor takes ``generator``. With a ``torch.Generator`` the initial weights are drawn from
+it alone and torch's global RNG state is left as it was; with ``None`` they are drawn from the global RNG (so they
+are deterministic under a caller's ``torch.random.fork_rng()`` + ``torch.manual_seed``). ``build_model(name,
+seed=s)`` makes the generator from ``s``. Library code never seeds the global RNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, check, check_number
+
+Tensor = torch.Tensor
+
+__all__ = ["MLP", "LeNet5", "BasicBlock", "ResNet", "resnet20", "resnet32", "WideBasicBlock", "WideResNet",
+           "wide_resnet", "build_model", "model_summary", "MODELS"]
+
+
+# --- initialisation ---------------------------------------------------------------------------------------
+def _rng_guard(generator: torch.Generator | None):
+    """While building layers with a generator given, keep the global CPU RNG state untouched (torch's own
+    layer constructors draw from it; those draws are then overwritten by :func:`_init`)."""
+    if generator is None:
+        return contextlib.nullcontext()
+    check(isinstance(generator, torch.Generator), "generator", type(generator).__name__,
+          "a torch.Generator or None")
+    return torch.random.fork_rng(devices=[])
+
+
+def _default_init(m: nn.Module, g: torch.Generator | None) -> None:
+    """PyTorch's default init of Linear/Conv (kaiming-uniform with a=sqrt(5), bias U(+-1/sqrt(fan_in)))."""
+    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+    if m.bias is not None:
+        fan_in = m.weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(m.bias, -bound, bound, generator=g)
+
+
+def _init(model: nn.Module, g: torch.Generator | None, conv: str = "default") -> None:
+    """(Re)initialise every parameter of ``model``: convs by ``conv`` ("default" or "he": kaiming-normal,
+    fan_out, relu, bias 0), linears by PyTorch's default, BatchNorm weight 1 and bias 0."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                if conv == "he":
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                else:
+                    _default_init(m, g)
+            elif isinstance(m, nn.Linear):
+                _default_init(m, g)
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.reset_parameters()
+
+
+def _int(field: str, value: object, low: int = 1) -> int:
+    check_number(field, value, low=low, integer=True)
+    return int(value)
+
+
+# --- MLP --------------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """Fully connected ReLU network: ``in_features -> hidden[0] -> ... -> n_classes``.
+
+    Inputs of any shape ``[N, ...]`` are flattened to ``[N, in_features]``. ``hidden=()`` gives a linear
+    classifier.
+    """
+
+    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (256, 256), n_classes: int = 10, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        in_features = _int("MLP.in_features", in_features)
+        n_classes = _int("MLP.n_classes", n_classes)
+        check(isinstance(hidden, (tuple, list)), "MLP.hidden", hidden, "a tuple of layer widths")
+        hidden = tuple(_int("MLP.hidden", h) for h in hidden)
+        self.arch = f"mlp-{in_features}-{'-'.join(map(str, hidden)) + '-' if hidden else ''}{n_classes}"
+        with _rng_guard(generator):
+            layers: list[nn.Module] = []
+            width = in_features
+            for h in hidden:
+                layers += [nn.Linear(width, h), nn.ReLU()]
+                width = h
+            layers.append(nn.Linear(width, n_classes))
+            self.layers = nn.Sequential(*layers)
+        _init(self, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(torch.flatten(x, 1))
+
+
+# --- LeNet-5 ----------------------------------------------------------------------------------------------
+class LeNet5(nn.Module):
+    """LeNet-5 with BatchNorm: two conv(5x5, padding 2)-BN-ReLU-maxpool(2) blocks (6 and 16 channels), adaptive
+    average pooling to ``p x p`` with ``p = clamp(input_size // 4, 1, 5)``, then 120-84-``n_classes`` ReLU
+    linears. ``input_size`` only sets ``p`` (5 for 28x28 MNIST and 32x32 CIFAR, 2 for 8x8 digits); the
+    network accepts any input of at least 4x4 pixels.
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 10, input_size: int = 28, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        in_channels = _int("LeNet5.in_channels", in_channels)
+        n_classes = _int("LeNet5.n_classes", n_classes)
+        input_size = _int("LeNet5.input_size", input_size, low=4)
+        p = max(1, min(5, input_size // 4))
+        self.arch = "lenet5"
+        with _rng_guard(generator):
+            self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2, bias=False)
+            self.bn1 = nn.BatchNorm2d(6)
+            self.relu1 = nn.ReLU()
+            self.pool1 = nn.MaxPool2d(2)
+            self.conv2 = nn.Conv2d(6, 16, 5, padding=2, bias=False)
+            self.bn2 = nn.BatchNorm2d(16)
+            self.relu2 = nn.ReLU()
+            self.pool2 = nn.MaxPool2d(2)
+            self.pool = nn.AdaptiveAvgPool2d(p)
+            self.fc1 = nn.Linear(16 * p * p, 120)
+            self.relu3 = nn.ReLU()
+            self.fc2 = nn.Linear(120, 84)
+            self.relu4 = nn.ReLU()
+            self.fc3 = nn.Linear(84, n_classes)
+        _init(self, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        x = torch.flatten(self.pool(x), 1)
+        x = self.relu3(self.fc1(x))
+        x = self.relu4(self.fc2(x))
+        return self.fc3(x)
+
+
+# --- CIFAR ResNet (He et al. 2016, section 4.2) -----------------------------------------------------------
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU. The shortcut is the identity, or (option B) a
+    1x1 conv + BN when the stride or the width changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet of ``depth = 6n + 2`` layers: a 3x3 stem conv, three stages of ``n`` basic blocks of
+    widths ``width, 2*width, 4*width`` (strides 1, 2, 2), adaptive average pooling and a linear classifier.
+    Any input size works (8x8 digits as well as 32x32 CIFAR). He-normal conv init."""
+
+    def __init__(self, depth: int = 20, n_classes: int = 10, in_channels: int = 3, width: int = 16, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        depth = _int("ResNet.depth", depth, low=8)
+        check((depth - 2) % 6 == 0, "ResNet.depth", depth, "6n + 2 (20, 32, 44, 56, 110, ...)")
+        n_classes = _int("ResNet.n_classes", n_classes)
+        in_channels = _int("ResNet.in_channels", in_channels)
+        width = _int("ResNet.width", width)
+        n = (depth - 2) // 6
+        self.arch = f"resnet{depth}" + ("" if width == 16 else f"-w{width}")
+        with _rng_guard(generator):
+            self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.relu = nn.ReLU()
+            planes = width
+            stages = []
+            for i, mult in enumerate((1, 2, 4)):
+                blocks = []
+                for j in range(n):
+                    stride = 2 if (i > 0 and j == 0) else 1
+                    blocks.append(BasicBlock(planes, width * mult, stride))
+                    planes = width * mult
+                stages.append(nn.Sequential(*blocks))
+            self.layer1, self.layer2, self.layer3 = stages
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(planes, n_classes)
+        _init(self, generator, conv="he")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet20(n_classes: int = 10, in_channels: int = 3, width: int = 16, *,
+             generator: torch.Generator | None = None) -> ResNet:
+    """ResNet-20 (about 0.27 M parameters at width 16, 10 classes)."""
+    return ResNet(20, n_classes, in_channels, width, generator=generator)
+
+
+def resnet32(n_classes: int = 10, in_channels: int = 3, width: int = 16, *,
+             generator: torch.Generator | None = None) -> ResNet:
+    """ResNet-32 (about 0.47 M parameters at width 16, 10 classes)."""
+    return ResNet(32, n_classes, in_channels, width, generator=generator)
+
+
+# --- WideResNet (Zagoruyko & Komodakis 2016), pre-activation ----------------------------------------------
+class WideBasicBlock(nn.Module):
+    """Pre-activation wide block: BN-ReLU-conv3x3(stride)-BN-ReLU-[dropout]-conv3x3, plus the identity or, when
+    the shape changes, a 1x1 conv of the pre-activated input. Only ``bn2`` directly follows a conv (``conv1``)
+    and so can be folded; ``bn1`` acts on a residual sum and stays digital."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.equal = in_planes == planes and stride == 1
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None if self.equal else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu1(self.bn1(x))
+        out = self.relu2(self.bn2(self.conv1(pre)))
+        out = self.conv2(self.dropout(out))
+        if self.shortcut is None:
+            return x + out
+        return self.shortcut(pre) + out
+
+
+class WideResNet(nn.Module):
+    """WRN-``depth``-``widen``: a 3x3 stem conv (16 channels), three stages of ``(depth - 4) / 6`` pre-activation
+    wide blocks of widths ``16k, 32k, 64k`` (strides 1, 2, 2), a final BN-ReLU, adaptive average pooling and a
+    linear classifier. WRN-28-10 with 100 classes has about 36.5 M parameters."""
+
+    def __init__(self, depth: int = 28, widen: int = 10, n_classes: int = 100, in_channels: int = 3,
+                 dropout: float = 0.0, *, generator: torch.Generator | None = None):
+        super().__init__()
+        depth = _int("WideResNet.depth", depth, low=10)
+        check((depth - 4) % 6 == 0, "WideResNet.depth", depth, "6n + 4 (10, 16, 22, 28, 40, ...)")
+        widen = _int("WideResNet.widen", widen)
+        n_classes = _int("WideResNet.n_classes", n_classes)
+        in_channels = _int("WideResNet.in_channels", in_channels)
+        check_number("WideResNet.dropout", dropout, low=0, high=1, high_open=True)
+        n = (depth - 4) // 6
+        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        self.arch = f"wrn-{depth}-{widen}"
+        with _rng_guard(generator):
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+            planes = widths[0]
+            stages = []
+            for i in range(3):
+                blocks = []
+                for j in range(n):
+                    stride = 2 if (i > 0 and j == 0) else 1
+                    blocks.append(WideBasicBlock(planes, widths[i + 1], stride, float(dropout)))
+                    planes = widths[i + 1]
+                stages.append(nn.Sequential(*blocks))
+            self.block1, self.block2, self.block3 = stages
+            self.bn = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(planes, n_classes)
+        _init(self, generator, conv="he")
+        with torch.no_grad():
+            self.fc.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        x = self.block3(self.block2(self.block1(x)))
+        x = self.relu(self.bn(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def wide_resnet(depth: int = 28, widen: int = 10, n_classes: int = 100, in_channels: int = 3,
+                dropout: float = 0.0, *, generator: torch.Generator | None = None) -> WideResNet:
+    """Pre-activation WideResNet WRN-``depth``-``widen`` (Zagoruyko & Komodakis, 2016)."""
+    return WideResNet(depth, widen, n_classes, in_channels, dropout, generator=generator)
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "lenet5": LeNet5,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet": ResNet,
+    "wrn": wide_resnet,
+}
+
+
+def build_model(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
+    """Build a zoo model by name.
+
+    Parameters
+    ----------
+    name : str
+        ``"mlp"``, ``"lenet5"``, ``"resnet20"``, ``"resnet32"``, ``"resnet"`` (takes ``depth``) or ``"wrn"``
+        (takes ``depth`` and ``widen``). Case and ``-``/``_`` are ignored.
+    seed : int, optional
+        Draw the initial weights from ``torch.Generator().manual_seed(seed)`` (global RNG untouched). Without
+        it (and without ``generator=``) the global RNG is used.
+    **kwargs
+        Passed to the constructor, e.g. ``n_classes=10, in_channels=1``.
+    """
+    key = name.strip().lower().replace("-", "").replace("_", "") if isinstance(name, str) else name
+    if key not in MODELS:
+        raise ConfigError("model name", name, f"one of {list(MODELS)}")
+    factory = MODELS[key]
+    params = inspect.signature(factory).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ConfigError(f"{key} argument", unknown[0], f"one of {[p for p in params if p != 'self']}")
+    if seed is not None:
+        check_number("seed", seed, low=0, integer=True)
+        check("generator" not in kwargs, "seed", seed, "seed or generator, not both")
+        kwargs["generator"] = torch.Generator().manual_seed(int(seed))
+    return factory(**kwargs)
+
+
+def model_summary(model: nn.Module) -> dict:
+    """``{"name", "n_parameters", "n_trainable", "n_analog_layers", "n_analog_weights"}`` of ``model``; the
+    analog counts are over its Linear / Conv1d / Conv2d layers (weights only, bias excluded)."""
+    check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
+    analog = [m for m in model.modules() if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d)]
+    return {
+        "name": getattr(model, "arch", None) or type(model).__name__,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "n_analog_layers": len(analog),
+        "n_analog_weights": sum(m.weight.numel() for m in analog),
+    }
