@@ -12,9 +12,10 @@ from . import __version__
 
 
 def model_label(model: nn.Module) -> str:
-    """``"ClassName (N parameters)"``."""
+    """``"name (N parameters)"``; name is the zoo ``arch`` attribute when present, else the class name."""
     n = sum(p.numel() for p in model.parameters())
-    return f"{type(model).__name__} ({n} parameters)"
+    name = getattr(model, "arch", None) or type(model).__name__
+    return f"{name} ({n} parameters)"
 
 
 def provenance(*, model: nn.Module, spec, dataset: str, seed_entropy: str, device) -> dict[str, str]:

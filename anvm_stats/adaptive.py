@@ -1,0 +1,62 @@
+"""Sequential Monte Carlo: keep drawing chips until a confidence interval is narrow enough.
+
+``evaluate_until`` prepares the program once and evaluates instances ``0, 1, 2, ...`` in batches (instance ``i``
+is the same chip it would be in any other run with the same seed) until the interval of the chosen statistic of
+``variable`` is at most ``target_width`` wide at every grid point, or ``max_instances`` is reached.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+from torch import nn
+
+from . import dims
+from .analog.program import prepare
+from .hardware.spec import HardwareSpec
+from .montecarlo import sweep
+from .rng import SeedLike, root_sequence, seed_entropy
+from .stats import sequential_estimate
+
+
+def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: float, statistic: str = "mean",
+                   variable: str = dims.ACCURACY, threshold: float | None = None, q: float | None = None,
+                   grid: Mapping[str, Sequence] | None = None, batch_size: int = 64, max_instances: int = 4096,
+                   ci: float = 0.95, seed: SeedLike = None, calibration=None, layers=None, device=None,
+                   progress: bool = True, **options) -> tuple[xr.Dataset, object]:
+    """Evaluate chips in batches until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
+
+    Parameters
+    ----------
+    statistic : {"mean", "yield", "quantile"}
+        Of ``variable`` over instances; ``threshold`` for yield (P(variable >= threshold)), ``q`` for quantile.
+    grid : dict, optional
+        Sweep grid; every grid point must reach the target.
+
+    Returns
+    -------
+    (xr.Dataset, SequentialResult)
+        The Dataset of every instance drawn (dims ``instance`` + grid), and the stopping record
+        (``n``, ``stopped_by`` = "width" or "cap", final estimate, width history).
+    """
+    root = root_sequence(seed)
+    program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
+                      device=device)
+    parts: list[xr.Dataset] = []
+
+    def draw(start: int, n: int) -> np.ndarray:
+        ds = sweep(model, spec, data, grid=grid, instances=range(start, start + n), seed=root, program=program,
+                   progress=False, **options)
+        parts.append(ds)
+        da = ds[variable].transpose(dims.INSTANCE, ...)
+        return da.values
+
+    result = sequential_estimate(draw, statistic=statistic, target_width=target_width, batch_size=batch_size,
+                                 max_n=max_instances, ci=ci, threshold=threshold, q=q, progress=progress)
+    ds = xr.concat(parts, dim=dims.INSTANCE)
+    ds.attrs.update(parts[0].attrs)
+    ds.attrs.update(seed_entropy=seed_entropy(root), stopped_by=result.stopped_by, target_width=target_width,
+                    sequential_statistic=statistic, confidence=ci)
+    return ds, result
