@@ -183,20 +183,32 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     }
 
 
-def run_benchmarks(device: str = "cpu", which: tuple[str, ...] = ("engine", "sweep"), **kw) -> dict:
-    """Run the named benchmarks (plus those other modules register, when importable) and return a JSON-able dict."""
-    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
-    if "engine" in which:
-        out["engine"] = bench_engine(device)
-    if "sweep" in which:
-        out["sweep"] = bench_sweep(device)
-    extra = {"hasgd": ("anvm_stats.training.bench", "bench_hasgd"),
-             "distributed": ("anvm_stats.parallel.bench", "bench_distributed"),
-             "sensitivity": ("anvm_stats.sensitivity.bench", "bench_hutchinson")}
-    for name, (mod, fn) in extra.items():
-        if name in which:
-            import importlib
-            out[name] = getattr(importlib.import_module(mod), fn)()
+BENCHMARKS = {
+    "engine": ("anvm_stats.bench", "bench_engine"),
+    "sweep": ("anvm_stats.bench", "bench_sweep"),
+    "sensitivity": ("anvm_stats.sensitivity.bench", "bench_hutchinson"),
+    "hasgd": ("anvm_stats.training.bench", "bench_hasgd"),
+    "distributed": ("anvm_stats.parallel.bench", "bench_distributed"),
+}
+
+
+def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) -> dict:
+    """Run the named benchmarks (default: all) and return a JSON-able dict; a benchmark whose module is missing
+    is reported as skipped, never silently dropped."""
+    import importlib
+
+    out: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    for name in which or tuple(BENCHMARKS):
+        if name not in BENCHMARKS:
+            from .errors import ConfigError
+            raise ConfigError("benchmark", name, f"one of {sorted(BENCHMARKS)}")
+        mod, fn = BENCHMARKS[name]
+        try:
+            func = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as err:
+            out[name] = {"skipped": f"{mod}.{fn} unavailable: {err}"}
+            continue
+        out[name] = func(device=device) if name in ("engine", "sweep") else func()
     return out
 
 
