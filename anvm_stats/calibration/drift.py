@@ -1,0 +1,251 @@
+"""Accuracy over time under conductance drift, with optional global drift compensation.
+
+Drift ``G(t) = G0 (t/t0)^(-nu)`` (:class:`anvm_stats.hardware.Drift`, per-device exponents ``nu``) is swept over
+``t_inference`` with :func:`anvm_stats.sweep`: every time point uses the same chips (common random numbers), so
+differences between times are paired per chip.
+
+Global drift compensation (as in aihwkit's ``GlobalDriftCompensation``): right after programming (``t0``) and
+again at inference time ``t``, every analog layer of every chip is read once on a fixed reference input (all ones,
+and ``s`` on the bias column of ``W~ = [W, b/s]``); the layer's output is then multiplied digitally by
+
+    alpha_l(t) = mean_o |y_l(t0)| / mean_o |y_l(t)|.
+
+A uniform drift (one ``nu`` for all devices) scales a proportional (differential) mapping's weights by
+``(t/t0)^(-nu)`` and is cancelled exactly; random exponents leave a residual that the sweep measures. A digital
+bias (``HardwareSpec(bias="digital")``) does not drift and is not rescaled.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from .. import dims
+from ..analog.program import AnalogProgram, prepare
+from ..data_source import describe, iter_batches
+from ..errors import ConfigError
+from ..hardware.effects import Drift
+from ..hardware.spec import HardwareSpec
+from ..montecarlo import RunOptions, run_points, sweep
+from ..provenance import provenance
+from ..rng import SeedLike, seed_entropy
+from ..sampler import ChipSampler, instance_indices
+
+Tensor = torch.Tensor
+#: 1 s to 10 years (3.15e8 s), 10 points log-spaced
+DEFAULT_TIMES = np.logspace(0, np.log10(3.15e8), 10)
+COMPENSATIONS = (None, "global")
+
+
+def drift_effect(spec: HardwareSpec) -> Drift:
+    """The :class:`Drift` effect of ``spec`` (the first, if several).
+
+    Raises
+    ------
+    ConfigError
+        If ``spec`` has no Drift effect.
+    """
+    for e in spec.effects:
+        if isinstance(e, Drift):
+            return e
+    raise ConfigError("spec.effects", [e.kind for e in spec.effects],
+                      "a spec holding an anvm_stats.hardware.Drift effect (drift over time needs one)")
+
+
+@torch.no_grad()
+def reference_read(program: AnalogProgram, g: Tensor) -> Tensor:
+    """Mean absolute output of every analog layer on the all-ones reference input, ``[K, L]``.
+
+    ``g`` ``[K, P]``: conductances; the read uses ideal periphery (the decoded weights ``W~``, the bias column
+    read with its input ``s``)."""
+    cols = []
+    for p, w in zip(program.plans, program.weights(g).values()):
+        y = w[..., :p.in_features].sum(-1)
+        if p.bias_mode == "column":
+            y = y + w[..., p.in_features] * p.bias_scale
+        cols.append(y.abs().mean(-1))
+    return torch.stack(cols, dim=-1)
+
+
+class GlobalCompensation:
+    """Forward hooks multiplying each analog layer's output by a per-chip gain ``alpha`` ``[K, L]`` (set before
+    each evaluation); forwards of another number of instances pass unchanged. Use as a context manager."""
+
+    def __init__(self, program: AnalogProgram):
+        self.program = program
+        self.alpha: Tensor | None = None
+        self._handles = [m.register_forward_hook(self._hook(j, m)) for j, m in enumerate(program.analog_modules())]
+
+    def _hook(self, j: int, module):
+        def hook(mod, inputs, y):
+            rt = mod.runtime
+            if self.alpha is None or rt is None or rt.K != self.alpha.shape[0]:
+                return None
+            K = rt.K
+            shape = (K, 1) + (1,) * (y.dim() - 1)
+            a = self.alpha[:, j].to(y.dtype).view(shape)
+            yk = y.view(K, -1, *y.shape[1:])
+            db = module.plan.digital_bias
+            analog = yk if db is None else yk - db.view(-1, *([1] * (y.dim() - 2)))
+            # y + (alpha - 1) * analog: exactly y where alpha == 1
+            return (yk + (a - 1.0) * analog).reshape(y.shape)
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.ndarray, idx: np.ndarray,
+                 seed: SeedLike, opts: RunOptions) -> tuple[dict, np.ndarray, ChipSampler, int, int]:
+    """Metrics ``[T, n]`` and gains ``[T, n, L]`` of the globally compensated chips."""
+    dev = program.device
+    batches = [(x.to(dev, torch.float32), y.to(dev, torch.int64)) for x, y in iter_batches(data, opts.batch_size or 1024)]
+    if not batches:
+        raise ConfigError("data", "empty", "at least one sample")
+    n_samples = sum(int(x.shape[0]) for x, _ in batches)
+    program.load(program.g0[None], B=batches[0][0].shape[0])
+    try:
+        n_classes = int(program.module(batches[0][0]).shape[-1])
+    finally:
+        program.unload()
+    sampler = ChipSampler(program, seed)
+    t0 = drift_effect(spec).t0
+    specs = [spec.with_knobs(t_inference=float(t)) for t in times]
+    ref_spec = spec.with_knobs(t_inference=t0)
+    chunk = opts.chunk_size or 64
+    out = {k: np.zeros((len(times), len(idx))) for k in ("correct", "loss", "top5")}
+    gains = np.zeros((len(times), len(idx), len(program.plans)))
+    with GlobalCompensation(program) as comp:
+        for start in range(0, len(idx), chunk):
+            ids = idx[start:start + chunk]
+            K = len(ids)
+            draws = sampler.draw(ids, spec)
+            r0 = reference_read(program, sampler.program_chips(draws, ref_spec, K=K))
+            run = RunOptions(chunk_size=K, batch_size=opts.batch_size, memory_budget=opts.memory_budget,
+                             progress=False)
+            for p, s in enumerate(specs):
+                rt = reference_read(program, sampler.program_chips(draws, s, K=K))
+                comp.alpha = torch.where(rt > 0, r0 / rt, torch.ones_like(rt))
+                res = run_points(program, sampler, [s], ids, batches, run, n_classes)
+                for k in out:
+                    out[k][p, start:start + K] = res[k][0]
+                gains[p, start:start + K] = comp.alpha.cpu().numpy()
+            comp.alpha = None
+    return out, gains, sampler, n_samples, n_classes
+
+
+def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[float] = DEFAULT_TIMES,
+                n_instances: int | None = 256, seed: SeedLike = None, compensation: str | None = None,
+                instances: Sequence[int] | None = None, calibration=None, layers=None,
+                digital: Sequence[str] = (), device=None, **option_kw) -> xr.Dataset:
+    """Accuracy of ``n_instances`` chips at every time in ``times`` (seconds after programming).
+
+    Parameters
+    ----------
+    model, data, n_instances, seed, instances, calibration, layers, digital, device
+        As in :func:`anvm_stats.sweep`.
+    spec : HardwareSpec
+        Must hold a :class:`~anvm_stats.hardware.Drift` effect (its ``t0`` is the reference read time).
+    times : sequence of float >= t0
+        Inference times (default 1 s .. 10 years, 10 log-spaced points).
+    compensation : {None, "global"}
+        ``"global"``: per-chip, per-layer digital gain from a reference read (see module docstring).
+    **option_kw
+        :class:`anvm_stats.montecarlo.RunOptions` fields (chunk_size, batch_size, memory_budget, progress).
+
+    Returns
+    -------
+    xr.Dataset
+        Dims ``(t_inference, instance)``, variables as :func:`anvm_stats.sweep`; with compensation also
+        ``compensation_gain`` ``(t_inference, instance, layer)``; attr ``drift_compensation``.
+
+    Raises
+    ------
+    ConfigError
+        No Drift effect in ``spec``, unknown ``compensation``, times before ``t0``.
+    """
+    drift_effect(spec)
+    if compensation not in COMPENSATIONS:
+        raise ConfigError("compensation", compensation, f"one of {COMPENSATIONS}")
+    times = np.atleast_1d(np.asarray(times, dtype=float))
+    if compensation is None:
+        ds = sweep(model, spec, data, grid={dims.T_INFERENCE: times}, n_instances=n_instances, seed=seed,
+                   instances=instances, calibration=calibration, layers=layers, digital=digital, device=device,
+                   **option_kw)
+        ds.attrs["drift_compensation"] = "none"
+        return ds
+    opts = RunOptions(**option_kw)
+    idx = instance_indices(n_instances, instances)
+    if times.ndim != 1 or times.size == 0 or len(np.unique(times)) != times.size:
+        raise ConfigError(f"grid.{dims.T_INFERENCE}", times, "a non-empty list of distinct values")
+    program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
+                      digital=digital, device=device)
+    out, gains, sampler, n_samples, n_classes = _compensated(program, spec, data, times, idx, seed, opts)
+    T, I = dims.T_INFERENCE, dims.INSTANCE
+    data_vars = {dims.ACCURACY: ((T, I), out["correct"] / n_samples), dims.LOSS: ((T, I), out["loss"] / n_samples),
+                 dims.CORRECT_COUNT: ((T, I), out["correct"].astype(np.int64)),
+                 "compensation_gain": ((T, I, dims.LAYER), gains)}
+    if n_classes > 5:
+        data_vars[dims.TOP5_ACCURACY] = ((T, I), out["top5"] / n_samples)
+    ds = xr.Dataset(data_vars, coords={T: times, I: idx, dims.LAYER: program.layer_names})
+    ds.attrs.update(provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
+                               device=program.device))
+    ds.attrs.update(n_samples=n_samples, n_classes=n_classes, analog_layers=",".join(program.layer_names),
+                    drift_compensation="global")
+    ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
+    ds["compensation_gain"].attrs.update(long_name="global drift compensation gain mean|y(t0)|/mean|y(t)|")
+    return ds
+
+
+def plot_drift(results, var: str = dims.ACCURACY, *, band: tuple[float, float] = (0.05, 0.95), ci: float = 0.95,
+               ax=None):
+    """Plot ``var`` against ``t_inference`` (log axis): mean over chips with its ``ci`` interval (dark band) and
+    the ``band`` quantiles of the chips (light band).
+
+    Parameters
+    ----------
+    results : xr.Dataset or dict of label -> xr.Dataset
+        Output(s) of :func:`drift_sweep`.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure   # no pyplot: no global backend state (renders with Agg)
+    from scipy import stats
+
+    if isinstance(results, xr.Dataset):
+        results = {results.attrs.get("drift_compensation", var): results}
+    if ax is None:
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    for label, ds in results.items():
+        da = ds[var].transpose(dims.T_INFERENCE, dims.INSTANCE)
+        t, v = da[dims.T_INFERENCE].values, da.values
+        n = v.shape[1]
+        m = v.mean(1)
+        half = stats.t.ppf(0.5 + ci / 2, max(n - 1, 1)) * v.std(1, ddof=1) / np.sqrt(n) if n > 1 else 0 * m
+        line, = ax.plot(t, m, marker="o", label=f"{label} (mean, {n} chips)")
+        ax.fill_between(t, np.quantile(v, band[0], axis=1), np.quantile(v, band[1], axis=1),
+                        color=line.get_color(), alpha=0.15, lw=0)
+        ax.fill_between(t, m - half, m + half, color=line.get_color(), alpha=0.35, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming t (s)")
+    ax.set_ylabel(var)
+    ax.legend(title=f"bands: {ci:.0%} CI of mean, {band[0]:.0%}-{band[1]:.0%} of chips")
+    return fig
