@@ -1,0 +1,209 @@
+"""Device presets from the literature, each a function returning a :class:`~anvm_stats.hardware.HardwareSpec`.
+
+Every docstring names its source and the parameters taken from it, and says plainly which values are assumed.
+``PRESETS`` maps a name to each function (all callable without arguments).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import check, check_number
+from ..hardware.mapping import DifferentialMapping
+from ..hardware.registry import register
+from ..hardware.spec import HardwareSpec
+from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise, polynomial
+
+#: Wan et al., Nature 608, 504 (2022) (NeuRRAM) as fitted in IBM aihwkit's ``ReRamWan2022NoiseModel``:
+#: sd of G - G_target in uS, ascending powers of G_target / 40 uS, at 1 s, 1 day and 2 days after programming.
+NEURRAM_TIMES = (1.0, 86400.0, 172800.0)
+NEURRAM_COEFFS = (
+    (0.348, 16.030, -43.853, 45.393, -16.815),
+    (0.701, 22.086, -50.773, 47.095, -16.458),
+    (0.782, 20.274, -43.507, 37.062, -11.934),
+)
+NEURRAM_G_MAX_US = 40.0
+
+
+@register("effect")
+@dataclass(frozen=True, kw_only=True)
+class NeuRRAMNoise:
+    """RRAM conductance error relative to the target, ``G = G_T + scale * sigma(G_T, t) * Z`` (one draw per chip).
+
+    ``sigma(G_T, t)`` is a polynomial in ``G_T / G_max`` fitted at the times ``times``; between them it is
+    interpolated linearly in ``log t`` (held constant outside), an interpolation of ours, not of the source.
+
+    Parameters
+    ----------
+    times : tuple of float
+        Fit times (s), increasing.
+    coeffs : tuple of tuple
+        One sd polynomial (uS, ascending powers) per time.
+    g_max_us : float
+        ``G_max`` of the fit: ``sigma`` in normalised units is ``polynomial / g_max_us``.
+    t_inference : float > 0
+        Time after programming (s); sweep knob ``t_inference``.
+    scale : float >= 0
+        Multiplies sigma; sweep knob ``noise_level`` (1 = as published).
+    clip : bool
+        Clip to the window.
+    """
+
+    kind: ClassVar[str] = "neurram_rram"
+    phase: ClassVar[str] = "program"
+    times: tuple = NEURRAM_TIMES
+    coeffs: tuple = NEURRAM_COEFFS
+    g_max_us: float = NEURRAM_G_MAX_US
+    t_inference: float = 1.0
+    scale: float = 1.0
+    clip: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "times", tuple(float(t) for t in self.times))
+        object.__setattr__(self, "coeffs", tuple(tuple(float(c) for c in row) for row in self.coeffs))
+        check(len(self.times) >= 1 and len(self.coeffs) == len(self.times), "NeuRRAMNoise.coeffs",
+              f"{len(self.coeffs)} rows", f"one polynomial per time ({len(self.times)})")
+        check(all(t > 0 for t in self.times) and bool(np.all(np.diff(self.times) > 0)), "NeuRRAMNoise.times",
+              self.times, "positive, strictly increasing")
+        check_number("NeuRRAMNoise.g_max_us", self.g_max_us, low=0.0, low_open=True)
+        check_number("NeuRRAMNoise.t_inference", self.t_inference, low=0.0, low_open=True)
+        check_number("NeuRRAMNoise.scale", self.scale, low=0.0)
+        check(isinstance(self.clip, bool), "NeuRRAMNoise.clip", self.clip, "true or false")
+
+    def sigma(self, g: torch.Tensor) -> torch.Tensor:
+        """Normalised sd at target ``g`` and time ``t_inference`` (before ``scale``), floored at 0."""
+        logs = np.log(self.times)
+        lt = math.log(self.t_inference)
+        k = int(np.clip(np.searchsorted(logs, lt), 1, max(1, len(logs) - 1)))
+        if len(logs) == 1 or lt <= logs[0]:
+            rows, w = (0, 0), 0.0
+        elif lt >= logs[-1]:
+            rows, w = (len(logs) - 1, len(logs) - 1), 0.0
+        else:
+            rows, w = (k - 1, k), (lt - logs[k - 1]) / (logs[k] - logs[k - 1])
+        x = g.abs()
+        a = polynomial(x, self.coeffs[rows[0]])
+        b = polynomial(x, self.coeffs[rows[1]])
+        return ((1.0 - w) * a + w * b).clamp(min=0.0) / self.g_max_us
+
+    def draw(self, n, generator, *, device, dtype):
+        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+
+    def apply(self, g, draws, bounds):
+        out = g + self.sigma(g) * self.scale * draws["z"]
+        return out.clamp(bounds.g_min, bounds.g_max) if self.clip else out
+
+    def with_knob(self, name, value):
+        if name == "t_inference":
+            check_number("t_inference", value, low=0.0, low_open=True)
+            return replace(self, t_inference=float(value))
+        if name == "noise_level":
+            check_number("noise_level", value, low=0.0)
+            return replace(self, scale=float(value))
+        return None
+
+    @property
+    def clips(self) -> bool:
+        return self.clip
+
+
+def paper1(sigma: float = 0.05, mu: float = 0.0) -> HardwareSpec:
+    """Wan, Wang, Zhou, Iyer, Roychowdhury, arXiv 2008.02400 (2020) / ACM JETC 2022 (doi 10.1145/3502721).
+
+    ``W~ -> W~ + range_l (sigma N(0,1) + mu)`` on ``W~ = [W, b/s]``, ``range_l = (max W~ - min W~) / 2``,
+    unclipped, sampled once per chip (delegates to :meth:`HardwareSpec.paper1`). Published test points:
+    sigma in {0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2}; mu in {+-0.002, +-0.005, +-0.01, +-0.02, +-0.04}.
+    Sweep knob ``noise_level`` = sigma.
+    """
+    return HardwareSpec.paper1(sigma=sigma, mu=mu)
+
+
+def xiao_state_independent(a_ind: float = 0.05, *, proportional: bool = True, adc_bits: int | None = 8,
+                           g_min: float = 0.0) -> HardwareSpec:
+    """Xiao, Feinberg, Bennett, Cardwell, Agarwal, Marinella, IEEE CAS Magazine 2022 (arXiv 2109.01262).
+
+    State-independent programming error ``dG ~ N(0, a_ind G_max)``, clipped to ``[G_min, G_max]``, sampled once;
+    differential (proportional) mapping by default, offset mapping with ``proportional=False``; ADC of
+    ``adc_bits`` whose range covers the inner 99.98 % of calibration outputs (as in the paper). The paper sweeps
+    ``a_ind``; the default 0.05 is an illustrative point, not a published operating point. ``g_min`` (off/on
+    ratio) is a free choice here (0 by default). Sweep knob ``noise_level`` = ``a_ind``.
+    """
+    return HardwareSpec.xiao(sigma=a_ind, proportional=proportional, state_proportional=False, adc_bits=adc_bits,
+                             g_min=g_min)
+
+
+def xiao_state_proportional(a_prop: float = 0.05, *, proportional: bool = True, adc_bits: int | None = 8,
+                            g_min: float = 0.0) -> HardwareSpec:
+    """Xiao et al., IEEE CAS Magazine 2022 (arXiv 2109.01262): state-proportional error ``dG ~ N(0, a_prop G)``.
+
+    As :func:`xiao_state_independent` otherwise (clipped, sampled once, 8-bit ADC over the inner 99.98 %). The
+    default ``a_prop = 0.05`` is illustrative (the paper sweeps it). Sweep knob ``noise_level`` = ``a_prop``.
+    """
+    return HardwareSpec.xiao(sigma=a_prop, proportional=proportional, state_proportional=True, adc_bits=adc_bits,
+                             g_min=g_min)
+
+
+def charan_rram(*, levels: int = 10, variation: float = 0.5, p_stuck_off: float = 0.01,
+                p_stuck_on: float = 0.01) -> HardwareSpec:
+    """Charan et al., IEEE JXCDC 2020 (doi 10.1109/JXCDC.2020.2987605): measured 65 nm RRAM.
+
+    Published: 10 conductance levels and 50 % device-to-device variation (read here as a state-proportional sd of
+    0.5 G of the programmed level), plus stuck-at faults. ASSUMED: the stuck-at rates (1 % stuck at G_min and 1 %
+    at G_max; the rates are not given in this project's references) and the differential mapping. Delegates to
+    :meth:`HardwareSpec.rram_charan`.
+    """
+    return HardwareSpec.rram_charan(levels=levels, variation=variation, p_stuck_off=p_stuck_off,
+                                    p_stuck_on=p_stuck_on)
+
+
+def pcm_joshi2020(*, t_inference: float = 3600.0, drift_model: str = "constant", compensation: bool = True,
+                  read_noise: bool = True, g_min: float = 0.0) -> HardwareSpec:
+    """PCM in a differential pair (Joshi et al., Nat. Commun. 11, 2473 (2020), doi 10.1038/s41467-020-16108-9,
+    with the statistical PCM model of Nandakumar et al., ICECS 2019, doi 10.1109/ICECS46596.2019.8964852).
+
+    Effects (see :mod:`anvm_stats.devices.pcm` for the formulas and where each number comes from):
+    programming noise ``sigma_prog(G_T) = 0.26348 + 1.9650 g - 1.1731 g^2`` uS at ``G_max = 25 uS``
+    (:class:`PCMProgrammingNoise`); drift ``(t/t0)^-nu`` with ``t0 = 20 s`` and ``nu ~ N(0.031, 0.008)`` per device
+    (``drift_model="constant"``; the sd 0.008 is ASSUMED) or the state-dependent Nandakumar law
+    (``"nandakumar"``), with global drift compensation by default (:class:`PCMDrift`); 1/f read noise with sd
+    ``|G| min(0.0088 g^-0.65, 0.2) sqrt(ln((t + 250 ns)/(500 ns)))`` drawn at every read (:class:`PCMReadNoise`).
+    ``g_min = 0`` (PCM RESET state taken as 0 conductance, as in aihwkit) is an assumption. Sweep knobs:
+    ``t_inference`` (s after programming, >= 20) and ``noise_level`` (programming-noise scale, 1 = published).
+    """
+    effects = [PCMProgrammingNoise(), PCMDrift(model=drift_model, t_inference=t_inference, compensation=compensation)]
+    if read_noise:
+        effects.append(PCMReadNoise(t_inference=t_inference))
+    return HardwareSpec(name=f"pcm_joshi2020(t={t_inference:g}s)", mapping=DifferentialMapping(),
+                        effects=tuple(effects), g_min=g_min)
+
+
+def neurram_rram(*, t_inference: float = 1.0, g_min: float = 1.0 / 40.0) -> HardwareSpec:
+    """NeuRRAM-style RRAM: Wan et al., "A compute-in-memory chip based on resistive random-access memory",
+    Nature 608, 504-512 (2022), doi 10.1038/s41586-022-04992-8.
+
+    Published statistics as fitted by IBM aihwkit (``ReRamWan2022NoiseModel``, "estimated from the published
+    figures"): the sd of ``G - G_target`` is a 4th-order polynomial in ``G_target / 40 uS`` at 1 s, 1 day and
+    2 days after programming (coefficients in ``NEURRAM_COEFFS``; e.g. at 1 s: 0.35 uS at G=0, 2.0 uS at
+    mid-range, 1.1 uS at G_max). ASSUMED: ``G_max = 40 uS`` with ``g_min = 1/40`` (a 1 uS low state), the
+    differential mapping, no stuck cells and no separate read noise (the source has none; aihwkit suggests ~1 %
+    additive read noise), and log-time interpolation between the fitted times (:class:`NeuRRAMNoise`).
+    Sweep knobs: ``t_inference`` (s) and ``noise_level`` (noise scale, 1 = published).
+    """
+    return HardwareSpec(name=f"neurram_rram(t={t_inference:g}s)", mapping=DifferentialMapping(),
+                        effects=(NeuRRAMNoise(t_inference=t_inference),), g_min=g_min)
+
+
+#: every preset, by name (each callable without arguments)
+PRESETS: dict[str, Callable[..., HardwareSpec]] = {
+    "paper1": paper1,
+    "xiao_state_independent": xiao_state_independent,
+    "xiao_state_proportional": xiao_state_proportional,
+    "charan_rram": charan_rram,
+    "pcm_joshi2020": pcm_joshi2020,
+    "neurram_rram": neurram_rram,
+}
