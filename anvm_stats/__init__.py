@@ -4,7 +4,9 @@ non-volatile memory, and how to train it to survive."""
 __version__ = "0.1.0"
 
 from . import data, dims, hardware, models, rng, stats  # noqa: E402
+from . import calibration, devices, testing  # noqa: E402
 from .adaptive import evaluate_until  # noqa: E402
+from .calibration import calibrate, drift_sweep, train_distilled  # noqa: E402
 from .fragility import sensitivity  # noqa: E402
 from .analog import AnalogProgram, prepare  # noqa: E402
 from .hardware import (  # noqa: E402
@@ -15,7 +17,7 @@ from .montecarlo import RunOptions, evaluate, sweep  # noqa: E402
 from .sampler import ChipSampler  # noqa: E402
 
 __all__ = [
-    "__version__", "data", "models", "stats", "evaluate_until", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
+    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
     "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
     "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "RunOptions", "evaluate", "sweep", "ChipSampler",
 ]
