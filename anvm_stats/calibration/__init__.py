@@ -27,9 +27,9 @@ __all__ = ["CalibrationOptions", "calibrate", "DistillConfig", "DistillResult", 
 
 
 def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: HardwareSpec, *, calib, test,
-                     params: Sequence[str] = ("column_affine", "sparse"), n_instances: int = 32, seed: SeedLike = 0,
-                     ci: float = 0.95, baseline: str | None = None, progress: bool = False,
-                     **calibrate_kw) -> xr.Dataset:
+                     params: Sequence[str | tuple[str, dict]] = ("column_affine", "sparse"),
+                     n_instances: int = 32, seed: SeedLike = 0, ci: float = 0.95, baseline: str | None = None,
+                     progress: bool = False, **calibrate_kw) -> xr.Dataset:
     """Compare recovery methods on the SAME chips: each model as mapped (naive) and after each calibration.
 
     Every model is evaluated on chip instances ``0..n_instances-1`` of ``seed`` (the same base random draws:
@@ -42,8 +42,9 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     spec : HardwareSpec
     calib, test
         Calibration and held-out data (see :func:`calibrate`).
-    params : sequence of {"column_affine", "batchnorm", "sparse"}
-        Calibrations applied after programming; method ``"<model>+<param>"`` for each.
+    params : sequence of {"column_affine", "batchnorm", "sparse"} or of (label, dict of calibrate kwargs)
+        Calibrations applied after programming; method ``"<model>+<label>"`` for each, e.g.
+        ``("sparse-sens", {"params": "sparse", "sparse_select": "sensitivity"})``.
     baseline : str, optional
         Method the gains are measured against (default: the first model, uncalibrated).
     **calibrate_kw
@@ -70,11 +71,12 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
             ds = evaluate(model, spec, test, n_instances=n_instances, seed=seed, progress=progress)
             acc[name], loss[name] = ds[dims.ACCURACY], ds[dims.LOSS]
         for p in params:
-            ds = calibrate(model, spec, calib=calib, test=test, n_instances=n_instances, seed=seed, params=p,
-                           progress=progress, **calibrate_kw)
+            label, kw = (p, {"params": p}) if isinstance(p, str) else (p[0], dict(p[1]))
+            ds = calibrate(model, spec, calib=calib, test=test, n_instances=n_instances, seed=seed,
+                           progress=progress, **{**calibrate_kw, **kw})
             acc.setdefault(name, ds[f"{dims.ACCURACY}_before"])
             loss.setdefault(name, ds[f"{dims.LOSS}_before"])
-            acc[f"{name}+{p}"], loss[f"{name}+{p}"] = ds[f"{dims.ACCURACY}_after"], ds[f"{dims.LOSS}_after"]
+            acc[f"{name}+{label}"], loss[f"{name}+{label}"] = ds[f"{dims.ACCURACY}_after"], ds[f"{dims.LOSS}_after"]
     names = list(acc)
     baseline = names[0] if baseline is None else baseline
     if baseline not in acc:
@@ -86,5 +88,5 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     out = xr.Dataset({dims.ACCURACY: a, dims.LOSS: lo, "accuracy_mean": m["estimate"],
                       "accuracy_mean_interval": m["interval"], "gain": d["estimate"], "gain_interval": d["interval"]})
     out.attrs.update(baseline=baseline, confidence=ci, hardware_spec=spec.to_json(), n_instances=n_instances,
-                     calibrations=",".join(params))
+                     calibrations=",".join(p if isinstance(p, str) else p[0] for p in params))
     return out
