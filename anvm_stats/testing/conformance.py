@@ -287,8 +287,14 @@ class _Checker:
         bad = (out < self.b.g_min) | (out > self.b.g_max) | torch.isnan(out)
         if bad.any():
             i = int(bad.reshape(-1).nonzero()[0, 0])
+            # replay that one device alone: the minimal example is a single input and its draws
+            g1 = gg.reshape(-1)[i:i + 1].clone()
+            d1 = {k: v.reshape(-1)[i:i + 1].clone() for k, v in d.items()}
+            o1 = self.e.apply(g1, d1, self.b)
+            alone = bool(((o1 < self.b.g_min) | (o1 > self.b.g_max) | torch.isnan(o1)).any())
+            ex = _device(0, g1, d1, output=o1) if alone else _device(i, gg, d, output=out)
             return (f"declared clipping but an output left [{self.b.g_min}, {self.b.g_max}]",
-                    {"n": n, "bounds": [self.b.g_min, self.b.g_max], **_device(i, gg, d, output=out)})
+                    {"n": 1 if alone else n, "bounds": [self.b.g_min, self.b.g_max], **ex})
         return None
 
     def independence(self):
