@@ -1,0 +1,68 @@
+"""Reports of a results Dataset: PNG figures, ``report.md`` and ``report.html`` (same content and figures).
+
+``write_report(ds, folder)`` writes everything; the figure functions live in :mod:`anvm_stats.report.figures`
+and the tables in :mod:`anvm_stats.report.summary`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import xarray as xr
+
+from .figures import (FIGURES, accuracy_distribution, layer_sensitivity, mean_quantile_bands, recovery_comparison,
+                      training_curves, yield_curve)
+from .markdown import blocks, to_html, to_markdown
+from .summary import format_text, paired_tables, point_table, settings
+
+__all__ = ["write_report", "write_figures", "point_table", "paired_tables", "format_text", "accuracy_distribution",
+           "mean_quantile_bands", "yield_curve", "layer_sensitivity", "training_curves", "recovery_comparison"]
+
+
+def write_figures(ds: xr.Dataset, folder: str | Path, plots=None) -> dict[str, str]:
+    """Save every applicable figure in ``plots`` (default: the ``report_plots`` attr, else all) as PNG.
+
+    Returns ``{figure name: file name}`` for those written. ``recovery`` is drawn whenever the data has it.
+    """
+    folder = Path(folder)
+    if plots is None:
+        plots = [p for p in str(ds.attrs.get("report_plots", ",".join(FIGURES))).split(",") if p]
+    plots = list(plots) + (["recovery"] if "recovery" not in plots else [])
+    out = {}
+    for name in plots:
+        fn, fname, applies = FIGURES[name]
+        if not applies(ds):
+            continue
+        fig = fn(ds)
+        fig.savefig(folder / fname, dpi=100)
+        out[name] = fname
+    return out
+
+
+def write_report(ds: xr.Dataset, folder: str | Path, *, plots=None, threshold: float | None = None,
+                 ci: float | None = None, quantiles=None, html: bool | None = None, embed: str | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> dict[str, Path]:
+    """Write the PNGs, ``report.md`` and (unless ``html=False``) ``report.html`` into ``folder``.
+
+    Settings default to the results' ``report_*`` attrs (set from the study's ``[outputs]``).
+
+    Returns
+    -------
+    dict
+        ``{"markdown": path, "html": path, "figures": {name: path}}``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs = write_figures(ds, folder, plots)
+    bl = blocks(ds, figs, threshold=threshold, ci=ci, quantiles=quantiles)
+    md = folder / "report.md"
+    md.write_text(to_markdown(bl))
+    out: dict = {"markdown": md, "figures": {k: folder / v for k, v in figs.items()}}
+    if html if html is not None else bool(int(ds.attrs.get("report_html", 1))):
+        page = folder / "report.html"
+        page.write_text(to_html(bl, folder, embed=embed or str(ds.attrs.get("report_embed", "base64")),
+                                title=str(ds.attrs.get("study", "report"))))
+        out["html"] = page
+    log(f"report: {md}" + (f", {out['html']}" if "html" in out else "") + f", {len(figs)} figures")
+    return out

@@ -1,0 +1,170 @@
+"""``report.md`` and ``report.html`` of a results Dataset, built from one list of blocks so both say the same.
+
+Blocks: ``("h1"|"h2"|"p", text)``, ``("table", (headers, rows))``, ``("img", file name, caption)``,
+``("pre", text)``. The HTML embeds the PNGs as base64 (default) or links them relatively.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import xarray as xr
+
+from .. import dims
+from .summary import HARDWARE_DIM, MODEL_DIM, fmt, paired_tables, point_table, settings
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
+        "text-align:right}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em;"
+        "overflow-x:auto;font-size:12px}figcaption{color:#555;font-size:13px}")
+
+
+def _setup_text(ds: xr.Dataset) -> str:
+    a = ds.attrs
+    n = ds.sizes.get(dims.INSTANCE, 0)
+    parts = [f"Model: {a.get('model', '?')}", f"evaluation data: {a.get('dataset', '?')}",
+             f"{n} simulated chips per sweep point (instances 0..{n - 1}, seed {a.get('study_seed', '?')}, "
+             f"the same chips at every point: differences are paired)"]
+    grid = [d for d in ds[dims.ACCURACY].dims if d not in (dims.INSTANCE, MODEL_DIM, HARDWARE_DIM)]
+    if grid:
+        parts.append("sweep: " + ", ".join(f"{d} in {[_v(v) for v in ds[d].values]}" for d in grid))
+    if MODEL_DIM in ds.dims:
+        parts.append(f"models: {[str(v) for v in ds[MODEL_DIM].values]}")
+    if HARDWARE_DIM in ds.dims:
+        parts.append(f"chip variants: {[str(v) for v in ds[HARDWARE_DIM].values]}")
+    if "sequential_stopped_by" in a:
+        parts.append(f"instances chosen sequentially (target CI width {a.get('sequential_target_width')}, "
+                     f"stopped by {a['sequential_stopped_by']}, final width {fmt(float(a['sequential_width']), 4)})")
+    return "; ".join(parts) + "."
+
+
+def _v(v):
+    v = v.item() if hasattr(v, "item") else v
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def _float_text(ds: xr.Dataset) -> str | None:
+    if "float_accuracy" not in ds:
+        return None
+    fa = ds["float_accuracy"]
+    if fa.ndim == 0:
+        return f"Digital (float) accuracy of the trained network: {fmt(float(fa))}."
+    return "Digital (float) accuracy: " + ", ".join(f"{m}: {fmt(float(v))}" for m, v in
+                                                    zip(fa[MODEL_DIM].values, fa.values)) + "."
+
+
+def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None = None, ci: float | None = None,
+           quantiles=None) -> list[tuple]:
+    """The report's content. ``figures`` maps figure name -> PNG file name (relative to the report)."""
+    thr, c, qs = settings(ds, threshold, ci, quantiles)
+    pct = int(round(c * 100))
+    name = ds.attrs.get("study", "results")
+    out: list[tuple] = [("h1", f"Study: {name}")]
+    if ds.attrs.get("study_description"):
+        out.append(("p", str(ds.attrs["study_description"])))
+    out.append(("p", _setup_text(ds)))
+    ft = _float_text(ds)
+    if ft:
+        out.append(("p", ft))
+    out.append(("h2", "Accuracy over chips at each sweep point"))
+    out.append(("p", f"Mean with a {pct}% Student-t interval; quantiles with distribution-free {pct}% "
+                     f"order-statistic intervals; yield = fraction of chips with accuracy >= {thr:g}, with a "
+                     f"{pct}% Clopper-Pearson interval."))
+    out.append(("table", point_table(ds, threshold=thr, ci=c, quantiles=qs)))
+    titles = {"model": "Paired differences between trained models (same chips)",
+              "hardware": "Paired differences between chip variants (same base draws)",
+              "recovery": "Per-chip recovery: accuracy after minus before (same chips)"}
+    for key, table in paired_tables(ds, ci=c).items():
+        out.append(("h2", titles[key]))
+        out.append(("p", f"Mean paired difference of accuracy with a {pct}% paired-t interval; 'higher' / "
+                         f"'lower' when the interval excludes zero."))
+        out.append(("table", table))
+    if f"recovery_{dims.ACCURACY}_after" in ds:
+        out.append(("h2", "Accuracy after recovery"))
+        out.append(("table", point_table(ds, f"recovery_{dims.ACCURACY}_after", threshold=thr, ci=c,
+                                         quantiles=qs)))
+    elif "recovery" in ds.attrs and str(ds.attrs["recovery"]).startswith("skipped"):
+        out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
+    captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
+                "mean_quantiles": f"Mean accuracy with its {pct}% CI and the {min(qs):g}-{max(qs):g} quantile band.",
+                "yield": f"Yield P(accuracy >= {thr:g}) with {pct}% Clopper-Pearson bands.",
+                "sensitivity": "Per-layer Hessian trace (Hutchinson estimate, +-2 standard errors).",
+                "training": "Training curves.",
+                "recovery": "Mean accuracy before and after per-chip recovery."}
+    if figures:
+        out.append(("h2", "Figures"))
+        for key, fname in figures.items():
+            out.append(("img", fname, captions.get(key, key)))
+    prov = {k: ds.attrs[k] for k in ("created_at", "anvm_stats_version", "torch_version", "device",
+                                     "seed_entropy", "dataset", "train_s", "sweep_s") if k in ds.attrs}
+    out.append(("h2", "Provenance"))
+    out.append(("pre", json.dumps(prov, indent=1, default=str)))
+    if ds.attrs.get("hardware_spec"):
+        out.append(("p", "Hardware spec:"))
+        try:
+            spec_text = json.dumps(json.loads(ds.attrs["hardware_spec"]), indent=1)
+        except (TypeError, ValueError):
+            spec_text = str(ds.attrs["hardware_spec"])
+        out.append(("pre", spec_text))
+    if ds.attrs.get("study_toml"):
+        out.append(("p", "Study file:"))
+        out.append(("pre", str(ds.attrs["study_toml"])))
+    return out
+
+
+def _md_table(table) -> str:
+    headers, rows = table
+    esc = [[str(x).replace("|", "\\|") for x in r] for r in [headers, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def to_markdown(bl: list[tuple]) -> str:
+    parts = []
+    for b in bl:
+        kind = b[0]
+        if kind == "h1":
+            parts.append(f"# {b[1]}")
+        elif kind == "h2":
+            parts.append(f"## {b[1]}")
+        elif kind == "p":
+            parts.append(b[1])
+        elif kind == "table":
+            parts.append(_md_table(b[1]))
+        elif kind == "img":
+            parts.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*")
+        elif kind == "pre":
+            parts.append(f"```\n{b[1].rstrip()}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_html(bl: list[tuple], folder: Path, *, embed: str = "base64", title: str = "report") -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>"]
+    for b in bl:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif kind == "table":
+            headers, rows = b[1]
+            head = "".join(f"<th>{e(h)}</th>" for h in headers)
+            body = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in r) + "</tr>" for r in rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            if embed == "base64":
+                data = base64.b64encode((folder / b[1]).read_bytes()).decode("ascii")
+                src = f"data:image/png;base64,{data}"
+            else:
+                src = e(b[1])
+            parts.append(f"<figure><img src='{src}' alt='{e(b[2])}'><figcaption>{e(b[2])}</figcaption></figure>")
+        elif kind == "pre":
+            parts.append(f"<pre>{e(b[1])}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,149 @@
+"""Headline numbers of a results Dataset as tables: per sweep point mean with CI, quantiles with distribution-free
+CIs, yield with a Clopper-Pearson CI; paired differences between models, chips, and before/after recovery.
+
+A table is ``(headers, rows)`` with rows of strings, rendered by :mod:`anvm_stats.report.markdown` and by
+``anvm-stats show``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .. import dims
+from .. import stats
+
+MODEL_DIM = "model"
+HARDWARE_DIM = "hardware"
+#: preferred x axis of plots and first columns of tables, in order
+PRIMARY_ORDER = (dims.NOISE_LEVEL, "mean_shift", dims.ADC_BITS, "adc_levels", dims.DAC_BITS, "dac_levels",
+                 dims.STUCK_AT_RATE, dims.T_INFERENCE)
+Table = tuple[list[str], list[list[str]]]
+
+
+def settings(ds: xr.Dataset, threshold: float | None = None, ci: float | None = None,
+             quantiles=None) -> tuple[float, float, tuple[float, ...]]:
+    """Report settings: arguments, else the ``report_*`` attrs of ``ds``, else 0.9 / 0.95 / (0.05, 0.5, 0.95)."""
+    thr = threshold if threshold is not None else float(ds.attrs.get("report_yield_threshold", 0.9))
+    c = ci if ci is not None else float(ds.attrs.get("report_ci", 0.95))
+    q = quantiles if quantiles is not None else ds.attrs.get("report_quantiles", (0.05, 0.5, 0.95))
+    return float(thr), float(c), tuple(float(v) for v in np.atleast_1d(q))
+
+
+def point_dims(da: xr.DataArray) -> list[str]:
+    """The non-instance dims of ``da``: ``model`` and ``hardware`` first, then sweep knobs (primary first)."""
+    rest = [d for d in da.dims if d != dims.INSTANCE]
+    head = [d for d in (MODEL_DIM, HARDWARE_DIM) if d in rest]
+    knobs = sorted([d for d in rest if d not in head],
+                   key=lambda d: PRIMARY_ORDER.index(d) if d in PRIMARY_ORDER else len(PRIMARY_ORDER))
+    return head + knobs
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    """A number for a table (``-inf``/``inf`` where an interval is unbounded)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "nan"
+    if np.isinf(v):
+        return "-inf" if v < 0 else "inf"
+    return f"{v:.{digits}f}"
+
+
+def _coord(v) -> str:
+    v = v.item() if hasattr(v, "item") else v
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _points(da: xr.DataArray) -> list[dict]:
+    order = point_dims(da)
+    if not order:
+        return [{}]
+    sizes = [da.sizes[d] for d in order]
+    return [dict(zip(order, idx)) for idx in np.ndindex(*sizes)]
+
+
+def _clean(da: xr.DataArray) -> xr.DataArray:
+    return da.dropna(dims.INSTANCE, how="any") if bool(da.isnull().any()) else da
+
+
+def point_table(ds: xr.Dataset, var: str = dims.ACCURACY, *, threshold: float | None = None,
+                ci: float | None = None, quantiles=None) -> Table:
+    """One row per sweep point: coordinates, n, mean [CI], each quantile [CI], yield P(var >= threshold) [CI]."""
+    thr, c, qs = settings(ds, threshold, ci, quantiles)
+    da = _clean(ds[var])
+    m = stats.mean(da, ci=c)
+    qd = stats.quantiles(da, list(qs), ci=c)
+    y = stats.yield_(da, thr, ci=c)
+    order = point_dims(da)
+    pct = int(round(c * 100))
+    headers = order + ["n", "mean", f"mean {pct}% CI"]
+    for q in qs:
+        headers += [f"q{q:g}", f"q{q:g} {pct}% CI"]
+    headers += [f"yield(>={thr:g})", f"yield {pct}% CI"]
+    rows = []
+    for pt in _points(da):
+        mi = m.isel(pt)
+        row = [_coord(da[d].values[i]) for d, i in pt.items()]
+        row += [str(int(mi["n"])), fmt(float(mi["estimate"])),
+                f"[{fmt(float(mi['interval'][0]))}, {fmt(float(mi['interval'][1]))}]"]
+        for j in range(len(qs)):
+            qi = qd.isel(pt).isel({dims.QUANTILE: j})
+            row += [fmt(float(qi["estimate"])),
+                    f"[{fmt(float(qi['interval'][0]))}, {fmt(float(qi['interval'][1]))}]"]
+        yi = y.isel(pt)
+        row += [fmt(float(yi["estimate"])), f"[{fmt(float(yi['interval'][0]))}, {fmt(float(yi['interval'][1]))}]"]
+        rows.append(row)
+    return headers, rows
+
+
+def _diff_rows(a: xr.DataArray, b: xr.DataArray, label: str, c: float) -> list[list[str]]:
+    d = stats.paired_difference(a, b, ci=c)
+    rows = []
+    for pt in _points(a):
+        di = d.isel(pt)
+        lo, hi = float(di["interval"][0]), float(di["interval"][1])
+        verdict = "higher" if lo > 0 else ("lower" if hi < 0 else "no difference shown")
+        rows.append([label] + [_coord(a[k].values[i]) for k, i in pt.items()]
+                    + [fmt(float(di["estimate"]), 4), f"[{fmt(lo, 4)}, {fmt(hi, 4)}]", verdict])
+    return rows
+
+
+def paired_tables(ds: xr.Dataset, var: str = dims.ACCURACY, *, ci: float | None = None) -> dict[str, Table]:
+    """Paired differences (same chips) of ``var``: each model vs the first, each chip variant vs the first, and
+    after vs before recovery. Keys: ``"model"``, ``"hardware"``, ``"recovery"`` (only those that apply)."""
+    _, c, _ = settings(ds, None, ci, None)
+    pct = int(round(c * 100))
+    out = {}
+    for dim in (MODEL_DIM, HARDWARE_DIM):
+        if var in ds and dim in ds[var].dims and ds.sizes[dim] > 1:
+            da = ds[var]
+            base = da.isel({dim: 0}, drop=True)
+            rows = []
+            for i in range(1, ds.sizes[dim]):
+                other = da.isel({dim: i}, drop=True)
+                rows += _diff_rows(other, base, f"{_coord(da[dim].values[i])} - {_coord(da[dim].values[0])}", c)
+            order = point_dims(base)
+            out[dim] = (["comparison"] + order + ["mean difference", f"{pct}% CI", "verdict"], rows)
+    b, a = f"recovery_{dims.ACCURACY}_before", f"recovery_{dims.ACCURACY}_after"
+    if a in ds and b in ds:
+        after, before = _clean(ds[a]), _clean(ds[b])
+        rows = []
+        if MODEL_DIM in after.dims:
+            for i in range(after.sizes[MODEL_DIM]):
+                rows += _diff_rows(after.isel({MODEL_DIM: i}, drop=True), before.isel({MODEL_DIM: i}, drop=True),
+                                   f"after - before ({_coord(after[MODEL_DIM].values[i])})", c)
+            order = point_dims(after.isel({MODEL_DIM: 0}, drop=True))
+        else:
+            rows = _diff_rows(after, before, "after - before", c)
+            order = point_dims(after)
+        out["recovery"] = (["comparison"] + order + ["mean difference", f"{pct}% CI", "verdict"], rows)
+    return out
+
+
+def format_text(table: Table) -> str:
+    """A table as aligned plain text for the terminal."""
+    headers, rows = table
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(str(x).rjust(w) for x, w in zip(r, widths)) for r in rows]
+    return "\n".join([line, sep, *body])

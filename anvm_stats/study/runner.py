@@ -1,0 +1,309 @@
+"""Run a study: train (or load cached weights), sweep every model x chip x grid point on the same chips, add
+sensitivity / recovery when asked, save the results and write the report.
+
+Results layout (an ``xr.Dataset``)
+----------------------------------
+``accuracy``, ``loss``, ``correct_count`` [, ``top5_accuracy``] with dims ``instance``, the sweep knobs, and
+``model`` (several trained models; coordinate ``sigma_train`` beside it) / ``hardware`` (chip variants) when
+present; ``float_accuracy`` (digital network, per model); ``history_<curve>`` (dims model?, ``epoch``);
+``sensitivity_trace`` / ``_se`` / ``_per_param`` (dim ``layer``); ``recovery_accuracy_before`` / ``_after``
+(per-chip calibration). Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import dims
+from ..errors import ConfigError
+from ..hardware.spec import KNOBS, HardwareSpec
+from .config import Study
+from .train import DEFAULT_CACHE, load_data, load_weights, train_or_load
+
+MODEL_DIM = "model"
+HARDWARE_DIM = "hardware"
+
+
+def apply_knobs(spec: HardwareSpec, knobs: dict) -> HardwareSpec:
+    """``spec.with_knobs`` plus the study-only knobs ``adc_levels``, ``dac_levels`` (converter levels instead of
+    bits) and ``mean_shift`` (the programming-noise mean ``mu``)."""
+    std = {k: v for k, v in knobs.items() if k in KNOBS}
+    if std:
+        spec = spec.with_knobs(**std)
+    for k, v in knobs.items():
+        if k in ("adc_levels", "dac_levels"):
+            which = k.split("_")[0]
+            q = getattr(spec.periphery, which)
+            if q is None:
+                raise ConfigError(k, v, f"a spec whose periphery has a {which.upper()} (it has none)")
+            spec = replace(spec, periphery=replace(spec.periphery, **{which: replace(q, bits=None, levels=int(v))}))
+        elif k == "mean_shift":
+            effects = tuple(replace(e, mu=float(v)) if e.kind == "programming_noise" else e for e in spec.effects)
+            if effects == spec.effects and not any(e.kind == "programming_noise" for e in spec.effects):
+                raise ConfigError(k, v, "a spec with a programming_noise effect (its mean mu is shifted)")
+            spec = replace(spec, effects=effects)
+        elif k not in KNOBS:
+            raise ConfigError(k, v, f"a knob: one of {tuple(KNOBS) + ('adc_levels', 'dac_levels', 'mean_shift')}")
+    return spec
+
+
+def _nest(items: list, shape: list[int]):
+    if len(shape) <= 1:
+        return items
+    step = math.prod(shape[1:])
+    return [_nest(items[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _over_extra(fn: Callable[[HardwareSpec], xr.Dataset], spec: HardwareSpec, extra: dict) -> xr.Dataset:
+    """Run ``fn`` at every combination of the study-only knobs and stack the results along them."""
+    if not extra:
+        return fn(spec)
+    keys = list(extra)
+    parts = []
+    for combo in itertools.product(*extra.values()):
+        ds = fn(apply_knobs(spec, dict(zip(keys, combo))))
+        parts.append(ds.expand_dims({k: [v] for k, v in zip(keys, combo)}))
+    return xr.combine_nested(_nest(parts, [len(v) for v in extra.values()]), concat_dim=keys,
+                             combine_attrs="override")
+
+
+def _stack(parts: list[xr.Dataset], dim: str, labels: list[str], keep: bool) -> xr.Dataset:
+    if not keep:
+        return parts[0]
+    return xr.concat(parts, dim=dim, combine_attrs="override", data_vars="all",
+                     coords="minimal", compat="override").assign_coords({dim: labels})
+
+
+@dataclass
+class _Ctx:
+    study: Study
+    models: dict
+    test: object
+    device: object
+    progress: bool
+
+    @property
+    def keep_model(self) -> bool:
+        return len(self.models) > 1
+
+    def grids(self) -> tuple[dict, dict]:
+        grid = self.study.sweep.grid
+        return ({k: list(v) for k, v in grid.items() if k in KNOBS},
+                {k: list(v) for k, v in grid.items() if k not in KNOBS})
+
+    def over_all(self, fn) -> xr.Dataset:
+        """``fn(model, spec)`` over models x hardware variants x study-only knobs, stacked."""
+        _, extra = self.grids()
+        per_model = []
+        for model in self.models.values():
+            per_hw = [_over_extra(lambda s: fn(model, s), spec, extra) for spec in self.study.hardware.values()]
+            per_model.append(_stack(per_hw, HARDWARE_DIM, list(self.study.hardware), self.study.hardware_variants))
+        return _stack(per_model, MODEL_DIM, list(self.models), self.keep_model)
+
+
+def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
+    from ..montecarlo import sweep
+
+    std, _ = ctx.grids()
+    sw = ctx.study.sweep
+    return ctx.over_all(lambda model, spec: sweep(
+        model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
+        device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size))
+
+
+def run_sweep(ctx: _Ctx) -> xr.Dataset:
+    """All sweeps at a fixed instance count, or sequentially until every mean interval is narrow enough."""
+    sw = ctx.study.sweep
+    if sw.target_ci_width is None:
+        return _sweep_instances(ctx, np.arange(sw.n_instances))
+    from ..stats import sequential_estimate
+
+    chunks: list[xr.Dataset] = []
+
+    def draw(start: int, m: int) -> np.ndarray:
+        ds = _sweep_instances(ctx, np.arange(start, start + m))
+        chunks.append(ds)
+        acc = ds[dims.ACCURACY]
+        return acc.transpose(dims.INSTANCE, ...).values.reshape(m, -1)
+
+    res = sequential_estimate(draw, statistic="mean", target_width=sw.target_ci_width, ci=ctx.study.outputs.ci,
+                              batch_size=sw.batch_instances, max_n=sw.max_instances)
+    ds = xr.concat(chunks, dim=dims.INSTANCE, combine_attrs="override")
+    ds.attrs.update(sequential_stopped_by=res.stopped_by, sequential_target_width=sw.target_ci_width,
+                    sequential_width=float(res.width))
+    return ds
+
+
+@torch.no_grad()
+def float_accuracy(model, data, batch: int = 1024) -> float:
+    """Accuracy of the digital (float) network."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = sum(int((model(x.to(dev)).argmax(-1) == y.to(dev)).sum()) for x, y in data.batches(batch))
+    return correct / data.n
+
+
+def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
+    try:
+        from ..calibration import calibrate
+    except ImportError:
+        return None
+    rec = ctx.study.recovery
+    std, _ = ctx.grids()
+    points = [dict(zip(std, c)) for c in itertools.product(*std.values())] if std else [{}]
+
+    def one(model, spec):
+        parts = [calibrate(model, apply_knobs(spec, pt), calib=calib, test=ctx.test, n_instances=n_instances,
+                           seed=ctx.study.seed, n_calib=rec.n_calibration, progress=ctx.progress,
+                           device=ctx.device, **rec.options).expand_dims({k: [v] for k, v in pt.items()})
+                 for pt in points]
+        ds = xr.combine_nested(_nest(parts, [len(v) for v in std.values()]), concat_dim=list(std),
+                               combine_attrs="override") if std else parts[0]
+        keep = [f"{dims.ACCURACY}_before", f"{dims.ACCURACY}_after"]
+        return ds[[v for v in keep if v in ds]].rename({v: f"recovery_{v}" for v in keep if v in ds})
+
+    return ctx.over_all(one)
+
+
+def _sensitivity(ctx: _Ctx) -> xr.Dataset:
+    from ..sensitivity import layer_sensitivity
+
+    data = ctx.test if ctx.test.n <= 512 else ctx.test.subset(512, seed=0)
+    parts = []
+    for model in ctx.models.values():
+        s = layer_sensitivity(model, data, seed=ctx.study.seed, eigen=False, max_probes=64)
+        parts.append(s[["trace", "trace_se", "trace_per_param"]].rename(
+            {v: f"sensitivity_{v}" for v in ("trace", "trace_se", "trace_per_param")}))
+    return _stack(parts, MODEL_DIM, list(ctx.models), ctx.keep_model)
+
+
+def _histories(ctx: _Ctx, histories: dict) -> xr.Dataset:
+    names = sorted({k for h in histories.values() for k in h})
+    n_ep = max((len(v) for h in histories.values() for v in h.values()), default=0)
+    if not names or n_ep == 0:
+        return xr.Dataset()
+    arr = np.full((len(histories), len(names), n_ep), np.nan)
+    for i, h in enumerate(histories.values()):
+        for j, k in enumerate(names):
+            v = h.get(k, [])
+            arr[i, j, :len(v)] = v
+    ds = xr.Dataset({f"history_{k}": ((MODEL_DIM, dims.EPOCH), arr[:, j]) for j, k in enumerate(names)},
+                    coords={MODEL_DIM: list(histories), dims.EPOCH: np.arange(1, n_ep + 1)})
+    return ds if ctx.keep_model else ds.isel({MODEL_DIM: 0}, drop=True)
+
+
+def save_results(ds: xr.Dataset, path: Path) -> Path:
+    """Save with :func:`anvm_stats.io.save` when present, else atomically with xarray (netCDF or zarr)."""
+    try:
+        from ..io import save
+    except ImportError:
+        save = None
+    if save is not None:
+        save(ds, path)
+        return path
+    if path.suffix == ".zarr":
+        ds.to_zarr(path, mode="w")
+        return path
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+    except ImportError:  # h5netcdf without h5py: netCDF3 through scipy
+        tmp.unlink(missing_ok=True)
+        ds.to_netcdf(tmp, engine="scipy")
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path: str | Path) -> xr.Dataset:
+    """Load a results file written by :func:`save_results` (``FileNotFoundError`` if missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path}")
+    try:
+        from ..io import load
+        return load(path)
+    except ImportError:
+        pass
+    if path.suffix == ".zarr" or path.is_dir():
+        return xr.open_zarr(path).load()
+    return xr.load_dataset(path)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`run_study` produced: the results Dataset, its file, the report files and timings (s)."""
+
+    dataset: xr.Dataset
+    out_dir: Path
+    results_path: Path
+    report: dict
+    timings: dict
+
+
+def run_study(study: Study, *, out: str | Path | None = None, device=None, progress: bool = True,
+              cache_dir: str | Path | None = DEFAULT_CACHE, log: Callable[[str], None] = print) -> RunResult:
+    """Train (or load), sweep, save and report one study into ``out`` (default ``reports/<study name>``)."""
+    t0 = time.perf_counter()
+    out_dir = Path(out) if out is not None else Path("reports") / study.name
+    train, test = load_data(study.data, device)
+    models, histories = {}, {}
+    if study.model.weights is not None:
+        models["model"] = load_weights(study.model, study.seed, device)
+    for t in study.training:
+        models[t.label], histories[t.label], _ = train_or_load(
+            study.model, t, study.data, train, seed=study.seed, cache_dir=cache_dir, device=device,
+            progress=progress, log=log)
+    t1 = time.perf_counter()
+    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress)
+    log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
+        + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
+           else f"until the mean CI is {study.sweep.target_ci_width} wide"))
+    ds = run_sweep(ctx)
+    t2 = time.perf_counter()
+    if ctx.keep_model:
+        sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
+            if len(study.training) == len(models) else None
+        if sig is not None:
+            ds = ds.assign_coords(sigma_train=(MODEL_DIM, np.asarray(sig, dtype=float)))
+    fa = [float_accuracy(m, test) for m in models.values()]
+    ds["float_accuracy"] = ((MODEL_DIM,), fa) if ctx.keep_model else ((), fa[0])
+    ds = xr.merge([ds, _histories(ctx, histories)], combine_attrs="override")
+    if study.outputs.sensitivity:
+        log("per-layer Hessian sensitivity")
+        ds = xr.merge([ds, _sensitivity(ctx)], combine_attrs="override")
+    if study.recovery is not None:
+        rec = _recovery(ctx, train, study.recovery.n_instances or ds.sizes[dims.INSTANCE])
+        if rec is None:
+            log("recovery skipped: anvm_stats.calibration is not available")
+            ds.attrs["recovery"] = "skipped (anvm_stats.calibration not available)"
+        else:
+            ds = xr.merge([ds, rec], join="outer", combine_attrs="override")
+            ds.attrs["recovery"] = json.dumps(dataclasses.asdict(study.recovery), sort_keys=True)
+    t3 = time.perf_counter()
+    o = study.outputs
+    ds.attrs.update(study=study.name, study_description=study.description, study_toml=study.text,
+                    study_seed=study.seed, report_yield_threshold=o.yield_threshold, report_ci=o.ci,
+                    report_quantiles=list(o.quantiles), report_plots=",".join(o.plots), report_html=int(o.html),
+                    report_embed=o.embed, train_s=round(t1 - t0, 3), sweep_s=round(t2 - t1, 3))
+    if study.hardware_variants:
+        ds.attrs["hardware_spec"] = json.dumps({k: v.to_dict() for k, v in study.hardware.items()}, sort_keys=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_results(ds, out_dir / f"results.{o.format}")
+    from ..report import write_report
+
+    report = write_report(ds, out_dir, log=log)
+    t4 = time.perf_counter()
+    timings = {"train_s": t1 - t0, "sweep_s": t2 - t1, "extras_s": t3 - t2, "report_s": t4 - t3, "total_s": t4 - t0}
+    return RunResult(dataset=ds, out_dir=out_dir, results_path=path, report=report, timings=timings)

@@ -1,0 +1,450 @@
+"""Study files: one TOML file describes a whole experiment (model, data, training, chip, sweep, outputs).
+
+Everything is validated up front by :func:`load_study` / :func:`parse_study`; an error is a :class:`StudyError`
+(a :class:`~anvm_stats.errors.ConfigError`) naming the key, the value, what is allowed and the line.
+
+Tables and keys
+---------------
+``[study]``
+    ``name`` (required; letters, digits, ``_.-``: the report folder), ``description``, ``seed`` (int >= 0,
+    default 0: model init, training and chip draws all derive from it).
+``[model]``
+    ``name`` (required; a zoo name of :func:`anvm_stats.models.build_model`: mlp, lenet5, resnet20, resnet32,
+    resnet, wrn), ``args`` (table of constructor arguments, e.g. ``{hidden = [256, 256]}``), ``seed`` (init
+    seed, default the study seed), ``weights`` (path of a saved ``state_dict``: skips training).
+``[data]``
+    ``name``: digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist; ``root`` (folder of the
+    files; required except for digits); ``split_seed``, ``test_fraction``, ``image`` (digits); ``normalize``
+    (cifar); ``label`` (cifar100: fine|coarse); ``n_train``, ``n_test`` (seeded subsets, for speed).
+``[training]``
+    ``method``: plain | hasgd; ``epochs``, ``lr``, ``batch_size``, ``samples`` (L draws per step);
+    ``sigma_train`` (a number, or a list: one trained model per value, a ``model`` dim in the results);
+    ``q``: "same" (the ``[hardware]`` chip, default) or a hardware table (below); ``options`` (table passed to
+    the trainer as keywords); ``variants`` (table of named tables overriding the keys above: one model each).
+    Omit ``[training]`` only together with ``model.weights``.
+``[hardware]``
+    Either a :meth:`HardwareSpec.from_dict <anvm_stats.hardware.HardwareSpec.from_dict>` table (``mapping``,
+    ``effects`` (array of tables with ``kind``), ``periphery``, ``g_min``, ``bias``, ``fold_batchnorm``,
+    ``name``), or ``preset`` = ideal | paper1 | xiao | rram_charan with ``args`` (the preset's keywords);
+    spec keys next to a preset override the preset's. ``variants``: table of named tables overriding the base
+    (``args`` merged key by key, other keys replaced): one chip each, a ``hardware`` dim in the results.
+``[sweep]``
+    ``grid``: knob -> list of values; knobs: noise_level, t_inference, adc_bits, dac_bits, stuck_at_rate
+    (:meth:`HardwareSpec.with_knobs`), and adc_levels, dac_levels, mean_shift (set by the study runner on the
+    spec's converters / programming-noise mean). ``n_instances`` (chips per point, default 256) or
+    ``target_ci_width`` (stop once every point's mean-accuracy interval is this narrow) with ``max_instances``
+    (default 4096) and ``batch_instances`` (default 64); ``eval_batch_size``, ``chunk_size`` (speed only).
+``[recovery]`` (optional)
+    Per-chip calibration after programming (``anvm_stats.calibration.calibrate``, used when it exists):
+    ``n_calibration`` (samples from the training split, default 64), ``n_instances`` (default: the sweep's),
+    ``options`` (table passed on).
+``[outputs]``
+    ``format``: nc | zarr; ``plots``: subset of distribution, mean_quantiles, yield, sensitivity, training;
+    ``yield_threshold`` (accuracy a chip must reach, default 0.9), ``ci`` (default 0.95), ``quantiles``
+    (default [0.05, 0.5, 0.95]), ``sensitivity`` (compute per-layer Hessian traces, default false), ``html``
+    (default true), ``embed``: base64 | link.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..hardware.spec import KNOBS, HardwareSpec
+from .config import (PLOTS, Ctx, DataConfig, ModelConfig, OutputsConfig, RecoveryConfig, Study, StudyError,
+                     SweepConfig, TrainingConfig)
+
+EXTRA_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
+ALL_KNOBS = tuple(KNOBS) + EXTRA_KNOBS
+DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist")
+METHODS = ("plain", "hasgd")
+FORMATS = ("nc", "zarr")
+PRESETS = {"ideal": HardwareSpec.ideal, "paper1": HardwareSpec.paper1, "xiao": HardwareSpec.xiao,
+           "rram_charan": HardwareSpec.rram_charan}
+_SECTIONS = ("study", "model", "data", "training", "hardware", "sweep", "recovery", "outputs")
+_DATA_OPTS = {"digits": ("split_seed", "test_fraction", "image"), "cifar10": ("normalize",),
+              "cifar100": ("normalize", "label"), "mnist": (), "fashion_mnist": ()}
+_TRAIN_KEYS = ("method", "epochs", "lr", "batch_size", "samples", "sigma_train", "q", "options")
+_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
+
+
+def _model(c: Ctx, raw: dict) -> ModelConfig:
+    from .. import models
+
+    c.table(raw, "model", ("name", "args", "seed", "weights"))
+    if "name" not in raw:
+        raise c.error("model.name", None, f"a zoo model name, one of {list(models.MODELS)} (required)")
+    name = c.string("model.name", raw["name"])
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in models.MODELS:
+        raise c.error("model.name", name, f"one of {list(models.MODELS)}")
+    args = c.table(raw.get("args", {}), "model.args",
+                   tuple(p for p in inspect.signature(models.MODELS[key]).parameters if p not in ("self",
+                                                                                                  "generator")))
+    mseed = c.number("model.seed", raw["seed"], low=0, integer=True) if "seed" in raw else None
+    weights = c.string("model.weights", raw["weights"]) if "weights" in raw else None
+    try:
+        import torch
+
+        with torch.device("meta"):  # checks the arguments without allocating (WRN-28-10 has 36 M parameters)
+            models.build_model(name, seed=0, **args)
+    except ConfigError as err:
+        raise c.wrap("model.args", err) from None
+    except TypeError as err:
+        raise c.error("model.args", args, f"valid arguments of {name} ({err})") from None
+    return ModelConfig(name=name, args=dict(args), seed=mseed, weights=weights)
+
+
+def _data(c: Ctx, raw: dict) -> DataConfig:
+    c.table(raw, "data", ("name", "root", "n_train", "n_test") + tuple(sorted({k for v in _DATA_OPTS.values()
+                                                                              for k in v})))
+    name = c.string("data.name", raw.get("name", "digits"), DATASETS)
+    opts = {}
+    for k in raw:
+        if k in ("name", "root", "n_train", "n_test"):
+            continue
+        if k not in _DATA_OPTS[name]:
+            raise c.error(f"data.{k}", raw[k], f"an option of {name}: one of {list(_DATA_OPTS[name])}")
+        opts[k] = raw[k]
+    if "split_seed" in opts:
+        c.number("data.split_seed", opts["split_seed"], low=0, integer=True)
+    if "test_fraction" in opts:
+        c.number("data.test_fraction", opts["test_fraction"], low=0, high=1, low_open=True, high_open=True)
+    for k in ("image", "normalize"):
+        if k in opts:
+            c.boolean(f"data.{k}", opts[k])
+    if "label" in opts:
+        c.string("data.label", opts["label"], ("fine", "coarse"))
+    root = raw.get("root")
+    if name != "digits" and root is None:
+        raise c.error("data.root", None, f"the folder holding the {name} files (required for {name})")
+    if root is not None:
+        c.string("data.root", root)
+    n = {k: c.number(f"data.{k}", raw[k], low=1, integer=True) if k in raw else None for k in ("n_train", "n_test")}
+    return DataConfig(name=name, root=root, options=opts, **n)
+
+
+def resolve_hardware(c: Ctx, raw: Any, path: str) -> HardwareSpec:
+    """A hardware table (preset + args + spec keys, or spec keys alone) -> HardwareSpec."""
+    t = dict(c.table(raw, path, ("preset", "args") + _SPEC_KEYS))
+    preset = t.pop("preset", None)
+    args = t.pop("args", None)
+    base: dict = {}
+    if preset is not None:
+        c.string(f"{path}.preset", preset, tuple(PRESETS))
+        args = c.table(args or {}, f"{path}.args", tuple(p for p in inspect.signature(PRESETS[preset]).parameters))
+        try:
+            base = PRESETS[preset](**args).to_dict()
+        except ConfigError as err:
+            raise c.wrap(f"{path}.args", err) from None
+    elif args is not None:
+        raise c.error(f"{path}.args", args, "args only together with a preset")
+    base.update(t)
+    try:
+        return HardwareSpec.from_dict(base)
+    except ConfigError as err:
+        raise c.wrap(path, err) from None
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    if "preset" in over:
+        out.pop("args", None)
+    for k, v in over.items():
+        if k == "args" and isinstance(v, dict) and isinstance(out.get("args"), dict):
+            out["args"] = {**out["args"], **v}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _hardware(c: Ctx, raw: dict) -> tuple[dict, dict[str, HardwareSpec], bool]:
+    raw = dict(raw)
+    variants = raw.pop("variants", None)
+    base = resolve_hardware(c, raw, "hardware")
+    if variants is None:
+        return raw, {"base": base}, False
+    c.table(variants, "hardware.variants", tuple(variants) if isinstance(variants, dict) else ())
+    if not variants:
+        raise c.error("hardware.variants", variants, "at least one named variant table")
+    out = {}
+    for k, v in variants.items():
+        if not isinstance(v, dict):
+            raise c.error(f"hardware.variants.{k}", v, "a table overriding keys of [hardware]")
+        c.table(v, f"hardware.variants.{k}", ("preset", "args") + _SPEC_KEYS)
+        out[str(k)] = resolve_hardware(c, _merge(raw, v), f"hardware.variants.{k}")
+    return raw, out, True
+
+
+#: keywords of train_hasgd() the runner sets itself or that a TOML file cannot express
+_TRAIN_SET = ("model", "data_train", "q", "samples", "epochs", "lr", "batch_size", "seed", "progress", "checkpoint",
+              "loss_fn", "eval_data", "stop_after_epoch")
+
+
+def _trainer_options(opts) -> tuple[str, ...]:
+    try:
+        from ..training import train_hasgd
+    except ImportError:  # checked by the trainer at run time
+        return tuple(opts) if isinstance(opts, dict) else ()
+    params = inspect.signature(train_hasgd).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return tuple(opts) if isinstance(opts, dict) else ()
+    return tuple(p for p in params if p not in _TRAIN_SET)
+
+
+def _one_training(c: Ctx, t: dict, path: str, label: str, hw_raw: dict) -> TrainingConfig:
+    method = c.string(f"{path}.method", t.get("method", "plain"), METHODS)
+    kw: dict[str, Any] = {"label": label, "method": method}
+    for k, integer, low in (("epochs", True, 0), ("batch_size", True, 1), ("samples", True, 1)):
+        if k in t:
+            kw[k] = c.number(f"{path}.{k}", t[k], low=low, integer=integer)
+    if "lr" in t:
+        kw["lr"] = c.number(f"{path}.lr", t["lr"], low=0, low_open=True)
+    kw["options"] = dict(c.table(t.get("options", {}), f"{path}.options", _trainer_options(t.get("options"))))
+    try:
+        from ..training import HASGDConfig
+    except ImportError:
+        HASGDConfig = None
+    if HASGDConfig is not None:
+        try:
+            HASGDConfig(**{k: v for k, v in kw["options"].items() if k in HASGDConfig.__dataclass_fields__})
+        except ConfigError as err:
+            raise c.wrap(f"{path}.options", err) from None
+    sigma = t.get("sigma_train")
+    if sigma is not None:
+        sigma = c.number(f"{path}.sigma_train", sigma, low=0)
+    q_raw = t.get("q", "same")
+    if method == "plain":
+        if sigma not in (None, 0, 0.0) or "q" in t:
+            raise c.error(f"{path}.{'sigma_train' if sigma else 'q'}", sigma if sigma else q_raw,
+                          "no training noise with method = 'plain' (use method = 'hasgd')")
+        return TrainingConfig(**kw)
+    if q_raw == "same":
+        q = resolve_hardware(c, hw_raw, "hardware")
+    elif isinstance(q_raw, dict):
+        q = resolve_hardware(c, q_raw, f"{path}.q")
+    else:
+        raise c.error(f"{path}.q", q_raw, "'same' or a hardware table")
+    if sigma is not None:
+        try:
+            q = q.with_knobs(noise_level=float(sigma))
+        except ConfigError as err:
+            raise c.error(f"{path}.sigma_train", sigma, f"a training spec with a noise_level knob ({err})") from None
+    return TrainingConfig(q=q, sigma_train=None if sigma is None else float(sigma), **kw)
+
+
+def _training(c: Ctx, raw: dict, hw_raw: dict) -> tuple[TrainingConfig, ...]:
+    c.table(raw, "training", _TRAIN_KEYS + ("variants",))
+    base = {k: v for k, v in raw.items() if k != "variants"}
+    variants = raw.get("variants")
+    sig = base.get("sigma_train")
+    if isinstance(sig, list):
+        if variants is not None:
+            raise c.error("training.sigma_train", sig, "a single number when [training.variants] is given")
+        if not sig or len(set(map(repr, sig))) != len(sig):
+            raise c.error("training.sigma_train", sig, "a non-empty list of distinct numbers")
+        out = []
+        for i, s in enumerate(sig):
+            c.number(f"training.sigma_train[{i}]", s, low=0)
+            out.append(_one_training(c, {**base, "sigma_train": s}, "training", f"sigma_train={s:g}", hw_raw))
+        return tuple(out)
+    if variants is None:
+        return (_one_training(c, base, "training", base.get("method", "plain"), hw_raw),)
+    c.table(variants, "training.variants", tuple(variants) if isinstance(variants, dict) else ())
+    if not variants:
+        raise c.error("training.variants", variants, "at least one named variant table")
+    out = []
+    for label, v in variants.items():
+        c.table(v, f"training.variants.{label}", _TRAIN_KEYS)
+        out.append(_one_training(c, {**base, **v}, f"training.variants.{label}", str(label), hw_raw))
+    return tuple(out)
+
+
+def _grid_values(c: Ctx, knob: str, values: Any) -> tuple:
+    path = f"sweep.grid.{knob}"
+    if not isinstance(values, list) or not values:
+        raise c.error(path, values, "a non-empty list of values")
+    if len(set(map(repr, values))) != len(values):
+        raise c.error(path, values, "distinct values")
+    for i, v in enumerate(values):
+        p = f"{path}[{i}]"
+        if knob in ("adc_bits", "dac_bits"):
+            c.number(p, v, low=1, high=24, integer=True)
+        elif knob in ("adc_levels", "dac_levels"):
+            c.number(p, v, low=2, integer=True)
+        elif knob == "stuck_at_rate":
+            c.number(p, v, low=0, high=1)
+        elif knob == "t_inference":
+            c.number(p, v, low=0, low_open=True)
+        elif knob == "mean_shift":
+            c.number(p, v)
+        else:
+            c.number(p, v, low=0)
+    return tuple(values)
+
+
+def _check_knobs(c: Ctx, grid: dict, hardware: dict[str, HardwareSpec]) -> None:
+    from .runner import apply_knobs  # the same code the run uses
+
+    for label, spec in hardware.items():
+        for knob, values in grid.items():
+            for v in (values[0], values[-1]):
+                try:
+                    apply_knobs(spec, {knob: v})
+                except ConfigError as err:
+                    raise c.error(f"sweep.grid.{knob}", v, f"a knob of hardware {label!r}: {err.allowed}") from None
+
+
+def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
+    c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "batch_instances",
+                           "eval_batch_size", "chunk_size"))
+    grid_raw = raw.get("grid", {})
+    c.table(grid_raw, "sweep.grid", ALL_KNOBS)
+    grid = {k: _grid_values(c, k, v) for k, v in grid_raw.items()}
+    _check_knobs(c, grid, hardware)
+    kw: dict[str, Any] = {"grid": grid}
+    if "n_instances" in raw and "target_ci_width" in raw:
+        raise c.error("sweep.target_ci_width", raw["target_ci_width"], "either n_instances or target_ci_width")
+    for k, low in (("n_instances", 1), ("max_instances", 2), ("batch_instances", 2), ("eval_batch_size", 1),
+                   ("chunk_size", 1)):
+        if k in raw:
+            kw[k] = c.number(f"sweep.{k}", raw[k], low=low, integer=True)
+    if "target_ci_width" in raw:
+        kw["target_ci_width"] = c.number("sweep.target_ci_width", raw["target_ci_width"], low=0, high=1,
+                                         low_open=True)
+        kw["n_instances"] = None
+    mx, bt = kw.get("max_instances", 4096), kw.get("batch_instances", 64)
+    if mx < bt:
+        raise c.error("sweep.max_instances", mx, f"at least batch_instances ({bt})")
+    return SweepConfig(**kw)
+
+
+#: keywords of calibrate() the runner sets itself
+_RECOVERY_SET = ("model", "spec", "calib", "test", "n_instances", "instances", "seed", "n_calib", "progress",
+                 "device")
+
+
+def _recovery(c: Ctx, raw: dict) -> RecoveryConfig:
+    c.table(raw, "recovery", ("n_calibration", "n_instances", "options"))
+    kw: dict[str, Any] = {}
+    for k in ("n_calibration", "n_instances"):
+        if k in raw:
+            kw[k] = c.number(f"recovery.{k}", raw[k], low=1, integer=True)
+    opts = raw.get("options", {})
+    try:  # checked against calibrate() when the module is there (else at run time: skipped with a note)
+        from ..calibration import CalibrationOptions, calibrate
+
+        allowed = tuple(p for p in inspect.signature(calibrate).parameters if p not in _RECOVERY_SET)
+    except ImportError:
+        CalibrationOptions, allowed = None, tuple(opts) if isinstance(opts, dict) else ()
+    kw["options"] = dict(c.table(opts, "recovery.options", allowed))
+    if CalibrationOptions is not None:
+        fields = {k: v for k, v in kw["options"].items() if k in CalibrationOptions.__dataclass_fields__}
+        try:
+            CalibrationOptions(**fields)
+        except ConfigError as err:
+            raise c.wrap("recovery.options", err) from None
+    return RecoveryConfig(**kw)
+
+
+def _outputs(c: Ctx, raw: dict) -> OutputsConfig:
+    c.table(raw, "outputs", ("format", "plots", "yield_threshold", "ci", "quantiles", "sensitivity", "html",
+                             "embed"))
+    kw: dict[str, Any] = {}
+    if "format" in raw:
+        kw["format"] = c.string("outputs.format", raw["format"], FORMATS)
+    if "plots" in raw:
+        if not isinstance(raw["plots"], list):
+            raise c.error("outputs.plots", raw["plots"], f"a list drawn from {list(PLOTS)}")
+        for i, p in enumerate(raw["plots"]):
+            c.string(f"outputs.plots[{i}]", p, PLOTS)
+        kw["plots"] = tuple(raw["plots"])
+    if "yield_threshold" in raw:
+        kw["yield_threshold"] = float(c.number("outputs.yield_threshold", raw["yield_threshold"], low=0, high=1))
+    if "ci" in raw:
+        kw["ci"] = float(c.number("outputs.ci", raw["ci"], low=0, high=1, low_open=True, high_open=True))
+    if "quantiles" in raw:
+        q = raw["quantiles"]
+        if not isinstance(q, list) or not q:
+            raise c.error("outputs.quantiles", q, "a non-empty list of levels in (0, 1)")
+        kw["quantiles"] = tuple(float(c.number(f"outputs.quantiles[{i}]", v, low=0, high=1, low_open=True,
+                                               high_open=True)) for i, v in enumerate(q))
+    for k in ("sensitivity", "html"):
+        if k in raw:
+            kw[k] = c.boolean(f"outputs.{k}", raw[k])
+    if "embed" in raw:
+        kw["embed"] = c.string("outputs.embed", raw["embed"], ("base64", "link"))
+    return OutputsConfig(**kw)
+
+
+def parse_study(data: dict, *, text: str = "", source: str | None = None) -> Study:
+    """Validate a parsed study table (``text`` is the TOML it came from, for line numbers)."""
+    c = Ctx(text, source)
+    c.table(data, "study file", _SECTIONS)
+    st = c.table(data.get("study", {}), "study", ("name", "description", "seed"))
+    if "name" not in st:
+        raise c.error("study.name", None, "a name for the study (required; letters, digits, _ . -)")
+    name = c.string("study.name", st["name"])
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise c.error("study.name", name, "letters, digits, '_', '.' and '-' only (it names the report folder)")
+    desc = c.string("study.description", st.get("description", ""))
+    seed = c.number("study.seed", st.get("seed", 0), low=0, integer=True)
+    if "model" not in data:
+        raise c.error("model", None, "a [model] table with a zoo name (required)")
+    model = _model(c, data["model"])
+    dcfg = _data(c, data.get("data", {}))
+    hw_raw, hardware, has_variants = _hardware(c, data.get("hardware", {"preset": "ideal"}))
+    if "training" in data:
+        training = _training(c, data["training"], hw_raw)
+    elif model.weights is None:
+        raise c.error("training", None, "a [training] table (or model.weights with trained weights)")
+    else:
+        training = ()
+    sweep = _sweep(c, data.get("sweep", {}), hardware)
+    recovery = _recovery(c, data["recovery"]) if "recovery" in data else None
+    outputs = _outputs(c, data.get("outputs", {}))
+    return Study(name=name, description=desc, seed=seed, model=model, data=dcfg, training=training,
+                 hardware=hardware, hardware_variants=has_variants, sweep=sweep, recovery=recovery,
+                 outputs=outputs, source=source, text=text)
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Set dotted keys (``{"training.epochs": 1}``) in a copy of a parsed study table."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise StudyError(dotted, value, f"a key inside a table ({p!r} is not a table)")
+        node[parts[-1]] = value
+    return out
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Study:
+    """Read and validate a study file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    StudyError
+        For invalid TOML or any invalid key (the message names key, value, allowed values and line).
+    """
+    path = Path(path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        m = re.search(r"line (\d+)", str(err))
+        raise StudyError("toml", path.name, f"valid TOML ({err})", line=int(m.group(1)) if m else None,
+                         source=str(path)) from None
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return parse_study(data, text=text, source=str(path))

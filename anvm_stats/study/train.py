@@ -1,0 +1,151 @@
+"""Train-if-needed: data loading for studies, and trained weights cached under a content hash.
+
+The cache key is the SHA-256 of the model config, the training config (method, epochs, lr, batch size, L, the
+training spec q), the study seed and the bytes of the training data; a hit loads ``<cache>/<key>.pt`` (state dict
+plus training history) instead of training. Entries are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from .. import dims
+from .config import DataConfig, ModelConfig, StudyError, TrainingConfig
+
+DEFAULT_CACHE = ".anvm_cache"
+
+
+def load_data(cfg: DataConfig, device: str | torch.device | None = None):
+    """``(train, test)`` :class:`anvm_stats.data.Data` of a study (seeded subsets with ``n_train``/``n_test``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When a file-backed data set is missing under ``root`` (the message names the expected files).
+    """
+    from ..data import load
+
+    opts = dict(cfg.options)
+    if "split_seed" in opts:
+        opts["seed"] = opts.pop("split_seed")
+    out = []
+    for split, n in (("train", cfg.n_train), ("test", cfg.n_test)):
+        d = load(cfg.name, cfg.root, split, **opts)
+        if n is not None:
+            if n > d.n:
+                raise StudyError(f"data.n_{split}", n, f"at most the {d.n} samples of the {split} split")
+            d = d.subset(n, seed=0)
+        out.append(d.to(device) if device is not None else d)
+    return tuple(out)
+
+
+def build(cfg: ModelConfig, seed: int) -> nn.Module:
+    """The zoo model of ``cfg`` with initial weights from ``cfg.seed`` (default ``seed``)."""
+    from ..models import build_model
+
+    return build_model(cfg.name, seed=cfg.seed if cfg.seed is not None else seed, **cfg.args)
+
+
+def data_digest(data) -> str:
+    """SHA-256 of the inputs and labels of a Data (its content, not its name)."""
+    h = hashlib.sha256()
+    for t in (data.x, data.y):
+        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(str((a.dtype, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model: ModelConfig, training: TrainingConfig, data: DataConfig, seed: int, digest: str) -> str:
+    """Content hash naming a trained model in the cache."""
+    blob = {"model": {"name": model.name, "args": model.args, "seed": model.seed},
+            "data": {"name": data.name, "options": data.options, "n_train": data.n_train, "digest": digest},
+            "training": training.cache_key(), "seed": seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def trainer() -> Callable:
+    """``anvm_stats.training.train_hasgd`` (imported when needed)."""
+    try:
+        from ..training import train_hasgd
+    except ImportError as err:
+        raise RuntimeError(f"training needs anvm_stats.training.train_hasgd, which is not available ({err}); "
+                           f"give model.weights to evaluate a trained network instead") from None
+    return train_hasgd
+
+
+def history_dict(history) -> dict[str, list[float]]:
+    """Per-epoch curves of a TrainResult.history (Dataset with an ``epoch`` dim, or dict of lists)."""
+    if history is None:
+        return {}
+    if isinstance(history, xr.Dataset):
+        return {str(k): [float(x) for x in np.asarray(v.values, dtype=float).ravel()]
+                for k, v in history.data_vars.items() if v.dims == (dims.EPOCH,)}
+    out = {}
+    for k, v in dict(history).items():
+        try:
+            arr = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            continue
+        if arr.ndim == 1:
+            out[str(k)] = arr.tolist()
+    return out
+
+
+def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: DataConfig, train_data, *,
+                  seed: int, cache_dir: str | Path | None = DEFAULT_CACHE, device=None, progress: bool = True,
+                  log: Callable[[str], None] = lambda s: None) -> tuple[nn.Module, dict, bool]:
+    """Train one model of a study, or load it from the cache.
+
+    Returns
+    -------
+    (model, history, cached)
+        The trained network in eval mode on ``device``, its per-epoch curves ``{name: [epochs]}``, and whether it
+        came from the cache. ``cache_dir=None`` disables the cache.
+    """
+    model = build(model_cfg, seed)
+    key = cache_key(model_cfg, training, data_cfg, seed, data_digest(train_data))
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
+    if path is not None and path.exists():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["state_dict"])
+        log(f"[{training.label}] trained weights from cache {path}")
+        return model.to(device or "cpu").eval(), dict(blob.get("history", {})), True
+    fn = trainer()
+    kw = dict(q=training.q, samples=training.samples, epochs=training.epochs, batch_size=training.batch_size,
+              seed=seed, progress=progress, **training.options)
+    if training.lr is not None:
+        kw["lr"] = training.lr
+    log(f"[{training.label}] training: {training.method}, {training.epochs} epochs")
+    if device is not None:
+        model, train_data = model.to(device), train_data.to(device)
+    result = fn(model, train_data, **kw)
+    trained = getattr(result, "model", result)
+    history = history_dict(getattr(result, "history", None))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
+        torch.save({"state_dict": state, "history": history, "key": key}, tmp)
+        os.replace(tmp, path)
+    return trained.eval(), history, False
+
+
+def load_weights(model_cfg: ModelConfig, seed: int, device=None) -> nn.Module:
+    """The zoo model with the state dict at ``model_cfg.weights`` (a file or a cache entry with ``state_dict``)."""
+    model = build(model_cfg, seed)
+    path = Path(model_cfg.weights)
+    if not path.exists():
+        raise FileNotFoundError(f"model.weights: no file {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob.get("state_dict", blob) if isinstance(blob, dict) else blob)
+    return model.to(device or "cpu").eval()
