@@ -1,0 +1,24 @@
+"""HA-SGD training (paper 1, Algorithm 1): networks trained to survive the device noise of a HardwareSpec.
+
+``train_hasgd(model, data, q=spec, samples=8, epochs=10, seed=0) -> TrainResult`` (:mod:`.hasgd`); perturbations
+drawn from the hardware model the Monte Carlo engine uses (:mod:`.perturb`); ADC quantisation in the loop
+(:mod:`.adc`); atomic, exactly resumable checkpoints (:mod:`.checkpoint`); ``bench_hasgd`` (:mod:`.bench`).
+"""
+
+from .adc import ADCInTheLoop, adc_points
+from .checkpoint import load_checkpoint, save_checkpoint
+from .hasgd import HASGDConfig, TrainResult, accumulate_gradient, epoch_order, train_hasgd
+from .perturb import (Perturbation, PerturbTarget, draw_perturbations, group_sizes, perturb_targets,
+                      perturbed_forward, step_generators)
+
+
+def bench_hasgd(*args, **kwargs) -> dict:
+    """See :func:`anvm_stats.training.bench.bench_hasgd`."""
+    from .bench import bench_hasgd as _bench
+    return _bench(*args, **kwargs)
+
+
+__all__ = ["train_hasgd", "TrainResult", "HASGDConfig", "accumulate_gradient", "epoch_order",
+           "draw_perturbations", "Perturbation", "PerturbTarget", "perturb_targets", "perturbed_forward",
+           "group_sizes", "step_generators", "ADCInTheLoop", "adc_points", "save_checkpoint", "load_checkpoint",
+           "bench_hasgd"]

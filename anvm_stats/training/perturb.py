@@ -1,0 +1,339 @@
+"""Weight-domain perturbations ``dW ~ q`` of a training model's CURRENT weights, and a forward that uses them.
+
+For every analog layer (Linear / Conv1d / Conv2d, or a user selection) the perturbation is drawn from exactly the
+hardware model the Monte Carlo engine uses (:func:`anvm_stats.analog.prepare` + :class:`anvm_stats.sampler.ChipSampler`):
+
+1. ``W~ = [W, b/s]`` (:func:`anvm_stats.analog.program._augmented`, ``spec.bias`` decides column / digital bias);
+2. ``enc = spec.mapping.encode(W~, spec.bounds)``: nominal conductances ``g0`` of all devices, flattened in the
+   engine's device order (per layer: weight devices, then bias-column devices);
+3. base draws of every program-phase effect from one generator per draw ``l`` (stream ``Stream.TRAIN`` keyed by
+   ``(seed, step, l)``), applied to ``g0`` in the spec's order;
+4. ``dW~ = decode(g) - W~``, split back into a weight part (reshaped to the parameter) and a bias part (``s`` times
+   the bias column).
+
+When every device sits at its nominal conductance (a noise-free q) and the mapping reproduces ``W~`` up to float
+round-off (below ``ROUNDOFF_ULPS`` ulps of ``max|W~|``), the perturbation is exactly zero (``is_zero``) and HA-SGD
+reduces to plain SGD bit for bit. A mapping with a reconstruction error of its own (bit slicing) keeps it in
+``dW``: training then sees the weights the chip really holds.
+
+BatchNorm (``perturb_batchnorm=True``): for a layer directly followed by an affine BatchNorm with running
+statistics, the draw is made on the FOLDED layer the chip would hold, ``W' = k W``, ``b' = k (b - mean) + beta``
+with ``k = gamma / sqrt(running_var + eps)``; the weight part is mapped back as ``dW = dW' / k`` (per output
+channel; 0 where ``|k|`` is tiny) and the bias part ``db'`` is added to the BatchNorm's ``beta`` (it acts after
+the normalisation, exactly where the folded bias acts at inference). Noise magnitudes then follow the folded
+layer's range. Caveat: in train mode the BatchNorm normalises with batch statistics and absorbs the batch-mean
+of ``dW x``; at inference (frozen statistics) it does not. With ``perturb_batchnorm=False`` (default) the
+layer's own ``[W, b/s]`` is perturbed and BatchNorm runs unperturbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analog.fold import find_foldable_pairs
+from ..analog.program import LayerFilter, _augmented, _select
+from ..errors import ConfigError, check_number
+from ..hardware.spec import HardwareSpec
+from ..rng import SeedLike, Stream, instance_generators, root_sequence
+
+Tensor = torch.Tensor
+
+#: spawn-key prefixes of the training streams below a run's root SeedSequence
+DATA_KEY, PERTURB_KEY, EVAL_KEY, TORCH_KEY = 0x0DA7A, 0x9E27, 0xE7A1, 0x7012C
+#: mapping reconstruction errors below this many float32 ulps of max|W~| are round-off and set to 0
+ROUNDOFF_ULPS = 64
+
+
+@dataclass(frozen=True)
+class PerturbTarget:
+    """One analog layer as HA-SGD perturbs it.
+
+    Attributes
+    ----------
+    name : str
+        Qualified module name of the Linear / Conv1d / Conv2d.
+    bn : str or None
+        Name of the BatchNorm folded into the draw (``perturb_batchnorm=True``), else None.
+    """
+
+    name: str
+    bn: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Perturbation:
+    """``L`` perturbations of a model's parameters.
+
+    Attributes
+    ----------
+    deltas : dict of str -> Tensor [L, *param.shape]
+        Additive perturbation per perturbed parameter (qualified parameter name), detached.
+    samples : int
+        ``L``.
+    is_zero : bool
+        True when every delta is exactly zero (noise-free ``q``).
+    """
+
+    deltas: dict
+    samples: int
+    is_zero: bool
+
+    def select(self, index: slice) -> "Perturbation":
+        """The draws ``index`` (a slice along ``L``)."""
+        deltas = {k: v[index] for k, v in self.deltas.items()}
+        n = next(iter(deltas.values())).shape[0] if deltas else len(range(self.samples)[index])
+        return Perturbation(deltas=deltas, samples=n, is_zero=self.is_zero)
+
+
+def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_batchnorm: bool = False,
+                    ) -> tuple[PerturbTarget, ...]:
+    """The analog layers of ``model`` (default: every Linear/Conv1d/Conv2d, as :func:`anvm_stats.analog.prepare`).
+
+    With ``perturb_batchnorm`` each layer directly followed by an affine BatchNorm with running statistics (found by
+    torch.fx tracing, as in BN folding) is paired with it.
+    """
+    names = _select(model, layers)
+    if not names:
+        raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
+    pairs = dict(find_foldable_pairs(model)) if perturb_batchnorm else {}
+    out = []
+    for n in names:
+        bn_name = pairs.get(n)
+        if bn_name is not None:
+            bn = model.get_submodule(bn_name)
+            ok = (bn.affine and bn.track_running_stats and bn.running_var is not None
+                  and bn.num_features == model.get_submodule(n).weight.shape[0])
+            bn_name = bn_name if ok else None
+        out.append(PerturbTarget(name=n, bn=bn_name))
+    return tuple(out)
+
+
+def step_root(seed: SeedLike, key: int, *index: int) -> np.random.SeedSequence:
+    """SeedSequence of the training stream ``key`` at ``index`` (e.g. ``(PERTURB_KEY, step)``): a pure function of
+    ``(seed, key, index)``, so a resumed run draws exactly what the uninterrupted run drew."""
+    root = root_sequence(seed)
+    return np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (int(key),) + tuple(map(int, index)))
+
+
+def step_generators(seed: SeedLike, step: int, samples: int, device="cpu") -> list[torch.Generator]:
+    """One torch generator per draw ``l < samples`` of optimiser step ``step`` (stream ``Stream.TRAIN``)."""
+    return instance_generators(step_root(seed, PERTURB_KEY, step), range(samples), Stream.TRAIN, device)
+
+
+def _base_draws(effects: Sequence, n: int, gens: list, device, dtype) -> list[dict]:
+    """Base draws ``[L, n]`` of every effect, draw ``l`` from ``gens[l]`` only (threads over ``l`` on CPU; the
+    result never depends on the number of threads)."""
+    L = len(gens)
+    bufs = [{} for _ in effects]
+
+    def fill(rows) -> None:
+        for r in rows:
+            for j, e in enumerate(effects):
+                for k, t in e.draw(n, gens[r], device=device, dtype=dtype).items():
+                    if k not in bufs[j]:
+                        raise RuntimeError("first row must be drawn first")
+                    bufs[j][k][r].copy_(t)
+
+    for j, e in enumerate(effects):
+        for k, t in e.draw(n, gens[0], device=device, dtype=dtype).items():
+            bufs[j][k] = torch.empty((L, *t.shape), dtype=t.dtype, device=t.device)
+            bufs[j][k][0].copy_(t)
+    workers = min(torch.get_num_threads(), L - 1) if torch.device(device).type == "cpu" else 1
+    if workers <= 1 or not any(bufs):
+        fill(range(1, L))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fill, [range(1 + w, L, workers) for w in range(workers)]))
+    return bufs
+
+
+def _folded(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(w [out, in], b [out] or None, k [out] or None)`` of the layer as the chip holds it."""
+    m = model.get_submodule(t.name)
+    w = m.weight.detach().reshape(m.weight.shape[0], -1)
+    b = None if m.bias is None else m.bias.detach()
+    if t.bn is None:
+        return w, b, None
+    bn = model.get_submodule(t.bn)
+    k = bn.running_var.add(bn.eps).rsqrt() * bn.weight.detach()
+    shift = bn.bias.detach() - bn.running_mean * k
+    return w * k[:, None], shift if b is None else b * k + shift, k
+
+
+@torch.no_grad()
+def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, seed: SeedLike, step: int,
+                       targets: Sequence[PerturbTarget] | None = None, layers: LayerFilter = None,
+                       perturb_batchnorm: bool = False, generators: list | None = None) -> Perturbation:
+    """Draw ``L = samples`` weight-domain perturbations from ``spec`` for the current weights of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The training model (read only).
+    spec : HardwareSpec
+        The training distribution q (mapping, program-phase effects, bounds, bias mode).
+    samples : int
+        ``L``.
+    seed, step : SeedLike, int
+        Draw ``l`` uses the generator of ``(seed, step, l)`` (:func:`step_generators`), unless ``generators``.
+    targets : sequence of PerturbTarget, optional
+        Precomputed :func:`perturb_targets` (else computed from ``layers`` and ``perturb_batchnorm``).
+
+    Returns
+    -------
+    Perturbation
+        ``deltas[param_name]`` of shape ``[L, *param.shape]``.
+    """
+    check_number("samples", samples, low=1, integer=True)
+    if targets is None:
+        targets = perturb_targets(model, layers=layers, perturb_batchnorm=perturb_batchnorm)
+    first = model.get_submodule(targets[0].name).weight
+    dev, dtype = first.device, torch.float32
+    gens = generators if generators is not None else step_generators(seed, step, samples, dev)
+    L = len(gens)
+    layers_info, chunks, offset = [], [], 0
+    for t in targets:
+        w, b, k = _folded(model, t)
+        w_aug, s, mode = _augmented(w.float(), None if b is None else b.float(), spec.bias)
+        enc = spec.mapping.encode(w_aug, spec.bounds)
+        A, O, n_in = enc.g.shape[0], w.shape[0], w.shape[1]
+        chunks.append(enc.g[:, :, :n_in].reshape(-1))
+        w_sl = slice(offset, offset + A * O * n_in)
+        offset = w_sl.stop
+        b_sl = None
+        if mode == "column":
+            chunks.append(enc.g[:, :, n_in:].reshape(-1))
+            b_sl = slice(offset, offset + A * O)
+            offset = b_sl.stop
+        layers_info.append((t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in)))
+    g0 = torch.cat(chunks)
+    effects = spec.program_effects
+    g = g0.expand(L, -1)
+    for eff, d in zip(effects, _base_draws(effects, g0.numel(), gens, dev, dtype)):
+        g = eff.apply(g, d, spec.bounds)
+    if g.data_ptr() == g0.data_ptr():
+        g = g0.expand(L, -1).clone()                                    # no program effects
+    is_zero = torch.equal(g[0], g0) and torch.equal(g, g0.expand(L, -1))   # cheap test first: draw 0
+    deltas = {}
+    for t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in) in layers_info:
+        m = model.get_submodule(t.name)
+        if is_zero:   # nominal chip: dW = decode(g0) - W~ (mapping error, e.g. bit slicing) unless pure round-off
+            err = enc.decode(enc.g) - w_aug
+            tol = ROUNDOFF_ULPS * torch.finfo(torch.float32).eps * float(w_aug.abs().max())
+            is_zero = not bool((err.abs() > tol).any())
+        dw = enc.decode(g[:, w_sl].view(L, A, O, n_in)).sub_(w_aug[:, :n_in])     # [L, out, in]
+        if k is not None:
+            inv = torch.where(k.abs() > torch.finfo(k.dtype).tiny ** 0.5, 1.0 / k, torch.zeros_like(k))
+            dw.mul_(inv[:, None])
+        deltas[f"{t.name}.weight"] = dw.reshape(L, *m.weight.shape).to(m.weight.dtype)
+        if b_sl is not None:
+            db = enc.decode(g[:, b_sl].view(L, A, O, 1))[..., 0].sub_(w_aug[:, n_in]).mul_(s)   # [L, out]
+            deltas[f"{t.bn}.bias" if t.bn is not None else f"{t.name}.bias"] = db.to(m.weight.dtype)
+    if is_zero:
+        deltas = {k: torch.zeros_like(v) for k, v in deltas.items()}
+    return Perturbation(deltas=deltas, samples=L, is_zero=is_zero)
+
+
+def group_sizes(n: int, groups: int) -> list[int]:
+    """Sizes of ``groups`` contiguous groups of a batch of ``n`` (the first ``n % groups`` one larger)."""
+    base, extra = divmod(n, groups)
+    return [base + (i < extra) for i in range(groups)]
+
+
+def _linear_forward(m: nn.Linear, dw: Tensor, db: Tensor | None, sizes: list[int]):
+    """Group g: ``x_g (W + dW_g)^T + b + db_g``. With equal groups computed as ``x W^T + b`` (one GEMM, whose
+    weight gradient needs no ``[G, out, in]`` buffer) plus the batched term ``x_g dW_g^T + db_g``."""
+    G = len(sizes)
+
+    def forward(x: Tensor) -> Tensor:
+        if G == 1:
+            return nn.functional.linear(x, m.weight + dw[0], None if m.bias is None else
+                                        (m.bias + db[0] if db is not None else m.bias))
+        if len(set(sizes)) == 1 and x.dim() >= 2:
+            xg = x.reshape(G, -1, x.shape[-1])
+            extra = torch.bmm(xg, dw.transpose(1, 2)) if db is None else torch.baddbmm(db[:, None, :], xg,
+                                                                                     dw.transpose(1, 2))
+            return nn.functional.linear(x, m.weight, m.bias) + extra.reshape(*x.shape[:-1], dw.shape[1])
+        wg = m.weight + dw
+        bg = None if m.bias is None else (m.bias + db if db is not None else m.bias.expand(G, -1))
+        return torch.cat([nn.functional.linear(p, wg[i], None if bg is None else bg[i])
+                          for i, p in enumerate(torch.split(x, sizes))])
+    return forward
+
+
+def _conv_forward(m: nn.Module, dw: Tensor, db: Tensor | None, sizes: list[int]):
+    """Group g: ``conv(x_g, W + dW_g) + b + db_g``; equal groups run as ONE grouped convolution (``groups = G x
+    m.groups``, the groups' samples side by side in the channel dim), otherwise one call per group."""
+    G = len(sizes)
+    conv = nn.functional.conv1d if isinstance(m, nn.Conv1d) else nn.functional.conv2d
+
+    def forward(x: Tensor) -> Tensor:
+        wg = m.weight + dw                                               # [G, out, in/groups, *k]
+        bg = None if m.bias is None else (m.bias + db if db is not None else m.bias.expand(G, -1))
+        if G == 1:
+            return m._conv_forward(x, wg[0], None if bg is None else bg[0])
+        if len(set(sizes)) == 1 and m.padding_mode == "zeros":
+            b, O = sizes[0], wg.shape[1]
+            xg = x.reshape(G, b, *x.shape[1:]).transpose(0, 1).reshape(b, G * x.shape[1], *x.shape[2:])
+            y = conv(xg, wg.reshape(G * O, *wg.shape[2:]), None if bg is None else bg.reshape(-1), m.stride,
+                     m.padding, m.dilation, G * m.groups)
+            return y.reshape(b, G, O, *y.shape[2:]).transpose(0, 1).reshape(G * b, O, *y.shape[2:])
+        return torch.cat([m._conv_forward(p, wg[i], None if bg is None else bg[i])
+                          for i, p in enumerate(torch.split(x, sizes))])
+    return forward
+
+
+def _shift_forward(m: nn.Module, dshift: Tensor, sizes: list[int]):
+    """BatchNorm whose output gets a per-group shift ``dbeta_g`` (the folded bias perturbation)."""
+    original = type(m).forward
+
+    def forward(x: Tensor) -> Tensor:
+        y = original(m, x)
+        per = dshift[0].expand(x.shape[0], -1) if len(sizes) == 1 else torch.repeat_interleave(
+            dshift, torch.tensor(sizes, device=dshift.device), dim=0)
+        return y + per.reshape(*per.shape, *([1] * (y.dim() - 2)))
+    return forward
+
+
+@contextlib.contextmanager
+def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[PerturbTarget],
+                      sizes: Sequence[int]) -> Iterator[None]:
+    """Within the block, ``model(x)`` runs sample group ``g`` (contiguous, ``sizes[g]`` samples, ``sum(sizes) ==
+    x.shape[0]``) at the weights ``w + pert.deltas[.][g]``; gradients flow to ``w`` (taken at ``w + dw``).
+
+    Implemented by temporarily overriding ``forward`` of each target module (and of a folded BatchNorm); hooks
+    still run. With equal group sizes linear layers use one GEMM plus one batched GEMM and convolutions one
+    grouped convolution; unequal groups (a last, short batch) one call per group. A
+    noise-free ``pert`` leaves the model untouched (exactly the plain forward).
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != pert.samples:
+        raise ConfigError("sizes", sizes, f"{pert.samples} group sizes (one per draw)")
+    if pert.is_zero:
+        yield
+        return
+    patched = []
+    try:
+        for t in targets:
+            m = model.get_submodule(t.name)
+            dw = pert.deltas[f"{t.name}.weight"]
+            db = pert.deltas.get(f"{t.name}.bias")
+            fwd = _linear_forward if isinstance(m, nn.Linear) else _conv_forward
+            m.forward = fwd(m, dw, db, sizes)
+            patched.append(m)
+            if t.bn is not None and f"{t.bn}.bias" in pert.deltas:
+                bn = model.get_submodule(t.bn)
+                bn.forward = _shift_forward(bn, pert.deltas[f"{t.bn}.bias"], sizes)
+                patched.append(bn)
+        yield
+    finally:
+        for m in patched:
+            del m.forward
