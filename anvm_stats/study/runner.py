@@ -297,8 +297,8 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
                     study_seed=study.seed, report_yield_threshold=o.yield_threshold, report_ci=o.ci,
                     report_quantiles=list(o.quantiles), report_plots=",".join(o.plots), report_html=int(o.html),
                     report_embed=o.embed, train_s=round(t1 - t0, 3), sweep_s=round(t2 - t1, 3))
-    if study.hardware_variants:
-        ds.attrs["hardware_spec"] = json.dumps({k: v.to_dict() for k, v in study.hardware.items()}, sort_keys=True)
+    specs = {k: v.to_dict() for k, v in study.hardware.items()}   # the chips as configured, before sweep knobs
+    ds.attrs["hardware_spec"] = json.dumps(specs if study.hardware_variants else specs["base"], sort_keys=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_results(ds, out_dir / f"results.{o.format}")
     from ..report import write_report

@@ -58,19 +58,17 @@ from ..errors import ConfigError
 from ..hardware.spec import KNOBS, HardwareSpec
 from .config import (PLOTS, Ctx, DataConfig, ModelConfig, OutputsConfig, RecoveryConfig, Study, StudyError,
                      SweepConfig, TrainingConfig)
+from .hardware_table import PRESETS, hardware_tables, resolve_hardware
 
 EXTRA_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
 ALL_KNOBS = tuple(KNOBS) + EXTRA_KNOBS
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist")
 METHODS = ("plain", "hasgd")
 FORMATS = ("nc", "zarr")
-PRESETS = {"ideal": HardwareSpec.ideal, "paper1": HardwareSpec.paper1, "xiao": HardwareSpec.xiao,
-           "rram_charan": HardwareSpec.rram_charan}
 _SECTIONS = ("study", "model", "data", "training", "hardware", "sweep", "recovery", "outputs")
 _DATA_OPTS = {"digits": ("split_seed", "test_fraction", "image"), "cifar10": ("normalize",),
               "cifar100": ("normalize", "label"), "mnist": (), "fashion_mnist": ()}
 _TRAIN_KEYS = ("method", "epochs", "lr", "batch_size", "samples", "sigma_train", "q", "options")
-_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
 
 
 def _model(c: Ctx, raw: dict) -> ModelConfig:
@@ -127,58 +125,6 @@ def _data(c: Ctx, raw: dict) -> DataConfig:
         c.string("data.root", root)
     n = {k: c.number(f"data.{k}", raw[k], low=1, integer=True) if k in raw else None for k in ("n_train", "n_test")}
     return DataConfig(name=name, root=root, options=opts, **n)
-
-
-def resolve_hardware(c: Ctx, raw: Any, path: str) -> HardwareSpec:
-    """A hardware table (preset + args + spec keys, or spec keys alone) -> HardwareSpec."""
-    t = dict(c.table(raw, path, ("preset", "args") + _SPEC_KEYS))
-    preset = t.pop("preset", None)
-    args = t.pop("args", None)
-    base: dict = {}
-    if preset is not None:
-        c.string(f"{path}.preset", preset, tuple(PRESETS))
-        args = c.table(args or {}, f"{path}.args", tuple(p for p in inspect.signature(PRESETS[preset]).parameters))
-        try:
-            base = PRESETS[preset](**args).to_dict()
-        except ConfigError as err:
-            raise c.wrap(f"{path}.args", err) from None
-    elif args is not None:
-        raise c.error(f"{path}.args", args, "args only together with a preset")
-    base.update(t)
-    try:
-        return HardwareSpec.from_dict(base)
-    except ConfigError as err:
-        raise c.wrap(path, err) from None
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    if "preset" in over:
-        out.pop("args", None)
-    for k, v in over.items():
-        if k == "args" and isinstance(v, dict) and isinstance(out.get("args"), dict):
-            out["args"] = {**out["args"], **v}
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _hardware(c: Ctx, raw: dict) -> tuple[dict, dict[str, HardwareSpec], bool]:
-    raw = dict(raw)
-    variants = raw.pop("variants", None)
-    base = resolve_hardware(c, raw, "hardware")
-    if variants is None:
-        return raw, {"base": base}, False
-    c.table(variants, "hardware.variants", tuple(variants) if isinstance(variants, dict) else ())
-    if not variants:
-        raise c.error("hardware.variants", variants, "at least one named variant table")
-    out = {}
-    for k, v in variants.items():
-        if not isinstance(v, dict):
-            raise c.error(f"hardware.variants.{k}", v, "a table overriding keys of [hardware]")
-        c.table(v, f"hardware.variants.{k}", ("preset", "args") + _SPEC_KEYS)
-        out[str(k)] = resolve_hardware(c, _merge(raw, v), f"hardware.variants.{k}")
-    return raw, out, True
 
 
 #: keywords of train_hasgd() the runner sets itself or that a TOML file cannot express
@@ -398,7 +344,7 @@ def parse_study(data: dict, *, text: str = "", source: str | None = None) -> Stu
         raise c.error("model", None, "a [model] table with a zoo name (required)")
     model = _model(c, data["model"])
     dcfg = _data(c, data.get("data", {}))
-    hw_raw, hardware, has_variants = _hardware(c, data.get("hardware", {"preset": "ideal"}))
+    hw_raw, hardware, has_variants = hardware_tables(c, data.get("hardware", {"preset": "ideal"}))
     if "training" in data:
         training = _training(c, data["training"], hw_raw)
     elif model.weights is None:
