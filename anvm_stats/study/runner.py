@@ -255,7 +255,10 @@ class RunResult:
 def run_study(study: Study, *, out: str | Path | None = None, device=None, progress: bool = True,
               cache_dir: str | Path | None = DEFAULT_CACHE, log: Callable[[str], None] = print) -> RunResult:
     """Train (or load), sweep, save and report one study into ``out`` (default ``reports/<study name>``)."""
+    from ..analog.program import resolve_device
+
     t0 = time.perf_counter()
+    device = resolve_device(device) if device is not None else None   # CUDA asked, none there: CPU + warning
     out_dir = Path(out) if out is not None else Path("reports") / study.name
     train, test = load_data(study.data, device)
     models, histories = {}, {}
