@@ -223,8 +223,8 @@ def test_hasgd_beats_plain_training_under_noise_on_digits():
     plain = train_hasgd(net, train, q=None, **kw).model
     robust = train_hasgd(net, train, q=HardwareSpec.paper1(0.1), samples=8, **kw).model
     spec = HardwareSpec.paper1(0.15)
-    a = evaluate(robust, spec, test, n_instances=40, seed=1, progress=False).accuracy
-    b = evaluate(plain, spec, test, n_instances=40, seed=1, progress=False).accuracy
+    a = evaluate(robust, spec, test, n_instances=100, seed=1, progress=False).accuracy
+    b = evaluate(plain, spec, test, n_instances=100, seed=1, progress=False).accuracy
     diff = paired_difference(a, b, ci=0.99)
     print("sigma_test=0.15 robust", float(a.mean()), "plain", float(b.mean()), "diff",
           float(diff.estimate), diff.interval.values)

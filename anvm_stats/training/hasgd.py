@@ -8,14 +8,14 @@ range_l^2 tr(H_l)`` (plus mean-shift terms): a Hessian-trace penalty.
 Two forms of the step:
 
 ``mode="direct"``
-    L full forward/backward passes over the mini-batch, one per draw: exactly Algorithm 1. The gradient per step
-    has the lowest variance, at L times the cost of plain SGD. Right when L is small, when the batch is smaller
-    than L, or when train-mode BatchNorm statistics must come from an unperturbed-size batch per draw.
+    L full forward/backward passes over the mini-batch, one per draw: exactly Algorithm 1. Lowest gradient variance
+    per step, at L times the cost of plain SGD. Right for small L, batches smaller than L, or train-mode
+    BatchNorm statistics taken per draw over the whole batch.
 ``mode="split"`` (default)
-    The mini-batch is split into L contiguous groups, group g sees draw g; one forward/backward of the whole batch
-    (linear layers batched over groups). Its expectation is the same gradient (each sample's loss is taken at an
-    independent draw of q) at about the cost of plain SGD; the variance per step is higher than direct's because
-    each draw sees B/L samples. Needs ``batch_size >= L``. Right for long runs where many steps average the noise.
+    The mini-batch is split into L contiguous groups, group g sees draw g, in one forward/backward of the whole
+    batch (BatchNorm statistics over the whole batch). Same expected gradient (each sample's loss at an independent
+    draw of q) at a cost near plain SGD's, higher variance per step (each draw sees B/L samples). Needs
+    ``batch_size >= L``. Right for long runs where many steps average the noise.
 
 A noise-free q (``sigma=0``) or ``q=None`` gives plain SGD bit for bit. A mean shift in q
 (``ProgrammingNoise.mu``) is a prior: the net learns weights that are right once the shift is added (paper 1,
@@ -212,9 +212,8 @@ def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: Perturbati
 
 @torch.no_grad()
 def _float_accuracy(model: nn.Module, data, device) -> float:
-    was = model.training
+    was, correct, n = model.training, 0, 0
     model.eval()
-    correct = n = 0
     for x, y in iter_batches(data, 1024):
         correct += _correct(model(x.to(device)), y.to(device))
         n += int(y.shape[0])
@@ -401,5 +400,4 @@ def _history(rows: list[dict], *, model, q, data, root, device, cfg: HASGDConfig
                  perturb_batchnorm=int(cfg.perturb_batchnorm))
     ds = xr.Dataset(data_vars, coords={dims.EPOCH: np.arange(len(rows))}, attrs=attrs)
     ds["train_loss"].attrs.update(long_name="mean training loss at the perturbed weights")
-    ds["eval_accuracy_q"].attrs.update(long_name="mean accuracy over eval_instances chips of q")
     return ds
