@@ -71,9 +71,7 @@ def test_empirical_recovers_levels_moments_and_stuck_rates(fitted):
 
 
 def sample_at(dev, target, n, seed):
-    g = torch.full((n,), float(target), dtype=torch.float64)
-    d = dev.draw(n, torch.Generator().manual_seed(seed), device=g.device, dtype=g.dtype)
-    return dev.apply(g, d, Bounds(g_min=dev.g_min)).numpy()
+    return dev.sample(np.full(n, float(target)), torch.Generator().manual_seed(seed)).numpy()
 
 
 def test_empirical_samples_match_the_synthetic_distribution(fitted):
@@ -91,11 +89,29 @@ def test_empirical_samples_match_the_synthetic_distribution(fitted):
     assert abs(stuck - p) <= scipy.stats.norm.isf(5e-7) * math.sqrt(p * (1 - p) / out.size)
 
 
+def test_empirical_sample_moments_match_the_synthetic_device(fitted):
+    """More power than KS: mean and sd of 20000 samples per level against the true law. The error of a sample
+    moment is the fit's (n_fit cells) plus the sampling's (n draws); 16 two-sided tests at a joint 1e-6."""
+    dev, _, _ = fitted
+    n, z = 20_000, scipy.stats.norm.isf(1e-6 / 32)
+    for k, level in enumerate(LEVELS):
+        out = sample_at(dev, level, n, seed=100 + k)
+        e = out[(out > 0.0) & (out < 1.0)] - level
+        sd, n_fit = true_sd(level), PER_LEVEL * (1 - P_OFF - P_ON)
+        assert abs(e.mean() - true_mean(level)) <= z * sd * math.sqrt(1 / n_fit + 1 / e.size)
+        assert abs(e.std() - sd) <= z * sd * math.sqrt(1 / (2 * n_fit) + 1 / (2 * e.size))
+
+
 def test_empirical_interpolates_between_levels(fitted):
     """Halfway between two levels the error quantiles are averaged: for Gaussian levels that is the Gaussian with
     the averaged mean and sd, which here is the synthetic device's own law at that target (both are linear)."""
     dev, _, _ = fitted
     mid = 0.5 * (LEVELS[3] + LEVELS[4])
+    v = torch.linspace(0, 1, 11, dtype=torch.float64)
+    at = [dev.error(torch.full_like(v, x), v) for x in (LEVELS[3], mid, LEVELS[4])]
+    torch.testing.assert_close(at[1], 0.5 * (at[0] + at[2]))
+    below, first = (dev.error(torch.full_like(v, x), v) for x in (0.0, LEVELS[0]))
+    torch.testing.assert_close(below, first)   # constant below the first level
     out = sample_at(dev, mid, 400, seed=5)
     good = out[(out > 0.0) & (out < 1.0)]
     assert scipy.stats.kstest(good, scipy.stats.norm(mid + true_mean(mid), true_sd(mid)).cdf).pvalue > 1e-4

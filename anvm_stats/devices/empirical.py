@@ -287,6 +287,13 @@ class EmpiricalDevice:
         y = torch.where(u >= 1.0 - self.p_on, torch.ones_like(y), y)
         return y if same else bounds.g_min + (y - self.g_min) * (bounds.span / dspan)
 
+    def sample(self, target, generator: torch.Generator) -> Tensor:
+        """Programmed conductances for ``target`` (normalised to this device's window, any shape), one uniform
+        draw per element from ``generator``."""
+        t = torch.as_tensor(target, dtype=torch.float64)
+        u = self.draw(t.numel(), generator, device=t.device, dtype=t.dtype)["u"].reshape(t.shape)
+        return self.apply(t, {"u": u}, Bounds(g_min=self.g_min))
+
     def with_knob(self, name, value):
         """``stuck_at_rate`` sets ``p_off + p_on`` (keeping their ratio; 1:1 when both are 0)."""
         if name != "stuck_at_rate":

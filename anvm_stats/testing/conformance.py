@@ -1,31 +1,15 @@
 """``check_device``: the contract every device effect must keep, checked property by property.
 
-Properties, in the order checked (the first one that fails raises :class:`DeviceContractError`):
-
-``protocol``
-    ``kind``, ``phase``, ``draw``, ``apply``, ``with_knob`` exist; ``draw(n, ...)`` returns a dict of ``[n]``
-    tensors; ``with_knob`` answers ``None`` for a knob the effect does not have.
-``no_mutation``
-    ``apply`` changes neither its input conductances nor the draws (sweeps re-apply the same draws).
-``shape_dtype``
-    output shape and dtype equal the input's, for float32 and float64, for ``[n]`` and for stacked chips
-    ``[K, n]`` given as an expanded (non-writable) view, as the sampler passes them.
-``determinism``
-    the same generator seed gives the same draws, the same generator state afterwards, and the same outputs, even
-    though the global RNGs move between the two runs (a device that uses them fails here).
-``draws_independent_of_parameters``
-    every ``with_knob`` copy draws exactly what the original draws (common random numbers across a sweep).
-``bounds``
-    where the effect declares clipping (``clips`` or ``clip`` attribute, or ``clips=`` here) every output lies in
-    ``[g_min, g_max]``; tested in a window with ``g_min > 0`` so that ignoring ``bounds`` shows.
-``instance_independence``
-    outputs of two instances (different generator seeds) at the same input are uncorrelated within sampling
-    error.
-``zero_noise_identity``
-    where declared (``zero_noise=``), the zero-noise version returns its input.
-``moments``
-    where declared (``declared_mean`` / ``declared_std``), the output moments at a few input levels match within
-    sampling error.
+Properties, in the order checked (the first failure raises :class:`DeviceContractError`):
+``protocol`` (members exist, ``draw`` gives ``[n]`` tensors, ``with_knob`` answers None to unknown knobs);
+``no_mutation`` (``apply`` leaves its input and the draws alone: sweeps re-apply the same draws);
+``shape_dtype`` (float32 and float64, ``[n]`` and stacked chips ``[K, n]`` as an expanded, non-writable view);
+``determinism`` (same seed: same draws, same generator state after, same outputs, while the global RNGs move
+between the runs, so a device using them fails); ``draws_independent_of_parameters`` (``with_knob`` copies draw
+exactly the same); ``bounds`` (where clipping is declared, by ``clips``/``clip`` attribute or ``clips=``, all
+outputs lie in ``[g_min, g_max]``, tested with ``g_min > 0``); ``instance_independence`` (two seeds'
+outputs at one input are uncorrelated within sampling error); ``zero_noise_identity`` (where declared);
+``moments`` (where declared: mean and sd at a few input levels within sampling error).
 
 Statistical checks (``instance_independence``, ``moments``) share the false-failure rate ``alpha`` (default 1e-6
 per call: Bonferroni over all their tests, two-sided normal quantiles with sampling errors estimated from the
@@ -71,10 +55,7 @@ class DeviceContractError(AnvmError, AssertionError):
     """
 
     def __init__(self, prop: str, kind: str, detail: str, example=None):
-        self.property = prop
-        self.kind = kind
-        self.detail = detail
-        self.example = example
+        self.property, self.kind, self.detail, self.example = prop, kind, detail, example
         msg = f"device {kind!r} breaks the contract: property {prop!r} failed: {detail}"
         if example is not None:
             msg += f"\nminimal example: {example}"
@@ -93,12 +74,8 @@ def _global_rngs_restored():
             np.random.set_state(np_state)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
-
-
 def _draw(effect, n: int, seed: int, dtype) -> tuple[dict, Tensor]:
-    gen = _gen(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     d = effect.draw(n, gen, device=torch.device("cpu"), dtype=dtype)
     return d, gen.get_state()
 
@@ -115,9 +92,8 @@ def _window(bounds: Bounds, n: int, dtype) -> Tensor:
 
 
 def _same(a, b) -> bool:
-    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+    ok = isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+    return ok and bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
 
 
 def _same_draws(a: Mapping, b: Mapping) -> bool:
@@ -125,8 +101,8 @@ def _same_draws(a: Mapping, b: Mapping) -> bool:
 
 
 def _first_diff(a: Tensor, b: Tensor) -> int:
-    diff = ~((a == b) | (torch.isnan(a) & torch.isnan(b)))
-    return int(diff.reshape(-1).nonzero()[0, 0]) if diff.any() else 0
+    diff = ~((a == b) | (torch.isnan(a) & torch.isnan(b))).reshape(-1)
+    return int(diff.nonzero()[0, 0]) if diff.any() else 0
 
 
 def _device(i: int, g: Tensor, draws: Mapping, **outs) -> dict:
@@ -179,8 +155,7 @@ class _Checker:
         self.kind = str(getattr(effect, "kind", type(effect).__name__))
         self.clips, self.zero_noise = clips, zero_noise
         self.mean, self.std, self.levels = declared_mean, declared_std, levels
-        n_tests = 2 + (len(levels) if declared_mean is not None else 0) + (len(levels) if declared_std is not None
-                                                                           else 0)
+        n_tests = 2 + len(levels) * ((declared_mean is not None) + (declared_std is not None))
         self.z = float(norm.isf(alpha / (2.0 * n_tests)))
 
     def fail(self, prop, detail, example=None):
@@ -189,14 +164,9 @@ class _Checker:
     def shrink(self, prop, check: Callable[[int], tuple | None]) -> None:
         """Run ``check(n)``; on failure report the smallest size that still fails."""
         res = check(self.n)
-        if res is None:
-            return
-        for m in _sizes(self.n):
-            r = check(m)
-            if r is not None:
-                res = r
-                break
-        self.fail(prop, *res)
+        if res is not None:
+            smaller = (r for r in map(check, _sizes(self.n)) if r is not None)
+            self.fail(prop, *next(smaller, res))
 
     # ----------------------------------------------------------------- properties
     def protocol(self):
@@ -395,36 +365,27 @@ def check_device(effect, *, declared_mean=None, declared_std=None, zero_noise=No
     b = bounds or Bounds(g_min=0.1, g_max=1.0)
     c = _Checker(effect, b, int(n), int(seed), declares_clipping(effect, clips), zero_noise, declared_mean,
                  declared_std, tuple(levels), float(alpha))
+    knobs = [k for k, _, _ in _knob_copies(effect)]
+    steps = [  # property, run (None: skipped), shrink deterministic failures, "passed" text
+        ("protocol", c.protocol, False, "passed"),
+        ("no_mutation", c.no_mutation, True, "passed"),
+        ("shape_dtype", c.shape_dtype, True, "passed"),
+        ("determinism", c.determinism, True, "passed"),
+        ("draws_independent_of_parameters", c.draws_independent if knobs else None, True, f"passed (knobs {knobs})"),
+        ("bounds", c.bounds if c.clips else None, True, "passed"),
+        ("instance_independence", c.independence, False, "passed"),
+        ("zero_noise_identity", c.zero_identity if zero_noise is not None else None, True, "passed"),
+        ("moments", c.moments if declared_mean is not None or declared_std is not None else None, False, "passed"),
+    ]
+    why = {"draws_independent_of_parameters": "no knobs", "bounds": "no clipping declared"}
     report: dict[str, str] = {}
     with _global_rngs_restored():
-        c.protocol()
-        report["protocol"] = "passed"
-        c.shrink("no_mutation", c.no_mutation)
-        report["no_mutation"] = "passed"
-        c.shrink("shape_dtype", c.shape_dtype)
-        report["shape_dtype"] = "passed"
-        c.shrink("determinism", c.determinism)
-        report["determinism"] = "passed"
-        knobs = [k for k, _, _ in _knob_copies(effect)]
-        c.shrink("draws_independent_of_parameters", c.draws_independent)
-        report["draws_independent_of_parameters"] = f"passed (knobs {knobs})" if knobs else "skipped: no knobs"
-        if c.clips:
-            c.shrink("bounds", c.bounds)
-            report["bounds"] = "passed"
-        else:
-            report["bounds"] = "skipped: no clipping declared"
-        c.independence()
-        report["instance_independence"] = "passed"
-        if zero_noise is not None:
-            c.shrink("zero_noise_identity", c.zero_identity)
-            report["zero_noise_identity"] = "passed"
-        else:
-            report["zero_noise_identity"] = "skipped: not declared"
-        if declared_mean is not None or declared_std is not None:
-            c.moments()
-            report["moments"] = "passed"
-        else:
-            report["moments"] = "skipped: not declared"
+        for prop, run, shrink, passed in steps:
+            if run is None:
+                report[prop] = f"skipped: {why.get(prop, 'not declared')}"
+                continue
+            c.shrink(prop, run) if shrink else run()
+            report[prop] = passed
     return report
 
 
