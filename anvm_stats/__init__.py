@@ -4,7 +4,10 @@ non-volatile memory, and how to train it to survive."""
 __version__ = "0.1.0"
 
 from . import data, dims, hardware, models, rng, stats  # noqa: E402
-from . import calibration, devices, testing  # noqa: E402
+from . import calibration, devices, report, study, testing, training  # noqa: E402
+from .devices import EmpiricalDevice, effect_from_function  # noqa: E402
+from .training import TrainResult, train_hasgd  # noqa: E402
+from .study import load_study, run_study  # noqa: E402
 from .adaptive import evaluate_until  # noqa: E402
 from .calibration import calibrate, drift_sweep, train_distilled  # noqa: E402
 from .fragility import sensitivity  # noqa: E402
@@ -17,7 +20,7 @@ from .montecarlo import RunOptions, evaluate, sweep  # noqa: E402
 from .sampler import ChipSampler  # noqa: E402
 
 __all__ = [
-    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
+    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
     "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
     "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "RunOptions", "evaluate", "sweep", "ChipSampler",
 ]

@@ -17,6 +17,8 @@ LAYER = "layer"                  # qualified module name
 PERTURBATION = "perturbation"    # HA-SGD draws
 EPOCH = "epoch"
 QUANTILE = "quantile"
+LEVEL = "level"                  # programmed conductance level (empirical devices)
+RECOVERY = "recovery"            # per-chip recovery method compared on the same chips
 CI_BOUND = "ci_bound"            # coordinate values ["lower", "upper"]
 CI_BOUND_VALUES = ("lower", "upper")
 

@@ -115,11 +115,16 @@ def _chunk_size(program: AnalogProgram, opts: RunOptions, n_total: int, batch: i
 def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     """Accumulate per-instance correct counts, top-5 counts and loss sums from logits ``[K, B, C]``.
 
-    The rank of the true class (number of classes with a strictly larger logit) gives top-1 and top-5 in one
-    pass; the loss is ``logsumexp - logit_true``."""
+    The rank of the true class is the number of classes ranked before it, with ``argmax`` semantics: a larger
+    logit, or an equal logit at a smaller class index (so a coarse ADC that ties every output scores like
+    ``argmax``, never as correct by default); a NaN logit outranks everything, and a NaN true logit is wrong.
+    Top-1 and top-5 come from that one rank; the loss is ``logsumexp - logit_true``."""
     K, B, C = logits.shape
     true = logits.gather(-1, y.view(1, B, 1).expand(K, B, 1))
-    rank = (~(logits <= true)).sum(-1)   # NaN logits count as beating the true class
+    earlier = torch.arange(C, device=logits.device).view(1, 1, C) < y.view(1, B, 1)
+    before = (logits > true) | ((logits == true) & earlier) | torch.isnan(logits)
+    rank = before.sum(-1)
+    rank = torch.where(torch.isnan(true[..., 0]), torch.full_like(rank, C), rank)
     acc["correct"] += (rank == 0).sum(1).to(torch.float64)
     acc["top5"] += (rank < 5).sum(1).to(torch.float64)
     acc["loss"] += (torch.logsumexp(logits.float(), -1) - true[..., 0].float()).sum(1).to(torch.float64)

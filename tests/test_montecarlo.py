@@ -125,3 +125,20 @@ def test_dataloader_style_batches(setup):
     a = run(net, av.HardwareSpec.paper1(0.1), batches, n_instances=3, seed=0)
     b = run(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=3, seed=0)
     xr.testing.assert_allclose(data_vars(a), data_vars(b))
+
+
+def test_metrics_follow_argmax_on_ties_and_nan():
+    from anvm_stats.montecarlo import _metrics_update
+
+    logits = torch.tensor([[[1.0, 1.0, 0.0, 0.0, 0.0, 0.0],      # tie: argmax = 0
+                            [1.0, 1.0, 0.0, 0.0, 0.0, 0.0],      # tie, true class 1 loses to class 0
+                            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],      # all tied: argmax = 0, true 3 has rank 3
+                            [float("nan"), 5.0, 0.0, 0.0, 0.0, 0.0],
+                            [1.0, float("nan"), 0.0, 0.0, 0.0, 0.0]]])
+    y = torch.tensor([0, 1, 3, 1, 1])
+    acc = {k: torch.zeros(1, dtype=torch.float64) for k in ("correct", "top5", "loss")}
+    _metrics_update(acc, logits, y)
+    finite = torch.isfinite(logits[0]).all(-1)
+    expected = ((logits[0].argmax(-1) == y) & finite).sum()    # argmax, but a NaN output is never correct
+    assert int(acc["correct"]) == int(expected) == 1
+    assert int(acc["top5"]) == 4      # the NaN true logit is never in the top 5

@@ -63,7 +63,7 @@ def quantize(y: Tensor, lo: Tensor | float, hi: Tensor | float, levels: int, *, 
     step = (hi - lo) / (levels - 1)
     yc = torch.maximum(torch.minimum(y, hi), lo) if isinstance(lo, Tensor) else y.clamp(lo, hi)
     q = torch.round((yc - lo) / step) * step + lo
-    return yc + (q - yc).detach() if ste else q
+    return q + (yc - yc.detach()) if ste else q   # values exactly on the grid, gradient of the clip
 
 
 def calibrate_range(values: Tensor, percentile: float) -> tuple[float, float]:
