@@ -1,0 +1,114 @@
+"""Benchmark of distributed sweeps: throughput of a LocalCluster against the in-process engine, and the
+per-task overhead (so users can pick ``chunk_size``).
+
+``python -m anvm_stats.parallel.bench`` prints the JSON of :func:`bench_distributed`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .. import dims
+from ..analog.program import prepare
+from ..hardware.spec import HardwareSpec
+from ..models import MLP
+from ..montecarlo import sweep
+from .dask_sweep import local_cluster, sweep_distributed
+
+DEFAULT_GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1, 0.2]}
+
+
+def _job(seed: int):
+    from ..data import digits
+
+    data = digits("test")
+    net = MLP(64, (256, 256), 10, generator=torch.Generator().manual_seed(seed))
+    return net, HardwareSpec.paper1(sigma=0.05), (data.x, data.y)
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | None = None, n_workers: int = 2,
+                      chunk_size: int = 64, n_tiny: int = 96, seed: int = 0, repeats: int = 2) -> dict:
+    """Throughput of a ``n_workers`` loopback LocalCluster against the in-process engine on the same sweep, and
+    the per-task overhead of the distributed path.
+
+    The job: an MLP 64-256-256-10 on the 360 test digits, ``paper1`` chips, ``grid`` (default 4 noise levels) x
+    ``n_instances`` chips. The in-process engine uses all of torch's threads; each worker one thread.
+
+    Per-task overhead: ``n_tiny`` tasks of one chip at one point on 8 samples, timed on the cluster
+    (``T``) and evaluated one by one in process exactly as a worker does (``C``, one torch thread):
+    ``(T * n_workers - C) / n_tiny`` is the worker time each task costs beyond its compute (scheduling,
+    serialisation, result transfer, merging). ``store_write_ms`` is the extra client time per task of streaming
+    into a zarr store.
+
+    Returns
+    -------
+    dict
+        JSON-able: timings (s), throughputs (instance-points/s), ``speedup`` (cluster / in-process throughput),
+        ``task_overhead_ms``, ``store_write_ms``.
+    """
+    from distributed import Client
+
+    grid = dict(grid or DEFAULT_GRID)
+    n_pts = int(np.prod([len(v) for v in grid.values()]))
+    net, spec, data = _job(seed)
+    threads = torch.get_num_threads()
+    kw = dict(grid=grid, n_instances=n_instances, seed=seed, progress=False)
+    program = prepare(net, spec, calibration=data)
+    local_s = _best(lambda: sweep(net, spec, data, program=program, **kw), repeats)
+    x, y = data[0][:8], data[1][:8]
+    tiny_kw = dict(grid={k: list(v)[:1] for k, v in grid.items()}, seed=seed, progress=False)
+    t0 = time.perf_counter()
+    with local_cluster(n_workers, gpus=0) as cluster, Client(cluster) as client:
+        client.wait_for_workers(n_workers)
+        startup_s = time.perf_counter() - t0
+        first_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw), 1)
+        dist_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw),
+                       repeats)
+        tiny = dict(n_instances=n_tiny, chunk_size=1, client=client, **tiny_kw)
+        sweep_distributed(net, spec, (x, y), **{**tiny, "n_instances": 2 * n_workers})  # warm the caches
+        tiny_s = _best(lambda: sweep_distributed(net, spec, (x, y), **tiny), repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = iter(range(repeats))
+            store_s = _best(lambda: sweep_distributed(net, spec, (x, y), store=Path(tmp) / f"{next(runs)}.zarr",
+                                                      **tiny), repeats)
+    torch.set_num_threads(1)
+    try:
+        local1_s = _best(lambda: sweep(net, spec, data, program=program, **kw), 1)
+        tprog = prepare(net, spec, calibration=(x, y))
+        compute_s = _best(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
+                                   for i in range(n_tiny)], repeats)
+    finally:
+        torch.set_num_threads(threads)
+    work = n_instances * n_pts
+    return {
+        "job": f"{n_pts} grid points x {n_instances} instances, MLP 64-256-256-10, 360 digits",
+        "n_workers": n_workers, "chunk_size": chunk_size, "in_process_threads": threads,
+        "in_process_s": local_s, "in_process_1_thread_s": local1_s, "distributed_s": dist_s, "distributed_first_call_s": first_s,
+        "cluster_startup_s": startup_s,
+        "in_process_throughput": work / local_s, "distributed_throughput": work / dist_s,
+        "speedup": local_s / dist_s, "speedup_vs_1_thread": local1_s / dist_s,
+        "n_tiny_tasks": n_tiny, "tiny_tasks_s": tiny_s, "tiny_compute_s": compute_s,
+        "task_overhead_ms": 1e3 * max(0.0, tiny_s * n_workers - compute_s) / n_tiny,
+        "client_ms_per_task": 1e3 * tiny_s / n_tiny,
+        "store_write_ms": 1e3 * max(0.0, store_s - tiny_s) / n_tiny,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(bench_distributed(), indent=2))

@@ -1,0 +1,209 @@
+"""anvm_stats.parallel: Dask sweeps identical to the in-process engine, zarr stores that resume, worker loss."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from anvm_stats import dims
+from anvm_stats.errors import ConfigError
+from anvm_stats.hardware import HardwareSpec
+from anvm_stats.models import MLP
+from anvm_stats.montecarlo import sweep
+from anvm_stats.parallel import dask_sweep, plan_tasks, sweep_distributed, tasks
+
+GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1]}
+N, CHUNK, SEED = 24, 6, 11
+
+
+def _setup(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    net = MLP(16, (24,), 7, generator=gen)
+    x = torch.randn(40, 16, generator=gen)
+    y = torch.randint(0, 7, (40,), generator=gen)
+    return net, HardwareSpec.paper1(sigma=0.05), (x, y)
+
+
+@pytest.fixture(scope="module")
+def job():
+    net, spec, data = _setup()
+    ref = sweep(net, spec, data, grid=GRID, n_instances=N, seed=SEED, progress=False)
+    return net, spec, data, ref
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    from anvm_stats.parallel import local_cluster
+
+    with local_cluster(2, gpus=0) as cluster, distributed.Client(cluster) as c:
+        c.wait_for_workers(2)
+        assert all(a.startswith("tcp://127.0.0.1:") for a in c.scheduler_info()["workers"])
+        yield c
+
+
+def assert_same(got: xr.Dataset, ref: xr.Dataset) -> None:
+    """Identical values, coords and dtypes; identical attrs except the creation time."""
+    xr.testing.assert_identical(got.drop_attrs(deep=False), ref.drop_attrs(deep=False))
+    for k, v in ref.variables.items():
+        assert got[k].dtype == v.dtype, k
+    skip = {"created_at"}
+    assert {k: v for k, v in got.attrs.items() if k not in skip} == \
+           {k: v for k, v in ref.attrs.items() if k not in skip}
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_plan_covers_every_cell_once(split):
+    values = [np.array([0.1, 0.2, 0.3]), np.array([4, 8])]
+    plan = plan_tasks(values, 23, 5, split)
+    count = np.zeros((3, 2, 23), int)
+    for t in plan:
+        r = t.region(["a", "b"])
+        count[r["a"], r["b"], r[dims.INSTANCE]] += 1
+    assert (count == 1).all()
+    assert [t.index for t in plan] == list(range(len(plan)))
+    assert len(plan) == 5 * (6 if split else 1)
+
+
+def test_hashes_see_weights_and_data():
+    net, _, (x, y) = _setup()
+    h = tasks.hash_model(net)
+    assert tasks.hash_model(_setup()[0]) == h
+    with torch.no_grad():
+        net.layers[0].weight[0, 0] += 1e-6
+    assert tasks.hash_model(net) != h
+    d = tasks.hash_data((x, y))
+    assert tasks.hash_data([(x[:20], y[:20]), (x[20:], y[20:])]) != d   # batch boundaries matter
+    y2 = y.clone()
+    y2[0] = (y2[0] + 1) % 7
+    assert tasks.hash_data((x, y2)) != d
+
+
+@pytest.mark.slow
+def test_cluster_identical_to_single_process(job, client):
+    net, spec, data, ref = job
+    before = sum(client.run(tasks.prepare_count).values())
+    got = sweep_distributed(net, spec, data, grid=GRID, n_instances=N, seed=SEED, chunk_size=CHUNK, client=client,
+                            split_grid=True, progress=False)
+    assert_same(got, ref)
+    # programs are prepared once per worker (cached by content hash), not once per task (12 tasks here)
+    assert 1 <= sum(client.run(tasks.prepare_count).values()) - before <= 2
+    # the executor="dask" entry point, whole-grid tasks, explicit instance subset
+    sub = dask_sweep(net, spec, data, grid=GRID, instances=[3, 17, 5, 9], seed=SEED, client=client, chunk_size=3,
+                     progress=False)
+    assert_same(sub, ref.sel(instance=[3, 17, 5, 9]))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_only_missing_tasks(job, client, tmp_path):
+    net, spec, data, ref = job
+    store = tmp_path / "run.zarr"
+    kw = dict(grid=GRID, n_instances=N, seed=SEED, chunk_size=CHUNK, client=client, store=store, split_grid=True,
+              progress=False)
+    n_tasks = (N // CHUNK) * len(GRID[dims.NOISE_LEVEL])
+    first: list[int] = []
+
+    def stop_after_3(task, n_done, n_total):
+        first.append(task.index)
+        assert n_total == n_tasks
+        if len(first) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        sweep_distributed(net, spec, data, on_task=stop_after_3, **kw)
+    assert store.is_dir() and not [p for p in tmp_path.iterdir() if p != store]
+    second: list[int] = []
+    got = sweep_distributed(net, spec, data, on_task=lambda t, d, n: second.append(t.index), **kw)
+    assert len(second) == n_tasks - 3 and not set(first) & set(second)
+    assert sorted(first + second) == list(range(n_tasks))
+    assert_same(got, ref)
+    # a third call finds everything done: no task runs, same Dataset (even without a cluster)
+    third: list[int] = []
+    again = sweep_distributed(net, spec, data, on_task=lambda *a: third.append(1),
+                              **{**kw, "client": None, "n_workers": None})
+    assert third == []
+    xr.testing.assert_identical(again, got)
+
+
+@pytest.mark.slow
+def test_store_of_another_study_is_refused(job, client, tmp_path):
+    net, spec, data, _ = job
+    store = tmp_path / "run.zarr"
+    kw = dict(grid=GRID, n_instances=12, chunk_size=12, client=client, store=store, progress=False)
+    sweep_distributed(net, spec, data, seed=SEED, **kw)
+    with pytest.raises(ConfigError, match=r"differs in: seed \(store entropy=11"):
+        sweep_distributed(net, spec, data, seed=SEED + 1, **kw)
+    with pytest.raises(ConfigError, match=r"differs in: spec "):
+        sweep_distributed(net, HardwareSpec.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
+    with pytest.raises(ConfigError, match=r"differs in: model "):
+        sweep_distributed(_setup(seed=1)[0], spec, data, seed=SEED, **kw)
+    with pytest.raises(ConfigError, match=r"chunking .*; grid "):
+        sweep_distributed(net, spec, data, seed=SEED, **{**kw, "grid": {dims.NOISE_LEVEL: [0.02]},
+                                                        "chunk_size": 6})
+    (tmp_path / "other.zarr").mkdir()
+    with pytest.raises(ConfigError, match="store"):
+        sweep_distributed(net, spec, data, seed=SEED, **{**kw, "store": tmp_path / "other.zarr"})
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_loses_and_duplicates_nothing(client):
+    net, spec, (x, y) = _setup(seed=2)
+    data = (x.repeat(8, 1), y.repeat(8))   # heavier tasks so that some are in flight when the worker dies
+    n = 48
+    ref = sweep(net, spec, data, grid=GRID, n_instances=n, seed=SEED, progress=False)
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+    seen: list[int] = []
+
+    def kill_busy_worker(task, n_done, n_total):
+        seen.append(task.index)
+        if killed:
+            return
+        busy = {a: len(k) for a, k in client.processing().items() if k}
+        assert busy, "no task in flight when the kill was due"
+        addr = max(busy, key=busy.get)
+        os.kill(pids[addr], signal.SIGKILL)
+        killed.append(n_done)
+
+    got = sweep_distributed(net, spec, data, grid=GRID, n_instances=n, seed=SEED, chunk_size=4, client=client,
+                            split_grid=True, on_task=kill_busy_worker, progress=False)
+    n_tasks = (n // 4) * 3
+    assert killed and killed[0] < n_tasks
+    assert sorted(seen) == list(range(n_tasks))          # every task stored exactly once
+    assert_same(got, ref)
+    client.wait_for_workers(2, timeout=60)               # the nanny restarts the worker for later tests
+    assert set(client.run(os.getpid).values()) != set(pids.values())
+
+
+@pytest.mark.slow
+def test_last_worker_lost_inputs_are_scattered_again():
+    """With one worker, killing it loses every copy of the scattered inputs: the run scatters them again."""
+    distributed = pytest.importorskip("distributed")
+    from anvm_stats.parallel import local_cluster
+
+    net, spec, (x, y) = _setup(seed=3)
+    data = (x.repeat(4, 1), y.repeat(4))
+    ref = sweep(net, spec, data, grid=GRID, n_instances=16, seed=SEED, progress=False)
+    with local_cluster(1, gpus=0) as cluster, distributed.Client(cluster) as c:
+        c.wait_for_workers(1)
+        pid = next(iter(c.run(os.getpid).values()))
+        seen: list[int] = []
+
+        def kill_once(task, n_done, n_total):
+            if not seen:
+                os.kill(pid, signal.SIGKILL)
+            seen.append(task.index)
+
+        got = sweep_distributed(net, spec, data, grid=GRID, n_instances=16, seed=SEED, chunk_size=2, client=c,
+                                on_task=kill_once, progress=False)
+    assert sorted(seen) == list(range(8))
+    assert_same(got, ref)
