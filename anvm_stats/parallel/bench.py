@@ -99,8 +99,8 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     return {
         "job": f"{n_pts} grid points x {n_instances} instances, MLP 64-256-256-10, 360 digits",
         "n_workers": n_workers, "chunk_size": chunk_size, "in_process_threads": threads,
-        "in_process_s": local_s, "in_process_1_thread_s": local1_s, "distributed_s": dist_s, "distributed_first_call_s": first_s,
-        "cluster_startup_s": startup_s,
+        "in_process_s": local_s, "in_process_1_thread_s": local1_s, "distributed_s": dist_s,
+        "distributed_first_call_s": first_s, "cluster_startup_s": startup_s,
         "in_process_throughput": work / local_s, "distributed_throughput": work / dist_s,
         "speedup": local_s / dist_s, "speedup_vs_1_thread": local1_s / dist_s,
         "n_tiny_tasks": n_tiny, "tiny_tasks_s": tiny_s, "tiny_compute_s": compute_s,
