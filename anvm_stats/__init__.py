@@ -9,6 +9,7 @@ from .devices import EmpiricalDevice, effect_from_function  # noqa: E402
 from .training import TrainResult, train_hasgd  # noqa: E402
 from .study import load_study, run_study  # noqa: E402
 from .adaptive import evaluate_until  # noqa: E402
+from .io import load, save  # noqa: E402
 from .calibration import calibrate, drift_sweep, train_distilled  # noqa: E402
 from .fragility import sensitivity  # noqa: E402
 from .analog import AnalogProgram, prepare  # noqa: E402
@@ -20,7 +21,16 @@ from .montecarlo import RunOptions, evaluate, sweep  # noqa: E402
 from .sampler import ChipSampler  # noqa: E402
 
 __all__ = [
-    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
+    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "save", "load", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
     "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
     "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "RunOptions", "evaluate", "sweep", "ChipSampler",
 ]
+
+
+def __getattr__(name: str):
+    """Lazy access to the Dask back end (``distributed`` is slow to import)."""
+    if name in ("parallel", "sweep_distributed", "dask_sweep"):
+        import importlib
+        mod = importlib.import_module(".parallel", __name__)
+        return mod if name == "parallel" else getattr(mod, name)
+    raise AttributeError(f"module 'anvm_stats' has no attribute {name!r}")

@@ -56,6 +56,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="override any study key, e.g. --set sweep.grid.noise_level=[0.05,0.1]")
     p.add_argument("--cache", default=".anvm_cache", help="folder of cached trained weights (default .anvm_cache)")
     p.add_argument("--no-cache", action="store_true", help="always train, never read or write the cache")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): run the sweeps on that cluster")
+    p.add_argument("--workers", type=int, help="run the sweeps on a local Dask cluster of N workers (loopback)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,8 +122,12 @@ def cmd_run(args, study_path: Path, default_out: Path | None = None) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     out = Path(args.out) if args.out else (default_out or Path("reports") / study.name)
     t0 = time.perf_counter()
+    if args.workers is not None and args.workers < 1:
+        from .study.schema import StudyError
+        raise StudyError("--workers", args.workers, "a positive number of workers")
     res = run_study(study, out=out, device=args.device, progress=not args.quiet,
-                    cache_dir=None if args.no_cache else args.cache, log=log)
+                    cache_dir=None if args.no_cache else args.cache, log=log,
+                    scheduler=args.scheduler, workers=args.workers)
     if not args.quiet:
         print(f"wrote {res.results_path}, {res.report['markdown']}"
               + (f", {res.report['html']}" if "html" in res.report else "")

@@ -181,7 +181,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
           n_instances: int | None = 256, seed: SeedLike = None, instances: Sequence[int] | None = None,
           calibration=None, layers: LayerFilter = None, digital: Sequence[str] = (),
           device: torch.device | str | None = None, options: RunOptions | None = None,
-          program: AnalogProgram | None = None, **option_kw) -> xr.Dataset:
+          program: AnalogProgram | None = None, executor: str = "local", **option_kw) -> xr.Dataset:
     """Evaluate ``model`` on simulated chips over a grid of hardware knobs.
 
     Parameters
@@ -201,6 +201,9 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         Instance ``i`` depends only on ``(seed, i)``; ``None`` draws fresh entropy, recorded in attrs.
     options : RunOptions, optional
         Chunking, batch size, memory budget, progress (also accepted as keyword arguments).
+    executor : {"local", "dask"}
+        ``"dask"`` runs grid x instance-chunk tasks on Dask distributed (:func:`anvm_stats.parallel.dask_sweep`;
+        extra keywords ``client``, ``scheduler``, ``n_workers``, ``store``, ...); the result is identical.
 
     Returns
     -------
@@ -208,6 +211,13 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         Dims ``(instance, *grid)``; variables ``accuracy``, ``loss`` (mean cross-entropy), ``correct_count``
         and ``top5_accuracy`` (more than 5 classes); provenance attrs; ``n_samples`` attr.
     """
+    if executor == "dask":
+        from .parallel import dask_sweep
+        return dask_sweep(model, spec, data, grid=grid, n_instances=n_instances, seed=seed, instances=instances,
+                          calibration=calibration, layers=layers, digital=digital, device=device, options=options,
+                          program=program, **option_kw)
+    if executor != "local":
+        raise ConfigError("executor", executor, "'local' or 'dask'")
     opts = options or RunOptions(**option_kw)
     keys, values, points = _grid_points(grid)
     idx = instance_indices(n_instances, instances)

@@ -23,7 +23,7 @@ def provenance(*, model: nn.Module, spec, dataset: str, seed_entropy: str, devic
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "anvm_stats_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "device": str(device),
         "seed_entropy": seed_entropy,
         "hardware_spec": json.dumps(spec.to_dict(), sort_keys=True),

@@ -193,3 +193,16 @@ def test_bench_prints_json(monkeypatch, capsys):
     monkeypatch.setattr(bench, "run_benchmarks", lambda device="cpu", **kw: {"device": device, "ok": 1})
     assert main(["bench"]) == 0
     assert json.loads(capsys.readouterr().out) == {"device": "cpu", "ok": 1}
+
+
+@pytest.mark.slow
+def test_run_on_a_local_dask_cluster_matches_in_process(tmp_path, fake_trainer):
+    """`--workers 2` runs the sweep on a loopback LocalCluster; the results equal the in-process run."""
+    study = _small(tmp_path)
+    assert main(["run", str(study), "--out", str(tmp_path / "a"), "--quiet", "--no-cache"]) == 0
+    assert main(["run", str(study), "--out", str(tmp_path / "b"), "--quiet", "--no-cache", "--workers", "2"]) == 0
+    a = load_results(next((tmp_path / "a").glob("results.*")))
+    b = load_results(next((tmp_path / "b").glob("results.*")))
+    for v in (dims.ACCURACY, dims.LOSS, dims.CORRECT_COUNT):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert main(["run", str(study), "--out", str(tmp_path / "c"), "--quiet", "--workers", "0"]) == 2

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -93,6 +93,7 @@ class _Ctx:
     test: object
     device: object
     progress: bool
+    executor: dict = field(default_factory=dict)   # e.g. {"executor": "dask", "client": client}
 
     @property
     def keep_model(self) -> bool:
@@ -120,7 +121,8 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     sw = ctx.study.sweep
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
-        device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size))
+        device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size,
+        **ctx.executor))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -253,8 +255,12 @@ class RunResult:
 
 
 def run_study(study: Study, *, out: str | Path | None = None, device=None, progress: bool = True,
-              cache_dir: str | Path | None = DEFAULT_CACHE, log: Callable[[str], None] = print) -> RunResult:
-    """Train (or load), sweep, save and report one study into ``out`` (default ``reports/<study name>``)."""
+              cache_dir: str | Path | None = DEFAULT_CACHE, log: Callable[[str], None] = print,
+              scheduler: str | None = None, workers: int | None = None) -> RunResult:
+    """Train (or load), sweep, save and report one study into ``out`` (default ``reports/<study name>``).
+
+    ``scheduler`` (a Dask scheduler address) or ``workers`` (a loopback LocalCluster of that many workers) runs
+    the sweeps on Dask distributed; the results are identical to the in-process run."""
     from ..analog.program import resolve_device
 
     t0 = time.perf_counter()
@@ -273,7 +279,13 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
         + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
            else f"until the mean CI is {study.sweep.target_ci_width} wide"))
-    ds = run_sweep(ctx)
+    if scheduler is not None or workers is not None:
+        from ..parallel import connect
+        with connect(scheduler=scheduler, n_workers=workers or 2) as client:
+            ctx.executor = {"executor": "dask", "client": client}
+            ds = run_sweep(ctx)
+    else:
+        ds = run_sweep(ctx)
     t2 = time.perf_counter()
     if ctx.keep_model:
         sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
