@@ -69,3 +69,13 @@ def mlp():
 @pytest.fixture
 def resnet():
     return make_resnet()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks: one intra-op thread is faster and immune to the other users of the 2 shared cores.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

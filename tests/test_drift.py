@@ -18,12 +18,7 @@ from test_calibration import train_digits_mlp
 TIMES = [1.0, 1e3, 1e6, 3.15e8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

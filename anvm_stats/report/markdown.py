@@ -88,6 +88,12 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                                          quantiles=qs)))
     elif "recovery" in ds.attrs and str(ds.attrs["recovery"]).startswith("skipped"):
         out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
+    if "sensitivity_trace" in ds and dims.LAYER in ds.dims:
+        out.append(("h2", "Per-layer Hessian sensitivity"))
+        out.append(("p", "Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
+                         "standard error; with several models, the trace of each relative to the first (a trained-"
+                         "with-noise net should show a flatter loss: a ratio below 1)."))
+        out.append(("table", sensitivity_table(ds)))
     captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
                 "mean_quantiles": f"Mean accuracy with its {pct}% CI and the {min(qs):g}-{max(qs):g} quantile band.",
                 "yield": f"Yield P(accuracy >= {thr:g}) with {pct}% Clopper-Pearson bands.",
@@ -113,6 +119,26 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
         out.append(("p", "Study file:"))
         out.append(("pre", str(ds.attrs["study_toml"])))
     return out
+
+
+def sensitivity_table(ds: xr.Dataset) -> tuple[list[str], list[list[str]]]:
+    """Rows: layer; columns: trace +- se per model, and each model's trace / the first model's."""
+    tr, se = ds["sensitivity_trace"], ds.get("sensitivity_trace_se")
+    models = [str(m) for m in tr[MODEL_DIM].values] if MODEL_DIM in tr.dims else [None]
+    headers = ["layer"] + [f"trace ({m})" if m else "trace" for m in models]
+    headers += [f"{m} / {models[0]}" for m in models[1:]]
+    rows = []
+    for layer in tr[dims.LAYER].values:
+        vals, row = [], [str(layer)]
+        for m in models:
+            sel = {dims.LAYER: layer, **({MODEL_DIM: m} if m else {})}
+            v = float(tr.sel(sel))
+            e = float(se.sel(sel)) if se is not None else float("nan")
+            vals.append(v)
+            row.append(f"{v:.4g} +- {e:.2g}")
+        row += [f"{v / vals[0]:.3f}" if vals[0] else "nan" for v in vals[1:]]
+        rows.append(row)
+    return headers, rows
 
 
 def _md_table(table) -> str:
