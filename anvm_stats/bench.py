@@ -183,9 +183,86 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     }
 
 
+def _conv_flops(net: nn.Module, x) -> tuple[float, int]:
+    """FLOPs of one forward of ``net`` on ``x`` in its Conv/Linear layers (multiply-add = 2, per the whole batch)
+    and the number of weights and biases (the Gaussian draws of one chip)."""
+    flops = [0.0]
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] + (m.bias is not None)
+            flops[0] += 2.0 * out.numel() * k
+        elif isinstance(m, nn.Linear):
+            flops[0] += 2.0 * out.numel() * (m.in_features + (m.bias is not None))
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    draws = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return flops[0], draws
+
+
+@torch.no_grad()
+def _conv_simple_loop(net, x, y, sigma, n_instances, seed, batch):
+    """Per instance: copy nominal + range*sigma*N into one model copy, evaluate in batches (no bias column)."""
+    import copy
+
+    work = copy.deepcopy(net).eval()
+    params = [(p, p.detach().clone(), float(p.max() - p.min()) / 2) for n, p in work.named_parameters()
+              if n.endswith("weight") and p.dim() > 1]
+    root = root_sequence(seed)
+    acc = []
+    for gen in instance_generators(root, range(n_instances), Stream.PROGRAM, x.device):
+        for p, p0, rng in params:
+            p.copy_(p0 + rng * sigma * torch.randn(p0.shape, generator=gen, device=x.device))
+        correct = sum(int((work(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+        acc.append(correct / len(x))
+    return acc
+
+
+def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int | None = None,
+                  n_inputs: int | None = None, n_instances: int | None = None, batch_size: int = 500,
+                  seed: int = 0) -> dict:
+    """WideResNet on random CIFAR-shaped inputs: engine vs the per-instance simple loop vs the limit (FLOPs at
+    the measured matmul rate + draws at the sampling rate). Defaults: WRN-28-10 on 10,000 inputs on CUDA (the
+    issue's compute-bound case, TF32 allowed), WRN-16-2 on 500 inputs on the CPU."""
+    from .models import wide_resnet
+
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    depth, widen = depth or (28 if gpu else 16), widen or (10 if gpu else 2)
+    n_inputs, n_instances = n_inputs or (10_000 if gpu else 500), n_instances or (4 if gpu else 4)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_inputs, 3, 32, 32, generator=g).to(dev)
+    y = torch.randint(0, 100, (n_inputs,), generator=g).to(dev)
+    net = wide_resnet(depth=depth, widen=widen, n_classes=100, generator=torch.Generator().manual_seed(seed))
+    net = net.to(dev).eval()
+    flops, draws = _conv_flops(net, x[:batch_size])
+    flops *= n_inputs / batch_size
+    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
+    spec = HardwareSpec(effects=(__import__("anvm_stats").ProgrammingNoise(sigma=0.025, relative_to="range",
+                                                                           clip=False),))
+    program = prepare(net, spec)
+    engine_s = _best(lambda: sweep(net, spec, (x, y), n_instances=n_instances, seed=seed, progress=False,
+                                   program=program, batch_size=batch_size), dev, 1)
+    simple_s = _best(lambda: _conv_simple_loop(net, x, y, 0.05, n_instances, seed, batch_size), dev, 1)
+    return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances",
+            "device": str(dev), "matmul_gflops": matmul_rate / 1e9, "limit_s_per_instance": limit_s / n_instances,
+            "engine_s_per_instance": engine_s / n_instances, "simple_loop_s_per_instance": simple_s / n_instances,
+            "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s}
+
+
 BENCHMARKS = {
     "engine": ("anvm_stats.bench", "bench_engine"),
     "sweep": ("anvm_stats.bench", "bench_sweep"),
+    "convnet": ("anvm_stats.bench", "bench_convnet"),
     "sensitivity": ("anvm_stats.sensitivity.bench", "bench_hutchinson"),
     "hasgd": ("anvm_stats.training.bench", "bench_hasgd"),
     "distributed": ("anvm_stats.parallel.bench", "bench_distributed"),
@@ -208,7 +285,7 @@ def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) ->
         except (ImportError, AttributeError) as err:
             out[name] = {"skipped": f"{mod}.{fn} unavailable: {err}"}
             continue
-        out[name] = func(device=device) if name in ("engine", "sweep") else func()
+        out[name] = func(device=device) if name in ("engine", "sweep", "convnet") else func()
     return out
 
 

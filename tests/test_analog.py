@@ -227,3 +227,17 @@ def test_cuda_request_falls_back_to_cpu_when_absent():
     assert (ds.accuracy.values == ref.accuracy.values).all()
     with pytest.raises(ConfigError, match="device"):
         av.prepare(net, av.HardwareSpec.ideal(), device="gpu0")
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["loop-over-instances", "grouped"])
+def test_both_convolution_strategies_agree_with_float_networks(monkeypatch, threshold):
+    from anvm_stats.analog import layers
+
+    monkeypatch.setattr(layers, "CONV_LOOP_ELEMENTS", threshold)
+    net = make_resnet()
+    x, _ = make_data(n=5, shape=(1, 6, 6))
+    prog = av.prepare(net, av.HardwareSpec.paper1(0.1))
+    g = av.ChipSampler(prog, seed=2).chips(range(3))
+    out = logits(prog, g, x)
+    for k in range(3):
+        assert torch.allclose(out[k], reference_net(net, prog, g[k])(x), atol=1e-4, rtol=1e-4)

@@ -19,6 +19,8 @@ from ..hardware.periphery import calibrate_range, quantize
 
 Tensor = torch.Tensor
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+#: per-instance input elements (batch included) above which convolutions loop over instances
+CONV_LOOP_ELEMENTS = 1 << 17
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +132,14 @@ class AnalogModule(nn.Module):
         conv = _CONV[p.op]
         groups = p.conv["groups"]
         kw = dict(stride=p.conv["stride"], padding=p.conv["padding"], dilation=p.conv["dilation"])
+        per_instance = x[0].numel() * B
+        if per_instance >= CONV_LOOP_ELEMENTS:
+            # large activations: one ordinary convolution per instance beats a K-group convolution on CPU
+            # (measured 1.4-3x on 2 cores) and needs no transposes; outputs stack to [K, B, O, ...] directly
+            xv = x if shared else x.view(K, B, *x.shape[1:])
+            wv = w.view(K, O, -1, *p.kernel)
+            return torch.stack([conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k],
+                                     groups=groups, **kw) for k in range(K)])
         wk = w.reshape(K * O, -1, *p.kernel)
         bk = None if bias is None else bias.reshape(K * O)
         if shared and groups == 1:
