@@ -1,25 +1,36 @@
-"""Benchmark: one epoch of vectorised (split) HA-SGD with L draws against plain SGD, same model, data and loop.
+"""Benchmark: one epoch of HA-SGD in each mode (split, direct, local) against plain SGD, same model, data and loop.
 
-Both runs go through :func:`train_hasgd` (plain SGD is ``q=None``), so the ratio measures what HA-SGD adds: the
-``L x P`` base draws of every step (P analog devices), mapping them to weights, and the grouped forward/backward.
-The draw part does not depend on the batch size while the plain step grows with it, so the ratio falls with
-larger batches and with layers that reuse each weight many times per sample (convolutions).
+Every run goes through :func:`train_hasgd` (plain SGD is ``q=None``), so a ratio measures what HA-SGD adds.
+``split`` and ``direct`` draw ``L x P`` base normals per step (P analog devices) and map them to weights; that
+part does not depend on the batch size while the plain step grows with it, so their ratio falls with larger
+batches and with layers that reuse each weight many times per sample (convolutions). ``direct`` also runs ``L``
+forward/backward passes. ``local`` (Linear layers by the local reparameterisation, convs as in ``split``) draws
+``B x O`` normals per Linear layer and adds one GEMM of ``x^2`` with the weight variances per layer.
+
+The modes are timed round-robin (plain, split, direct, local, plain, ...) and each time is the best of
+``repeats``, so a change of machine load during the run affects all modes alike. The load average is reported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
 from ..models import build_model
 from .hasgd import train_hasgd
+from .local import draw_local
 from .perturb import draw_perturbations, perturb_targets
 
-#: target of the issue: split HA-SGD with L=8 costs at most this many plain-SGD epochs
+#: target of the issue: vectorised HA-SGD with L=8 costs at most this many plain-SGD epochs
 TARGET_RATIO = 1.5
+MODES = ("plain", "split", "direct", "local")
+MODEL_NAMES = ("mlp", "lenet5", "resnet20", "resnet32")
 
 
 def _data(model_name: str, seed: int):
@@ -42,55 +53,100 @@ def _model(model_name: str, seed: int) -> torch.nn.Module:
     return build_model(model_name, seed=seed, n_classes=10, **kw[model_name])
 
 
-def _best_epoch(fn, repeats: int) -> float:
-    times = []
+@contextlib.contextmanager
+def _threads(n: int | None):
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _step_time(fn, dev: torch.device, repeats: int = 5) -> float:
+    best = float("inf")
+    for step in range(repeats):
+        t = time.perf_counter()
+        fn(step)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _bench_model(model_name: str, modes: Sequence[str], *, samples: int, epochs: int, batch_size: int,
+                 sigma: float, seed: int, dev: torch.device, repeats: int) -> dict:
+    x, y, name = _data(model_name, seed)
+    x, y = x.to(dev), y.to(dev)
+    net = _model(model_name, seed).to(dev)
+    q = HardwareSpec.paper1(sigma)
+    common = dict(batch_size=batch_size, seed=seed, progress=False, lr=0.01)
+    runs = {m: (dict(q=None) if m == "plain" else dict(q=q, samples=samples, mode=m)) for m in modes}
+    for m, kw in runs.items():                                              # warm-up (one step each)
+        train_hasgd(net, (x[:batch_size], y[:batch_size]), epochs=1, **common, **kw)
+    times = {m: float("inf") for m in modes}
     for _ in range(repeats):
-        res = fn()
-        times.append(float(res.history["epoch_time_s"].sum()))
-    return min(times)
+        for m, kw in runs.items():
+            res = train_hasgd(net, (x, y), epochs=epochs, **common, **kw)
+            times[m] = min(times[m], float(res.history["epoch_time_s"].sum()) / epochs)
+    targets = perturb_targets(net)
+    draw = {"split": _step_time(lambda s: draw_perturbations(net, q, samples=samples, seed=seed, step=s,
+                                                             targets=targets), dev)}
+    if "local" in modes:
+        draw["local"] = _step_time(lambda s: draw_local(net, q, samples=samples, seed=seed, step=s,
+                                                        targets=targets), dev)
+    plain = times.get("plain")
+    ratios = {m: t / plain for m, t in times.items() if m != "plain"} if plain else {}
+    return {
+        "n_parameters": sum(p.numel() for p in net.parameters()), "data": name, "n_train": int(x.shape[0]),
+        "steps_per_epoch": -(-x.shape[0] // batch_size), "epoch_s": times, "ratio": ratios,
+        "meets_target": {m: bool(r <= TARGET_RATIO) for m, r in ratios.items()},
+        "draw_step_s": draw,
+    }
 
 
-def bench_hasgd(model_name: str = "mlp", samples: int = 8, epochs: int = 1, *, batch_size: int = 128,
-                sigma: float = 0.1, seed: int = 0, device: str = "cpu", repeats: int = 3) -> dict:
-    """Time ``epochs`` epoch(s) of split HA-SGD (``samples`` draws of ``paper1(sigma)``) and of plain SGD.
+def bench_hasgd(model_name: str | Sequence[str] = "mlp", samples: int = 8, epochs: int = 1, *,
+                batch_size: int = 128, sigma: float = 0.1, seed: int = 0, device: str = "cpu", repeats: int = 3,
+                modes: Sequence[str] = MODES, threads: int | None = None) -> dict:
+    """Time ``epochs`` epoch(s) of plain SGD and of HA-SGD (``samples`` draws of ``paper1(sigma)``) per mode.
 
     Parameters
     ----------
-    model_name : {"mlp", "lenet5", "resnet20", "resnet32"}
-        Zoo model sized for the 8x8 digits (``anvm_stats.data.digits``; random tensors of that shape if absent).
+    model_name : str or sequence of str, each in {"mlp", "lenet5", "resnet20", "resnet32"}
+        Zoo model(s) sized for the 8x8 digits (``anvm_stats.data.digits``; random tensors of that shape if
+        absent). The default MLP (64-256-256-10) takes a few seconds on two cores; ``("mlp", "lenet5")`` under
+        a minute.
+    modes : sequence of {"plain", "split", "direct", "local"}
+        Ratios need ``"plain"``.
     repeats : int
-        Each timing is the best of this many runs.
+        Each time is the best of this many runs (round-robin over the modes).
+    threads : int, optional
+        ``torch.set_num_threads`` for the benchmark (restored afterwards); default: as set.
 
     Returns
     -------
     dict
-        JSON-able: ``plain_epoch_s``, ``hasgd_split_epoch_s``, ``ratio`` (their quotient), ``target_ratio``,
-        ``draw_step_s`` (drawing and mapping the ``L`` perturbations of one step alone), ``steps_per_epoch``,
-        model, data and thread count.
+        JSON-able: settings, ``load_average`` (1, 5, 15 min, at the end), ``target_ratio`` and per model
+        (``models[name]``): ``epoch_s[mode]``, ``ratio[mode]`` (epoch time over plain SGD's), ``meets_target``,
+        ``draw_step_s`` (drawing the perturbations of one step alone: ``split`` for ``L x P`` draws, ``local``
+        for the moments plus conv draws), ``steps_per_epoch``, ``n_parameters``, data.
     """
-    x, y, name = _data(model_name, seed)
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
+    for n in names:
+        check(n in MODEL_NAMES, "model_name", n, f"one of {MODEL_NAMES}")
+    for m in modes:
+        check(m in MODES, "modes", m, f"a subset of {MODES}")
+    check_number("repeats", repeats, low=1, integer=True)
     dev = torch.device(device)
-    x, y = x.to(dev), y.to(dev)
-    net = _model(model_name, seed).to(dev)
-    q = HardwareSpec.paper1(sigma)
-    common = dict(epochs=epochs, batch_size=batch_size, seed=seed, progress=False, lr=0.01)
-    train_hasgd(net, (x[:batch_size], y[:batch_size]), q=q, samples=samples, **{**common, "epochs": 1})  # warm-up
-    plain = _best_epoch(lambda: train_hasgd(net, (x, y), q=None, **common), repeats) / epochs
-    split = _best_epoch(lambda: train_hasgd(net, (x, y), q=q, samples=samples, mode="split", **common),
-                        repeats) / epochs
-    targets = perturb_targets(net)
-    t = time.perf_counter()
-    for step in range(5):
-        draw_perturbations(net, q, samples=samples, seed=seed, step=step, targets=targets)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    draw = (time.perf_counter() - t) / 5
-    steps = -(-x.shape[0] // batch_size)
+    with _threads(threads):
+        n_threads = torch.get_num_threads()
+        models = {n: _bench_model(n, list(dict.fromkeys(modes)), samples=samples, epochs=epochs,
+                                  batch_size=batch_size, sigma=sigma, seed=seed, dev=dev, repeats=repeats)
+                  for n in names}
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
-        "benchmark": "hasgd", "model": model_name, "n_parameters": sum(p.numel() for p in net.parameters()),
-        "data": name, "n_train": int(x.shape[0]), "batch_size": batch_size, "steps_per_epoch": steps,
-        "samples": samples, "sigma": sigma, "device": str(dev), "torch_threads": torch.get_num_threads(),
-        "plain_epoch_s": plain, "hasgd_split_epoch_s": split, "ratio": split / plain,
-        "target_ratio": TARGET_RATIO, "meets_target": bool(split / plain <= TARGET_RATIO),
-        "draw_step_s": draw, "draw_share_of_hasgd_epoch": draw * steps / split,
+        "benchmark": "hasgd", "batch_size": batch_size, "samples": samples, "sigma": sigma, "epochs": epochs,
+        "repeats": repeats, "device": str(dev), "torch_threads": n_threads, "load_average": list(load),
+        "target_ratio": TARGET_RATIO, "models": models,
     }

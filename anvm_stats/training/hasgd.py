@@ -16,6 +16,10 @@ Two forms of the step:
     batch (BatchNorm statistics over the whole batch). Same expected gradient (each sample's loss at an independent
     draw of q) at a cost near plain SGD's, higher variance per step (each draw sees B/L samples). Needs
     ``batch_size >= L``. Right for long runs where many steps average the noise.
+``mode="local"``
+    Local reparameterisation (:mod:`anvm_stats.training.local`), only for q of unclipped additive Gaussian noise:
+    each Linear pre-activation gets its own closed-form Gaussian noise per sample (``B x O`` normals per layer, not
+    ``L x P``), HA-SGD with ``L = batch size``; conv layers are treated as in ``split``.
 
 A noise-free q (``sigma=0``) or ``q=None`` gives plain SGD bit for bit. A mean shift in q
 (``ProgrammingNoise.mu``) is a prior: the net learns weights that are right once the shift is added (paper 1,
@@ -51,11 +55,12 @@ from ..provenance import model_label, provenance
 from ..rng import SeedLike, root_sequence, seed_entropy
 from .adc import ADCInTheLoop, adc_points
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .local import LocalPerturbation, draw_local, gaussian_effects, local_forward
 from .perturb import (DATA_KEY, EVAL_KEY, TORCH_KEY, Perturbation, PerturbTarget, draw_perturbations, group_sizes,
                       perturb_targets, perturbed_forward, step_root)
 
 Tensor = torch.Tensor
-MODES = ("split", "direct")
+MODES = ("split", "direct", "local")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -167,15 +172,16 @@ def _correct(out: Tensor, y: Tensor) -> int:
     return int((out.argmax(-1) == y).sum()) if out.dim() == 2 and y.dim() == 1 else 0
 
 
-def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: Perturbation | None,
+def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: "Perturbation | LocalPerturbation | None",
                         targets: Sequence[PerturbTarget], *, mode: str = "split",
                         loss_fn: Callable = F.cross_entropy) -> tuple[float, int]:
     """Add the HA-SGD gradient of one mini-batch to the parameters' ``.grad``.
 
     ``direct``: ``mean_l grad J(w + dw_l; x)`` over ``L = pert.samples`` passes (BatchNorm running statistics are
     updated by the first pass only). ``split``: group g of ``G = min(L, N)`` contiguous groups of ``x`` ``[N, ...]``
-    runs at ``w + dw_g``, one pass, gradient of the mean loss over the batch. ``pert`` None or noise-free: the
-    plain gradient (identical to plain SGD).
+    runs at ``w + dw_g``, one pass, gradient of the mean loss over the batch. ``pert`` a
+    :class:`~anvm_stats.training.local.LocalPerturbation` (any ``mode``): the local-reparameterisation forward.
+    ``pert`` None or noise-free: the plain gradient (identical to plain SGD).
 
     Returns
     -------
@@ -188,9 +194,10 @@ def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: Perturbati
         loss = loss_fn(out, y)
         loss.backward()
         return float(loss.detach()), _correct(out, y)
-    if mode == "split":
+    if mode == "split" or isinstance(pert, LocalPerturbation):
         G = min(pert.samples, N)
-        with perturbed_forward(model, pert.select(slice(0, G)), targets, group_sizes(N, G)):
+        with (local_forward(model, pert, group_sizes(N, G)) if isinstance(pert, LocalPerturbation) else
+              perturbed_forward(model, pert.select(slice(0, G)), targets, group_sizes(N, G))):
             out = model(x)
         loss = loss_fn(out, y)
         loss.backward()
@@ -252,8 +259,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     optimizer : {"sgd", "adam", "adamw"} or callable(params) -> torch.optim.Optimizer
     seed : int, SeedSequence or None
         Root of every stream (None: fresh entropy, recorded; resuming reuses the checkpoint's).
-    mode : {"split", "direct"}
-        See the module docstring.
+    mode : {"split", "direct", "local"}
+        See the module docstring; ``samples`` is the number of conv draws (groups) in ``local`` mode.
     sigma_schedule : list of float (per epoch) or callable(epoch) -> float, optional
         ``q.with_knobs(noise_level=sigma)`` per epoch.
     adc_levels : int, optional
@@ -280,7 +287,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     Raises
     ------
     ConfigError
-        For invalid options, ``mode="split"`` with ``batch_size < samples``, ``sigma_schedule`` without q, or a
+        For invalid options, ``mode="split"`` or ``"local"`` with ``batch_size < samples``, ``mode="local"`` with
+        a q that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule`` without q, or a
         checkpoint written with other arguments.
     """
     cfg = HASGDConfig(samples=samples, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -290,7 +298,9 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
     check(q is None or isinstance(q, HardwareSpec), "q", type(q).__name__, "an anvm_stats.HardwareSpec or None")
     check(q is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when q is None")
-    if q is not None and mode == "split":
+    if q is not None and mode == "local":
+        gaussian_effects(q)                    # refuses effects without a closed form, naming them
+    if q is not None and mode in ("split", "local"):
         check(batch_size >= samples, "batch_size", batch_size, f"at least samples={samples} in split mode")
     if stop_after_epoch is not None:
         check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
@@ -350,7 +360,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
                 pert = None
                 if q_e is not None:
                     L = cfg.samples if mode == "direct" else min(cfg.samples, x.shape[0])
-                    pert = draw_perturbations(net, q_e, samples=L, seed=root, step=step, targets=targets)
+                    draw = draw_local if mode == "local" else draw_perturbations
+                    pert = draw(net, q_e, samples=L, seed=root, step=step, targets=targets)
                 opt.zero_grad()
                 with adc if adc is not None else contextlib.nullcontext():
                     loss, c = accumulate_gradient(net, x, y, pert, targets, mode=mode, loss_fn=loss_fn)

@@ -171,7 +171,8 @@ def _folded(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor | None, 
 @torch.no_grad()
 def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, seed: SeedLike, step: int,
                        targets: Sequence[PerturbTarget] | None = None, layers: LayerFilter = None,
-                       perturb_batchnorm: bool = False, generators: list | None = None) -> Perturbation:
+                       perturb_batchnorm: bool = False, generators: list | None = None,
+                       weight_domain: bool = True) -> Perturbation:
     """Draw ``L = samples`` weight-domain perturbations from ``spec`` for the current weights of ``model``.
 
     Parameters
@@ -186,6 +187,12 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
         Draw ``l`` uses the generator of ``(seed, step, l)`` (:func:`step_generators`), unless ``generators``.
     targets : sequence of PerturbTarget, optional
         Precomputed :func:`perturb_targets` (else computed from ``layers`` and ``perturb_batchnorm``).
+    weight_domain : bool
+        When every program effect is unclipped additive Gaussian noise with some ``sigma > 0``, skip the
+        conductance domain: ``dW~ = shift + sum c_a unit sigma Z_a`` straight from the same base draws
+        (:func:`anvm_stats.training.local.layer_noise`), one fused pass per layer and draw, drawn and mapped in
+        parallel threads over ``l``. Equal to the conductance-domain path (``False``) up to float round-off
+        (a few ulps of ``max|W~|``; the direct form avoids the cancellation in ``decode(g) - W~``).
 
     Returns
     -------
@@ -216,6 +223,9 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
         layers_info.append((t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in)))
     g0 = torch.cat(chunks)
     effects = spec.program_effects
+    plan = _weight_domain_plan(spec, layers_info) if weight_domain else None
+    if plan is not None:
+        return _draw_weight_domain(model, plan, layers_info, len(effects), g0.numel(), gens, dev, dtype)
     g = g0.expand(L, -1)
     for eff, d in zip(effects, _base_draws(effects, g0.numel(), gens, dev, dtype)):
         g = eff.apply(g, d, spec.bounds)
@@ -240,6 +250,71 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     if is_zero:
         deltas = {k: torch.zeros_like(v) for k, v in deltas.items()}
     return Perturbation(deltas=deltas, samples=L, is_zero=is_zero)
+
+
+def _weight_domain_plan(spec: HardwareSpec, layers_info: list) -> list | None:
+    """Per layer ``(shift_w [O, in], terms_w, shift_b [O] or None, terms_b)`` of the weight-domain form (row
+    scales ``1/k`` and the bias scale ``s`` folded in), or None when q is not Gaussian-additive or noise-free."""
+    from .local import gaussian_effects, layer_noise, mapping_error
+    try:
+        effects = gaussian_effects(spec)
+    except ConfigError:
+        return None
+    if not any(e.sigma > 0 for e in effects):
+        return None
+    plan = []
+    for t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in) in layers_info:
+        shift, terms = layer_noise(enc, effects, spec.bounds)
+        shift = mapping_error(enc, w_aug) + shift
+        row = torch.ones(O, 1, dtype=shift.dtype, device=shift.device)
+        if k is not None:
+            row = torch.where(k.abs() > torch.finfo(k.dtype).tiny ** 0.5, 1.0 / k, torch.zeros_like(k))[:, None]
+        tw = [(j, a, (sk[:, :n_in] if sk.shape[1] > 1 else sk) * row) for j, a, sk in terms]
+        tb = [(j, a, sk[:, -1] * s) for j, a, sk in terms] if b_sl is not None else []
+        plan.append((shift[:, :n_in] * row, tw, shift[:, n_in] * s if b_sl is not None else None, tb))
+    return plan
+
+
+def _draw_weight_domain(model: nn.Module, plan: list, layers_info: list, n_effects: int, n: int, gens: list,
+                        dev, dtype) -> Perturbation:
+    """Draw row ``l`` of every effect's base draws (``Z_j [L, n]``, generator ``l`` only, effects in order, as
+    :func:`_base_draws`) and map it to ``dW`` in the same thread; threads over ``l`` on CPU."""
+    L = len(gens)
+    z = [torch.empty(L, n, dtype=dtype, device=dev) for _ in range(n_effects)]
+    outs = []
+    for (t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in)), (_, _, sb, _) in zip(layers_info, plan):
+        outs.append((torch.empty(L, O, n_in, dtype=dtype, device=dev),
+                     None if sb is None else torch.empty(L, O, dtype=dtype, device=dev)))
+
+    def fill(rows) -> None:
+        for r in rows:
+            for zj in z:
+                zj[r].normal_(generator=gens[r])
+            for (t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in)), (sw, tw, sb, tb), (ow, ob) in zip(
+                    layers_info, plan, outs):
+                for out, shift, terms, sl, shape in ((ow, sw, tw, w_sl, (A, O, n_in)), (ob, sb, tb, b_sl, (A, O))):
+                    if out is None:
+                        continue
+                    for i, (j, a, sk) in enumerate(terms):
+                        zk = z[j][r, sl].view(shape)[a]
+                        if i == 0:
+                            torch.addcmul(shift, zk, sk, out=out[r])
+                        else:
+                            out[r].addcmul_(zk, sk)
+
+    workers = min(torch.get_num_threads(), L) if torch.device(dev).type == "cpu" else 1
+    if workers <= 1:
+        fill(range(L))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fill, [range(w, L, workers) for w in range(workers)]))
+    deltas = {}
+    for (t, *_), (ow, ob) in zip(layers_info, outs):
+        m = model.get_submodule(t.name)
+        deltas[f"{t.name}.weight"] = ow.reshape(L, *m.weight.shape).to(m.weight.dtype)
+        if ob is not None:
+            deltas[f"{t.bn}.bias" if t.bn is not None else f"{t.name}.bias"] = ob.to(m.weight.dtype)
+    return Perturbation(deltas=deltas, samples=L, is_zero=False)
 
 
 def group_sizes(n: int, groups: int) -> list[int]:
