@@ -140,11 +140,12 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     n_draw = sum(1 for e in program.spec.program_effects) + 1
     chunk = _chunk_size(program, opts, n_inst, B0, _activation_floats(program, batches[0][0]), n_draw)
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
+    draws = None
     try:
         for start in range(0, n_inst, chunk):
             idx = indices[start:start + chunk]
             K = len(idx)
-            draws = sampler.draw(idx, specs[0])
+            draws = sampler.draw(idx, specs[0], reuse=draws)
             for p, spec in enumerate(specs):
                 g = sampler.program_chips(draws, spec, K=K)
                 per = spec.periphery
@@ -170,7 +171,6 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                 for k in out:
                     out[k][p, start:start + K] = acc[k].cpu().numpy()
                 bar.update(K)
-            del draws
     finally:
         bar.close()
         program.unload()

@@ -16,6 +16,7 @@ import torch
 
 from .analog.program import AnalogProgram
 from .hardware.spec import HardwareSpec
+from .hardware.effects import fill_standard
 from .rng import SeedLike, Stream, instance_generators, root_sequence
 
 Tensor = torch.Tensor
@@ -37,45 +38,76 @@ class ChipSampler:
         self.root = root_sequence(seed)
 
     def _draw(self, effects: Sequence, indices: Sequence[int], stream: Stream,
-              generators: list | None = None) -> Draws:
-        """Per-instance draws stacked into ``[K, n]`` buffers.
+              generators: list | None = None, reuse: Draws | None = None) -> Draws:
+        """Per-instance draws stacked into ``[K, n]`` buffers (``reuse``: buffers of an earlier call to refill).
 
-        torch's CPU samplers are single-threaded; instances have independent generators, so they are drawn in
-        parallel threads (``torch.get_num_threads()``), each writing its own rows. Results never depend on the
-        number of threads."""
+        Effects that declare ``draw_kinds`` are drawn straight into the buffers' rows; others through their
+        ``draw`` and a copy. torch's CPU samplers are single-threaded and every instance has its own generator,
+        so rows are filled by a pool of ``torch.get_num_threads()`` threads; results never depend on it."""
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
         gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
         K = len(gens)
         if K == 0 or not effects:
             return [{} for _ in effects]
-        first = [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
-        bufs = [{k: torch.empty((K, *t.shape), dtype=t.dtype, device=t.device) for k, t in d.items()}
-                for d in first]
-        for j, d in enumerate(first):
-            for k, t in d.items():
-                bufs[j][k][0].copy_(t)
-
-        def fill(rows: range) -> None:
-            for r in rows:
-                for j, e in enumerate(effects):
-                    for k, t in e.draw(n, gens[r], device=dev, dtype=dtype).items():
-                        bufs[j][k][r].copy_(t)
-
-        workers = min(torch.get_num_threads(), K - 1) if dev.type == "cpu" else 1
-        if workers <= 1 or not any(bufs):
-            fill(range(1, K))
+        direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
+        first = None if direct else [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
+        layout = [dict(e.draw_kinds) for e in effects] if direct else \
+            [{k: None for k in d} for d in first]
+        if reuse is not None and len(reuse) == len(layout) and all(
+                set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values())
+                for b, kinds in zip(reuse, layout)):
+            bufs = reuse
         else:
-            parts = [range(1 + w, K, workers) for w in range(workers)]
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(fill, parts))
+            bufs = [{k: torch.empty((K, n), dtype=dtype, device=dev) for k in kinds} for kinds in layout]
+
+        def fill(rows) -> None:
+            for r in rows:
+                if direct:
+                    for j, kinds in enumerate(layout):
+                        for k, kind in kinds.items():
+                            fill_standard(kind, bufs[j][k][r], gens[r])
+                else:
+                    drawn = first if r == 0 else [e.draw(n, gens[r], device=dev, dtype=dtype) for e in effects]
+                    for j, d in enumerate(drawn):
+                        for k, t in d.items():
+                            bufs[j][k][r].copy_(t)
+
+        workers = min(torch.get_num_threads(), K) if dev.type == "cpu" else 1
+        if workers <= 1 or not any(bufs):
+            fill(range(K))
+        else:
+            list(self._executor(workers).map(fill, [range(w, K, workers) for w in range(workers)]))
         return bufs
 
-    def draw(self, indices: Sequence[int], spec: HardwareSpec | None = None) -> Draws:
+    def _executor(self, workers: int) -> ThreadPoolExecutor:
+        pool = getattr(self, "_pool", None)
+        if pool is None or pool._max_workers != workers:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            pool = self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anvm-draw")
+        return pool
+
+    def close(self) -> None:
+        """Release the sampling threads (also done when the sampler is garbage-collected)."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def draw(self, indices: Sequence[int], spec: HardwareSpec | None = None, *, reuse: Draws | None = None,
+             ) -> Draws:
         """Base programming draws of ``indices``: one dict of ``[K, P]`` tensors per program effect of ``spec``
-        (default: the program's spec). Knob values never change what is drawn."""
+        (default: the program's spec). Knob values never change what is drawn. ``reuse``: the draws of an
+        earlier chunk, no longer needed, whose buffers are refilled (saves allocating and faulting in memory)."""
         spec = spec or self.program.spec
-        return self._draw(spec.program_effects, list(indices), Stream.PROGRAM)
+        return self._draw(spec.program_effects, list(indices), Stream.PROGRAM, reuse=reuse)
 
     def program_chips(self, draws: Draws, spec: HardwareSpec | None = None, *, K: int | None = None) -> Tensor:
         """Programmed conductances ``[K, P]`` from base draws, with the effect parameters of ``spec``."""

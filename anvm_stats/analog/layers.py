@@ -122,11 +122,8 @@ class AnalogModule(nn.Module):
         p = self.plan
         O = w.shape[1]
         if p.op == "linear":
-            if shared:   # one GEMM family for all instances: [K, O, in] @ [in, B]
-                xt = x.T.expand(K, *x.T.shape)
-                y = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.unsqueeze(-1), w, xt)
-                return y.transpose(1, 2)
-            x3 = x.view(K, B, -1)
+            # shared input: broadcast it over instances (no copy); the output comes out contiguous [K, B, O]
+            x3 = x.expand(K, *x.shape) if shared else x.view(K, B, -1)
             wt = w.transpose(1, 2)
             return torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
         conv = _CONV[p.op]

@@ -11,6 +11,9 @@ Conductances are normalised so the device's maximum is 1 and its minimum is ``g_
     the conductances after the effect; ``g`` and every draw have shape ``[..., n]`` (usually ``[K, n]`` for K
     instances). Must not modify ``g`` in place.
 
+Optionally, ``draw_kinds`` (name -> one of :data:`DRAW_KINDS`) declares that ``draw`` returns exactly those
+primitive draws in that order; the sampler then writes them directly into its buffers.
+
 ``phase`` is ``"program"`` (sampled once when the chip is programmed and then held) or ``"read"`` (drawn afresh
 at every forward pass). ``with_knob(name, value)`` returns a copy with a sweep knob set, or ``None`` when the
 effect has no such knob. User effects follow the same protocol and join with ``@register("effect")``.
@@ -62,12 +65,26 @@ _DISTRIBUTIONS = ("gaussian", "uniform", "lognormal")
 _UNITS = ("range", "half_range", "state")
 
 
-def _standard(dist: str, n: int, generator: torch.Generator, device, dtype) -> Tensor:
-    """Zero-mean unit-variance base draws (uniform: on [-sqrt3, sqrt3]; lognormal uses a Gaussian base)."""
-    if dist == "uniform":
-        u = torch.rand(n, generator=generator, device=device, dtype=dtype)
-        return u.mul_(2.0 * math.sqrt(3.0)).sub_(math.sqrt(3.0))
-    return torch.randn(n, generator=generator, device=device, dtype=dtype)
+#: primitive base draws an effect may declare in ``draw_kinds`` (name -> kind); the sampler then writes them
+#: straight into its per-chunk buffers (no copies), in declaration order, from the instance's generator
+DRAW_KINDS = ("normal", "uniform", "centered_uniform")
+
+
+def fill_standard(kind: str, out: Tensor, generator: torch.Generator) -> Tensor:
+    """Fill ``out`` (contiguous) in place: ``"normal"`` N(0,1), ``"uniform"`` U[0,1), ``"centered_uniform"``
+    uniform with zero mean and unit variance (on [-sqrt3, sqrt3])."""
+    if kind == "normal":
+        return torch.randn(out.shape, generator=generator, out=out)
+    torch.rand(out.shape, generator=generator, out=out)
+    if kind == "centered_uniform":
+        out.mul_(2.0 * math.sqrt(3.0)).sub_(math.sqrt(3.0))
+    return out
+
+
+def draw_standard(kinds: Mapping[str, str], n: int, generator: torch.Generator, device, dtype) -> dict[str, Tensor]:
+    """``draw`` for effects declaring ``draw_kinds``: one fresh ``[n]`` tensor per name, in order."""
+    return {name: fill_standard(kind, torch.empty(n, device=device, dtype=dtype), generator)
+            for name, kind in kinds.items()}
 
 
 def _unit(relative_to: str, g: Tensor, bounds: Bounds) -> Tensor | float:
@@ -116,8 +133,12 @@ class ProgrammingNoise:
               f"one of {_DISTRIBUTIONS}")
         check(isinstance(self.clip, bool), "ProgrammingNoise.clip", self.clip, "true or false")
 
+    @property
+    def draw_kinds(self) -> dict[str, str]:
+        return {"z": "centered_uniform" if self.distribution == "uniform" else "normal"}
+
     def draw(self, n, generator, *, device, dtype):
-        return {"z": _standard(self.distribution, n, generator, device, dtype)}
+        return draw_standard(self.draw_kinds, n, generator, device, dtype)
 
     def apply(self, g, draws, bounds):
         z = draws["z"]
@@ -153,6 +174,8 @@ class ConductanceLevels:
     def __post_init__(self):
         check_number("ConductanceLevels.levels", self.levels, low=2, integer=True)
 
+    draw_kinds: ClassVar[dict] = {}
+
     def draw(self, n, generator, *, device, dtype):
         return {}
 
@@ -185,8 +208,10 @@ class StuckAt:
         check_number("StuckAt.p_on", self.p_on, low=0.0, high=1.0)
         check(self.p_off + self.p_on <= 1.0, "StuckAt.p_off + p_on", self.p_off + self.p_on, "at most 1")
 
+    draw_kinds: ClassVar[dict] = {"u": "uniform"}
+
     def draw(self, n, generator, *, device, dtype):
-        return {"u": torch.rand(n, generator=generator, device=device, dtype=dtype)}
+        return draw_standard(self.draw_kinds, n, generator, device, dtype)
 
     def apply(self, g, draws, bounds):
         u = draws["u"]
@@ -230,8 +255,10 @@ class Drift:
         check_number("Drift.t0", self.t0, low=0.0, low_open=True)
         check_number("Drift.t_inference", self.t_inference, low=self.t0)
 
+    draw_kinds: ClassVar[dict] = {"z": "normal"}
+
     def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+        return draw_standard(self.draw_kinds, n, generator, device, dtype)
 
     def exponent(self, draws: Mapping[str, Tensor]) -> Tensor:
         """Per-device drift exponent nu (shape of the draws)."""
@@ -268,8 +295,10 @@ class ReadNoise:
         check_number("ReadNoise.sigma", self.sigma, low=0.0)
         check(self.relative_to in _UNITS, "ReadNoise.relative_to", self.relative_to, f"one of {_UNITS}")
 
+    draw_kinds: ClassVar[dict] = {"z": "normal"}
+
     def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+        return draw_standard(self.draw_kinds, n, generator, device, dtype)
 
     def apply(self, g, draws, bounds):
         return g + _unit(self.relative_to, g, bounds) * self.sigma * draws["z"]
