@@ -13,7 +13,6 @@ import copy
 from typing import Sequence
 
 import numpy as np
-import torch
 import xarray as xr
 from torch import nn
 

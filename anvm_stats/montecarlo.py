@@ -12,7 +12,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm

@@ -28,11 +28,9 @@ layer's own ``[W, b/s]`` is perturbed and BatchNorm runs unperturbed.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -317,98 +315,4 @@ def _draw_weight_domain(model: nn.Module, plan: list, layers_info: list, n_effec
     return Perturbation(deltas=deltas, samples=L, is_zero=False)
 
 
-def group_sizes(n: int, groups: int) -> list[int]:
-    """Sizes of ``groups`` contiguous groups of a batch of ``n`` (the first ``n % groups`` one larger)."""
-    base, extra = divmod(n, groups)
-    return [base + (i < extra) for i in range(groups)]
-
-
-def _linear_forward(m: nn.Linear, dw: Tensor, db: Tensor | None, sizes: list[int]):
-    """Group g: ``x_g (W + dW_g)^T + b + db_g``. With equal groups computed as ``x W^T + b`` (one GEMM, whose
-    weight gradient needs no ``[G, out, in]`` buffer) plus the batched term ``x_g dW_g^T + db_g``."""
-    G = len(sizes)
-
-    def forward(x: Tensor) -> Tensor:
-        if G == 1:
-            return nn.functional.linear(x, m.weight + dw[0], None if m.bias is None else
-                                        (m.bias + db[0] if db is not None else m.bias))
-        if len(set(sizes)) == 1 and x.dim() >= 2:
-            xg = x.reshape(G, -1, x.shape[-1])
-            extra = torch.bmm(xg, dw.transpose(1, 2)) if db is None else torch.baddbmm(db[:, None, :], xg,
-                                                                                     dw.transpose(1, 2))
-            return nn.functional.linear(x, m.weight, m.bias) + extra.reshape(*x.shape[:-1], dw.shape[1])
-        wg = m.weight + dw
-        bg = None if m.bias is None else (m.bias + db if db is not None else m.bias.expand(G, -1))
-        return torch.cat([nn.functional.linear(p, wg[i], None if bg is None else bg[i])
-                          for i, p in enumerate(torch.split(x, sizes))])
-    return forward
-
-
-def _conv_forward(m: nn.Module, dw: Tensor, db: Tensor | None, sizes: list[int]):
-    """Group g: ``conv(x_g, W + dW_g) + b + db_g``; equal groups run as ONE grouped convolution (``groups = G x
-    m.groups``, the groups' samples side by side in the channel dim), otherwise one call per group."""
-    G = len(sizes)
-    conv = nn.functional.conv1d if isinstance(m, nn.Conv1d) else nn.functional.conv2d
-
-    def forward(x: Tensor) -> Tensor:
-        wg = m.weight + dw                                               # [G, out, in/groups, *k]
-        bg = None if m.bias is None else (m.bias + db if db is not None else m.bias.expand(G, -1))
-        if G == 1:
-            return m._conv_forward(x, wg[0], None if bg is None else bg[0])
-        if len(set(sizes)) == 1 and m.padding_mode == "zeros":
-            b, O = sizes[0], wg.shape[1]
-            xg = x.reshape(G, b, *x.shape[1:]).transpose(0, 1).reshape(b, G * x.shape[1], *x.shape[2:])
-            y = conv(xg, wg.reshape(G * O, *wg.shape[2:]), None if bg is None else bg.reshape(-1), m.stride,
-                     m.padding, m.dilation, G * m.groups)
-            return y.reshape(b, G, O, *y.shape[2:]).transpose(0, 1).reshape(G * b, O, *y.shape[2:])
-        return torch.cat([m._conv_forward(p, wg[i], None if bg is None else bg[i])
-                          for i, p in enumerate(torch.split(x, sizes))])
-    return forward
-
-
-def _shift_forward(m: nn.Module, dshift: Tensor, sizes: list[int]):
-    """BatchNorm whose output gets a per-group shift ``dbeta_g`` (the folded bias perturbation)."""
-    original = type(m).forward
-
-    def forward(x: Tensor) -> Tensor:
-        y = original(m, x)
-        per = dshift[0].expand(x.shape[0], -1) if len(sizes) == 1 else torch.repeat_interleave(
-            dshift, torch.tensor(sizes, device=dshift.device), dim=0)
-        return y + per.reshape(*per.shape, *([1] * (y.dim() - 2)))
-    return forward
-
-
-@contextlib.contextmanager
-def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[PerturbTarget],
-                      sizes: Sequence[int]) -> Iterator[None]:
-    """Within the block, ``model(x)`` runs sample group ``g`` (contiguous, ``sizes[g]`` samples, ``sum(sizes) ==
-    x.shape[0]``) at the weights ``w + pert.deltas[.][g]``; gradients flow to ``w`` (taken at ``w + dw``).
-
-    Implemented by temporarily overriding ``forward`` of each target module (and of a folded BatchNorm); hooks
-    still run. With equal group sizes linear layers use one GEMM plus one batched GEMM and convolutions one
-    grouped convolution; unequal groups (a last, short batch) one call per group. A
-    noise-free ``pert`` leaves the model untouched (exactly the plain forward).
-    """
-    sizes = [int(s) for s in sizes]
-    if len(sizes) != pert.samples:
-        raise ConfigError("sizes", sizes, f"{pert.samples} group sizes (one per draw)")
-    if pert.is_zero:
-        yield
-        return
-    patched = []
-    try:
-        for t in targets:
-            m = model.get_submodule(t.name)
-            dw = pert.deltas[f"{t.name}.weight"]
-            db = pert.deltas.get(f"{t.name}.bias")
-            fwd = _linear_forward if isinstance(m, nn.Linear) else _conv_forward
-            m.forward = fwd(m, dw, db, sizes)
-            patched.append(m)
-            if t.bn is not None and f"{t.bn}.bias" in pert.deltas:
-                bn = model.get_submodule(t.bn)
-                bn.forward = _shift_forward(bn, pert.deltas[f"{t.bn}.bias"], sizes)
-                patched.append(bn)
-        yield
-    finally:
-        for m in patched:
-            del m.forward
+from .grouped import group_sizes, perturbed_forward  # noqa: E402,F401  (re-exported)
