@@ -49,12 +49,13 @@ from torch import nn
 from .. import dims
 from ..analog.program import LayerFilter
 from ..data_source import as_tensors, describe, first_samples, iter_batches
-from ..errors import ConfigError, check, check_number
+from ..errors import check, check_number
 from ..hardware.spec import HardwareSpec
-from ..provenance import model_label, provenance
+from ..provenance import model_label
 from ..rng import SeedLike, root_sequence, seed_entropy
 from .adc import ADCInTheLoop, adc_points
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .history import training_history
 from .local import LocalPerturbation, draw_local, gaussian_effects, local_forward
 from .perturb import (DATA_KEY, EVAL_KEY, TORCH_KEY, Perturbation, PerturbTarget, draw_perturbations, group_sizes,
                       perturb_targets, perturbed_forward, step_root)
@@ -390,25 +391,6 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch + 1, step=step, history=rows, seed_entropy=seed_entropy(root))
     done = len(rows)
-    history = _history(rows, model=model, q=q, data=data_train, root=root, device=device, cfg=cfg, mode=mode)
+    history = training_history(rows, model=model, q=q, data=data_train, root=root, device=device, cfg=cfg, mode=mode)
     return TrainResult(model=net.eval(), history=history, optimizer_state=opt.state_dict(), epoch=done, step=step,
                        completed=done >= epochs, seed_entropy=seed_entropy(root))
-
-
-def _history(rows: list[dict], *, model, q, data, root, device, cfg: HASGDConfig, mode: str) -> xr.Dataset:
-    names = ("train_loss", "train_accuracy", "eval_accuracy", "eval_accuracy_q", "lr", "sigma_train",
-             "epoch_time_s", "steps")
-    data_vars = {k: (dims.EPOCH, np.asarray([r[k] for r in rows], dtype=np.int64 if k == "steps" else np.float64))
-                 for k in names}
-    attrs = provenance(model=model, spec=q or HardwareSpec.ideal(), dataset=describe(data),
-                       seed_entropy=seed_entropy(root), device=device)
-    if q is None:
-        attrs["hardware_spec"] = "none (plain SGD)"
-    attrs.update(algorithm="HA-SGD", mode=mode, samples=cfg.samples, batch_size=cfg.batch_size,
-                 optimizer=cfg.optimizer if isinstance(cfg.optimizer, str) else repr(cfg.optimizer),
-                 momentum=cfg.momentum, weight_decay=cfg.weight_decay, epochs_planned=cfg.epochs,
-                 adc_levels=-1 if cfg.adc_levels is None else cfg.adc_levels, adc_percentile=cfg.adc_percentile,
-                 perturb_batchnorm=int(cfg.perturb_batchnorm))
-    ds = xr.Dataset(data_vars, coords={dims.EPOCH: np.arange(len(rows))}, attrs=attrs)
-    ds["train_loss"].attrs.update(long_name="mean training loss at the perturbed weights")
-    return ds
