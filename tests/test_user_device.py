@@ -136,8 +136,10 @@ def test_hasgd_with_a_user_device(setup):
     ref = training.train_hasgd(net, data, q=BUILTIN, **kw)
     for spec in (USER, FUNCTION):
         res = training.train_hasgd(net, data, q=spec, **kw)
+        # the built-in unclipped Gaussian takes HA-SGD's weight-domain shortcut, the user device the general
+        # conductance-domain path: equal up to float32 rounding, not bit for bit
         for (name, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items()):
-            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     res = training.train_hasgd(net, data, q=spec_of(Telegraph(amplitude=0.1)), **kw)
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(res.model.parameters(), net.parameters()))
