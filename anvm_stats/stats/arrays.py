@@ -376,7 +376,8 @@ def unpaired_difference(a: Any, b: Any, axis: int = -1, ci: float = 0.95) -> Est
     # Welch-Satterthwaite df = var^2 / (va^2/(na-1) + vb^2/(nb-1)), written in shares of var so that tiny
     # variances do not underflow to 0/0
     safe = np.where(var > 0, var, 1.0)
-    df = 1.0 / ((va / safe) ** 2 / (na - 1) + (vb / safe) ** 2 / (nb - 1))
+    with np.errstate(divide="ignore", over="ignore"):   # shares underflowing to 0 give df = inf: the normal limit
+        df = 1.0 / ((va / safe) ** 2 / (na - 1) + (vb / safe) ** 2 / (nb - 1))
     df = np.where(var > 0, df, float(na + nb - 2))
     lo, hi = _t_interval(diff, se, df, ci)
     return _pack(diff, lo, hi, ci, "welch-t", na + nb)
