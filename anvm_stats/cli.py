@@ -58,6 +58,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="always train, never read or write the cache")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): run the sweeps on that cluster")
     p.add_argument("--workers", type=int, help="run the sweeps on a local Dask cluster of N workers (loopback)")
+    p.add_argument("--store", help="folder of resumable zarr stores: results stream in as tasks finish and a re-run "
+                                   "of a killed study computes only what is missing (implies Dask)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +129,7 @@ def cmd_run(args, study_path: Path, default_out: Path | None = None) -> int:
         raise StudyError("--workers", args.workers, "a positive number of workers")
     res = run_study(study, out=out, device=args.device, progress=not args.quiet,
                     cache_dir=None if args.no_cache else args.cache, log=log,
-                    scheduler=args.scheduler, workers=args.workers)
+                    scheduler=args.scheduler, workers=args.workers, store=args.store)
     if not args.quiet:
         print(f"wrote {res.results_path}, {res.report['markdown']}"
               + (f", {res.report['html']}" if "html" in res.report else "")

@@ -206,3 +206,21 @@ def test_run_on_a_local_dask_cluster_matches_in_process(tmp_path, fake_trainer):
     for v in (dims.ACCURACY, dims.LOSS, dims.CORRECT_COUNT):
         np.testing.assert_array_equal(a[v].values, b[v].values)
     assert main(["run", str(study), "--out", str(tmp_path / "c"), "--quiet", "--workers", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_store_makes_a_rerun_resume_from_zarr(tmp_path, fake_trainer):
+    """`--store DIR`: each sweep streams into a zarr store there; a re-run finds every task done and returns the
+    identical results (the Python-level resume of a killed run is tested in test_parallel.py)."""
+    study = _small(tmp_path)
+    stores = tmp_path / "stores"
+    args = ["run", str(study), "--quiet", "--no-cache", "--store", str(stores)]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    made = sorted(stores.glob("sweep-*.zarr"))
+    assert len(made) == 1
+    stamp = {p: p.stat().st_mtime_ns for p in made[0].rglob("*") if p.is_file()}
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in made[0].rglob("*") if p.is_file()} == stamp   # nothing recomputed
+    a = load_results(tmp_path / "a" / "results.nc")
+    b = load_results(tmp_path / "b" / "results.nc")
+    np.testing.assert_array_equal(a[dims.CORRECT_COUNT].values, b[dims.CORRECT_COUNT].values)

@@ -94,6 +94,19 @@ class _Ctx:
     device: object
     progress: bool
     executor: dict = field(default_factory=dict)   # e.g. {"executor": "dask", "client": client}
+    store_dir: Path | None = None                   # resumable zarr stores, one per sweep call
+
+    def sweep_kwargs(self, model, spec, instances) -> dict:
+        """Executor options of one sweep call; with a store folder, a store named by a hash of what the call
+        computes (model weights, chip, instances, seed, grid), so re-running the study resumes each sweep."""
+        if self.store_dir is None:
+            return dict(self.executor)
+        from ..parallel import hash_model
+        from ..parallel.tasks import hash_json
+        key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
+                         "instances": [int(instances[0]), int(instances[-1]), len(instances)],
+                         "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()}})
+        return {**self.executor, "store": self.store_dir / f"sweep-{key[:16]}.zarr"}
 
     @property
     def keep_model(self) -> bool:
@@ -122,7 +135,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size,
-        **ctx.executor))
+        **ctx.sweep_kwargs(model, spec, instances)))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -256,11 +269,14 @@ class RunResult:
 
 def run_study(study: Study, *, out: str | Path | None = None, device=None, progress: bool = True,
               cache_dir: str | Path | None = DEFAULT_CACHE, log: Callable[[str], None] = print,
-              scheduler: str | None = None, workers: int | None = None) -> RunResult:
+              scheduler: str | None = None, workers: int | None = None,
+              store: str | Path | None = None) -> RunResult:
     """Train (or load), sweep, save and report one study into ``out`` (default ``reports/<study name>``).
 
     ``scheduler`` (a Dask scheduler address) or ``workers`` (a loopback LocalCluster of that many workers) runs
-    the sweeps on Dask distributed; the results are identical to the in-process run."""
+    the sweeps on Dask distributed; the results are identical to the in-process run. ``store`` (a folder) makes
+    every sweep stream into a resumable zarr store there (Dask executor; 2 local workers unless told otherwise):
+    re-running a killed study computes only the missing tasks."""
     from ..analog.program import resolve_device
 
     t0 = time.perf_counter()
@@ -279,7 +295,10 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
         + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
            else f"until the mean CI is {study.sweep.target_ci_width} wide"))
-    if scheduler is not None or workers is not None:
+    if store is not None:
+        ctx.store_dir = Path(store)
+        ctx.store_dir.mkdir(parents=True, exist_ok=True)
+    if scheduler is not None or workers is not None or store is not None:
         from ..parallel import connect
         with connect(scheduler=scheduler, n_workers=workers or 2) as client:
             ctx.executor = {"executor": "dask", "client": client}
