@@ -107,7 +107,7 @@ def _chunk_size(program: AnalogProgram, opts: RunOptions, n_total: int, batch: i
     per_instance = 4 * (program.n_devices * (n_draw_tensors + 3) + 4 * batch * act)
     k = budget // per_instance
     if program.device.type == "cpu":
-        k = min(k, max(4, CPU_ACTIVATION_BYTES // (4 * batch * act)))
+        k = min(k, max(1, CPU_ACTIVATION_BYTES // (4 * batch * act)))
     return int(max(1, min(n_total, k)))
 
 
@@ -229,10 +229,9 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     if not batches:
         raise ConfigError("data", "empty", "at least one sample")
     n_samples = sum(int(x.shape[0]) for x, _ in batches)
-    probe = program.module
-    program.load(program.g0[None], B=batches[0][0].shape[0])
+    program.load(program.g0[None], B=1)
     try:
-        n_classes = int(probe(batches[0][0]).shape[-1])
+        n_classes = int(program.module(batches[0][0][:1]).shape[-1])   # one sample is enough to learn C
     finally:
         program.unload()
     sampler = ChipSampler(program, seed)
