@@ -43,7 +43,7 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     """
     root = root_sequence(seed)
     program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
-                      device=device)
+                      device=device, fuse_relu=True)
     parts: list[xr.Dataset] = []
 
     def draw(start: int, n: int) -> np.ndarray:

@@ -141,7 +141,7 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
     n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
     net, x, y = _digits_mlp(dev, seed)
     spec = HardwareSpec.paper1(0.05)
-    program = prepare(net, spec)
+    program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
     matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
@@ -167,7 +167,7 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     dev = torch.device(device)
     net, x, y = _digits_mlp(dev, seed)
     spec = HardwareSpec.paper1(0.05)
-    program = prepare(net, spec)
+    program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
     matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
     n_pts = len(SIGMAS)
@@ -249,7 +249,7 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
     spec = HardwareSpec(effects=(__import__("anvm_stats").ProgrammingNoise(sigma=0.025, relative_to="range",
                                                                            clip=False),))
-    program = prepare(net, spec)
+    program = prepare(net, spec, fuse_relu=True)
     run_engine = lambda n: sweep(net, spec, (x, y), n_instances=n, seed=seed, progress=False,  # noqa: E731
                                  program=program, batch_size=batch_size)
     run_loop = lambda n: _conv_simple_loop(net, x, y, 0.05, n, seed, batch_size)  # noqa: E731

@@ -222,7 +222,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     idx = instance_indices(n_instances, instances)
     if program is None:
         program = prepare(model, spec, calibration=calibration if calibration is not None else data,
-                          layers=layers, digital=digital, device=device)
+                          layers=layers, digital=digital, device=device, fuse_relu=True)
     specs = [spec.with_knobs(**pt) for pt in points] or [spec]
     batches = [(x.to(program.device, torch.float32), y.to(program.device, torch.int64))
                for x, y in iter_batches(data, opts.batch_size or 1024)]

@@ -241,3 +241,27 @@ def test_both_convolution_strategies_agree_with_float_networks(monkeypatch, thre
     out = logits(prog, g, x)
     for k in range(3):
         assert torch.allclose(out[k], reference_net(net, prog, g[k])(x), atol=1e-4, rtol=1e-4)
+
+
+def test_fused_relu_is_bit_identical_and_only_fuses_private_relus():
+    class SharedReLU(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.c(self.act(self.b(self.act(self.a(x)))))
+
+    x, _ = make_data(n=9)
+    spec = av.HardwareSpec.paper1(0.2, 0.01)
+    net = make_mlp()            # Linear -> BatchNorm (folded to Identity) -> ReLU, twice
+    for model, n_fused in ((net, 2), (SharedReLU(), 0)):
+        plain, fused = av.prepare(model, spec), av.prepare(model, spec, fuse_relu=True)
+        assert sum(m.relu_after for m in fused.analog_modules()) == n_fused
+        g = av.ChipSampler(plain, seed=1).chips(range(3))
+        assert torch.equal(logits(plain, g, x), logits(fused, g, x))
+    ds = av.sweep(net, spec, (x, torch.zeros(9, dtype=torch.long)), n_instances=3, seed=1, progress=False,
+                  program=av.prepare(net, spec))
+    ds_fused = av.sweep(net, spec, (x, torch.zeros(9, dtype=torch.long)), n_instances=3, seed=1, progress=False)
+    assert (ds.loss.values == ds_fused.loss.values).all()

@@ -60,3 +60,31 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
         _set_submodule(model, bn_name, nn.Identity())
         done.append((layer_name, bn_name))
     return done
+
+
+def find_fusable_relus(model: nn.Module, layer_names: set[str]) -> dict[str, str]:
+    """``{layer: relu}``: ``nn.ReLU`` modules whose every call takes the output of one of ``layer_names``
+    (through ``nn.Identity`` calls only, e.g. a folded BatchNorm) and that output has no other user. Such a ReLU
+    can run in place inside the layer. Returns ``{}`` when torch.fx cannot trace the model."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - no proof of the pattern, no fusion
+        return {}
+    calls: dict[str, list] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(model.get_submodule(node.target), nn.ReLU):
+            calls.setdefault(node.target, []).append(node)
+    fused: dict[str, str] = {}
+    for relu, nodes in calls.items():
+        sources = []
+        for node in nodes:
+            src = node.args[0] if node.args else None
+            while (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1
+                   and isinstance(model.get_submodule(src.target), nn.Identity)):
+                src = src.args[0]
+            ok = (isinstance(src, torch.fx.Node) and src.op == "call_module" and src.target in layer_names
+                  and len(src.users) == 1)
+            sources.append(src.target if ok else None)
+        if len(nodes) == 1 and sources[0] is not None and sources[0] not in fused:
+            fused[sources[0]] = relu
+    return fused

@@ -109,6 +109,7 @@ class AnalogModule(nn.Module):
         self.signal_lo: Tensor | None = None   # [S]
         self.signal_hi: Tensor | None = None
         self.runtime: LayerRuntime | None = None
+        self.relu_after = False   # an nn.ReLU that only takes this layer's output, fused (prepare(fuse_relu=True))
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -197,6 +198,8 @@ class AnalogModule(nn.Module):
                 y = y + xsum * self._channel_view(enc.offset, nsp)
         if p.digital_bias is not None:
             y = y + self._channel_view(p.digital_bias, nsp)
+        if self.relu_after:
+            y = y.relu_() if not y.requires_grad else torch.relu(y)
         return y.reshape(K * B, *y.shape[2:])
 
     def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int) -> Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, InvalidWeightsError, UnsupportedLayerError
 from ..hardware.spec import HardwareSpec
-from .fold import fold_batchnorm
+from .fold import find_fusable_relus, fold_batchnorm
 from .layers import AnalogModule, LayerPlan, LayerRuntime
 
 Tensor = torch.Tensor
@@ -197,7 +197,7 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
 @torch.no_grad()
 def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: LayerFilter = None,
             digital: Iterable[str] = (), device: torch.device | str | None = None,
-            n_calibration: int = 512) -> AnalogProgram:
+            n_calibration: int = 512, fuse_relu: bool = False) -> AnalogProgram:
     """Map ``model`` onto the chip described by ``spec``.
 
     Parameters
@@ -214,6 +214,10 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
         Names of other parameterised modules allowed to run digitally beside the analog layers.
     device : torch device, optional
         Where the program lives (default: the model's parameters' device).
+    fuse_relu : bool
+        Run an ``nn.ReLU`` that only ever takes one analog layer's output in place inside that layer (saves a
+        memory pass; results are bit-identical). Off by default: hooks on an analog layer's output (per-chip
+        calibration, drift compensation) then see post-ReLU values.
 
     Raises
     ------
@@ -235,6 +239,9 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
     if not names:
         raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
     _check_rest(net, set(names), digital)
+    fused = find_fusable_relus(net, set(names)) if fuse_relu else {}
+    for relu in fused.values():
+        _set_submodule(net, relu, nn.Identity())
     per = spec.periphery
     plans, chunks, offset = [], [], 0
     for name in names:
@@ -264,8 +271,10 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
                          digital_bias=b if bias_mode == "digital" else None, encoding=enc,
                          w_slice=w_slice, b_slice=b_slice)
         plans.append(plan)
-        _set_submodule(net, name, AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
-                                               adc_percentile=per.adc.percentile if per.adc else 99.99))
+        analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
+                              adc_percentile=per.adc.percentile if per.adc else 99.99)
+        analog.relu_after = name in fused
+        _set_submodule(net, name, analog)
     program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded)
     if per.needs_calibration:
         _calibrate(program, calibration, n_calibration)
