@@ -3,7 +3,14 @@ global RNG state seen by other tests)."""
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
+
+# Property tests run the same examples on every run (no flaky CI), without wall-clock deadlines (shared 2-core
+# machines); HYPOTHESIS_PROFILE=explore searches fresh random examples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=500)
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def make_mlp(seed=0, sizes=(8, 16, 16, 4), bn=True):

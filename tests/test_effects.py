@@ -142,3 +142,10 @@ def test_bad_parameters_name_the_field(make, field):
         make()
     assert info.value.field == field
     assert field in str(info.value) and "expected" in str(info.value)
+
+
+def test_levels_top_level_is_exactly_g_max():
+    """Found by the test kit: (levels-1) * step + g_min rounded one ulp above g_max for levels=57, g_min=0.1."""
+    for levels in range(2, 80):
+        out = ConductanceLevels(levels=levels).apply(torch.tensor([1.0], dtype=torch.float64), {}, Bounds(g_min=0.1))
+        assert float(out) <= 1.0

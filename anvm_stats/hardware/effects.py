@@ -182,7 +182,8 @@ class ConductanceLevels:
     def apply(self, g, draws, bounds):
         step = bounds.span / (self.levels - 1)
         idx = torch.round((g - bounds.g_min) / step).clamp_(0, self.levels - 1)
-        return idx.mul_(step).add_(bounds.g_min)
+        # the clamp keeps the top level exactly at g_max (idx * step + g_min may round one ulp above it)
+        return idx.mul_(step).add_(bounds.g_min).clamp_(bounds.g_min, bounds.g_max)
 
     def with_knob(self, name, value):
         return None
