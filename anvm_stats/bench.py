@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .analog.program import prepare
+from .hardware.effects import ProgrammingNoise
 from .hardware.spec import HardwareSpec
 from .montecarlo import sweep
 from .rng import Stream, instance_generators, root_sequence
@@ -44,8 +45,9 @@ def _best(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> f
 
 def measure_matmul_rate(device: torch.device, n: int = 2048) -> float:
     """FLOP/s of a square float32 GEMM (TF32 allowed on CUDA when the caller enabled it)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g)
+    b = torch.randn(n, n, device=device, generator=g)
     a @ b
     return 2 * n ** 3 / _best(lambda: a @ b, device, 5)
 
@@ -58,17 +60,12 @@ def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
 
 
 def _digits_mlp(device: torch.device, seed: int = 0):
-    try:
-        from .data import digits
-        test = digits("test")
-        x, y = test.x, test.y
-    except Exception:  # noqa: BLE001 - the data module is optional for the benchmark
-        g = torch.Generator().manual_seed(seed)
-        x, y = torch.rand(360, 64, generator=g), torch.randint(0, 10, (360,), generator=g)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    return net.to(device).eval(), x.to(device), y.to(device)
+    from .data import digits
+    from .models import MLP
+
+    test = digits("test")
+    net = MLP(in_features=64, hidden=(256, 256), n_classes=10, generator=torch.Generator().manual_seed(seed))
+    return net.to(device).eval(), test.x.to(device), test.y.to(device)
 
 
 def _mlp_cost(net: nn.Module, n_samples: int) -> tuple[float, int]:
@@ -247,8 +244,7 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     flops *= n_inputs / batch_size
     matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
-    spec = HardwareSpec(effects=(__import__("anvm_stats").ProgrammingNoise(sigma=0.025, relative_to="range",
-                                                                           clip=False),))
+    spec = HardwareSpec(effects=(ProgrammingNoise(sigma=0.025, relative_to="range", clip=False),))
     program = prepare(net, spec, fuse_relu=True)
     run_engine = lambda n: sweep(net, spec, (x, y), n_instances=n, seed=seed, progress=False,  # noqa: E731
                                  program=program, batch_size=batch_size)

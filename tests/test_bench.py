@@ -1,0 +1,33 @@
+"""The shipped benchmarks run end to end at tiny sizes and report sane, JSON-able numbers (never timing asserts)."""
+
+import json
+import math
+
+import pytest
+
+from anvm_stats import bench
+from anvm_stats.errors import ConfigError
+
+
+def finite_positive(d, keys):
+    for k in keys:
+        assert isinstance(d[k], float) and math.isfinite(d[k]) and d[k] > 0, k
+
+
+@pytest.mark.slow
+def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
+    e = bench.bench_engine(n_instances=8)
+    finite_positive(e, ["limit_instances_per_s", "engine_instances_per_s", "simple_loop_instances_per_s",
+                        "engine_fraction_of_limit", "engine_vs_simple_loop"])
+    assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6     # same draws, same chips
+    s = bench.bench_sweep(n_instances=4)
+    finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit"])
+    json.dumps([e, s])
+
+
+@pytest.mark.slow
+def test_convnet_benchmark_and_registry():
+    c = bench.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16)
+    finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance"])
+    with pytest.raises(ConfigError, match="benchmark"):
+        bench.run_benchmarks(which=("nonsense",))
