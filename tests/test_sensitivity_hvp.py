@@ -12,16 +12,9 @@ from anvm_stats.sensitivity import HessianOperator, default_layers
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 # torch's forward-AD decompositions are built with torch.jit.script on first use (a torch-internal warning)
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems run fastest on one thread on a shared machine; the setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_mlp(seed=0):

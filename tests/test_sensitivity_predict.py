@@ -17,18 +17,12 @@ from anvm_stats.sensitivity import (HessianOperator, LayerNoiseMoments, hutchins
 from test_sensitivity_hvp import (QUAD_LAYERS, assert_unchanged, exact_hessian, make_quadratic, quad_loss, snapshot,
                                   tiny_conv, tiny_data, tiny_mlp)
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards
 Z = 4.9
 N = 400
 SLICES = {"first": slice(0, 6), "second": slice(6, 10)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def quad_op(model):

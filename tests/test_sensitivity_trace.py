@@ -12,18 +12,12 @@ from anvm_stats.sensitivity import HessianOperator, exact_diagonal, hutchinson_t
 from test_sensitivity_hvp import (QUAD_LAYERS, exact_hessian, make_quadratic, quad_loss, snapshot, assert_unchanged,
                                   tiny_conv, tiny_data, tiny_mlp)
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards
 Z = 4.9
 Z_PER_ELEMENT = 5.5   # Bonferroni over <= 100 diagonal elements: 100 * P(|N| > 5.5) ~ 4e-6
 N = 400
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def setup(kind):

@@ -31,12 +31,19 @@ from typing import ClassVar
 import torch
 
 from ..errors import check, check_number
+from ..hardware.effects import ONE_NORMAL, declared_draw
 from ..hardware.registry import register
 
 #: Nandakumar 2019 programming-noise polynomial (uS, ascending powers of G_T / G_max) at G_max = 25 uS
 NANDAKUMAR_PROG_COEFFS = (0.26348, 1.9650, -1.1731)
 NANDAKUMAR_G_MAX_US = 25.0
 _DRIFT_MODELS = ("constant", "nandakumar")
+
+
+def state_dependent_gaussian(g: torch.Tensor, sd: torch.Tensor, z: torch.Tensor, bounds, clip: bool) -> torch.Tensor:
+    """``g + sd(g) * z``, clipped to the device window when ``clip``."""
+    out = g + sd * z
+    return out.clamp(bounds.g_min, bounds.g_max) if clip else out
 
 
 def polynomial(g, coeffs) -> torch.Tensor:
@@ -82,12 +89,11 @@ class PCMProgrammingNoise:
         """Normalised programming-noise sd at target ``g`` (before ``scale``), floored at 0."""
         return (polynomial(g.abs(), self.coeffs) / self.g_max_us).clamp(min=0.0)
 
-    def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
-        out = g + self.sigma(g) * self.scale * draws["z"]
-        return out.clamp(bounds.g_min, bounds.g_max) if self.clip else out
+        return state_dependent_gaussian(g, self.sigma(g) * self.scale, draws["z"], bounds, self.clip)
 
     def with_knob(self, name, value):
         if name != "noise_level":
@@ -136,8 +142,8 @@ class PCMDrift:
         check_number("PCMDrift.t_inference", self.t_inference, low=self.t0)
         check(isinstance(self.compensation, bool), "PCMDrift.compensation", self.compensation, "true or false")
 
-    def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def exponent(self, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Per-device drift exponent ``nu`` (shape of ``g``)."""
@@ -193,8 +199,8 @@ class PCMReadNoise:
         q_s = (0.0088 / g.abs().clamp(min=1e-3).pow(0.65)).clamp(max=0.2)
         return q_s * math.sqrt(math.log((self.t_inference + self.t_read) / (2.0 * self.t_read)))
 
-    def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
         return g + g.abs() * self.relative_sd(g) * (self.scale * draws["z"])

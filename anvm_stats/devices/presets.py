@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from ..errors import check, check_number
+from ..hardware.effects import ONE_NORMAL, declared_draw
 from ..hardware.mapping import DifferentialMapping
 from ..hardware.registry import register
 from ..hardware.spec import HardwareSpec
-from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise, polynomial
+from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise, polynomial, state_dependent_gaussian
 
 #: Wan et al., Nature 608, 504 (2022) (NeuRRAM) as fitted in IBM aihwkit's ``ReRamWan2022NoiseModel``:
 #: sd of G - G_target in uS, ascending powers of G_target / 40 uS, at 1 s, 1 day and 2 days after programming.
@@ -91,12 +92,11 @@ class NeuRRAMNoise:
         b = polynomial(x, self.coeffs[rows[1]])
         return ((1.0 - w) * a + w * b).clamp(min=0.0) / self.g_max_us
 
-    def draw(self, n, generator, *, device, dtype):
-        return {"z": torch.randn(n, generator=generator, device=device, dtype=dtype)}
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
-        out = g + self.sigma(g) * self.scale * draws["z"]
-        return out.clamp(bounds.g_min, bounds.g_max) if self.clip else out
+        return state_dependent_gaussian(g, self.sigma(g) * self.scale, draws["z"], bounds, self.clip)
 
     def with_knob(self, name, value):
         if name == "t_inference":

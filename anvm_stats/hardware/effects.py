@@ -87,6 +87,15 @@ def draw_standard(kinds: Mapping[str, str], n: int, generator: torch.Generator, 
             for name, kind in kinds.items()}
 
 
+#: ``draw_kinds`` of an effect driven by one standard normal per device
+ONE_NORMAL = {"z": "normal"}
+
+
+def declared_draw(self, n: int, generator: torch.Generator, *, device, dtype) -> dict[str, Tensor]:
+    """A ready-made ``draw`` method for effects with a ``draw_kinds`` attribute (``draw = declared_draw``)."""
+    return draw_standard(self.draw_kinds, n, generator, device, dtype)
+
+
 def _unit(relative_to: str, g: Tensor, bounds: Bounds) -> Tensor | float:
     if relative_to == "range":
         return bounds.span
@@ -137,8 +146,7 @@ class ProgrammingNoise:
     def draw_kinds(self) -> dict[str, str]:
         return {"z": "centered_uniform" if self.distribution == "uniform" else "normal"}
 
-    def draw(self, n, generator, *, device, dtype):
-        return draw_standard(self.draw_kinds, n, generator, device, dtype)
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
         z = draws["z"]
@@ -210,9 +218,7 @@ class StuckAt:
         check(self.p_off + self.p_on <= 1.0, "StuckAt.p_off + p_on", self.p_off + self.p_on, "at most 1")
 
     draw_kinds: ClassVar[dict] = {"u": "uniform"}
-
-    def draw(self, n, generator, *, device, dtype):
-        return draw_standard(self.draw_kinds, n, generator, device, dtype)
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
         u = draws["u"]
@@ -256,10 +262,8 @@ class Drift:
         check_number("Drift.t0", self.t0, low=0.0, low_open=True)
         check_number("Drift.t_inference", self.t_inference, low=self.t0)
 
-    draw_kinds: ClassVar[dict] = {"z": "normal"}
-
-    def draw(self, n, generator, *, device, dtype):
-        return draw_standard(self.draw_kinds, n, generator, device, dtype)
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def exponent(self, draws: Mapping[str, Tensor]) -> Tensor:
         """Per-device drift exponent nu (shape of the draws)."""
@@ -296,10 +300,8 @@ class ReadNoise:
         check_number("ReadNoise.sigma", self.sigma, low=0.0)
         check(self.relative_to in _UNITS, "ReadNoise.relative_to", self.relative_to, f"one of {_UNITS}")
 
-    draw_kinds: ClassVar[dict] = {"z": "normal"}
-
-    def draw(self, n, generator, *, device, dtype):
-        return draw_standard(self.draw_kinds, n, generator, device, dtype)
+    draw_kinds: ClassVar[dict] = ONE_NORMAL
+    draw = declared_draw
 
     def apply(self, g, draws, bounds):
         return g + _unit(self.relative_to, g, bounds) * self.sigma * draws["z"]
