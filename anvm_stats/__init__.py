@@ -3,6 +3,7 @@ non-volatile memory, and how to train it to survive."""
 
 __version__ = "0.1.0"
 
+from . import _omp  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
 from . import data, dims, hardware, models, rng, stats  # noqa: E402
 from . import calibration, devices, report, study, testing, training  # noqa: E402
 from .devices import EmpiricalDevice, effect_from_function  # noqa: E402

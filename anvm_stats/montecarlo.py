@@ -30,6 +30,10 @@ DEFAULT_CPU_BUDGET = 2 * 2 ** 30
 #: on CPU, chunks are also kept small enough that one layer's activations of the chunk stay cache-sized
 #: (measured on 2 cores: K=8..32 runs ~2x faster than K=256 for a digits MLP)
 CPU_ACTIVATION_BYTES = 8 * 2 ** 20
+#: base draws of one block of instances (drawn together; evaluated chunk by chunk)
+DRAW_BLOCK_BYTES = 64 * 2 ** 20
+#: logits (floats) scored together by one metrics pass
+METRIC_GROUP_FLOATS = 1 << 22
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,47 +133,91 @@ def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     acc["loss"] += (torch.logsumexp(logits.float(), -1) - true[..., 0].float()).sum(1).to(torch.float64)
 
 
+class _PendingMetrics:
+    """Logits of consecutive sub-chunks of one draw block, scored together (fewer, larger metric ops).
+
+    ``add(offset, batch, logits, y)`` keeps ``logits`` ``[K, B, C]`` of block rows ``offset..offset+K`` on batch
+    index ``batch``; ``flush(acc)`` scores everything kept into ``acc`` (dict of ``[K_block]`` float64 tensors).
+    Scores are per instance, so grouping never changes them."""
+
+    def __init__(self, max_floats: int = METRIC_GROUP_FLOATS):
+        self.max_floats = max_floats
+        self.items: dict[int, list] = {}
+        self.size = 0
+
+    def add(self, offset: int, batch: int, logits: Tensor, y: Tensor, acc: dict) -> None:
+        self.items.setdefault(batch, []).append((offset, logits, y))
+        self.size += logits.numel()
+        if self.size >= self.max_floats:
+            self.flush(acc)
+
+    def flush(self, acc: dict) -> None:
+        for runs in self.items.values():
+            first, y = runs[0][0], runs[0][2]
+            logits = runs[0][1] if len(runs) == 1 else torch.cat([r[1] for r in runs])
+            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in acc}
+            _metrics_update(part, logits, y)
+            for k in acc:
+                acc[k][first:first + logits.shape[0]] += part[k]
+        self.items, self.size = {}, 0
+
+
+def _draw_block(chunk: int, n_total: int, n_devices: int, n_draw_tensors: int) -> int:
+    """Instances drawn together: a multiple of ``chunk`` whose base draws fit :data:`DRAW_BLOCK_BYTES`."""
+    per = max(1, 4 * n_devices * max(1, n_draw_tensors - 1))
+    blocks = max(1, DRAW_BLOCK_BYTES // (per * chunk))
+    return int(min(n_total, chunk * blocks))
+
+
 @torch.no_grad()
 def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[HardwareSpec], indices: np.ndarray,
                batches: list[tuple[Tensor, Tensor]], opts: RunOptions, n_classes: int) -> dict[str, np.ndarray]:
-    """Core loop: metrics ``[n_points, n_instances]`` for every grid spec and instance index."""
+    """Core loop: metrics ``[n_points, n_instances]`` for every grid spec and instance index.
+
+    Instances are drawn in blocks (:func:`_draw_block`, fewer sampler calls) and evaluated in chunks sized to the
+    memory budget and, on CPU, the cache (:func:`_chunk_size`); every grid point re-programs the block's chips
+    from the same base draws. None of this changes a result: each instance has its own streams."""
     n_pts, n_inst = len(specs), len(indices)
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches[0][0].shape[0]
     n_draw = sum(1 for e in program.spec.program_effects) + 1
     chunk = _chunk_size(program, opts, n_inst, B0, _activation_floats(program, batches[0][0]), n_draw)
+    block = chunk if opts.chunk_size is not None else _draw_block(chunk, n_inst, program.n_devices, n_draw)
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
-    draws = None
+    draws, pending = None, _PendingMetrics()
     try:
-        for start in range(0, n_inst, chunk):
-            idx = indices[start:start + chunk]
-            K = len(idx)
-            draws = sampler.draw(idx, specs[0], reuse=draws)
+        for start in range(0, n_inst, block):
+            block_idx = indices[start:start + block]
+            draws = sampler.draw(block_idx, specs[0], reuse=draws)
             for p, spec in enumerate(specs):
-                g = sampler.program_chips(draws, spec, K=K)
                 per = spec.periphery
                 kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
                           adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
                 fresh = bool(spec.read_effects) or per.output_noise > 0
-                gens = sampler.read_generators(idx) if fresh else None
-                acc = {k: torch.zeros(K, dtype=torch.float64, device=program.device) for k in out}
-                loaded_b = None
-                for x, y in batches:
-                    B = x.shape[0]
-                    if spec.read_effects:
-                        program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
-                    elif loaded_b is None:
-                        program.load(g, B=B, noise_sources=gens, **kw)
-                    if B != loaded_b:
-                        for m in program.analog_modules():
-                            m.runtime.B = B
-                        loaded_b = B
-                    logits = program.module(x).view(K, B, -1)
-                    _metrics_update(acc, logits, y)
-                program.unload()
+                acc = {k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
+                for off in range(0, len(block_idx), chunk):
+                    idx = block_idx[off:off + chunk]
+                    K = len(idx)
+                    sub = draws if K == len(block_idx) else [{k: t[off:off + K] for k, t in d.items()} for d in draws]
+                    g = sampler.program_chips(sub, spec, K=K)
+                    gens = sampler.read_generators(idx) if fresh else None
+                    loaded_b = None
+                    for b, (x, y) in enumerate(batches):
+                        B = x.shape[0]
+                        if spec.read_effects:
+                            program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
+                        elif loaded_b is None:
+                            program.load(g, B=B, noise_sources=gens, **kw)
+                        if B != loaded_b:
+                            for m in program.analog_modules():
+                                m.runtime.B = B
+                            loaded_b = B
+                        pending.add(off, b, program.module(x).view(K, B, -1), y, acc)
+                    program.unload()
+                    bar.update(K)
+                pending.flush(acc)
                 for k in out:
-                    out[k][p, start:start + K] = acc[k].cpu().numpy()
-                bar.update(K)
+                    out[k][p, start:start + len(block_idx)] = acc[k].cpu().numpy()
     finally:
         bar.close()
         program.unload()
