@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import dims
+from .analog.affine import affine_layers, affine_weights
 from .analog.program import AnalogProgram, LayerFilter, prepare
 from .data_source import describe, iter_batches
 from .errors import ConfigError, check_number
@@ -194,18 +195,24 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                 kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
                           adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
                 fresh = bool(spec.read_effects) or per.output_noise > 0
+                affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping else None
                 acc = {k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
                 for off in range(0, len(block_idx), chunk):
                     idx = block_idx[off:off + chunk]
                     K = len(idx)
                     sub = draws if K == len(block_idx) else [{k: t[off:off + K] for k, t in d.items()} for d in draws]
-                    g = sampler.program_chips(sub, spec, K=K)
+                    if affine is not None:
+                        mats = affine_weights(program, affine, sub)
+                    else:
+                        g = sampler.program_chips(sub, spec, K=K)
                     gens = sampler.read_generators(idx) if fresh else None
                     loaded_b = None
                     for b, (x, y) in enumerate(batches):
                         B = x.shape[0]
                         if spec.read_effects:
                             program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
+                        elif loaded_b is None and affine is not None:
+                            program.load_weights(mats, B=B, dac_levels=kw["dac_levels"])
                         elif loaded_b is None:
                             program.load(g, B=B, noise_sources=gens, **kw)
                         if B != loaded_b:

@@ -165,20 +165,28 @@ class AnalogProgram:
         """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``."""
         K = g.shape[0]
         signals = adc_levels is not None or output_noise > 0 or calibrating
-        for m in self.analog_modules():
-            p = m.plan
+        mats = []
+        for p in self.plans:
             enc = p.encoding
             wv, bv = p.weight_view(g), p.bias_view(g)
             if signals:
-                w = enc.signals(wv).reshape(K, -1, p.in_features)
-                b = None if bv is None else enc.signals(bv).reshape(K, -1)
+                mats.append((enc.signals(wv).reshape(K, -1, p.in_features),
+                             None if bv is None else enc.signals(bv).reshape(K, -1)))
             else:
-                w = enc.decode(wv)
-                b = None if bv is None else enc.decode(bv)[..., 0]
-            m.runtime = LayerRuntime(K=K, B=B, mode="signals" if signals else "weights", weight=w, bias=b,
-                                     ste=ste, dac_levels=dac_levels, adc_levels=adc_levels,
-                                     output_noise=output_noise, noise_sources=noise_sources,
-                                     calibrating=calibrating)
+                mats.append((enc.decode(wv), None if bv is None else enc.decode(bv)[..., 0]))
+        self._set_runtime(mats, B=B, mode="signals" if signals else "weights", dac_levels=dac_levels,
+                          adc_levels=adc_levels, output_noise=output_noise, noise_sources=noise_sources, ste=ste,
+                          calibrating=calibrating)
+
+    def load_weights(self, weights, *, B: int, dac_levels=None, ste: bool = False) -> None:
+        """Like :meth:`load` with ideal output periphery, from effective weights already decoded: one
+        ``(w [K, out, in], b [K, out] or None)`` per layer (:mod:`anvm_stats.analog.affine`)."""
+        self._set_runtime(weights, B=B, mode="weights", dac_levels=dac_levels, adc_levels=None, output_noise=0.0,
+                          noise_sources=None, ste=ste, calibrating=False)
+
+    def _set_runtime(self, mats, *, B: int, mode: str, **kw) -> None:
+        for m, (w, b) in zip(self.analog_modules(), mats):
+            m.runtime = LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw)
 
     def unload(self) -> None:
         for m in self.analog_modules():
