@@ -31,3 +31,16 @@ def test_convnet_benchmark_and_registry():
     finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance"])
     with pytest.raises(ConfigError, match="benchmark"):
         bench.run_benchmarks(which=("nonsense",))
+
+
+@pytest.mark.slow
+def test_hasgd_benchmark_reports_ratios_for_both_regimes():
+    from anvm_stats.training.bench import bench_hasgd
+
+    r = bench_hasgd(("mlp", "resnet20-cifar"), modes=("plain", "local"), repeats=1)
+    for name in ("mlp", "resnet20-cifar"):
+        m = r["models"][name]
+        finite_positive(m["epoch_s"], ["plain", "local"])
+        assert m["ratio"]["local"] == pytest.approx(m["epoch_s"]["local"] / m["epoch_s"]["plain"])
+    assert r["models"]["resnet20-cifar"]["data"].startswith("random CIFAR-shaped")
+    json.dumps(r)
