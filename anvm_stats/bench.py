@@ -273,7 +273,10 @@ def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) ->
     is reported as skipped, never silently dropped."""
     import importlib
 
-    out: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "device": device}
+    from ._omp import omp_settings
+
+    out: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+                 "openmp": omp_settings()}
     for name in which or tuple(BENCHMARKS):
         if name not in BENCHMARKS:
             from .errors import ConfigError
