@@ -142,3 +142,27 @@ def test_metrics_follow_argmax_on_ties_and_nan():
     expected = ((logits[0].argmax(-1) == y) & finite).sum()    # argmax, but a NaN output is never correct
     assert int(acc["correct"]) == int(expected) == 1
     assert int(acc["top5"]) == 4      # the NaN true logit is never in the top 5
+
+
+def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
+    """A last layer with few outputs runs as W x^T (analog.layers._narrow_output); chunk sizes whose last chunk
+    holds one instance, halves, and the default chunking all give identical results, equal to the x W^T path up
+    to round-off."""
+    import anvm_stats.analog.layers as layers
+
+    net = make_mlp(sizes=(8, 32, 5), bn=False)
+    data = make_data(n=64, n_classes=5)
+    spec = av.HardwareSpec.paper1(0.2)
+    calls = []
+    original = layers._narrow_output
+    monkeypatch.setattr(layers, "_narrow_output", lambda *a: calls.append(a[1].shape[0]) or original(*a))
+    ref = run(net, spec, data, n_instances=7, seed=4)
+    for chunk in (1, 3, 6):
+        xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=7, seed=4,
+                                                                  chunk_size=chunk)))
+    assert 1 in calls and max(calls) > 1
+    monkeypatch.setattr(layers, "SMALL_OUT", 0)
+    calls.clear()
+    wide = run(net, spec, data, n_instances=7, seed=4)
+    assert not calls
+    np.testing.assert_allclose(wide.loss.values, ref.loss.values, rtol=1e-5)
