@@ -177,6 +177,8 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
         "job": f"{n_pts} noise levels x {n_instances} instances, MLP 64-256-256-10",
         "device": str(dev), "limit_s": limit_s, "sweep_s": sweep_s, "per_point_simple_loop_s": loop_s,
         "sweep_vs_simple_loop": loop_s / sweep_s, "sweep_fraction_of_limit": limit_s / sweep_s,
+        # the most any sweep could gain over this loop on this machine: the loop's time over the sweep's limit
+        "simple_loop_vs_sweep_limit": loop_s / limit_s,
     }
 
 

@@ -21,7 +21,9 @@ def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
                         "engine_fraction_of_limit", "engine_vs_simple_loop"])
     assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6     # same draws, same chips
     s = bench.bench_sweep(n_instances=4)
-    finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit"])
+    finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit",
+                       "simple_loop_vs_sweep_limit"])
+    assert s["simple_loop_vs_sweep_limit"] == pytest.approx(s["per_point_simple_loop_s"] / s["limit_s"]))
     json.dumps([e, s])
 
 
