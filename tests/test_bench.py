@@ -23,7 +23,7 @@ def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
     s = bench.bench_sweep(n_instances=4)
     finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit",
                        "simple_loop_vs_sweep_limit"])
-    assert s["simple_loop_vs_sweep_limit"] == pytest.approx(s["per_point_simple_loop_s"] / s["limit_s"]))
+    assert s["simple_loop_vs_sweep_limit"] == pytest.approx(s["per_point_simple_loop_s"] / s["limit_s"])
     json.dumps([e, s])
 
 
