@@ -82,22 +82,6 @@ def _grid_points(grid: Mapping[str, Sequence] | None) -> tuple[list[str], list[n
     return keys, values, points
 
 
-def _activation_floats(program: AnalogProgram, x: Tensor) -> int:
-    """Largest activation (floats per sample) of one nominal forward, to size chunks."""
-    sizes = [0]
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() // max(1, o.shape[0]))
-                                     if isinstance(o, Tensor) and o.dim() > 0 else None)
-             for m in program.module.modules()]
-    try:
-        program.load(program.g0[None], B=1)
-        program.module(x[:1])
-    finally:
-        program.unload()
-        for h in hooks:
-            h.remove()
-    return max(sizes + [x[:1].numel()])
-
-
 def _chunk_size(program: AnalogProgram, opts: RunOptions, n_total: int, batch: int, act: int,
                 n_draw_tensors: int) -> int:
     if opts.chunk_size is not None:
@@ -182,7 +166,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches[0][0].shape[0]
     n_draw = sum(1 for e in program.spec.program_effects) + 1
-    chunk = _chunk_size(program, opts, n_inst, B0, _activation_floats(program, batches[0][0]), n_draw)
+    chunk = _chunk_size(program, opts, n_inst, B0, program.largest_activation(batches[0][0]), n_draw)
     block = chunk if opts.chunk_size is not None else _draw_block(chunk, n_inst, program.n_devices, n_draw)
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
     draws, pending = None, _PendingMetrics()
@@ -279,7 +263,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         program = prepare(model, spec, calibration=calibration if calibration is not None else data,
                           layers=layers, digital=digital, device=device, fuse_relu=True)
     specs = [spec.with_knobs(**pt) for pt in points] or [spec]
-    batches = [(x.to(program.device, torch.float32), y.to(program.device, torch.int64))
+    batches = [(program.input(x.to(program.device, torch.float32)), y.to(program.device, torch.int64))
                for x, y in iter_batches(data, opts.batch_size or 1024)]
     if not batches:
         raise ConfigError("data", "empty", "at least one sample")

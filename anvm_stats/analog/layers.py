@@ -29,6 +29,11 @@ CONV_LOOP_ELEMENTS = 1 << 17
 SMALL_OUT = 16
 
 
+def _channels_last(x: Tensor) -> bool:
+    """``x`` is a 4-d channels-last (NHWC-strided) tensor that is not also plainly contiguous."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _narrow_output(x3: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
     """``x3 @ w^T (+ bias)`` as ``[K, B, O]`` (a transposed view), computed as ``w @ x3^T``.
 
@@ -158,6 +163,17 @@ class AnalogModule(nn.Module):
             # (measured 1.4-3x on 2 cores) and needs no transposes; outputs stack to [K, B, O, ...] directly
             xv = x if shared else x.view(K, B, *x.shape[1:])
             wv = w.view(K, O, -1, *p.kernel)
+            if _channels_last(x) and K > 1:
+                # keep the activations channels-last (oneDNN's fast layout on CPU): write each instance's
+                # output into its rows of one channels-last tensor
+                out = None
+                for k in range(K):
+                    yk = conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
+                    if out is None:
+                        out = torch.empty((K * B, *yk.shape[1:]), dtype=yk.dtype, device=yk.device,
+                                          memory_format=torch.channels_last)
+                    out[k * B:(k + 1) * B].copy_(yk)
+                return out.view(K, B, *out.shape[1:])
             outs = [conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
                     for k in range(K)]
             return outs[0].unsqueeze(0) if K == 1 else torch.stack(outs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -16,6 +16,8 @@ from .fold import find_fusable_relus, fold_batchnorm
 from .layers import AnalogModule, LayerPlan, LayerRuntime
 
 Tensor = torch.Tensor
+#: per-sample activation size (floats) from which conv networks run channels-last on CPU (AnalogProgram.input)
+CHANNELS_LAST_MIN_FLOATS = 8192
 
 #: module types mapped to crossbars by default
 ANALOG_TYPES = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
@@ -122,6 +124,42 @@ class AnalogProgram:
     g0: Tensor
     spec: HardwareSpec
     folded: tuple
+    #: activations run channels-last (NHWC); chosen by :meth:`input` from the first 4-d input's size
+    channels_last: bool = False
+    _layout_for: tuple | None = field(default=None, repr=False)
+
+    def input(self, x: Tensor) -> Tensor:
+        """``x`` ``[B, ...]`` in the memory layout the program runs in.
+
+        For 4-d inputs on CPU, a network with Conv2d layers whose largest activation holds at least
+        :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last (oneDNN's fast layout: WRN-16-2 on
+        32x32 inputs 1.6x faster on 2 cores; small activations, like an 8x8 ResNet-20's, run faster in the default
+        layout). The choice is made once per input shape; it never changes a value beyond round-off."""
+        if x.dim() != 4:
+            return x
+        shape = tuple(x.shape[1:])
+        if self._layout_for != shape:
+            want = (self.device.type == "cpu" and any(p.op == "conv2d" for p in self.plans)
+                    and self.largest_activation(x[:1]) >= CHANNELS_LAST_MIN_FLOATS)
+            self.module.to(memory_format=torch.channels_last if want else torch.contiguous_format)
+            self.channels_last, self._layout_for = want, shape
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.no_grad()
+    def largest_activation(self, x: Tensor) -> int:
+        """Floats per sample of the largest module output (or input) of one nominal forward of ``x[:1]``."""
+        sizes = [0]
+        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() // max(1, o.shape[0]))
+                                         if isinstance(o, Tensor) and o.dim() > 0 else None)
+                 for m in self.module.modules()]
+        try:
+            self.load(self.g0[None], B=1)
+            self.module(x[:1])
+        finally:
+            self.unload()
+            for h in hooks:
+                h.remove()
+        return max(sizes + [x[:1].numel()])
 
     @property
     def n_devices(self) -> int:

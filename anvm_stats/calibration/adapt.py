@@ -323,11 +323,13 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
     for p in program.module.parameters():
         p.requires_grad_(False)
     dev = program.device
-    batches = [(x.to(dev, torch.float32), y.to(dev, torch.int64)) for x, y in iter_batches(test, batch_size or 1024)]
+    batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
+               for x, y in iter_batches(test, batch_size or 1024)]
     if not batches:
         raise ConfigError("test", "empty", "at least one sample")
     n_samples = sum(int(x.shape[0]) for x, _ in batches)
     xc, yc = _calib_tensors(calib, opts.n_calib, dev)
+    xc = program.input(xc)
     sampler = ChipSampler(program, seed)
     per = spec.periphery
     conv = dict(dac_levels=per.dac.n_levels if per.dac else None, adc_levels=per.adc.n_levels if per.adc else None)

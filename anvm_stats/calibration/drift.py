@@ -111,7 +111,7 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
                  seed: SeedLike, opts: RunOptions) -> tuple[dict, np.ndarray, ChipSampler, int, int]:
     """Metrics ``[T, n]`` and gains ``[T, n, L]`` of the globally compensated chips."""
     dev = program.device
-    batches = [(x.to(dev, torch.float32), y.to(dev, torch.int64))
+    batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
                for x, y in iter_batches(data, opts.batch_size or 1024)]
     if not batches:
         raise ConfigError("data", "empty", "at least one sample")
