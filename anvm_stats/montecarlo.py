@@ -139,7 +139,8 @@ class _PendingMetrics:
     def flush(self, acc: dict) -> None:
         for runs in self.items.values():
             first, y = runs[0][0], runs[0][2]
-            logits = runs[0][1] if len(runs) == 1 else torch.cat([r[1] for r in runs])
+            # contiguous either way: reductions over a strided layout can round differently
+            logits = runs[0][1].contiguous() if len(runs) == 1 else torch.cat([r[1] for r in runs])
             part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in acc}
             _metrics_update(part, logits, y)
             for k in acc:

@@ -150,6 +150,7 @@ def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
     to round-off."""
     import anvm_stats.analog.layers as layers
 
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)     # the batched-GEMM path (CUDA's), here on the CPU
     net = make_mlp(sizes=(8, 32, 5), bn=False)
     data = make_data(n=64, n_classes=5)
     spec = av.HardwareSpec.paper1(0.2)
@@ -166,3 +167,22 @@ def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
     wide = run(net, spec, data, n_instances=7, seed=4)
     assert not calls
     np.testing.assert_allclose(wide.loss.values, ref.loss.values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_linear_paths_are_chunk_invariant_and_agree(monkeypatch, onednn):
+    """Both CPU linear paths (per-instance oneDNN 1x1 convolutions, batched MKL GEMMs) give results independent
+    of the chunk size, and agree with each other to round-off."""
+    import anvm_stats.analog.layers as layers
+
+    net = make_mlp(sizes=(8, 24, 24, 6), bn=True)
+    data = make_data(n=50, n_classes=6)
+    spec = av.HardwareSpec.paper1(0.1)
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", onednn)
+    ref = run(net, spec, data, n_instances=7, seed=9)
+    for chunk in (1, 2, 5):
+        xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=7, seed=9,
+                                                                  chunk_size=chunk)))
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", not onednn)
+    other = run(net, spec, data, n_instances=7, seed=9)
+    np.testing.assert_allclose(other.loss.values, ref.loss.values, rtol=1e-5)

@@ -29,6 +29,16 @@ def _setup(seed=0):
     return net, HardwareSpec.paper1(sigma=0.05), (x, y)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def worker_threads():
+    """Dask workers run torch on one thread (the nanny sets OMP_NUM_THREADS=1); oneDNN's reductions depend on
+    the thread count, so the in-process references of this module run on one thread too (identical results)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def job():
     net, spec, data = _setup()
