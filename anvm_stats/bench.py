@@ -3,7 +3,9 @@
 * ``engine``: the K-instance engine against (a) the simplest fast loop a user would write (one model copy; per
   instance, copy nominal + noise into it and evaluate) on the same draws, (b) a 10-line ``torch.func.vmap``
   version, and (c) this machine's limit measured in the same run:
-  ``limit = FLOPs / measured matmul rate + Gaussian draws / measured sampling rate``.
+  ``limit = FLOPs / measured matmul rate + Gaussian draws / measured sampling rate``, the matmul rate being the
+  best square-GEMM rate of the libraries torch uses here (:func:`measure_gemm_rates`: MKL through ``a @ b`` and,
+  on CPU, oneDNN; the fraction at ``a @ b``'s rate alone is reported too).
 * ``sweep``: an 8-point noise sweep (common random numbers: draws once per instance) against the per-point simple
   loop, and against the sweep's own limit (FLOPs of all points + draws once).
 """
@@ -43,13 +45,27 @@ def _best(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> f
     return min(times)
 
 
-def measure_matmul_rate(device: torch.device, n: int = 2048) -> float:
-    """FLOP/s of a square float32 GEMM (TF32 allowed on CUDA when the caller enabled it)."""
+def measure_gemm_rates(device: torch.device, n: int = 2048) -> dict[str, float]:
+    """FLOP/s of a square float32 GEMM through each library torch offers here: ``a @ b`` (MKL on CPU, cuBLAS
+    with TF32 when the caller enabled it), and on CPU oneDNN's (a 1x1 convolution of a channels-last
+    ``[1, n, n/64, 64]`` image: an ``n x n x n`` GEMM). On AMD CPUs MKL's sgemm reaches about half of oneDNN's."""
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=g)
     b = torch.randn(n, n, device=device, generator=g)
     a @ b
-    return 2 * n ** 3 / _best(lambda: a @ b, device, 5)
+    rates = {"torch_matmul": 2 * n ** 3 / _best(lambda: a @ b, device, 5)}
+    if device.type == "cpu":
+        import torch.nn.functional as F
+        x = torch.randn(1, n, n // 64, 64, device=device, generator=g).contiguous(memory_format=torch.channels_last)
+        w = b.reshape(n, n, 1, 1)
+        F.conv2d(x, w)
+        rates["onednn_conv1x1"] = 2 * n ** 3 / _best(lambda: F.conv2d(x, w), device, 5)
+    return rates
+
+
+def measure_matmul_rate(device: torch.device, n: int = 2048) -> float:
+    """The best float32 GEMM rate (FLOP/s) of :func:`measure_gemm_rates`: the limit's FLOP speed."""
+    return max(measure_gemm_rates(device, n).values())
 
 
 def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
@@ -140,8 +156,10 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
     spec = HardwareSpec.paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
-    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
+    matmul_rate = max(gemm.values())
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
+    limit_mm_s = n_instances * (flops / gemm["torch_matmul"] + draws / sampling_rate)
     engine_s = _best(lambda: sweep(net, spec, (x, y), n_instances=n_instances, seed=seed, progress=False,
                                    program=program), dev, 2)
     n_simple = min(n_instances, 256 if dev.type == "cpu" else 1024)
@@ -152,7 +170,9 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
     return {
         "job": f"MLP 64-256-256-10, {x.shape[0]} samples, paper1 sigma=0.05, {n_instances} instances",
         "device": str(dev), "matmul_gflops": matmul_rate / 1e9, "randn_msamples_per_s": sampling_rate / 1e6,
+        "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()},
         "limit_instances_per_s": n_instances / limit_s, "engine_instances_per_s": n_instances / engine_s,
+        "engine_fraction_of_limit_at_torch_matmul_rate": limit_mm_s / engine_s,
         "simple_loop_instances_per_s": n_instances / simple_s, "vmap_instances_per_s": n_instances / vmap_s,
         "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s,
         "max_accuracy_difference_vs_simple_loop": float(np.abs(eng.accuracy.values - ref).max()),
@@ -166,17 +186,21 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     spec = HardwareSpec.paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
-    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
+    matmul_rate = max(gemm.values())
     n_pts = len(SIGMAS)
     limit_s = n_instances * (n_pts * flops / matmul_rate + draws / sampling_rate)
+    limit_mm_s = n_instances * (n_pts * flops / gemm["torch_matmul"] + draws / sampling_rate)
     grid = {"noise_level": list(SIGMAS)}
     sweep_s = _best(lambda: sweep(net, spec, (x, y), grid=grid, n_instances=n_instances, seed=seed,
                                   progress=False, program=program), dev, 2)
     loop_s = _best(lambda: simple_loop(net, x, y, SIGMAS, n_instances, seed), dev, 1)
     return {
         "job": f"{n_pts} noise levels x {n_instances} instances, MLP 64-256-256-10",
-        "device": str(dev), "limit_s": limit_s, "sweep_s": sweep_s, "per_point_simple_loop_s": loop_s,
+        "device": str(dev), "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s": limit_s,
+        "sweep_s": sweep_s, "per_point_simple_loop_s": loop_s,
         "sweep_vs_simple_loop": loop_s / sweep_s, "sweep_fraction_of_limit": limit_s / sweep_s,
+        "sweep_fraction_of_limit_at_torch_matmul_rate": limit_mm_s / sweep_s,
         # the most any sweep could gain over this loop on this machine: the loop's time over the sweep's limit
         "simple_loop_vs_sweep_limit": loop_s / limit_s,
     }
@@ -244,7 +268,8 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     net = net.to(dev).eval()
     flops, draws = _conv_flops(net, x[:batch_size])
     flops *= n_inputs / batch_size
-    matmul_rate, sampling_rate = measure_matmul_rate(dev), measure_sampling_rate(dev)
+    gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
+    matmul_rate = max(gemm.values())
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
     spec = HardwareSpec(effects=(ProgrammingNoise(sigma=0.025, relative_to="range", clip=False),))
     program = prepare(net, spec, fuse_relu=True)
@@ -255,7 +280,8 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     engine_s = _best(lambda: run_engine(n_instances), dev, 1)
     simple_s = _best(lambda: run_loop(n_instances), dev, 1)
     return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances",
-            "device": str(dev), "matmul_gflops": matmul_rate / 1e9, "limit_s_per_instance": limit_s / n_instances,
+            "device": str(dev), "matmul_gflops": matmul_rate / 1e9,
+            "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s_per_instance": limit_s / n_instances,
             "engine_s_per_instance": engine_s / n_instances, "simple_loop_s_per_instance": simple_s / n_instances,
             "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s}
 

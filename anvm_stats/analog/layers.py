@@ -35,9 +35,10 @@ def _channels_last(x: Tensor) -> bool:
 
 
 #: on CPU, run each instance of a linear layer as a oneDNN 1x1 convolution instead of one batched MKL GEMM for
-#: all: 22 x [360 x 256] @ [256 x 256] runs at ~320 vs ~195 GFLOP/s on 2 AMD Zen 5 cores, where MKL's sgemm
-#: reaches half of what oneDNN does. One call per instance keeps every call the same shape, so oneDNN picks the
-#: same kernel whatever the chunk size (results are bitwise chunk-invariant; they do depend on the thread count)
+#: all: 22 x [360 x 256] @ [256 x 256] runs at ~300 vs ~190 GFLOP/s on 2 AMD Zen 5 cores, where MKL's sgemm
+#: reaches half of what oneDNN does (not for few outputs: 10 outputs run at 50 vs 138 GFLOP/s through
+#: :func:`_narrow_output`). One call per instance keeps every call the same shape, so oneDNN picks the same
+#: kernel whatever the chunk size (results are bitwise chunk-invariant; they do depend on the thread count)
 ONEDNN_LINEAR = True
 
 
@@ -169,11 +170,12 @@ class AnalogModule(nn.Module):
         p = self.plan
         O = w.shape[1]
         if p.op == "linear":
-            if x.device.type == "cpu" and ONEDNN_LINEAR:
+            narrow = not shared and O <= SMALL_OUT and B >= 8 * O and self.runtime.mode == "weights"
+            if x.device.type == "cpu" and ONEDNN_LINEAR and not narrow:
                 return _onednn_linear(x, w, bias, shared, K, B)
             # shared input: broadcast it over instances (no copy); the output comes out contiguous [K, B, O]
             x3 = x.expand(K, *x.shape) if shared else x.view(K, B, -1)
-            if not shared and O <= SMALL_OUT and B >= 8 * O and self.runtime.mode == "weights":
+            if narrow:
                 return _narrow_output(x3, w, bias)
             wt = w.transpose(1, 2)
             return torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
