@@ -33,6 +33,8 @@ DEFAULT_CPU_BUDGET = 2 * 2 ** 30
 CPU_ACTIVATION_BYTES = 8 * 2 ** 20
 #: base draws of one block of instances (drawn together; evaluated chunk by chunk)
 DRAW_BLOCK_BYTES = 64 * 2 ** 20
+#: instances per forward of sample-major runs (see _sample_major_chunk)
+SAMPLE_MAJOR_CHUNK = 16
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
 
@@ -155,6 +157,21 @@ def _draw_block(chunk: int, n_total: int, n_devices: int, n_draw_tensors: int) -
     return int(min(n_total, chunk * blocks))
 
 
+def _sample_major_chunk(program: AnalogProgram, specs: list[HardwareSpec], opts: RunOptions, batch: int,
+                        act: int, n_draw: int) -> int | None:
+    """Instances per forward when the run folds activations sample-major, else None.
+
+    Linear-only programs on CPU run each layer as one grouped oneDNN convolution over sample-major activations
+    (:func:`anvm_stats.analog.layers._onednn_linear`; ~1.3x the per-instance path on 2 cores). oneDNN picks its
+    kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_CHUNK` instances (a
+    short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
+    memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""
+    if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0 for s in specs):
+        return None
+    room = _chunk_size(program, RunOptions(memory_budget=opts.memory_budget), 1 << 40, batch, act, n_draw)
+    return SAMPLE_MAJOR_CHUNK if room >= SAMPLE_MAJOR_CHUNK else None
+
+
 @torch.no_grad()
 def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[HardwareSpec], indices: np.ndarray,
                batches: list[tuple[Tensor, Tensor]], opts: RunOptions, n_classes: int) -> dict[str, np.ndarray]:
@@ -167,7 +184,11 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches[0][0].shape[0]
     n_draw = sum(1 for e in program.spec.program_effects) + 1
-    chunk = _chunk_size(program, opts, n_inst, B0, program.largest_activation(batches[0][0]), n_draw)
+    act = program.largest_activation(batches[0][0])
+    chunk = _chunk_size(program, opts, n_inst, B0, act, n_draw)
+    fixed = _sample_major_chunk(program, specs, opts, B0, act, n_draw)
+    if fixed:
+        chunk = fixed if opts.chunk_size is None else min(fixed, opts.chunk_size)
     block = chunk if opts.chunk_size is not None else _draw_block(chunk, n_inst, program.n_devices, n_draw)
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
     draws, pending = None, _PendingMetrics()
@@ -186,10 +207,13 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                     idx = block_idx[off:off + chunk]
                     K = len(idx)
                     sub = draws if K == len(block_idx) else [{k: t[off:off + K] for k, t in d.items()} for d in draws]
+                    Kr = fixed or K       # rows evaluated: sample-major forwards always run `fixed` instances
+                    if Kr > K:
+                        sub = [{k: torch.cat([t, t[-1:].expand(Kr - K, -1)]) for k, t in d.items()} for d in sub]
                     if affine is not None:
                         mats = affine_weights(program, affine, sub)
                     else:
-                        g = sampler.program_chips(sub, spec, K=K)
+                        g = sampler.program_chips(sub, spec, K=Kr)
                     gens = sampler.read_generators(idx) if fresh else None
                     loaded_b = None
                     for b, (x, y) in enumerate(batches):
@@ -197,14 +221,15 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                         if spec.read_effects:
                             program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
                         elif loaded_b is None and affine is not None:
-                            program.load_weights(mats, B=B, dac_levels=kw["dac_levels"])
+                            program.load_weights(mats, B=B, dac_levels=kw["dac_levels"], sample_major=bool(fixed))
                         elif loaded_b is None:
-                            program.load(g, B=B, noise_sources=gens, **kw)
+                            program.load(g, B=B, noise_sources=gens, sample_major=bool(fixed), **kw)
                         if B != loaded_b:
                             for m in program.analog_modules():
                                 m.runtime.B = B
                             loaded_b = B
-                        pending.add(off, b, program.module(x).view(K, B, -1), y, acc)
+                        logits = program.instances(program.module(x), Kr, B, bool(fixed))[:K]
+                        pending.add(off, b, logits, y, acc)
                     program.unload()
                     bar.update(K)
                 pending.flush(acc)

@@ -105,8 +105,10 @@ def test_chips_are_evaluates_chips(splits, digits_net):
     ev = evaluate(digits_net, spec, te, n_instances=12, seed=3, progress=False)
     ds = calibrate(digits_net, spec, calib=tr, test=te, n_instances=12, seed=3, steps=1, chunk_size=5,
                    progress=False)
+    # the same chips; calibration's hooks keep its forwards instance-major while evaluate folds sample-major
+    # (grouped oneDNN kernels), so losses agree to float round-off
     np.testing.assert_array_equal(ds.accuracy_before.values, ev.accuracy.values)
-    np.testing.assert_array_equal(ds.loss_before.values, ev.loss.values)
+    np.testing.assert_allclose(ds.loss_before.values, ev.loss.values, rtol=1e-6)
     sub = calibrate(digits_net, spec, calib=tr, test=te, instances=[7, 2], seed=3, steps=1, progress=False)
     np.testing.assert_array_equal(sub.accuracy_before.values, ev.accuracy.sel(instance=[7, 2]).values)
 

@@ -42,11 +42,25 @@ def _channels_last(x: Tensor) -> bool:
 ONEDNN_LINEAR = True
 
 
-def _onednn_linear(x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int) -> Tensor:
-    """``x_k @ w[k]^T + bias[k]`` for every instance ``k``, as ``[K, B, O]``: each a 1x1 convolution over the
-    ``B`` samples seen as the positions of a channels-last ``[1, in, B, 1]`` image (no copies in; the output of
-    each lands in its rows)."""
+def _onednn_linear(x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int,
+                   sample_major: bool = False) -> Tensor:
+    """``x_k @ w[k]^T + bias[k]`` for every instance ``k``, as ``[K, B, O]`` (possibly a strided view).
+
+    The ``B`` samples are the positions of a channels-last ``[1, C, B, 1]`` image. Instance-major activations
+    (``[K*B, in]``): one 1x1 convolution per instance (no copies in; each output lands in its rows).
+    Sample-major activations (``[B*K, in]``, ``LayerRuntime.sample_major``): one grouped 1x1 convolution, group
+    ``k`` holding instance ``k`` (a shared input: one convolution with ``K * O`` outputs), with no copies at all
+    and the output sample-major too. oneDNN picks its kernel from the call's shape, so the caller keeps ``K`` fixed
+    (``montecarlo.SAMPLE_MAJOR_CHUNK``) to keep results independent of the chunking."""
     O, n_in = w.shape[1], w.shape[2]
+    if sample_major:
+        wg = w.reshape(K * O, n_in, 1, 1)
+        bg = None if bias is None else bias.reshape(K * O)
+        if shared:
+            y = F.conv2d(x.reshape(1, B, 1, n_in).permute(0, 3, 1, 2), wg, bg)
+        else:
+            y = F.conv2d(x.reshape(1, B, 1, K * n_in).permute(0, 3, 1, 2), wg, bg, groups=K)
+        return y.permute(0, 2, 3, 1).reshape(B, K, O).transpose(0, 1)
     xv = x if shared else x.reshape(K, B, n_in)
     out = torch.empty((K, B, O), dtype=w.dtype, device=w.device)
     for k in range(K):
@@ -142,6 +156,7 @@ class LayerRuntime:
     output_noise: float = 0.0
     noise_sources: list | None = None     # per-instance torch.Generators for output noise
     calibrating: bool = False
+    sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, see _onednn_linear)
 
 
 class AnalogModule(nn.Module):
@@ -170,11 +185,12 @@ class AnalogModule(nn.Module):
         p = self.plan
         O = w.shape[1]
         if p.op == "linear":
-            narrow = not shared and O <= SMALL_OUT and B >= 8 * O and self.runtime.mode == "weights"
+            rt = self.runtime
+            narrow = not (shared or rt.sample_major) and O <= SMALL_OUT and B >= 8 * O and rt.mode == "weights"
             if x.device.type == "cpu" and ONEDNN_LINEAR and not narrow:
-                return _onednn_linear(x, w, bias, shared, K, B)
+                return _onednn_linear(x, w, bias, shared, K, B, rt.sample_major)
             # shared input: broadcast it over instances (no copy); the output comes out contiguous [K, B, O]
-            x3 = x.expand(K, *x.shape) if shared else x.view(K, B, -1)
+            x3 = x.expand(K, *x.shape) if shared else self._instances(x, K, B)
             if narrow:
                 return _narrow_output(x3, w, bias)
             wt = w.transpose(1, 2)
@@ -217,7 +233,8 @@ class AnalogModule(nn.Module):
         """Sum of each output's inputs, ``[K or 1, B, O or 1, *spatial]`` (for digital offset correction)."""
         p = self.plan
         if p.op == "linear":
-            s = x.sum(dim=-1).view(-1, B, 1)
+            s = x.sum(dim=-1, keepdim=True)
+            s = s.view(1, B, 1) if s.shape[0] == B else self._instances(s, K, B)
         else:
             groups = p.conv["groups"]
             ones = x.new_ones(groups, x.shape[1] // groups, *p.kernel)
@@ -226,6 +243,12 @@ class AnalogModule(nn.Module):
             s = s.repeat_interleave(p.out_features // groups, dim=1)
             s = s.view(-1, B, *s.shape[1:])
         return s
+
+    def _instances(self, t: Tensor, K: int, B: int) -> Tensor:
+        """``[K, B, ...]`` view of a folded per-instance tensor ``[K*B, ...]`` (or ``[B*K, ...]`` sample-major)."""
+        if self.runtime.sample_major:
+            return t.view(B, K, *t.shape[1:]).transpose(0, 1)
+        return t.view(K, B, *t.shape[1:])
 
     def _channel_view(self, t: Tensor, ndim_spatial: int) -> Tensor:
         return t.view(*t.shape, *([1] * ndim_spatial))
@@ -252,7 +275,7 @@ class AnalogModule(nn.Module):
         if rt.mode == "signals":
             y = self._digitise(y, rt, K, B)
             S, O = enc.n_signals, p.out_features
-            y = y.view(K, B, S, O, *y.shape[3:])
+            y = y.reshape(K, B, S, O, *y.shape[3:])
             y = (y * self._channel_view(enc.gain, nsp)).sum(dim=2)
             if enc.offset is not None:
                 xsum = self._input_sum(x, shared, K, B)
@@ -263,6 +286,8 @@ class AnalogModule(nn.Module):
             y = y + self._channel_view(p.digital_bias, nsp)
         if self.relu_after:
             y = y.relu_() if not y.requires_grad else torch.relu(y)
+        if self.runtime.sample_major:
+            return y.transpose(0, 1).reshape(B * K, *y.shape[2:])
         return y.reshape(K * B, *y.shape[2:])
 
     def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int) -> Tensor:

@@ -145,6 +145,24 @@ class AnalogProgram:
             self.channels_last, self._layout_for = want, shape
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    @property
+    def sample_major_ok(self) -> bool:
+        """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
+        analog layer is linear, on CPU with the oneDNN path, and no hook watches an analog layer (hooks, e.g. per-chip
+        calibration, read layer outputs instance-major)."""
+        from . import layers
+
+        if self.device.type != "cpu" or not layers.ONEDNN_LINEAR or any(p.op != "linear" for p in self.plans):
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
+
+    def instances(self, out: Tensor, K: int, B: int, sample_major: bool = False) -> Tensor:
+        """``[K, B, ...]`` network output from its instance-major (or sample-major) fold; contiguous, so that
+        reductions over it run in the same order whatever the fold."""
+        if sample_major:
+            return out.view(B, K, *out.shape[1:]).transpose(0, 1).contiguous()
+        return out.view(K, B, *out.shape[1:])
+
     @torch.no_grad()
     def largest_activation(self, x: Tensor) -> int:
         """Floats per sample of the largest module output (or input) of one nominal forward of ``x[:1]``."""
@@ -199,8 +217,10 @@ class AnalogProgram:
         return out
 
     def load(self, g: Tensor, *, B: int, dac_levels=None, adc_levels=None, output_noise: float = 0.0,
-             noise_sources=None, ste: bool = False, calibrating: bool = False) -> None:
-        """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``."""
+             noise_sources=None, ste: bool = False, calibrating: bool = False, sample_major: bool = False) -> None:
+        """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``.
+
+        ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`)."""
         K = g.shape[0]
         signals = adc_levels is not None or output_noise > 0 or calibrating
         mats = []
@@ -214,13 +234,14 @@ class AnalogProgram:
                 mats.append((enc.decode(wv), None if bv is None else enc.decode(bv)[..., 0]))
         self._set_runtime(mats, B=B, mode="signals" if signals else "weights", dac_levels=dac_levels,
                           adc_levels=adc_levels, output_noise=output_noise, noise_sources=noise_sources, ste=ste,
-                          calibrating=calibrating)
+                          calibrating=calibrating, sample_major=sample_major)
 
-    def load_weights(self, weights, *, B: int, dac_levels=None, ste: bool = False) -> None:
+    def load_weights(self, weights, *, B: int, dac_levels=None, ste: bool = False, sample_major: bool = False,
+                     ) -> None:
         """Like :meth:`load` with ideal output periphery, from effective weights already decoded: one
         ``(w [K, out, in], b [K, out] or None)`` per layer (:mod:`anvm_stats.analog.affine`)."""
         self._set_runtime(weights, B=B, mode="weights", dac_levels=dac_levels, adc_levels=None, output_noise=0.0,
-                          noise_sources=None, ste=ste, calibrating=False)
+                          noise_sources=None, ste=ste, calibrating=False, sample_major=sample_major)
 
     def _set_runtime(self, mats, *, B: int, mode: str, **kw) -> None:
         for m, (w, b) in zip(self.analog_modules(), mats):
