@@ -186,3 +186,34 @@ def test_linear_paths_are_chunk_invariant_and_agree(monkeypatch, onednn):
     monkeypatch.setattr(layers, "ONEDNN_LINEAR", not onednn)
     other = run(net, spec, data, n_instances=7, seed=9)
     np.testing.assert_allclose(other.loss.values, ref.loss.values, rtol=1e-5)
+
+
+def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monkeypatch):
+    """Linear-only programs on CPU fold activations sample-major in forwards of exactly SAMPLE_MAJOR_CHUNK
+    instances (short chunks padded): every chunking gives identical results, equal to the instance-major path up
+    to round-off; a hook on an analog layer turns the fold off."""
+    import anvm_stats.analog.layers as layers
+    import anvm_stats.montecarlo as mc
+
+    net = make_mlp(sizes=(8, 24, 5), bn=False)
+    data = make_data(n=48, n_classes=5)                     # 5 outputs, 48 samples: the narrow W x^T path too
+    spec = av.HardwareSpec.paper1(0.15)
+    seen = []
+    original = layers._onednn_linear
+    monkeypatch.setattr(layers, "_onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
+    ref = run(net, spec, data, n_instances=21, seed=2)
+    assert {k for k, sm, _ in seen if sm} == {mc.SAMPLE_MAJOR_CHUNK}     # (K=1 calls: shape probes)
+    assert any(sm and nar for _, sm, nar in seen)
+    for chunk in (1, 5, 16, 21):
+        xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=21, seed=2,
+                                                                  chunk_size=chunk)))
+    program = av.prepare(net, spec, fuse_relu=True)
+    assert program.sample_major_ok
+    handle = program.analog_modules()[0].register_forward_hook(lambda m, i, o: None)
+    assert not program.sample_major_ok
+    seen.clear()
+    instance_major = run(net, spec, data, n_instances=21, seed=2, program=program)
+    handle.remove()
+    assert any(k > 1 for k, _, _ in seen) and not any(sm for _, sm, _ in seen)
+    np.testing.assert_allclose(instance_major.loss.values, ref.loss.values, rtol=1e-5)
+    assert np.abs(instance_major.correct_count.values - ref.correct_count.values).max() <= 1
