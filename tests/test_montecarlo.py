@@ -217,3 +217,27 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
     assert any(k > 1 for k, _, _ in seen) and not any(sm for _, sm, _ in seen)
     np.testing.assert_allclose(instance_major.loss.values, ref.loss.values, rtol=1e-5)
     assert np.abs(instance_major.correct_count.values - ref.correct_count.values).max() <= 1
+
+
+@pytest.mark.parametrize("spec", [
+    av.HardwareSpec.xiao(0.05, proportional=False, adc_bits=6),                      # offset mapping + ADC
+    av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=2, bits_per_slice=4),
+                    effects=(av.ProgrammingNoise(sigma=0.02),),
+                    periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
+], ids=["offset-adc", "bitsliced-dac-adc"])
+def test_sample_major_fold_agrees_with_instance_major_through_converters(spec):
+    """Signals mode (ADC per signal, digital offsets from input sums, slices) gives the same chips' metrics
+    whichever way the activations are folded."""
+    net = make_mlp(sizes=(8, 24, 24, 5), bn=True)
+    data = make_data(n=48, n_classes=5)
+    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    assert program.sample_major_ok
+    sample_major = run(net, spec, data, n_instances=18, seed=4, program=program)
+    handle = program.analog_modules()[-1].register_forward_hook(lambda m, i, o: None)
+    try:
+        instance_major = run(net, spec, data, n_instances=18, seed=4, program=program)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(sample_major.loss.values, instance_major.loss.values, rtol=1e-4)
+    assert np.abs(sample_major.correct_count.values - instance_major.correct_count.values).max() <= 1
+    assert sample_major.accuracy.std() > 0

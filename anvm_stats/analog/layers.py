@@ -34,11 +34,11 @@ def _channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-#: on CPU, run each instance of a linear layer as a oneDNN 1x1 convolution instead of one batched MKL GEMM for
-#: all: 22 x [360 x 256] @ [256 x 256] runs at ~300 vs ~190 GFLOP/s on 2 AMD Zen 5 cores, where MKL's sgemm
-#: reaches half of what oneDNN does (not for few outputs: 10 outputs run at 50 vs 138 GFLOP/s through
-#: :func:`_narrow_output`). One call per instance keeps every call the same shape, so oneDNN picks the same
-#: kernel whatever the chunk size (results are bitwise chunk-invariant; they do depend on the thread count)
+#: on CPU, run linear layers through oneDNN (:func:`_onednn_linear`) rather than MKL's batched GEMM, which reaches
+#: half of oneDNN's rate on AMD CPUs: for 16-22 instances of [360 x 256] @ [256 x 256] on 2 Zen 5 cores, ~190
+#: GFLOP/s batched MKL, ~300 one oneDNN call per instance, ~380 one grouped call over sample-major activations.
+#: oneDNN picks kernels by call shape and thread count: results are bitwise chunk-invariant (every call has the same
+#: shape) but depend on the number of threads
 ONEDNN_LINEAR = True
 
 
