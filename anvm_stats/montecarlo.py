@@ -172,14 +172,57 @@ def _sample_major_chunk(program: AnalogProgram, specs: list[HardwareSpec], opts:
     return SAMPLE_MAJOR_CHUNK if room >= SAMPLE_MAJOR_CHUNK else None
 
 
+def _pad_rows(draws: list, rows: int) -> list:
+    """Base draws of a short chunk padded to ``rows`` instances with copies of its last chip."""
+    return [{k: torch.cat([t, t[-1:].expand(rows - t.shape[0], -1)]) for k, t in d.items()} for d in draws]
+
+
+def _run_chunk(program: AnalogProgram, sampler: ChipSampler, spec: HardwareSpec, sub: list, idx: np.ndarray,
+               batches: list, fixed: int | None, affine, pending: "_PendingMetrics", off: int, acc: dict) -> None:
+    """Program the chips of one chunk (base draws ``sub``, instances ``idx``) for ``spec`` and score every batch
+    into ``acc`` (rows ``off..``); a sample-major run (``fixed`` instances per forward) pads the chunk."""
+    K = len(idx)
+    rows = fixed or K
+    if rows > K:
+        sub = _pad_rows(sub, rows)
+    per = spec.periphery
+    kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
+              adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
+    sample_major = fixed is not None
+    if affine is not None:
+        mats = affine_weights(program, affine, sub)
+    else:
+        g = sampler.program_chips(sub, spec, K=rows)
+    gens = sampler.read_generators(idx) if (spec.read_effects or per.output_noise > 0) else None
+    loaded_b = None
+    try:
+        for b, (x, y) in enumerate(batches):
+            B = x.shape[0]
+            if spec.read_effects:
+                program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
+            elif loaded_b is None and affine is not None:
+                program.load_weights(mats, B=B, dac_levels=kw["dac_levels"], sample_major=sample_major)
+            elif loaded_b is None:
+                program.load(g, B=B, noise_sources=gens, sample_major=sample_major, **kw)
+            if B != loaded_b:
+                for m in program.analog_modules():
+                    m.runtime.B = B
+                loaded_b = B
+            logits = program.instances(program.module(x), rows, B, sample_major)[:K]
+            pending.add(off, b, logits, y, acc)
+    finally:
+        program.unload()
+
+
 @torch.no_grad()
 def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[HardwareSpec], indices: np.ndarray,
                batches: list[tuple[Tensor, Tensor]], opts: RunOptions, n_classes: int) -> dict[str, np.ndarray]:
     """Core loop: metrics ``[n_points, n_instances]`` for every grid spec and instance index.
 
     Instances are drawn in blocks (:func:`_draw_block`, fewer sampler calls) and evaluated in chunks sized to the
-    memory budget and, on CPU, the cache (:func:`_chunk_size`); every grid point re-programs the block's chips
-    from the same base draws. None of this changes a result: each instance has its own streams."""
+    memory budget and, on CPU, the cache (:func:`_chunk_size`; fixed for sample-major runs,
+    :func:`_sample_major_chunk`); every grid point re-programs the block's chips from the same base draws. None of
+    this changes a result: each instance has its own streams."""
     n_pts, n_inst = len(specs), len(indices)
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches[0][0].shape[0]
@@ -197,41 +240,14 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
             block_idx = indices[start:start + block]
             draws = sampler.draw(block_idx, specs[0], reuse=draws)
             for p, spec in enumerate(specs):
-                per = spec.periphery
-                kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
-                          adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
-                fresh = bool(spec.read_effects) or per.output_noise > 0
                 affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping else None
                 acc = {k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
                 for off in range(0, len(block_idx), chunk):
                     idx = block_idx[off:off + chunk]
-                    K = len(idx)
-                    sub = draws if K == len(block_idx) else [{k: t[off:off + K] for k, t in d.items()} for d in draws]
-                    Kr = fixed or K       # rows evaluated: sample-major forwards always run `fixed` instances
-                    if Kr > K:
-                        sub = [{k: torch.cat([t, t[-1:].expand(Kr - K, -1)]) for k, t in d.items()} for d in sub]
-                    if affine is not None:
-                        mats = affine_weights(program, affine, sub)
-                    else:
-                        g = sampler.program_chips(sub, spec, K=Kr)
-                    gens = sampler.read_generators(idx) if fresh else None
-                    loaded_b = None
-                    for b, (x, y) in enumerate(batches):
-                        B = x.shape[0]
-                        if spec.read_effects:
-                            program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
-                        elif loaded_b is None and affine is not None:
-                            program.load_weights(mats, B=B, dac_levels=kw["dac_levels"], sample_major=bool(fixed))
-                        elif loaded_b is None:
-                            program.load(g, B=B, noise_sources=gens, sample_major=bool(fixed), **kw)
-                        if B != loaded_b:
-                            for m in program.analog_modules():
-                                m.runtime.B = B
-                            loaded_b = B
-                        logits = program.instances(program.module(x), Kr, B, bool(fixed))[:K]
-                        pending.add(off, b, logits, y, acc)
-                    program.unload()
-                    bar.update(K)
+                    sub = draws if len(idx) == len(block_idx) else \
+                        [{k: t[off:off + len(idx)] for k, t in d.items()} for d in draws]
+                    _run_chunk(program, sampler, spec, sub, idx, batches, fixed, affine, pending, off, acc)
+                    bar.update(len(idx))
                 pending.flush(acc)
                 for k in out:
                     out[k][p, start:start + len(block_idx)] = acc[k].cpu().numpy()
