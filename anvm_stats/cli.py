@@ -177,6 +177,12 @@ def cmd_bench(args) -> int:
     except ImportError:
         print("anvm-stats: error: the benchmark module anvm_stats.bench is not available", file=sys.stderr)
         return 1
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("anvm-stats: error: --device cuda: no CUDA device is available to torch here (allowed: cpu, or cuda "
+              "on a machine with a GPU and a CUDA build of torch)", file=sys.stderr)
+        return 2
     print(json.dumps(run_benchmarks(device=args.device), indent=2, default=str))
     return 0
 

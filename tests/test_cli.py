@@ -193,6 +193,9 @@ def test_bench_prints_json(monkeypatch, capsys):
     monkeypatch.setattr(bench, "run_benchmarks", lambda device="cpu", **kw: {"device": device, "ok": 1})
     assert main(["bench"]) == 0
     assert json.loads(capsys.readouterr().out) == {"device": "cpu", "ok": 1}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "--device cuda" in capsys.readouterr().err
 
 
 @pytest.mark.slow
