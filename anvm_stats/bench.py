@@ -63,11 +63,6 @@ def measure_gemm_rates(device: torch.device, n: int = 2048) -> dict[str, float]:
     return rates
 
 
-def measure_matmul_rate(device: torch.device, n: int = 2048) -> float:
-    """The best float32 GEMM rate (FLOP/s) of :func:`measure_gemm_rates`: the limit's FLOP speed."""
-    return max(measure_gemm_rates(device, n).values())
-
-
 def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
     """Standard normal draws per second from one seeded generator (what the engine and a user's loop both use)."""
     g = torch.Generator(device=device).manual_seed(0)

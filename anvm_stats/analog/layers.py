@@ -207,23 +207,22 @@ class AnalogModule(nn.Module):
         per_instance = x[0].numel() * B
         if per_instance >= CONV_LOOP_ELEMENTS:
             # large activations: one ordinary convolution per instance beats a K-group convolution on CPU
-            # (measured 1.4-3x on 2 cores) and needs no transposes; outputs stack to [K, B, O, ...] directly
+            # (measured 1.4-3x on 2 cores) and needs no transposes
             xv = x if shared else x.view(K, B, *x.shape[1:])
             wv = w.view(K, O, -1, *p.kernel)
-            if _channels_last(x) and K > 1:
-                # keep the activations channels-last (oneDNN's fast layout on CPU): write each instance's
-                # output into its rows of one channels-last tensor
-                out = None
-                for k in range(K):
-                    yk = conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
-                    if out is None:
-                        out = torch.empty((K * B, *yk.shape[1:]), dtype=yk.dtype, device=yk.device,
-                                          memory_format=torch.channels_last)
-                    out[k * B:(k + 1) * B].copy_(yk)
-                return out.view(K, B, *out.shape[1:])
-            outs = [conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
-                    for k in range(K)]
-            return outs[0].unsqueeze(0) if K == 1 else torch.stack(outs)
+            if K == 1:
+                y = conv(x if shared else xv[0], wv[0], None if bias is None else bias[0], groups=groups, **kw)
+                return y.unsqueeze(0)
+            # each instance's output goes into its rows of one tensor laid out like the input (channels-last
+            # activations stay channels-last: oneDNN's fast layout on CPU)
+            fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+            out = None
+            for k in range(K):
+                yk = conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
+                if out is None:
+                    out = torch.empty((K * B, *yk.shape[1:]), dtype=yk.dtype, device=yk.device, memory_format=fmt)
+                out[k * B:(k + 1) * B].copy_(yk)
+            return out.view(K, B, *out.shape[1:])
         wk = w.reshape(K * O, -1, *p.kernel)
         bk = None if bias is None else bias.reshape(K * O)
         if shared and groups == 1:
