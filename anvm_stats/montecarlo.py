@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import dims
-from .analog.affine import affine_layers, affine_weights
+from .analog.affine import affine_layers, affine_runtime
+from .analog.lazy import NOMINAL_CACHE_BYTES, PRODUCT_CACHE_BYTES, ProductCache
 from .analog.program import AnalogProgram, LayerFilter, prepare
 from .data_source import describe, iter_batches
 from .errors import ConfigError, check_number
@@ -34,7 +35,7 @@ CPU_ACTIVATION_BYTES = 8 * 2 ** 20
 #: base draws of one block of instances (drawn together; evaluated chunk by chunk)
 DRAW_BLOCK_BYTES = 64 * 2 ** 20
 #: instances per forward of sample-major runs (see _sample_major_chunk)
-SAMPLE_MAJOR_CHUNK = 16
+SAMPLE_MAJOR_CHUNK = 8
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
 
@@ -178,9 +179,12 @@ def _pad_rows(draws: list, rows: int) -> list:
 
 
 def _run_chunk(program: AnalogProgram, sampler: ChipSampler, spec: HardwareSpec, sub: list, idx: np.ndarray,
-               batches: list, fixed: int | None, affine, pending: "_PendingMetrics", off: int, acc: dict) -> None:
+               batches: list, fixed: int | None, affine, pending: "_PendingMetrics", off: int, acc: dict,
+               caches: tuple = (None, None)) -> None:
     """Program the chips of one chunk (base draws ``sub``, instances ``idx``) for ``spec`` and score every batch
-    into ``acc`` (rows ``off..``); a sample-major run (``fixed`` instances per forward) pads the chunk."""
+    into ``acc`` (rows ``off..``); a sample-major run (``fixed`` instances per forward) pads the chunk. Chips
+    affine in their draws (``affine``) are programmed lazily; ``caches`` (draw products of this chunk, nominal
+    products of this grid point) serve layers that read shared inputs (:mod:`anvm_stats.analog.lazy`)."""
     K = len(idx)
     rows = fixed or K
     if rows > K:
@@ -190,7 +194,7 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, spec: HardwareSpec,
               adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
     sample_major = fixed is not None
     if affine is not None:
-        mats = affine_weights(program, affine, sub)
+        lazies = affine_runtime(program, affine, sub, products=caches[0], nominal=caches[1])
     else:
         g = sampler.program_chips(sub, spec, K=rows)
     gens = sampler.read_generators(idx) if (spec.read_effects or per.output_noise > 0) else None
@@ -201,13 +205,12 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, spec: HardwareSpec,
             if spec.read_effects:
                 program.load(sampler.read(g, spec, gens), B=B, noise_sources=gens, **kw)
             elif loaded_b is None and affine is not None:
-                program.load_weights(mats, B=B, dac_levels=kw["dac_levels"], sample_major=sample_major)
+                program.load_affine(lazies, B=B, dac_levels=kw["dac_levels"], sample_major=sample_major)
             elif loaded_b is None:
                 program.load(g, B=B, noise_sources=gens, sample_major=sample_major, **kw)
-            if B != loaded_b:
-                for m in program.analog_modules():
-                    m.runtime.B = B
-                loaded_b = B
+            for m in program.analog_modules():
+                m.runtime.B, m.runtime.batch = B, b
+            loaded_b = B
             logits = program.instances(program.module(x), rows, B, sample_major)[:K]
             pending.add(off, b, logits, y, acc)
     finally:
@@ -221,8 +224,9 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
 
     Instances are drawn in blocks (:func:`_draw_block`, fewer sampler calls) and evaluated in chunks sized to the
     memory budget and, on CPU, the cache (:func:`_chunk_size`; fixed for sample-major runs,
-    :func:`_sample_major_chunk`); every grid point re-programs the block's chips from the same base draws. None of
-    this changes a result: each instance has its own streams."""
+    :func:`_sample_major_chunk`); each chunk's chips are re-programmed at every grid point from the same base
+    draws, one point after the other (the chunk's draws and shared-input products stay in cache). None of this
+    changes a result: each instance has its own streams."""
     n_pts, n_inst = len(specs), len(indices)
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches[0][0].shape[0]
@@ -233,24 +237,32 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     if fixed:
         chunk = fixed if opts.chunk_size is None else min(fixed, opts.chunk_size)
     block = chunk if opts.chunk_size is not None else _draw_block(chunk, n_inst, program.n_devices, n_draw)
+    affines = [affine_layers(program, s) if program.spec.mapping == s.mapping else None for s in specs]
+    if any(a is not None for a in affines):
+        program.mark_shared_inputs(batches[0][0])
+    nominal = [ProductCache(NOMINAL_CACHE_BYTES) for _ in specs]
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
-    draws, pending = None, _PendingMetrics()
+    draws = None
     try:
         for start in range(0, n_inst, block):
             block_idx = indices[start:start + block]
             draws = sampler.draw(block_idx, specs[0], reuse=draws)
-            for p, spec in enumerate(specs):
-                affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping else None
-                acc = {k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
-                for off in range(0, len(block_idx), chunk):
-                    idx = block_idx[off:off + chunk]
-                    sub = draws if len(idx) == len(block_idx) else \
-                        [{k: t[off:off + len(idx)] for k, t in d.items()} for d in draws]
-                    _run_chunk(program, sampler, spec, sub, idx, batches, fixed, affine, pending, off, acc)
+            accs = [{k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
+                    for _ in specs]
+            pending = [_PendingMetrics(max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
+            for off in range(0, len(block_idx), chunk):
+                idx = block_idx[off:off + chunk]
+                sub = draws if len(idx) == len(block_idx) else \
+                    [{k: t[off:off + len(idx)] for k, t in d.items()} for d in draws]
+                products = ProductCache(PRODUCT_CACHE_BYTES)
+                for p, spec in enumerate(specs):
+                    _run_chunk(program, sampler, spec, sub, idx, batches, fixed, affines[p], pending[p], off,
+                               accs[p], (products, nominal[p]))
                     bar.update(len(idx))
-                pending.flush(acc)
+            for p in range(n_pts):
+                pending[p].flush(accs[p])
                 for k in out:
-                    out[k][p, start:start + len(block_idx)] = acc[k].cpu().numpy()
+                    out[k][p, start:start + len(block_idx)] = accs[p][k].cpu().numpy()
     finally:
         bar.close()
         program.unload()

@@ -23,6 +23,7 @@ import torch
 
 from ..hardware.effects import ProgrammingNoise
 from ..hardware.spec import HardwareSpec
+from .lazy import LazyAffine, ProductCache
 from .program import AnalogProgram
 
 Tensor = torch.Tensor
@@ -31,12 +32,11 @@ Tensor = torch.Tensor
 @dataclass(frozen=True, eq=False)
 class AffineLayer:
     """``W = w0 + sum_j coef_j * z_j`` for one layer: ``w0`` ``[out, in]``, ``coef`` ``[out, 1]`` per effect; the
-    bias column likewise (``b0`` ``[out]``, ``bias_coef`` ``[out]``), or None."""
+    bias column likewise (``b0`` ``[out]``, same coefficients), or None."""
 
     w0: Tensor
     coef: tuple
     b0: Tensor | None
-    bias_coef: tuple
 
 
 def _unit(effect: ProgrammingNoise, span: float) -> float | None:
@@ -74,27 +74,24 @@ def affine_layers(program: AnalogProgram, spec: HardwareSpec) -> list[AffineLaye
         gain = enc.gain[0]                                                   # [out]
         w0 = enc.decode(p.weight_view(g0))[0]
         coef = tuple((gain * (u * float(e.sigma)))[:, None] for u, e in zip(units, effects))
-        b0, bcoef = None, ()
-        if p.b_slice is not None:
-            b0 = enc.decode(p.bias_view(g0))[0, :, 0]
-            bcoef = tuple(c[:, 0] for c in coef)
-        layers.append(AffineLayer(w0=w0, coef=coef, b0=b0, bias_coef=bcoef))
+        b0 = None if p.b_slice is None else enc.decode(p.bias_view(g0))[0, :, 0]
+        layers.append(AffineLayer(w0=w0, coef=coef, b0=b0))
     return layers
 
 
-def affine_weights(program: AnalogProgram, layers: list[AffineLayer], draws: list) -> list[tuple]:
-    """Weights ``[K, out, in]`` and bias-column values ``[K, out]`` (or None) of every layer from the base draws
-    (one dict ``{"z": [K, P]}`` per program effect, as :meth:`ChipSampler.draw` returns them)."""
+def affine_runtime(program: AnalogProgram, layers: list[AffineLayer], draws: list, *,
+                   products: ProductCache | None = None, nominal: ProductCache | None = None) -> list[LazyAffine]:
+    """Every layer's :class:`~anvm_stats.analog.lazy.LazyAffine` from the base draws (one dict ``{"z": [K, P]}``
+    per program effect, as :meth:`ChipSampler.draw` returns them); weights are programmed when first used."""
     out = []
     for p, lay in zip(program.plans, layers):
-        w = b = None
-        for d, c, cb in zip(draws, lay.coef, lay.bias_coef or (None,) * len(lay.coef)):
-            z = d["z"]
-            K = z.shape[0]
-            zw = z[:, p.w_slice].view(K, p.out_features, p.in_features)
-            w = torch.addcmul(lay.w0 if w is None else w, zw, c)
-            if lay.b0 is not None:
-                zb = z[:, p.b_slice].view(K, p.out_features)
-                b = torch.addcmul(lay.b0 if b is None else b, zb, cb)
-        out.append((w, b))
+        zw = tuple(d["z"][:, p.w_slice].view(-1, p.out_features, p.in_features) for d in draws)
+        zb = () if lay.b0 is None else tuple(d["z"][:, p.b_slice].view(-1, p.out_features) for d in draws)
+        out.append(LazyAffine(w0=lay.w0, b0=lay.b0, coef=lay.coef, zw=zw, zb=zb, products=products,
+                              nominal=nominal))
     return out
+
+
+def affine_weights(program: AnalogProgram, layers: list[AffineLayer], draws: list) -> list[tuple]:
+    """Weights ``[K, out, in]`` and bias-column values ``[K, out]`` (or None) of every layer from the base draws."""
+    return [lazy.weights() for lazy in affine_runtime(program, layers, draws)]

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
+from .lazy import LazyAffine
 
 Tensor = torch.Tensor
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
@@ -148,14 +149,18 @@ class LayerRuntime:
     """What one forward of K instances needs, set by the evaluator before calling the network.
 
     ``weight``: ``[K, out, in]`` effective weights (mode "weights") or ``[K, S*out, in]`` analog signal
-    matrices (mode "signals"); ``bias``: ``[K, out]`` / ``[K, S*out]`` bias-column values or None.
+    matrices (mode "signals"); ``bias``: ``[K, out]`` / ``[K, S*out]`` bias-column values or None; or, for chips
+    affine in their draws, ``affine`` (weights programmed on first use, see :mod:`anvm_stats.analog.lazy`) and
+    ``weight`` None. ``batch``: index of the evaluation batch (names cached products of shared inputs).
     """
 
     K: int
     B: int
     mode: str
-    weight: Tensor
+    weight: Tensor | None
     bias: Tensor | None
+    affine: LazyAffine | None = None
+    batch: int = 0
     ste: bool = False
     dac_levels: int | None = None
     adc_levels: int | None = None
@@ -178,6 +183,7 @@ class AnalogModule(nn.Module):
         self.signal_hi: Tensor | None = None
         self.runtime: LayerRuntime | None = None
         self.relu_after = False   # an nn.ReLU that only takes this layer's output, fused (prepare(fuse_relu=True))
+        self.input_shared = False  # reads a per-sample input shared by all instances (mark_shared_inputs)
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -268,13 +274,20 @@ class AnalogModule(nn.Module):
             raise RuntimeError(f"analog layer {self.plan.name!r}: batch dim {x.shape[0]} is neither B={B} nor "
                                f"K*B={K * B}; the model mixes per-sample and per-instance tensors")
         shared = x.shape[0] == B and K > 1
+        # names this input for cached products (before DAC quantisation, which makes a new tensor each call)
+        key = (self.plan.name, rt.batch, rt.dac_levels, x.data_ptr(), tuple(x.shape), x.stride())
         if rt.dac_levels is not None:
             if rt.calibrating:
                 self.dac_range = calibrate_range(x, self.dac_percentile)
             x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
         p = self.plan
-        bias = None if rt.bias is None else rt.bias * p.bias_scale
-        y = self._matmul(x, rt.weight, bias, shared, K, B)
+        lazy = rt.affine
+        if lazy is not None and self.input_shared and len(lazy.coef) == 1:
+            y = lazy.shared_input_output(key, lambda w, b, k: self._matmul(x, w, b, shared and k > 1, k, B),
+                                         p.bias_scale)
+        else:
+            w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
+            y = self._matmul(x, w, None if b is None else b * p.bias_scale, shared, K, B)
         nsp = y.dim() - 3
         enc = p.encoding
         if rt.mode == "signals":

@@ -127,6 +127,7 @@ class AnalogProgram:
     #: activations run channels-last (NHWC); chosen by :meth:`input` from the first 4-d input's size
     channels_last: bool = False
     _layout_for: tuple | None = field(default=None, repr=False)
+    _modules: tuple | None = field(default=None, repr=False)
 
     def input(self, x: Tensor) -> Tensor:
         """``x`` ``[B, ...]`` in the memory layout the program runs in.
@@ -192,7 +193,10 @@ class AnalogProgram:
         return [p.name for p in self.plans]
 
     def analog_modules(self) -> list[AnalogModule]:
-        return [self.module.get_submodule(p.name) for p in self.plans]
+        """The analog layers of :attr:`module`, in plan order (looked up once per module object)."""
+        if self._modules is None or self._modules[0] is not self.module:
+            self._modules = (self.module, [self.module.get_submodule(p.name) for p in self.plans])
+        return self._modules[1]
 
     def to(self, device: torch.device | str) -> "AnalogProgram":
         """A copy on ``device``."""
@@ -242,6 +246,34 @@ class AnalogProgram:
         ``(w [K, out, in], b [K, out] or None)`` per layer (:mod:`anvm_stats.analog.affine`)."""
         self._set_runtime(weights, B=B, mode="weights", dac_levels=dac_levels, adc_levels=None, output_noise=0.0,
                           noise_sources=None, ste=ste, calibrating=False, sample_major=sample_major)
+
+    def load_affine(self, lazies, *, B: int, dac_levels=None, sample_major: bool = False) -> None:
+        """Like :meth:`load_weights`, from one :class:`~anvm_stats.analog.lazy.LazyAffine` per layer (weights
+        programmed on first use; layers that read a shared input may skip programming, see
+        :meth:`mark_shared_inputs`)."""
+        for m, lazy in zip(self.analog_modules(), lazies):
+            m.runtime = LayerRuntime(K=lazy.K, B=B, mode="weights", weight=None, bias=None, affine=lazy,
+                                     dac_levels=dac_levels, sample_major=sample_major)
+
+    @torch.no_grad()
+    def mark_shared_inputs(self, x: Tensor) -> None:
+        """Set ``input_shared`` on every analog layer whose input is per sample (shared by all instances: the
+        network input, or a digital function of it) in every call, from one nominal forward of two instances on
+        ``x[:1]``. Those layers compute chips affine in their draws without programming weights
+        (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network, never on the chunking."""
+        calls: dict = {}
+        modules = self.analog_modules()
+        hooks = [m.register_forward_pre_hook(lambda m, args: calls.setdefault(m, []).append(args[0].shape[0] == 1))
+                 for m in modules]
+        try:
+            self.load(self.g0[None].repeat(2, 1), B=1)
+            self.module(x[:1])
+        finally:
+            self.unload()
+            for h in hooks:
+                h.remove()
+        for m in modules:
+            m.input_shared = bool(calls.get(m)) and all(calls[m])
 
     def _set_runtime(self, mats, *, B: int, mode: str, **kw) -> None:
         for m, (w, b) in zip(self.analog_modules(), mats):
