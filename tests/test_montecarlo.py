@@ -137,7 +137,7 @@ def test_metrics_follow_argmax_on_ties_and_nan():
                             [1.0, float("nan"), 0.0, 0.0, 0.0, 0.0]]])
     y = torch.tensor([0, 1, 3, 1, 1])
     acc = {k: torch.zeros(1, dtype=torch.float64) for k in ("correct", "top5", "loss")}
-    _metrics_update(acc, logits, y)
+    _metrics_update(acc, logits.transpose(1, 2).contiguous(), y)      # class-major [K, C, B]
     finite = torch.isfinite(logits[0]).all(-1)
     expected = ((logits[0].argmax(-1) == y) & finite).sum()    # argmax, but a NaN output is never correct
     assert int(acc["correct"]) == int(expected) == 1

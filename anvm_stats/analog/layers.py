@@ -274,8 +274,7 @@ class AnalogModule(nn.Module):
             raise RuntimeError(f"analog layer {self.plan.name!r}: batch dim {x.shape[0]} is neither B={B} nor "
                                f"K*B={K * B}; the model mixes per-sample and per-instance tensors")
         shared = x.shape[0] == B and K > 1
-        # names this input for cached products (before DAC quantisation, which makes a new tensor each call)
-        key = (self.plan.name, rt.batch, rt.dac_levels, x.data_ptr(), tuple(x.shape), x.stride())
+        x_in = x
         if rt.dac_levels is not None:
             if rt.calibrating:
                 self.dac_range = calibrate_range(x, self.dac_percentile)
@@ -283,6 +282,8 @@ class AnalogModule(nn.Module):
         p = self.plan
         lazy = rt.affine
         if lazy is not None and self.input_shared and len(lazy.coef) == 1:
+            # names the input of cached products (before DAC quantisation, which makes a new tensor each call)
+            key = (p.name, rt.batch, rt.dac_levels, x_in.data_ptr(), tuple(x_in.shape), x_in.stride())
             y = lazy.shared_input_output(key, lambda w, b, k: self._matmul(x, w, b, shared and k > 1, k, B),
                                          p.bias_scale)
         else:

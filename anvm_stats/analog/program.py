@@ -157,11 +157,12 @@ class AnalogProgram:
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
-    def instances(self, out: Tensor, K: int, B: int, sample_major: bool = False) -> Tensor:
-        """``[K, B, ...]`` network output from its instance-major (or sample-major) fold; contiguous, so that
-        reductions over it run in the same order whatever the fold."""
+    def instances(self, out: Tensor, K: int, B: int, sample_major: bool = False, contiguous: bool = True) -> Tensor:
+        """``[K, B, ...]`` network output from its instance-major (or sample-major) fold; contiguous unless told
+        otherwise, so that reductions over it run in the same order whatever the fold."""
         if sample_major:
-            return out.view(B, K, *out.shape[1:]).transpose(0, 1).contiguous()
+            out = out.view(B, K, *out.shape[1:]).transpose(0, 1)
+            return out.contiguous() if contiguous else out
         return out.view(K, B, *out.shape[1:])
 
     @torch.no_grad()
@@ -252,8 +253,8 @@ class AnalogProgram:
         programmed on first use; layers that read a shared input may skip programming, see
         :meth:`mark_shared_inputs`)."""
         for m, lazy in zip(self.analog_modules(), lazies):
-            m.runtime = LayerRuntime(K=lazy.K, B=B, mode="weights", weight=None, bias=None, affine=lazy,
-                                     dac_levels=dac_levels, sample_major=sample_major)
+            _set(m, LayerRuntime(K=lazy.K, B=B, mode="weights", weight=None, bias=None, affine=lazy,
+                                 dac_levels=dac_levels, sample_major=sample_major))
 
     @torch.no_grad()
     def mark_shared_inputs(self, x: Tensor) -> None:
@@ -277,11 +278,17 @@ class AnalogProgram:
 
     def _set_runtime(self, mats, *, B: int, mode: str, **kw) -> None:
         for m, (w, b) in zip(self.analog_modules(), mats):
-            m.runtime = LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw)
+            _set(m, LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw))
 
     def unload(self) -> None:
         for m in self.analog_modules():
-            m.runtime = None
+            _set(m, None)
+
+
+def _set(module: AnalogModule, runtime: LayerRuntime | None) -> None:
+    """``module.runtime = runtime`` without ``nn.Module.__setattr__``'s checks (a plain attribute; set thousands of
+    times per Monte Carlo run)."""
+    object.__setattr__(module, "runtime", runtime)
 
 
 def _plan_to(plan: LayerPlan, device) -> LayerPlan:
