@@ -113,13 +113,18 @@ def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     NaN true logit is wrong. Top-1 and top-5 come from that one rank; the loss is ``logsumexp - logit_true``."""
     K, C, B = logits.shape
     true = logits.gather(1, y.view(1, 1, B).expand(K, 1, B))
+    lse = torch.logsumexp(logits.float(), 1)
     earlier = torch.arange(C, device=logits.device).view(1, C, 1) < y.view(1, 1, B)
-    before = (logits > true) | ((logits == true) & earlier) | torch.isnan(logits)
+    if bool(torch.isnan(lse).any()) or bool(torch.isinf(true).any()):   # NaN anywhere (lse is NaN then), inf
+        before = (logits > true) | ((logits == true) & earlier) | torch.isnan(logits)
+    else:                           # for finite t: x >= t  <=>  x > nextafter(t, -inf); one comparison fewer
+        below = torch.nextafter(true, torch.full_like(true, -float("inf")))
+        before = logits > torch.where(earlier, below, true)
     rank = before.sum(1, dtype=torch.int32)
     rank = torch.where(torch.isnan(true[:, 0]), torch.full_like(rank, C), rank)
     acc["correct"] += (rank == 0).sum(1).to(torch.float64)
     acc["top5"] += (rank < 5).sum(1).to(torch.float64)
-    acc["loss"] += (torch.logsumexp(logits.float(), 1) - true[:, 0].float()).sum(1).to(torch.float64)
+    acc["loss"] += (lse - true[:, 0].float()).sum(1).to(torch.float64)
 
 
 class _PendingMetrics:

@@ -144,6 +144,30 @@ def test_metrics_follow_argmax_on_ties_and_nan():
     assert int(acc["top5"]) == 4      # the NaN true logit is never in the top 5
 
 
+@pytest.mark.parametrize("special", ["ties", "inf", "nan"])
+def test_metrics_rank_matches_a_direct_count(special):
+    """Top-1/top-5 counts equal a direct count of the classes ranked before the true one (larger, or equal at a
+    smaller index, or NaN), on integer logits full of ties, with infinities or NaNs mixed in."""
+    from anvm_stats.montecarlo import _metrics_update
+
+    g = torch.Generator().manual_seed(3)
+    K, C, B = 5, 7, 300
+    logits = torch.randint(-2, 3, (K, C, B), generator=g).float()
+    odd = torch.rand(K, C, B, generator=g) < 0.05
+    if special != "ties":
+        logits[odd] = float("nan") if special == "nan" else float("inf")
+        logits[torch.rand(K, C, B, generator=g) < 0.05] = -float("inf")
+    y = torch.randint(0, C, (B,), generator=g)
+    acc = {k: torch.zeros(K, dtype=torch.float64) for k in ("correct", "top5", "loss")}
+    _metrics_update(acc, logits, y)
+    lg, t = logits.numpy(), logits.gather(1, y.view(1, 1, B).expand(K, 1, B)).numpy()
+    earlier = (np.arange(C)[None, :, None] < y.numpy()[None, None, :])
+    rank = ((lg > t) | ((lg == t) & earlier) | np.isnan(lg)).sum(1)
+    rank[np.isnan(t[:, 0])] = C
+    np.testing.assert_array_equal(acc["correct"].numpy(), (rank == 0).sum(1))
+    np.testing.assert_array_equal(acc["top5"].numpy(), (rank < 5).sum(1))
+
+
 def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
     """A last layer with few outputs runs as W x^T (analog.layers._narrow_output); chunk sizes whose last chunk
     holds one instance, halves, and the default chunking all give identical results, equal to the x W^T path up
