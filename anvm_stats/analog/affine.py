@@ -79,19 +79,26 @@ def affine_layers(program: AnalogProgram, spec: HardwareSpec) -> list[AffineLaye
     return layers
 
 
-def affine_runtime(program: AnalogProgram, layers: list[AffineLayer], draws: list, *,
-                   products: ProductCache | None = None, nominal: ProductCache | None = None) -> list[LazyAffine]:
-    """Every layer's :class:`~anvm_stats.analog.lazy.LazyAffine` from the base draws (one dict ``{"z": [K, P]}``
-    per program effect, as :meth:`ChipSampler.draw` returns them); weights are programmed when first used."""
+def draw_views(program: AnalogProgram, draws: list) -> list[tuple]:
+    """Per layer, the chunk's draws as ``(zw, zb)``: tuples (one per program effect) of ``[K, out, in]`` weight
+    and ``[K, out]`` bias-column views (``zb`` empty without a bias column) of the base draws (one dict
+    ``{"z": [K, P]}`` per effect, as :meth:`ChipSampler.draw` returns them). Shared by all grid points."""
     out = []
-    for p, lay in zip(program.plans, layers):
+    for p in program.plans:
         zw = tuple(d["z"][:, p.w_slice].view(-1, p.out_features, p.in_features) for d in draws)
-        zb = () if lay.b0 is None else tuple(d["z"][:, p.b_slice].view(-1, p.out_features) for d in draws)
-        out.append(LazyAffine(w0=lay.w0, b0=lay.b0, coef=lay.coef, zw=zw, zb=zb, products=products,
-                              nominal=nominal))
+        zb = () if p.b_slice is None else tuple(d["z"][:, p.b_slice].view(-1, p.out_features) for d in draws)
+        out.append((zw, zb))
     return out
+
+
+def affine_runtime(program: AnalogProgram, layers: list[AffineLayer], views: list[tuple], *,
+                   products: ProductCache | None = None, nominal: ProductCache | None = None) -> list[LazyAffine]:
+    """Every layer's :class:`~anvm_stats.analog.lazy.LazyAffine` from the chunk's :func:`draw_views`; weights are
+    programmed when first used."""
+    return [LazyAffine(w0=lay.w0, b0=lay.b0, coef=lay.coef, zw=zw, zb=zb if lay.b0 is not None else (),
+                       products=products, nominal=nominal) for lay, (zw, zb) in zip(layers, views)]
 
 
 def affine_weights(program: AnalogProgram, layers: list[AffineLayer], draws: list) -> list[tuple]:
     """Weights ``[K, out, in]`` and bias-column values ``[K, out]`` (or None) of every layer from the base draws."""
-    return [lazy.weights() for lazy in affine_runtime(program, layers, draws)]
+    return [lazy.weights() for lazy in affine_runtime(program, layers, draw_views(program, draws))]

@@ -128,6 +128,7 @@ class AnalogProgram:
     channels_last: bool = False
     _layout_for: tuple | None = field(default=None, repr=False)
     _modules: tuple | None = field(default=None, repr=False)
+    _shared_for: tuple | None = field(default=None, repr=False)
 
     def input(self, x: Tensor) -> Tensor:
         """``x`` ``[B, ...]`` in the memory layout the program runs in.
@@ -260,8 +261,11 @@ class AnalogProgram:
     def mark_shared_inputs(self, x: Tensor) -> None:
         """Set ``input_shared`` on every analog layer whose input is per sample (shared by all instances: the
         network input, or a digital function of it) in every call, from one nominal forward of two instances on
-        ``x[:1]``. Those layers compute chips affine in their draws without programming weights
-        (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network, never on the chunking."""
+        ``x[:1]`` (once per input shape). Those layers compute chips affine in their draws without programming
+        weights (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network, never on the chunking."""
+        shape = tuple(x.shape[1:])
+        if self._shared_for == (shape, self.module):
+            return
         calls: dict = {}
         modules = self.analog_modules()
         hooks = [m.register_forward_pre_hook(lambda m, args: calls.setdefault(m, []).append(args[0].shape[0] == 1))
@@ -275,6 +279,7 @@ class AnalogProgram:
                 h.remove()
         for m in modules:
             m.input_shared = bool(calls.get(m)) and all(calls[m])
+        self._shared_for = (shape, self.module)
 
     def _set_runtime(self, mats, *, B: int, mode: str, **kw) -> None:
         for m, (w, b) in zip(self.analog_modules(), mats):
