@@ -1,7 +1,9 @@
 """Monte Carlo evaluation: K chip instances at once, over a grid of hardware knobs, into a labelled Dataset.
 
 Each chunk of instances is drawn once (base draws) and re-programmed at every grid point, so every point uses
-the same chips (common random numbers) and pays for sampling once. Chunks are sized to a memory budget.
+the same chips (common random numbers) and pays for sampling once; for chips affine in their draws, the layers
+that read the network input reuse their products with the draws across points too (:mod:`.analog.lazy`).
+Chunks are sized to a memory budget.
 """
 
 from __future__ import annotations
