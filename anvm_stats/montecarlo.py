@@ -234,7 +234,7 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
             loaded = True
             for m in program.analog_modules():
                 m.runtime.B, m.runtime.batch = x.shape[0], b
-            logits = program.instances(program.module(x), rows, x.shape[0], sample_major, contiguous=False)[:K]
+            logits = program.instances(program.module(x), rows, x.shape[0], sample_major)[:K]
             pending.add(off, b, logits, y, acc)
     finally:
         program.unload()

@@ -95,8 +95,8 @@ def affine_runtime(program: AnalogProgram, layers: list[AffineLayer], views: lis
                    products: ProductCache | None = None, nominal: ProductCache | None = None) -> list[LazyAffine]:
     """Every layer's :class:`~anvm_stats.analog.lazy.LazyAffine` from the chunk's :func:`draw_views`; weights are
     programmed when first used."""
-    return [LazyAffine(w0=lay.w0, b0=lay.b0, coef=lay.coef, zw=zw, zb=zb if lay.b0 is not None else (),
-                       products=products, nominal=nominal) for lay, (zw, zb) in zip(layers, views)]
+    return [LazyAffine(w0=lay.w0, b0=lay.b0, coef=lay.coef, zw=zw, zb=zb, products=products, nominal=nominal)
+            for lay, (zw, zb) in zip(layers, views)]
 
 
 def affine_weights(program: AnalogProgram, layers: list[AffineLayer], draws: list) -> list[tuple]:

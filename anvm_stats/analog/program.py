@@ -94,12 +94,11 @@ class AnalogProgram:
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
-    def instances(self, out: Tensor, K: int, B: int, sample_major: bool = False, contiguous: bool = True) -> Tensor:
-        """``[K, B, ...]`` network output from its instance-major (or sample-major) fold; contiguous unless told
-        otherwise, so that reductions over it run in the same order whatever the fold."""
+    def instances(self, out: Tensor, K: int, B: int, sample_major: bool = False) -> Tensor:
+        """``[K, B, ...]`` view of the network output from its instance-major (or sample-major) fold (strided for
+        the latter: reduce it only after copying it into one fixed layout, so the order never depends on the fold)."""
         if sample_major:
-            out = out.view(B, K, *out.shape[1:]).transpose(0, 1)
-            return out.contiguous() if contiguous else out
+            return out.view(B, K, *out.shape[1:]).transpose(0, 1)
         return out.view(K, B, *out.shape[1:])
 
     @torch.no_grad()
