@@ -64,6 +64,17 @@ def test_mark_shared_inputs_finds_the_layers_that_read_per_sample_inputs(maker, 
     assert {k: marks[k] for k in expected} == expected
 
 
+def test_no_layer_is_marked_off_the_cpu(monkeypatch):
+    """GPUs keep programming the weights: marks made on CPU are cleared when the program runs elsewhere."""
+    program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
+    x, _ = make_data(n=4)
+    program.mark_shared_inputs(x)
+    assert program.analog_modules()[0].input_shared
+    monkeypatch.setattr(AnalogProgram, "device", property(lambda self: torch.device("cuda")))
+    program.mark_shared_inputs(x)
+    assert not any(m.input_shared for m in program.analog_modules())
+
+
 SPECS = {
     "paper1-column": av.HardwareSpec.paper1(0.15, mu=0.02),
     "digital-bias-dac": av.HardwareSpec(mapping=av.OffsetMapping(granularity="column"), effects=(

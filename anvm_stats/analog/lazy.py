@@ -14,7 +14,8 @@ The nominal product ``x w0^T`` is the same for every chip, and the product with 
 at every grid point of a noise sweep (common random numbers: only ``coef`` changes with ``noise_level``). The
 runner keeps them in two :class:`ProductCache` s, one per grid point (nominal products, shared by all chunks)
 and one per chunk (draw products, shared by all grid points), so a sweep of ``J`` noise levels computes the
-first layer's GEMM once per chip instead of ``J`` times. Every chip takes this path at every point whatever the
+first layer's GEMM once per chip instead of ``J`` times (on CPU; GPUs keep programming the weights, see
+:meth:`AnalogProgram.mark_shared_inputs`). Every chip takes this path at every point whatever the
 chunking (the products are computed by the same calls as the direct path), so results stay chunk-invariant; they
 differ from programming the weights first by float round-off only.
 """

@@ -196,8 +196,15 @@ class AnalogProgram:
     def mark_shared_inputs(self, x: Tensor) -> None:
         """Set ``input_shared`` on every analog layer whose input is per sample (shared by all instances: the
         network input, or a digital function of it) in every call, from one nominal forward of two instances on
-        ``x[:1]`` (once per input shape). Those layers compute chips affine in their draws without programming
-        weights (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network, never on the chunking."""
+        ``x[:1]`` (once per input shape), on CPU. Those layers compute chips affine in their draws without programming
+        weights (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network and the device, never on the
+        chunking."""
+        if self.device.type != "cpu":
+            # the shortcut adds a pass over the first layer's output and saves its GEMM only across grid points:
+            # measured on CPU only, so GPUs keep programming the weights (same results up to round-off)
+            for m in self.analog_modules():
+                m.input_shared = False
+            return
         shape = tuple(x.shape[1:])
         if self._shared_for == (shape, self.module):
             return
