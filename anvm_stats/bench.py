@@ -24,6 +24,7 @@ from .analog.program import prepare
 from .hardware.effects import ProgrammingNoise
 from .hardware.spec import HardwareSpec
 from .montecarlo import sweep
+from .counter_rng import counter_draws_default, fill_counter, run_key
 from .rng import Stream, instance_generators, root_sequence
 
 SIGMAS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2)
@@ -70,6 +71,24 @@ def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
     return n / _best(lambda: torch.randn(n, generator=g, device=device), device, 5)
 
 
+def instance_normals(root, indices, n: int, device: torch.device) -> torch.Tensor:
+    """``[K, n]`` standard normals of instances ``indices``, from the source the engine's sampler uses on
+    ``device`` (per-instance generators on CPU, counter-based Philox on CUDA): the loops draw the same chips."""
+    if counter_draws_default(device):
+        out = torch.empty((len(indices), n), device=device)
+        return fill_counter("normal", out, run_key(root), list(indices), Stream.PROGRAM)
+    return torch.stack([torch.randn(n, generator=g, device=device)
+                        for g in instance_generators(root, indices, Stream.PROGRAM, device)])
+
+
+def _allow_tf32(device: torch.device) -> None:
+    """On CUDA the limit is measured, and the engine and loops run, with TF32 matrix products (the issue's
+    GPU limit is the TF32 rate)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def _digits_mlp(device: torch.device, seed: int = 0):
     from .data import digits
     from .models import MLP
@@ -110,9 +129,8 @@ def simple_loop(net: nn.Module, x, y, sigmas, n_instances: int, seed: int) -> np
     root = root_sequence(seed)
     acc = np.zeros((len(sigmas), n_instances))
     for p, sigma in enumerate(sigmas):
-        gens = instance_generators(root, range(n_instances), Stream.PROGRAM, x.device)
-        for i, gen in enumerate(gens):
-            z = torch.randn(n_dev, generator=gen, device=x.device)
+        for i in range(n_instances):
+            z = instance_normals(root, [i], n_dev, x.device)[0]
             off = 0
             for (m, _), (w_aug, rng, s) in zip(layers, nominal):
                 o, i_ = m.weight.shape
@@ -132,12 +150,12 @@ def vmap_loop(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, c
 
     params = {k: v.detach() for k, v in net.named_parameters()}
     ranges = {k: float(v.max() - v.min()) / 2 for k, v in params.items()}
-    root = root_sequence(seed)
+    root, total = root_sequence(seed), sum(v.numel() for v in params.values())
     out = []
     for start in range(0, n_instances, chunk):
-        gens = instance_generators(root, range(start, min(n_instances, start + chunk)), Stream.PROGRAM, x.device)
-        stacked = {k: torch.stack([v + ranges[k] * sigma * torch.randn(v.shape, generator=g, device=x.device)
-                                   for g in gens]) for k, v in params.items()}
+        z = instance_normals(root, range(start, min(n_instances, start + chunk)), total, x.device)
+        parts = dict(zip(params, z.split([v.numel() for v in params.values()], dim=1)))
+        stacked = {k: v + ranges[k] * sigma * parts[k].view(-1, *v.shape) for k, v in params.items()}
         logits = vmap(lambda p: functional_call(net, p, (x,)))(stacked)
         out.append((logits.argmax(-1) == y).float().mean(-1).cpu().numpy())
     return np.concatenate(out)
@@ -146,6 +164,7 @@ def vmap_loop(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, c
 def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int = 0) -> dict:
     """Engine vs simple loop vs vmap vs limit, MLP 64-256-256-10 on the digits test split (360 samples)."""
     dev = torch.device(device)
+    _allow_tf32(dev)
     n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
     net, x, y = _digits_mlp(dev, seed)
     spec = HardwareSpec.paper1(0.05)
@@ -177,6 +196,7 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
 def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> dict:
     """8 noise levels x n_instances: the CRN sweep vs the per-point simple loop and vs its own limit."""
     dev = torch.device(device)
+    _allow_tf32(dev)
     net, x, y = _digits_mlp(dev, seed)
     spec = HardwareSpec.paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
@@ -244,7 +264,7 @@ def _conv_simple_loop(net, x, y, sigma, n_instances, seed, batch):
 
 def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int | None = None,
                   n_inputs: int | None = None, n_instances: int | None = None, batch_size: int = 500,
-                  seed: int = 0) -> dict:
+                  chunk_size: int | None = None, seed: int = 0) -> dict:
     """WideResNet on random CIFAR-shaped inputs: engine vs the per-instance simple loop vs the limit (FLOPs at
     the measured matmul rate + draws at the sampling rate). Defaults: WRN-28-10 on 10,000 inputs on CUDA (the
     issue's compute-bound case, TF32 allowed), WRN-16-2 on 500 inputs on the CPU."""
@@ -252,9 +272,7 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
 
     dev = torch.device(device)
     gpu = dev.type == "cuda"
-    if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    _allow_tf32(dev)
     depth, widen = depth or (28 if gpu else 16), widen or (10 if gpu else 2)
     n_inputs, n_instances = n_inputs or (10_000 if gpu else 500), n_instances or (4 if gpu else 4)
     g = torch.Generator().manual_seed(seed)
@@ -270,12 +288,13 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     spec = HardwareSpec(effects=(ProgrammingNoise(sigma=0.025, relative_to="range", clip=False),))
     program = prepare(net, spec, fuse_relu=True)
     run_engine = lambda n: sweep(net, spec, (x, y), n_instances=n, seed=seed, progress=False,  # noqa: E731
-                                 program=program, batch_size=batch_size)
+                                 program=program, batch_size=batch_size, chunk_size=chunk_size)
     run_loop = lambda n: _conv_simple_loop(net, x, y, 0.05, n, seed, batch_size)  # noqa: E731
     run_engine(1), run_loop(1)    # warm both (convolution primitives, allocator) before timing
     engine_s = _best(lambda: run_engine(n_instances), dev, 1)
     simple_s = _best(lambda: run_loop(n_instances), dev, 1)
-    return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances",
+    return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances"
+                   + (f", chunks of {chunk_size}" if chunk_size else ""),
             "device": str(dev), "matmul_gflops": matmul_rate / 1e9,
             "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s_per_instance": limit_s / n_instances,
             "engine_s_per_instance": engine_s / n_instances, "simple_loop_s_per_instance": simple_s / n_instances,

@@ -374,7 +374,8 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     coords[dims.INSTANCE] = idx
     attrs = provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
                        device=program.device)
-    attrs.update(n_samples=n_samples, n_classes=n_classes, analog_layers=",".join(program.layer_names))
+    attrs.update(n_samples=n_samples, n_classes=n_classes, analog_layers=",".join(program.layer_names),
+                 sampler=sampler.kind)
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
     ds[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")

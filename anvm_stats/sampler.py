@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .analog.program import AnalogProgram
+from .counter_rng import counter_draws_default, fill_counter, run_key
 from .hardware.spec import HardwareSpec
 from .hardware.effects import fill_standard
 from .rng import SeedLike, Stream, instance_generators, root_sequence
@@ -31,11 +32,23 @@ class ChipSampler:
     program : AnalogProgram
     seed : int, SeedSequence or None
         Root seed of the run; instance ``i`` uses child ``(i, stream)`` of it.
+    counter : bool, optional
+        Draw base draws of declared kinds from counter-based Philox streams (:mod:`anvm_stats.counter_rng`: one
+        kernel per chunk) instead of one ``torch.Generator`` per instance. Default: on CUDA only
+        (:func:`~anvm_stats.counter_rng.counter_draws_default`). Either way instance ``i``'s chip depends only
+        on ``(seed, i)``; the two samplers draw different (equally distributed) chips.
     """
 
-    def __init__(self, program: AnalogProgram, seed: SeedLike):
+    def __init__(self, program: AnalogProgram, seed: SeedLike, counter: bool | None = None):
         self.program = program
         self.root = root_sequence(seed)
+        self.counter = counter_draws_default(program.device) if counter is None else bool(counter)
+        self._key = run_key(self.root)
+
+    @property
+    def kind(self) -> str:
+        """Which sampler draws the chips (recorded in results' attrs)."""
+        return "philox4x32-counter" if self.counter else "per-instance-generator"
 
     def _draw(self, effects: Sequence, indices: Sequence[int], stream: Stream,
               generators: list | None = None, reuse: Draws | None = None) -> Draws:
@@ -46,11 +59,13 @@ class ChipSampler:
         so rows are filled by a pool of ``torch.get_num_threads()`` threads; results never depend on it."""
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
+        direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
+        if generators is None and direct and self.counter and self.program.g0.dtype == torch.float32:
+            return self._draw_counter(effects, indices, stream, reuse)
         gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
         K = len(gens)
         if K == 0 or not effects:
             return [{} for _ in effects]
-        direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
         first = None if direct else [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
         layout = [dict(e.draw_kinds) for e in effects] if direct else \
             [{k: None for k in d} for d in first]
@@ -78,6 +93,28 @@ class ChipSampler:
             fill(range(K))
         else:
             list(self._executor(workers).map(fill, [range(w, K, workers) for w in range(workers)]))
+        return bufs
+
+    def _draw_counter(self, effects: Sequence, indices: Sequence[int], stream: Stream,
+                      reuse: Draws | None) -> Draws:
+        """Base draws of declared kinds from counters: one fill per draw tensor for the whole chunk; slot ``s``
+        is the ``s``-th (effect, name) pair in declaration order."""
+        prog = self.program
+        K, n = len(indices), prog.n_devices
+        layout = [dict(e.draw_kinds) for e in effects]
+        if reuse is not None and len(reuse) == len(layout) and all(
+                set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values())
+                for b, kinds in zip(reuse, layout)):
+            bufs = reuse
+        else:
+            bufs = [{k: torch.empty((K, n), dtype=torch.float32, device=prog.device) for k in kinds}
+                    for kinds in layout]
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=prog.device)
+        slot = 0
+        for j, kinds in enumerate(layout):
+            for name, kind in kinds.items():
+                fill_counter(kind, bufs[j][name], self._key, idx, stream, slot)
+                slot += 1
         return bufs
 
     def _executor(self, workers: int) -> ThreadPoolExecutor:

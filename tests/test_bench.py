@@ -28,6 +28,17 @@ def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
 
 
 @pytest.mark.slow
+def test_engine_benchmark_with_counter_draws_matches_its_loop(monkeypatch):
+    """The GPU configuration (counter-based draws in the engine and in the loops), exercised on the CPU."""
+    import anvm_stats.sampler as sampler_mod
+    monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
+    monkeypatch.setattr(bench, "counter_draws_default", lambda device: True)
+    e = bench.bench_engine(n_instances=6)
+    assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6
+    assert bench.vmap_loop(*bench._digits_mlp(bench.torch.device("cpu")), 0.05, 3, 0).shape == (3,)
+
+
+@pytest.mark.slow
 def test_convnet_benchmark_and_registry():
     c = bench.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16)
     finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance"])

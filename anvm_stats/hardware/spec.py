@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 
 from ..errors import ConfigError, check, check_number
 from . import registry
@@ -137,6 +136,8 @@ class HardwareSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_toml(self) -> str:
+        import tomli_w   # only for writing TOML (keeps the core importable without it)
+
         return tomli_w.dumps(self.to_dict())
 
     @classmethod

@@ -1,0 +1,107 @@
+"""One prepared run on a lent GPU: the CUDA tests, the sampler's rate, and the GPU benchmarks, as JSON.
+
+Usage (from the repository root, on the GPU machine)::
+
+    PYTHONPATH=. python3 scripts/gpu_check.py OUT_DIR
+
+Each step is guarded: a failure is recorded with its traceback and the next step still runs. Results go to
+``OUT_DIR/cuda.json`` (rewritten after every step), the test log to ``OUT_DIR/pytest.log`` and a kernel profile of
+one engine run to ``OUT_DIR/profile.txt``. CI never runs this (no GPU there).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+
+def main(out_dir: str) -> int:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import triton
+        results["triton"] = triton.__version__
+    except ImportError:
+        results["triton"] = None
+
+    def save():
+        (out / "cuda.json").write_text(json.dumps(results, indent=2, default=str))
+
+    def step(name, fn):
+        t = time.perf_counter()
+        try:
+            results[name] = fn()
+        except Exception:  # noqa: BLE001 - record and go on
+            results[name] = {"error": traceback.format_exc()[-3000:]}
+        results.setdefault("step_seconds", {})[name] = round(time.perf_counter() - t, 1)
+        print(f"== {name} ({results['step_seconds'][name]} s)\n{json.dumps(results[name], indent=1, default=str)[:1200]}",
+              flush=True)
+        save()
+
+    def tests():
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_counter_rng.py",
+               "tests/test_cuda.py"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        (out / "pytest.log").write_text(proc.stdout + proc.stderr)
+        return {"returncode": proc.returncode, "tail": (proc.stdout + proc.stderr)[-1500:]}
+
+    def sampler_rate():
+        from anvm_stats.bench import _best
+        from anvm_stats.counter_rng import fill_counter
+        from anvm_stats.rng import Stream
+        dev = torch.device("cuda")
+        buf = torch.empty(16384, 85_000, device=dev)
+        g = torch.Generator(device=dev).manual_seed(0)
+        fill = lambda: fill_counter("normal", buf, (1, 2), range(16384), Stream.PROGRAM)  # noqa: E731
+        fill()
+        t_counter = _best(fill, dev, 5)
+        torch.randn(buf.shape, generator=g, device=dev, out=buf)
+        t_randn = _best(lambda: torch.randn(buf.shape, generator=g, device=dev, out=buf), dev, 5)
+        return {"draws": buf.numel(), "counter_normals_per_s": buf.numel() / t_counter,
+                "torch_randn_per_s": buf.numel() / t_randn, "counter_vs_randn": t_randn / t_counter}
+
+    def profile():
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        from anvm_stats.analog.program import prepare
+        from anvm_stats.bench import _digits_mlp
+        from anvm_stats.hardware.spec import HardwareSpec
+        from anvm_stats.montecarlo import sweep
+        dev = torch.device("cuda")
+        net, x, y = _digits_mlp(dev)
+        spec = HardwareSpec.paper1(0.05)
+        program = prepare(net, spec, fuse_relu=True)
+        run = lambda: sweep(net, spec, (x, y), n_instances=16384, seed=0, progress=False, program=program)  # noqa
+        run()
+        torch.cuda.synchronize()
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            run()
+            torch.cuda.synchronize()
+        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        (out / "profile.txt").write_text(table)
+        return {"written": "profile.txt"}
+
+    from anvm_stats import bench
+    step("tests", tests)
+    step("sampler", sampler_rate)
+    step("engine_mlp_16384", lambda: bench.bench_engine("cuda", n_instances=16384))
+    step("engine_mlp_65536", lambda: bench.bench_engine("cuda", n_instances=65536))
+    step("profile_engine", profile)
+    step("convnet_wrn28_10", lambda: bench.bench_convnet("cuda"))
+    step("convnet_wrn28_10_chunk1", lambda: bench.bench_convnet("cuda", chunk_size=1))
+    step("sweep_mlp_1024", lambda: bench.bench_sweep("cuda", n_instances=1024))
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "gpu_out"))

@@ -1,0 +1,60 @@
+"""The engine on a CUDA device (skipped without one; run on a lent GPU, see reports/bench/README.md): chunk
+invariance, the same chips as the CPU engine when both draw from counters, and every effect path running."""
+
+import numpy as np
+import pytest
+import torch
+
+import anvm_stats as av
+import anvm_stats.sampler as sampler_mod
+from conftest import make_data, make_mlp, make_resnet
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+SPECS = {
+    "paper1": av.HardwareSpec.paper1(0.1),
+    "faults_adc": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.StuckAt(p_off=0.02, p_on=0.01)),
+                                  periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
+    "read_noise": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
+                                  periphery=av.Periphery(output_noise=0.01)),
+}
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _data(net_kind):
+    return make_data(n=40) if net_kind == "mlp" else make_data(n=12, shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet"])
+@pytest.mark.parametrize("spec_name", list(SPECS))
+def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name):
+    net = make_mlp() if net_kind == "mlp" else make_resnet()
+    x, y = _data(net_kind)
+    kw = dict(grid={"noise_level": [0.05, 0.15]}, n_instances=9, seed=3, progress=False, device="cuda")
+    ds = av.sweep(net, SPECS[spec_name], (x, y), **kw)
+    assert ds.attrs["device"].startswith("cuda") and ds.attrs["sampler"] == "philox4x32-counter"
+    again = av.sweep(net, SPECS[spec_name], (x, y), chunk_size=4, **kw)
+    np.testing.assert_array_equal(again.accuracy.values, ds.accuracy.values)
+    assert np.isfinite(ds.loss.values).all()
+
+
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet"])
+def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, monkeypatch):
+    """With counter draws on both devices, the chips are the same: losses agree to float32 round-off."""
+    monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
+    net = make_mlp() if net_kind == "mlp" else make_resnet()
+    x, y = _data(net_kind)
+    kw = dict(n_instances=6, seed=1, progress=False)
+    spec = SPECS["paper1"]
+    gpu = av.evaluate(net, spec, (x, y), device="cuda", **kw)
+    cpu = av.evaluate(net, spec, (x, y), device="cpu", **kw)
+    np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=2e-4, atol=1e-5)
+    # accuracies may differ only where a logit margin is at round-off level: at most one sample per chip
+    assert np.abs(gpu.correct_count.values - cpu.correct_count.values).max() <= 1
