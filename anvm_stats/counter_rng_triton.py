@@ -1,7 +1,7 @@
 """The counter-based sampler of :mod:`anvm_stats.counter_rng` as one Triton kernel (CUDA only).
 
 Program ``(r, j)`` computes blocks ``j*BLOCK .. j*BLOCK+BLOCK-1`` of row ``r``: Philox4x32-10 on 32-bit words
-(``mulhi`` through a 64-bit product), then the same uniform / Box-Muller conversion as the torch reference.
+(``tl.umulhi`` for the high words), then the same uniform / Box-Muller conversion as the torch reference.
 Imported lazily; :func:`triton_available` says whether it can run here (CI machines have no GPU and may have no
 Triton: the reference runs there, and a device test checks this kernel against it).
 """
@@ -24,7 +24,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def philox_fill(out_ptr, idx_ptr, meta_ptr, n, n_blocks, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
+    def philox_fill(out_ptr, idx_ptr, meta_ptr, n, n_blocks, NORMAL: tl.constexpr, JOIN: tl.constexpr,
+                    BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inst = tl.load(idx_ptr + row)
@@ -35,17 +36,15 @@ def _kernel():
         c0 = b.to(tl.uint32)
         c2 = zero + (inst & 0xFFFFFFFF).to(tl.uint32)
         c3 = zero + (inst >> 32).to(tl.uint32)
-        m0 = tl.full([BLOCK], 0xD2511F53, tl.uint64)
-        m1 = tl.full([BLOCK], 0xCD9E8D57, tl.uint64)
+        m0 = tl.full([BLOCK], 0xD2511F53, tl.uint32)
+        m1 = tl.full([BLOCK], 0xCD9E8D57, tl.uint32)
         w0 = tl.full([BLOCK], 0x9E3779B9, tl.uint32)
         w1 = tl.full([BLOCK], 0xBB67AE85, tl.uint32)
         for _ in tl.static_range(10):
-            p0 = c0.to(tl.uint64) * m0
-            p1 = c2.to(tl.uint64) * m1
-            n0 = (p1 >> 32).to(tl.uint32) ^ c1 ^ k0
-            n2 = (p0 >> 32).to(tl.uint32) ^ c3 ^ k1
-            c1 = p1.to(tl.uint32)
-            c3 = p0.to(tl.uint32)
+            n0 = tl.umulhi(m1, c2) ^ c1 ^ k0
+            n2 = tl.umulhi(m0, c0) ^ c3 ^ k1
+            c1 = m1 * c2
+            c3 = m0 * c0
             c0 = n0
             c2 = n2
             k0 = k0 + w0
@@ -66,17 +65,24 @@ def _kernel():
             v1 = (c1 >> 8).to(tl.float32) * 5.960464477539063e-08
             v2 = (c2 >> 8).to(tl.float32) * 5.960464477539063e-08
             v3 = (c3 >> 8).to(tl.float32) * 5.960464477539063e-08
-        e = 4 * b.to(tl.int64)
         base = out_ptr + row.to(tl.int64) * n
-        tl.store(base + e, v0, mask=e < n)
-        tl.store(base + e + 1, v1, mask=e + 1 < n)
-        tl.store(base + e + 2, v2, mask=e + 2 < n)
-        tl.store(base + e + 3, v3, mask=e + 3 < n)
+        if JOIN:
+            # element order v0, v1, v2, v3 of each block, stored as one contiguous run of 4*BLOCK
+            v = tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [4 * BLOCK])
+            e = 4 * BLOCK * tl.program_id(1).to(tl.int64) + tl.arange(0, 4 * BLOCK)
+            tl.store(base + e, v, mask=e < n)
+        else:
+            e = 4 * b.to(tl.int64)
+            tl.store(base + e, v0, mask=e < n)
+            tl.store(base + e + 1, v1, mask=e + 1 < n)
+            tl.store(base + e + 2, v2, mask=e + 2 < n)
+            tl.store(base + e + 3, v3, mask=e + 3 < n)
 
     return philox_fill
 
 
-_BROKEN: list[str] = []
+_BROKEN: list[str] = []     # errors that made the kernel unusable here
+_NO_JOIN: list[str] = []    # errors of the contiguous-store variant (the strided one is used then)
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,12 +112,18 @@ def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int,
         _reference_rows(kind, out, idx, word1, key)
         return out
     meta = torch.tensor([key[0], key[1], word1], dtype=torch.int64, device=out.device)
-    try:
-        _kernel()[grid](out, idx.to(device=out.device, dtype=torch.int64).contiguous(), meta, n, n_blocks,
-                        NORMAL=kind == "normal", BLOCK=BLOCK)
-    except Exception as err:  # noqa: BLE001 - a compiler or driver problem must not stop a study
-        _BROKEN.append(repr(err))
-        warnings.warn(f"anvm_stats: the Triton sampler failed ({err!r}); using the torch reference (slower)",
-                      RuntimeWarning, stacklevel=2)
-        _reference_rows(kind, out, idx, word1, key)
-    return out
+    idx = idx.to(device=out.device, dtype=torch.int64).contiguous()
+    while True:
+        join = not _NO_JOIN
+        try:
+            _kernel()[grid](out, idx, meta, n, n_blocks, NORMAL=kind == "normal", JOIN=join, BLOCK=BLOCK)
+            return out
+        except Exception as err:  # noqa: BLE001 - a compiler or driver problem must not stop a study
+            if join:              # an older Triton without join/reshape: four strided stores instead
+                _NO_JOIN.append(repr(err))
+                continue
+            _BROKEN.append(repr(err))
+            warnings.warn(f"anvm_stats: the Triton sampler failed ({err!r}); using the torch reference (slower)",
+                          RuntimeWarning, stacklevel=2)
+            _reference_rows(kind, out, idx, word1, key)
+            return out

@@ -41,6 +41,10 @@ DRAW_BLOCK_BYTES = 32 * 2 ** 20
 #: took 0.44 s at 8, 0.45 at 12, 0.47 at 16, 0.51 at 4, 0.60 at 32 (a forward's activations, weights and
 #: shared-input products stay in cache; fewer instances pay more Python per chip)
 SAMPLE_MAJOR_CHUNK = 8
+#: on CUDA, a conv network whose largest activation of one instance and batch holds at least this many floats runs
+#: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
+#: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
+CUDA_SOLO_FLOATS = 1 << 22
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
 
@@ -101,6 +105,9 @@ def _chunk_size(program: AnalogProgram, opts: RunOptions, n_total: int, batch: i
             budget = free // 2
         else:
             budget = DEFAULT_CPU_BUDGET
+    if program.device.type == "cuda" and batch * act >= CUDA_SOLO_FLOATS and \
+            any(p.op != "linear" for p in program.plans):
+        return 1
     per_instance = 4 * (program.n_devices * (n_draw_tensors + 3) + 4 * batch * act)
     k = budget // per_instance
     if program.device.type == "cpu":

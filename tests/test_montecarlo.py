@@ -6,6 +6,7 @@ import torch
 import xarray as xr
 
 import anvm_stats as av
+import anvm_stats.montecarlo as mc
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
 from conftest import make_data, make_mlp, make_resnet
@@ -266,3 +267,18 @@ def test_sample_major_fold_agrees_with_instance_major_through_converters(spec):
     np.testing.assert_allclose(sample_major.loss.values, instance_major.loss.values, rtol=1e-4)
     assert np.abs(sample_major.correct_count.values - instance_major.correct_count.values).max() <= 1
     assert sample_major.accuracy.std() > 0
+
+
+def test_cuda_conv_networks_with_large_activations_run_one_instance_per_chunk():
+    """The CUDA chunking rule, checked without a GPU (the memory budget is given, so no device is queried)."""
+    from types import SimpleNamespace
+
+    def prog(device, op):
+        return SimpleNamespace(device=torch.device(device), plans=[SimpleNamespace(op=op)], n_devices=1000)
+
+    opts = mc.RunOptions(memory_budget=1 << 34)
+    big, small = (500, -(-mc.CUDA_SOLO_FLOATS // 500)), (8, 64)
+    assert mc._chunk_size(prog("cuda", "conv2d"), opts, 100, *big, 2) == 1
+    assert mc._chunk_size(prog("cuda", "conv2d"), opts, 100, *small, 2) == 100
+    assert mc._chunk_size(prog("cuda", "linear"), opts, 100, *big, 2) > 1
+    assert mc._chunk_size(prog("cuda", "conv2d"), mc.RunOptions(chunk_size=7), 100, *big, 2) == 7

@@ -16,8 +16,10 @@ from .layers import AnalogModule, LayerPlan, LayerRuntime
 from .selection import ANALOG_TYPES, LayerFilter, _check_finite, _check_rest, _select, resolve_device
 
 Tensor = torch.Tensor
-#: per-sample activation size (floats) from which conv networks run channels-last on CPU (AnalogProgram.input)
+#: per-sample activation size (floats) from which conv networks run channels-last (AnalogProgram.input)
 CHANNELS_LAST_MIN_FLOATS = 8192
+#: device types on which conv networks may run channels-last
+CHANNELS_LAST_DEVICES = frozenset({"cpu"})
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
@@ -77,7 +79,7 @@ class AnalogProgram:
             return x
         shape = tuple(x.shape[1:])
         if self._layout_for != shape:
-            want = (self.device.type == "cpu" and any(p.op == "conv2d" for p in self.plans)
+            want = (self.device.type in CHANNELS_LAST_DEVICES and any(p.op == "conv2d" for p in self.plans)
                     and self.largest_activation(x[:1]) >= CHANNELS_LAST_MIN_FLOATS)
             self.module.to(memory_format=torch.channels_last if want else torch.contiguous_format)
             self.channels_last, self._layout_for = want, shape
