@@ -89,33 +89,11 @@ def main(out_dir: str) -> int:
         (out / "profile.txt").write_text(table)
         return {"written": "profile.txt"}
 
-    def linear_variants():
-        """One hidden layer of a 5,461-chip chunk three ways: what the engine runs (baddbmm), bmm then a bias
-        add, and bmm into a view of a buffer whose extra column holds the next layer's bias input."""
-        from anvm_stats.bench import _best
-        dev = torch.device("cuda")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        K, B, I, O = 5461, 360, 256, 256
-        g = torch.Generator(device=dev).manual_seed(0)
-        x = torch.randn(K, B, I, device=dev, generator=g)
-        w = torch.randn(K, O, I, device=dev, generator=g).transpose(1, 2)
-        bias = torch.randn(K, 1, O, device=dev, generator=g)
-        buf = torch.empty(K, B, O + 1, device=dev)
-        fns = {"baddbmm": lambda: torch.baddbmm(bias, x, w),
-               "bmm_then_add": lambda: torch.bmm(x, w).add_(bias),
-               "bmm_into_view": lambda: torch.bmm(x, w, out=buf[..., :O])}
-        times = {}
-        for k, f in fns.items():
-            f()
-            times[k + "_ms"] = 1e3 * _best(f, dev, 5)
-        times["gemm_only_at_measured_rate_ms"] = 1e3 * 2 * K * B * I * O / bench.measure_gemm_rates(dev)[
-            "torch_matmul"]
-        return times
-
-    def convnet_channels_last():
+    def convnet_default_layout():
+        """For comparison: the same benchmark with convolutions in the default (NCHW) layout."""
         import anvm_stats.analog.program as program_mod
         before = program_mod.CHANNELS_LAST_DEVICES
-        program_mod.CHANNELS_LAST_DEVICES = frozenset({"cpu", "cuda"})
+        program_mod.CHANNELS_LAST_DEVICES = frozenset({"cpu"})
         try:
             return bench.bench_convnet("cuda")
         finally:
@@ -127,9 +105,9 @@ def main(out_dir: str) -> int:
     step("engine_mlp_16384", lambda: bench.bench_engine("cuda", n_instances=16384))
     step("engine_mlp_65536", lambda: bench.bench_engine("cuda", n_instances=65536))
     step("profile_engine", profile)
-    step("linear_variants", linear_variants)
     step("convnet_wrn28_10", lambda: bench.bench_convnet("cuda"))
-    step("convnet_wrn28_10_channels_last", convnet_channels_last)
+    step("convnet_wrn28_10_nchw", convnet_default_layout)
+    step("sweep_mlp_1024", lambda: bench.bench_sweep("cuda", n_instances=1024))
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     return 0

@@ -29,10 +29,12 @@ def exact_float32():
 
 
 def _data(net_kind):
+    if net_kind == "resnet_large":     # 4 x 48 x 48 activations: runs channels-last
+        return make_data(n=6, shape=(1, 48, 48))
     return make_data(n=40) if net_kind == "mlp" else make_data(n=12, shape=(1, 8, 8))
 
 
-@pytest.mark.parametrize("net_kind", ["mlp", "resnet"])
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
 @pytest.mark.parametrize("spec_name", list(SPECS))
 def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name):
     net = make_mlp() if net_kind == "mlp" else make_resnet()
@@ -45,7 +47,7 @@ def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name
     assert np.isfinite(ds.loss.values).all()
 
 
-@pytest.mark.parametrize("net_kind", ["mlp", "resnet"])
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
 def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, monkeypatch):
     """With counter draws on both devices, the chips are the same: losses agree to float32 round-off."""
     monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
@@ -58,3 +60,7 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, monkeypatch):
     np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=2e-4, atol=1e-5)
     # accuracies may differ only where a logit margin is at round-off level: at most one sample per chip
     assert np.abs(gpu.correct_count.values - cpu.correct_count.values).max() <= 1
+    if net_kind == "resnet_large":
+        program = av.prepare(net, spec, device="cuda")
+        program.input(x.cuda())
+        assert program.channels_last

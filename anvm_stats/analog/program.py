@@ -18,8 +18,9 @@ from .selection import ANALOG_TYPES, LayerFilter, _check_finite, _check_rest, _s
 Tensor = torch.Tensor
 #: per-sample activation size (floats) from which conv networks run channels-last (AnalogProgram.input)
 CHANNELS_LAST_MIN_FLOATS = 8192
-#: device types on which conv networks may run channels-last
-CHANNELS_LAST_DEVICES = frozenset({"cpu"})
+#: device types on which conv networks may run channels-last (on an H200, WRN-28-10 with TF32: 0.50 s per chip
+#: channels-last, 0.61 s in the default layout)
+CHANNELS_LAST_DEVICES = frozenset({"cpu", "cuda"})
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
@@ -71,10 +72,11 @@ class AnalogProgram:
     def input(self, x: Tensor) -> Tensor:
         """``x`` ``[B, ...]`` in the memory layout the program runs in.
 
-        For 4-d inputs on CPU, a network with Conv2d layers whose largest activation holds at least
-        :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last (oneDNN's fast layout: WRN-16-2 on
-        32x32 inputs 1.6x faster on 2 cores; small activations, like an 8x8 ResNet-20's, run faster in the default
-        layout). The choice is made once per input shape; it never changes a value beyond round-off."""
+        For 4-d inputs, a network with Conv2d layers whose largest activation holds at least
+        :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last on the devices in
+        :data:`CHANNELS_LAST_DEVICES` (oneDNN's fast layout on CPU: WRN-16-2 on 32x32 inputs 1.6x faster on 2
+        cores; small activations, like an 8x8 ResNet-20's, run faster in the default layout; cuDNN's tensor-core
+        layout on GPUs). The choice is made once per input shape; it never changes a value beyond round-off."""
         if x.dim() != 4:
             return x
         shape = tuple(x.shape[1:])
