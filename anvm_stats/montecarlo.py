@@ -45,6 +45,8 @@ SAMPLE_MAJOR_CHUNK = 8
 #: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
 #: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
 CUDA_SOLO_FLOATS = 1 << 22
+#: RunOptions.sampler -> ChipSampler's ``counter`` argument
+SAMPLERS = {"auto": None, "counter": True, "generator": False}
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
 
@@ -64,18 +66,27 @@ class RunOptions:
         half the free memory on CUDA.
     progress : bool
         Show a progress bar (instances/s).
+    sampler : {"auto", "counter", "generator"}
+        Where chips' base draws come from: counter-based Philox streams (:mod:`anvm_stats.counter_rng`, one
+        kernel per chunk) or one ``torch.Generator`` per instance; ``"auto"``: counters on CUDA, generators on
+        CPU. Unlike the options above this picks *which* chips are drawn (both are pure functions of
+        ``(seed, i)``): give ``"counter"`` on both devices to evaluate the same chips on CPU and GPU. Recorded in
+        the result's ``sampler`` attr.
     """
 
     chunk_size: int | None = None
     batch_size: int | None = None
     memory_budget: int | None = None
     progress: bool = True
+    sampler: str = "auto"
 
     def __post_init__(self):
         for name in ("chunk_size", "batch_size", "memory_budget"):
             v = getattr(self, name)
             if v is not None:
                 check_number(f"RunOptions.{name}", v, low=1, integer=True)
+        if self.sampler not in SAMPLERS:
+            raise ConfigError("RunOptions.sampler", self.sampler, f"one of {sorted(SAMPLERS)}")
 
 
 def _grid_points(grid: Mapping[str, Sequence] | None) -> tuple[list[str], list[np.ndarray], list[dict]]:
@@ -362,7 +373,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         n_classes = int(program.module(batches[0][0][:1]).shape[-1])   # one sample is enough to learn C
     finally:
         program.unload()
-    sampler = ChipSampler(program, seed)
+    sampler = ChipSampler(program, seed, counter=SAMPLERS[opts.sampler])
     raw = run_points(program, sampler, specs, idx, batches, opts, n_classes)
     shape = [len(v) for v in values] + [len(idx)]
     vdims = keys + [dims.INSTANCE]

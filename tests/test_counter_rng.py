@@ -121,6 +121,14 @@ def test_sampler_draws_from_counters_and_records_it(counter_on_cpu):
     assert torch.equal(d, want)
     ds = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4, progress=False)
     assert ds.attrs["sampler"] == "philox4x32-counter"
+    # the run option picks the same sampler explicitly; "generator" draws other chips
+    chosen = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
+                      progress=False, sampler="counter")
+    np.testing.assert_array_equal(chosen.loss.values, ds.loss.values)
+    other = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
+                     progress=False, sampler="generator")
+    assert other.attrs["sampler"] == "per-instance-generator"
+    assert not np.array_equal(other.loss.values, ds.loss.values)
     for chunk in (1, 3):
         again = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
                          progress=False, chunk_size=chunk)
@@ -138,9 +146,11 @@ def test_counter_and_generator_samplers_draw_the_same_distribution(counter_on_cp
     assert stats.ks_2samp(counter.flatten().numpy(), generator.flatten().numpy()).pvalue > ALPHA
 
 
-def test_default_sampler_by_device():
+def test_default_sampler_by_device_and_a_bad_choice():
     program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
     assert ChipSampler(program, seed=0).kind == "per-instance-generator"
+    with pytest.raises(ConfigError, match="RunOptions.sampler"):
+        av.evaluate(make_mlp(), av.HardwareSpec.paper1(0.1), make_data(), n_instances=2, seed=0, sampler="philox")
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

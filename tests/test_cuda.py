@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import anvm_stats as av
-import anvm_stats.sampler as sampler_mod
 from conftest import make_data, make_mlp, make_resnet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -48,12 +47,11 @@ def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name
 
 
 @pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
-def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, monkeypatch):
+def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind):
     """With counter draws on both devices, the chips are the same: losses agree to float32 round-off."""
-    monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
     net = make_mlp() if net_kind == "mlp" else make_resnet()
     x, y = _data(net_kind)
-    kw = dict(n_instances=6, seed=1, progress=False)
+    kw = dict(n_instances=6, seed=1, progress=False, sampler="counter")
     spec = SPECS["paper1"]
     gpu = av.evaluate(net, spec, (x, y), device="cuda", **kw)
     cpu = av.evaluate(net, spec, (x, y), device="cpu", **kw)

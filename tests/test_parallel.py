@@ -107,6 +107,12 @@ def test_cluster_identical_to_single_process(job, client):
     sub = dask_sweep(net, spec, data, grid=GRID, instances=[3, 17, 5, 9], seed=SEED, client=client, chunk_size=3,
                      progress=False)
     assert_same(sub, ref.sel(instance=[3, 17, 5, 9]))
+    # the sampler option reaches the workers: counter-drawn chips, identical to the in-process counter run
+    counter = dask_sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, client=client, chunk_size=3,
+                         progress=False, sampler="counter")
+    assert counter.attrs["sampler"] == "philox4x32-counter"
+    local = sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, progress=False, sampler="counter")
+    assert_same(counter, local)
 
 
 class Stop(Exception):

@@ -90,7 +90,8 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = 2
         yield c
 
 
-def _options_hash(*, calibration_hash: str, layers, digital, device, batch_size, program: AnalogProgram | None):
+def _options_hash(*, calibration_hash: str, layers, digital, device, batch_size, program: AnalogProgram | None,
+                  sampler: str = "auto"):
     if callable(layers):
         layers = f"callable {getattr(layers, '__module__', '')}.{getattr(layers, '__qualname__', repr(layers))}"
     prog = None
@@ -99,7 +100,9 @@ def _options_hash(*, calibration_hash: str, layers, digital, device, batch_size,
     return hash_json({"calibration": calibration_hash, "layers": None if layers is None else
                       (layers if isinstance(layers, str) else list(layers)),
                       "digital": list(digital), "device": None if device is None else str(device),
-                      "batch_size": batch_size, "program": prog})
+                      "batch_size": batch_size, "program": prog,
+                      # only when set, so stores written before the option existed still resume
+                      **({"sampler": sampler} if sampler != "auto" else {})})
 
 
 def sweep_distributed(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequence] | None = None,
@@ -109,13 +112,14 @@ def sweep_distributed(model: nn.Module, spec: HardwareSpec, data, *, grid: Mappi
                       retries: int = 3, on_task: Callable[[Task, int, int], None] | None = None,
                       calibration=None, layers: LayerFilter = None, digital: Sequence[str] = (),
                       device: torch.device | str | None = None, batch_size: int | None = None,
-                      memory_budget: int | None = None, program: AnalogProgram | None = None) -> xr.Dataset:
+                      memory_budget: int | None = None, program: AnalogProgram | None = None,
+                      sampler: str = "auto") -> xr.Dataset:
     """:func:`anvm_stats.montecarlo.sweep` on a Dask cluster; the result is identical to the in-process run.
 
     Parameters
     ----------
     model, spec, data, grid, n_instances, seed, instances, calibration, layers, digital, device, batch_size, \
-memory_budget, program
+memory_budget, program, sampler
         As for :func:`anvm_stats.montecarlo.sweep`. ``device=None`` means each worker's GPU when it has one.
     chunk_size : int
         Instances per task (also the zarr chunk). Per-task overhead is a few ms (see :mod:`.bench`): pick chunks
@@ -148,7 +152,7 @@ memory_budget, program
     check_number("chunk_size", chunk_size, low=1, integer=True)
     check_number("retries", retries, low=0, integer=True)
     check_number("threads_per_worker", threads_per_worker, low=1, integer=True)
-    RunOptions(batch_size=batch_size, memory_budget=memory_budget)  # validates
+    RunOptions(batch_size=batch_size, memory_budget=memory_budget, sampler=sampler)  # validates
     if not isinstance(spec, HardwareSpec):
         raise ConfigError("spec", type(spec).__name__, "a HardwareSpec")
     keys, values, _ = _grid_points(grid)
@@ -161,7 +165,7 @@ memory_budget, program
     pcal = portable_data(calibration) if calibration is not None else None
     data_hash = hash_data(pdata)
     opt_hash = _options_hash(calibration_hash=hash_data(pcal), layers=layers, digital=digital, device=device,
-                             batch_size=batch_size, program=program)
+                             batch_size=batch_size, program=program, sampler=sampler)
     model_hash = hash_model(model)
     key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
     fp = fingerprint(spec_json=spec.to_json(), keys=keys, values=values, instances=idx, seed_root=root,
@@ -172,7 +176,7 @@ memory_budget, program
     pending = sink.pending()
     if pending:
         prep = {"layers": layers, "digital": tuple(digital), "device": None if device is None else str(device)}
-        options = {"batch_size": batch_size, "memory_budget": memory_budget}
+        options = {"batch_size": batch_size, "memory_budget": memory_budget, "sampler": sampler}
         with connect(client, scheduler, n_workers, threads_per_worker) as c:
             _run(c, pending, sink, model=model, spec=spec, data=pdata, calibration=pcal, program=program,
                  key=key, prep=prep, keys=keys, values=values, idx=idx, root=root, options=options,
@@ -244,10 +248,10 @@ def dask_sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str,
     xr.Dataset
         Identical to ``anvm_stats.sweep(...)`` with the same arguments (dims ``(*grid, instance)``).
     """
-    run_kw = {k: kw.pop(k) for k in ("chunk_size", "batch_size", "memory_budget", "progress") if k in kw}
+    run_kw = {k: kw.pop(k) for k in ("chunk_size", "batch_size", "memory_budget", "progress", "sampler") if k in kw}
     opts = options or RunOptions(**run_kw)
     return sweep_distributed(model, spec, data, grid=grid, n_instances=n_instances, seed=seed, instances=instances,
                              calibration=calibration, layers=layers, digital=digital, device=device,
                              program=program, client=client, scheduler=scheduler, n_workers=n_workers, store=store,
                              chunk_size=opts.chunk_size or 64, batch_size=opts.batch_size,
-                             memory_budget=opts.memory_budget, progress=opts.progress, **kw)
+                             memory_budget=opts.memory_budget, progress=opts.progress, sampler=opts.sampler, **kw)

@@ -193,7 +193,7 @@ def run_task(payload: bytes, *, cache_key: str, grid, instances: np.ndarray, see
     seed : SeedSequence
         Root seed of the run.
     options : dict
-        ``batch_size`` and ``memory_budget`` for :class:`anvm_stats.montecarlo.RunOptions`.
+        ``batch_size``, ``memory_budget`` and ``sampler`` for :class:`anvm_stats.montecarlo.RunOptions`.
     torch_threads : int
         Intra-op threads of torch on the worker.
 
