@@ -108,6 +108,13 @@ def main(out_dir: str) -> int:
     step("convnet_wrn28_10", lambda: bench.bench_convnet("cuda"))
     step("convnet_wrn28_10_nchw", convnet_default_layout)
     step("sweep_mlp_1024", lambda: bench.bench_sweep("cuda", n_instances=1024))
+
+    def hasgd():
+        from anvm_stats.training.bench import bench_hasgd
+        return bench_hasgd(("resnet20-cifar", "wrn28-10-cifar"), device="cuda", modes=("plain", "split", "local"),
+                           repeats=2)
+
+    step("hasgd_L8", hasgd)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     return 0
