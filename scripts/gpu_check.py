@@ -104,6 +104,17 @@ def main(out_dir: str) -> int:
     step("sampler", sampler_rate)
     step("engine_mlp_16384", lambda: bench.bench_engine("cuda", n_instances=16384))
     step("engine_mlp_65536", lambda: bench.bench_engine("cuda", n_instances=65536))
+
+    def engine_unfused():
+        """For comparison: hidden layers with baddbmm and a separate ReLU (no fused epilogue)."""
+        from anvm_stats.analog import layers
+        layers.FUSE_BIAS_RELU_CUDA = False
+        try:
+            return bench.bench_engine("cuda", n_instances=16384)
+        finally:
+            layers.FUSE_BIAS_RELU_CUDA = True
+
+    step("engine_mlp_16384_unfused", engine_unfused)
     step("profile_engine", profile)
     step("convnet_wrn28_10", lambda: bench.bench_convnet("cuda"))
     step("convnet_wrn28_10_nchw", convnet_default_layout)

@@ -265,3 +265,15 @@ def test_fused_relu_is_bit_identical_and_only_fuses_private_relus():
                   program=av.prepare(net, spec))
     ds_fused = av.sweep(net, spec, (x, torch.zeros(9, dtype=torch.long)), n_instances=3, seed=1, progress=False)
     assert (ds.loss.values == ds_fused.loss.values).all()
+
+
+def test_fused_bias_relu_off_gpu_is_add_and_relu():
+    from anvm_stats.analog.fused import bias_relu_
+
+    g = torch.Generator().manual_seed(0)
+    y, b = torch.randn(2, 4, 3, generator=g), torch.randn(2, 3, generator=g)
+    assert torch.equal(bias_relu_(y.clone(), b), torch.relu(y + b[:, None, :]))
+    with pytest.raises(ValueError, match="bias_relu_"):
+        bias_relu_(y.clone(), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="bias_relu_"):
+        bias_relu_(y.transpose(1, 2), b)

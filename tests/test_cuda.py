@@ -62,3 +62,28 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind):
         program = av.prepare(net, spec, device="cuda")
         program.input(x.cuda())
         assert program.channels_last
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 360, 256)])
+def test_fused_bias_relu_matches_add_and_relu(shape):
+    from anvm_stats.analog import fused
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    y = torch.randn(shape, device="cuda", generator=g)
+    b = torch.randn(shape[0], shape[2], device="cuda", generator=g)
+    y[0, 0, 0] = float("nan")
+    want = torch.relu(y + b[:, None, :])
+    got = fused.bias_relu_(y.clone(), b)
+    assert not fused._BROKEN, fused._BROKEN
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
+
+
+def test_engine_with_and_without_the_fused_epilogue_agree(monkeypatch):
+    from anvm_stats.analog import layers
+
+    net, (x, y) = make_mlp(), _data("mlp")
+    kw = dict(n_instances=8, seed=2, progress=False, device="cuda")
+    fused_run = av.evaluate(net, SPECS["paper1"], (x, y), **kw)
+    monkeypatch.setattr(layers, "FUSE_BIAS_RELU_CUDA", False)
+    plain_run = av.evaluate(net, SPECS["paper1"], (x, y), **kw)
+    np.testing.assert_allclose(fused_run.loss.values, plain_run.loss.values, rtol=1e-5, atol=1e-6)

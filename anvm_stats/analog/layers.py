@@ -16,12 +16,16 @@ from torch import nn
 
 from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
+from .fused import bias_relu_
 from .lazy import LazyAffine
 
 Tensor = torch.Tensor
 _CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
 #: per-instance input elements (batch included) above which convolutions loop over instances
 CONV_LOOP_ELEMENTS = 1 << 17
+#: on CUDA, hidden linear layers add their bias and ReLU in one fused pass (analog/fused.py); on an H200 the
+#: bias broadcast of baddbmm and a separate ReLU took ~40 % of a digits-MLP chunk's time
+FUSE_BIAS_RELU_CUDA = True
 
 
 #: linear layers with at most this many outputs (and a batch of at least 8x as many samples) compute
@@ -288,7 +292,14 @@ class AnalogModule(nn.Module):
                                          p.bias_scale)
         else:
             w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
-            y = self._matmul(x, w, None if b is None else b * p.bias_scale, shared, K, B)
+            bias = None if b is None else b * p.bias_scale
+            fuse = (FUSE_BIAS_RELU_CUDA and x.is_cuda and p.op == "linear" and bias is not None and self.relu_after
+                    and rt.mode != "signals" and p.digital_bias is None and not torch.is_grad_enabled())
+            y = self._matmul(x, w, None if fuse else bias, shared, K, B)
+            if fuse:
+                if y.dim() == 3 and y.is_contiguous():
+                    return self._out(bias_relu_(y, bias), K, B)
+                y = y + bias.unsqueeze(1)
         nsp = y.dim() - 3
         enc = p.encoding
         if rt.mode == "signals":
@@ -305,6 +316,10 @@ class AnalogModule(nn.Module):
             y = y + self._channel_view(p.digital_bias, nsp)
         if self.relu_after:
             y = y.relu_() if not y.requires_grad else torch.relu(y)
+        return self._out(y, K, B)
+
+    def _out(self, y: Tensor, K: int, B: int) -> Tensor:
+        """``[K, B, ...]`` outputs as the next layer reads them: ``[K*B, ...]``, or ``[B*K, ...]`` sample-major."""
         if self.runtime.sample_major:
             return y.transpose(0, 1).reshape(B * K, *y.shape[2:])
         return y.reshape(K * B, *y.shape[2:])
