@@ -22,6 +22,7 @@ from . import dims
 from .analog.affine import affine_layers, affine_runtime, draw_views
 from .analog.lazy import NOMINAL_CACHE_BYTES, PRODUCT_CACHE_BYTES, ProductCache
 from .analog.program import AnalogProgram, LayerFilter, prepare
+from .chunking import chunk_size, draw_block, sample_major_chunk
 from .data_source import describe, iter_batches
 from .errors import ConfigError, check_number
 from .hardware.spec import KNOBS, HardwareSpec
@@ -30,21 +31,6 @@ from .rng import SeedLike, seed_entropy
 from .sampler import ChipSampler, instance_indices
 
 Tensor = torch.Tensor
-DEFAULT_CPU_BUDGET = 2 * 2 ** 30
-#: on CPU, chunks are also kept small enough that one layer's activations of the chunk stay cache-sized
-#: (measured on 2 cores: K=8..32 runs ~2x faster than K=256 for a digits MLP)
-CPU_ACTIVATION_BYTES = 8 * 2 ** 20
-#: base draws of one block of instances (drawn together; evaluated chunk by chunk, every grid point per chunk);
-#: 32 MB ran the digits sweep ~3 % faster than 16 or 64 MB on 2 cores (fewer pool calls, less evicted from L3)
-DRAW_BLOCK_BYTES = 32 * 2 ** 20
-#: instances per forward of sample-major runs (see _sample_major_chunk); on 2 Zen 5 cores the 8-point digits sweep
-#: took 0.44 s at 8, 0.45 at 12, 0.47 at 16, 0.51 at 4, 0.60 at 32 (a forward's activations, weights and
-#: shared-input products stay in cache; fewer instances pay more Python per chip)
-SAMPLE_MAJOR_CHUNK = 8
-#: on CUDA, a conv network whose largest activation of one instance and batch holds at least this many floats runs
-#: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
-#: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
-CUDA_SOLO_FLOATS = 1 << 22
 #: RunOptions.sampler -> ChipSampler's ``counter`` argument
 SAMPLERS = {"auto": None, "counter": True, "generator": False}
 #: logits (floats) scored together by one metrics pass
@@ -105,27 +91,6 @@ def _grid_points(grid: Mapping[str, Sequence] | None) -> tuple[list[str], list[n
     return keys, values, points
 
 
-def _chunk_size(program: AnalogProgram, opts: RunOptions, n_total: int, batch: int, act: int,
-                n_draw_tensors: int) -> int:
-    if opts.chunk_size is not None:
-        return min(opts.chunk_size, n_total)
-    budget = opts.memory_budget
-    if budget is None:
-        if program.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(program.device)
-            budget = free // 2
-        else:
-            budget = DEFAULT_CPU_BUDGET
-    if program.device.type == "cuda" and batch * act >= CUDA_SOLO_FLOATS and \
-            any(p.op != "linear" for p in program.plans):
-        return 1
-    per_instance = 4 * (program.n_devices * (n_draw_tensors + 3) + 4 * batch * act)
-    k = budget // per_instance
-    if program.device.type == "cpu":
-        k = min(k, max(1, CPU_ACTIVATION_BYTES // (4 * batch * act)))
-    return int(max(1, min(n_total, k)))
-
-
 def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     """Accumulate per-instance correct counts, top-5 counts and loss sums from logits ``[K, C, B]``.
 
@@ -178,28 +143,6 @@ class _PendingMetrics:
             for k in acc:
                 acc[k][first:first + logits.shape[0]] += part[k]
         self.items, self.size = {}, 0
-
-
-def _draw_block(chunk: int, n_total: int, n_devices: int, n_draw_tensors: int) -> int:
-    """Instances drawn together: a multiple of ``chunk`` whose base draws fit :data:`DRAW_BLOCK_BYTES`."""
-    per = max(1, 4 * n_devices * max(1, n_draw_tensors - 1))
-    blocks = max(1, DRAW_BLOCK_BYTES // (per * chunk))
-    return int(min(n_total, chunk * blocks))
-
-
-def _sample_major_chunk(program: AnalogProgram, specs: list[HardwareSpec], opts: RunOptions, batch: int,
-                        act: int, n_draw: int) -> int | None:
-    """Instances per forward when the run folds activations sample-major, else None.
-
-    Linear-only programs on CPU run each layer as one grouped oneDNN convolution over sample-major activations
-    (:func:`anvm_stats.analog.layers._onednn_linear`; ~1.3x the per-instance path on 2 cores). oneDNN picks its
-    kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_CHUNK` instances (a
-    short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
-    memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""
-    if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0 for s in specs):
-        return None
-    room = _chunk_size(program, RunOptions(memory_budget=opts.memory_budget), 1 << 40, batch, act, n_draw)
-    return SAMPLE_MAJOR_CHUNK if room >= SAMPLE_MAJOR_CHUNK else None
 
 
 def _pad_rows(draws: list, rows: int) -> list:
@@ -263,9 +206,9 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                batches: list[tuple[Tensor, Tensor]], opts: RunOptions, n_classes: int) -> dict[str, np.ndarray]:
     """Core loop: metrics ``[n_points, n_instances]`` for every grid spec and instance index.
 
-    Instances are drawn in blocks (:func:`_draw_block`, fewer sampler calls) and evaluated in chunks sized to the
-    memory budget and, on CPU, the cache (:func:`_chunk_size`; fixed for sample-major runs,
-    :func:`_sample_major_chunk`); each chunk's chips are re-programmed at every grid point from the same base
+    Instances are drawn in blocks (:func:`~anvm_stats.chunking.draw_block`, fewer sampler calls) and evaluated in
+    chunks sized to the memory budget and, on CPU, the cache (:func:`~anvm_stats.chunking.chunk_size`; fixed for
+    sample-major runs, :func:`~anvm_stats.chunking.sample_major_chunk`); each chunk's chips are re-programmed at every grid point from the same base
     draws, one point after the other (the chunk's draws and shared-input products stay in cache). None of this
     changes a result: each instance has its own streams."""
     n_pts, n_inst = len(specs), len(indices)
@@ -273,11 +216,11 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     B0 = batches[0][0].shape[0]
     n_draw = sum(1 for e in program.spec.program_effects) + 1
     act = program.largest_activation(batches[0][0])
-    chunk = _chunk_size(program, opts, n_inst, B0, act, n_draw)
-    fixed = _sample_major_chunk(program, specs, opts, B0, act, n_draw)
+    chunk = chunk_size(program, opts.chunk_size, opts.memory_budget, n_inst, B0, act, n_draw)
+    fixed = sample_major_chunk(program, specs, opts.memory_budget, B0, act, n_draw)
     if fixed:
         chunk = fixed if opts.chunk_size is None else min(fixed, opts.chunk_size)
-    block = chunk if opts.chunk_size is not None else _draw_block(chunk, n_inst, program.n_devices, n_draw)
+    block = chunk if opts.chunk_size is not None else draw_block(chunk, n_inst, program.n_devices, n_draw)
     points = [_Point.of(program, s) for s in specs]
     any_affine = any(pt.affine is not None for pt in points)
     if any_affine:

@@ -6,7 +6,7 @@ import torch
 import xarray as xr
 
 import anvm_stats as av
-import anvm_stats.montecarlo as mc
+from anvm_stats import chunking
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
 from conftest import make_data, make_mlp, make_resnet
@@ -218,7 +218,6 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
     instances (short chunks padded): every chunking gives identical results, equal to the instance-major path up
     to round-off; a hook on an analog layer turns the fold off."""
     import anvm_stats.analog.layers as layers
-    import anvm_stats.montecarlo as mc
 
     net = make_mlp(sizes=(8, 24, 5), bn=False)
     data = make_data(n=48, n_classes=5)                     # 5 outputs, 48 samples: the narrow W x^T path too
@@ -228,7 +227,7 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
     monkeypatch.setattr(layers, "_onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
     ref = run(net, spec, data, n_instances=21, seed=2)
     # K=1 calls: shape probes and the nominal product of the first layer (anvm_stats.analog.lazy)
-    assert {k for k, sm, _ in seen if sm} == {mc.SAMPLE_MAJOR_CHUNK, 1}
+    assert {k for k, sm, _ in seen if sm} == {chunking.SAMPLE_MAJOR_CHUNK, 1}
     assert any(sm and nar for _, sm, nar in seen)
     for chunk in (1, 5, 16, 21):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=21, seed=2,
@@ -276,9 +275,8 @@ def test_cuda_conv_networks_with_large_activations_run_one_instance_per_chunk():
     def prog(device, op):
         return SimpleNamespace(device=torch.device(device), plans=[SimpleNamespace(op=op)], n_devices=1000)
 
-    opts = mc.RunOptions(memory_budget=1 << 34)
-    big, small = (500, -(-mc.CUDA_SOLO_FLOATS // 500)), (8, 64)
-    assert mc._chunk_size(prog("cuda", "conv2d"), opts, 100, *big, 2) == 1
-    assert mc._chunk_size(prog("cuda", "conv2d"), opts, 100, *small, 2) == 100
-    assert mc._chunk_size(prog("cuda", "linear"), opts, 100, *big, 2) > 1
-    assert mc._chunk_size(prog("cuda", "conv2d"), mc.RunOptions(chunk_size=7), 100, *big, 2) == 7
+    big, small = (500, -(-chunking.CUDA_SOLO_FLOATS // 500)), (8, 64)
+    assert chunking.chunk_size(prog("cuda", "conv2d"), None, 1 << 34, 100, *big, 2) == 1
+    assert chunking.chunk_size(prog("cuda", "conv2d"), None, 1 << 34, 100, *small, 2) == 100
+    assert chunking.chunk_size(prog("cuda", "linear"), None, 1 << 34, 100, *big, 2) > 1
+    assert chunking.chunk_size(prog("cuda", "conv2d"), 7, None, 100, *big, 2) == 7

@@ -57,7 +57,7 @@ def _onednn_linear(x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: i
     Sample-major activations (``[B*K, in]``, ``LayerRuntime.sample_major``): one grouped 1x1 convolution, group
     ``k`` holding instance ``k`` (a shared input: one convolution with ``K * O`` outputs), with no copies at all
     and the output sample-major too. oneDNN picks its kernel from the call's shape, so the caller keeps ``K`` fixed
-    (``montecarlo.SAMPLE_MAJOR_CHUNK``) to keep results independent of the chunking. ``narrow`` (few outputs):
+    (``chunking.SAMPLE_MAJOR_CHUNK``) to keep results independent of the chunking. ``narrow`` (few outputs):
     a grouped convolution with ~10 outputs per group runs at ~60 GFLOP/s, a batched ``W x^T`` reading the
     sample-major inputs in place at ~130."""
     O, n_in = w.shape[1], w.shape[2]

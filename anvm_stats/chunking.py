@@ -1,0 +1,76 @@
+"""How many chips run together: per chunk (memory budget, cache, GPU fill), per forward (sample-major CPU runs),
+and per draw block. None of these changes a result: every chip has its own streams, and paths whose kernels
+depend on the call's shape run at a fixed size."""
+
+from __future__ import annotations
+
+import torch
+
+from .analog.program import AnalogProgram
+from .hardware.spec import HardwareSpec
+
+#: memory for one chunk on CPU when no budget is given (draws, conductances, weights, activations)
+DEFAULT_CPU_BUDGET = 2 * 2 ** 30
+#: on CPU, chunks are also kept small enough that one layer's activations of the chunk stay cache-sized
+#: (measured on 2 cores: K=8..32 runs ~2x faster than K=256 for a digits MLP)
+CPU_ACTIVATION_BYTES = 8 * 2 ** 20
+#: base draws of one block of instances (drawn together; evaluated chunk by chunk, every grid point per chunk);
+#: 32 MB ran the digits sweep ~3 % faster than 16 or 64 MB on 2 cores (fewer pool calls, less evicted from L3)
+DRAW_BLOCK_BYTES = 32 * 2 ** 20
+#: instances per forward of sample-major runs (see sample_major_chunk); on 2 Zen 5 cores the 8-point digits sweep
+#: took 0.44 s at 8, 0.45 at 12, 0.47 at 16, 0.51 at 4, 0.60 at 32 (a forward's activations, weights and
+#: shared-input products stay in cache; fewer instances pay more Python per chip)
+SAMPLE_MAJOR_CHUNK = 8
+#: on CUDA, a conv network whose largest activation of one instance and batch holds at least this many floats runs
+#: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
+#: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
+CUDA_SOLO_FLOATS = 1 << 22
+
+
+def chunk_size(program: AnalogProgram, fixed: int | None, memory_budget: int | None, n_total: int, batch: int,
+               act: int, n_draw_tensors: int) -> int:
+    """Instances evaluated together: ``fixed`` when given, else as many as ``memory_budget`` holds (default: 2 GiB
+    on CPU, half the free memory on CUDA), on CPU also few enough that one layer's activations stay cache-sized,
+    and on CUDA one for conv networks with large activations (:data:`CUDA_SOLO_FLOATS`).
+
+    ``batch`` samples per forward, ``act`` floats of the largest activation per sample, ``n_draw_tensors`` base
+    draw tensors per device."""
+    if fixed is not None:
+        return min(fixed, n_total)
+    budget = memory_budget
+    if budget is None:
+        if program.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(program.device)
+            budget = free // 2
+        else:
+            budget = DEFAULT_CPU_BUDGET
+    if program.device.type == "cuda" and batch * act >= CUDA_SOLO_FLOATS and \
+            any(p.op != "linear" for p in program.plans):
+        return 1
+    per_instance = 4 * (program.n_devices * (n_draw_tensors + 3) + 4 * batch * act)
+    k = budget // per_instance
+    if program.device.type == "cpu":
+        k = min(k, max(1, CPU_ACTIVATION_BYTES // (4 * batch * act)))
+    return int(max(1, min(n_total, k)))
+
+
+def draw_block(chunk: int, n_total: int, n_devices: int, n_draw_tensors: int) -> int:
+    """Instances drawn together: a multiple of ``chunk`` whose base draws fit :data:`DRAW_BLOCK_BYTES`."""
+    per = max(1, 4 * n_devices * max(1, n_draw_tensors - 1))
+    blocks = max(1, DRAW_BLOCK_BYTES // (per * chunk))
+    return int(min(n_total, chunk * blocks))
+
+
+def sample_major_chunk(program: AnalogProgram, specs: list[HardwareSpec], memory_budget: int | None, batch: int,
+                       act: int, n_draw: int) -> int | None:
+    """Instances per forward when the run folds activations sample-major, else None.
+
+    Linear-only programs on CPU run each layer as one grouped oneDNN convolution over sample-major activations
+    (:func:`anvm_stats.analog.layers._onednn_linear`; ~1.3x the per-instance path on 2 cores). oneDNN picks its
+    kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_CHUNK` instances (a
+    short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
+    memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""
+    if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0 for s in specs):
+        return None
+    room = chunk_size(program, None, memory_budget, 1 << 40, batch, act, n_draw)
+    return SAMPLE_MAJOR_CHUNK if room >= SAMPLE_MAJOR_CHUNK else None
