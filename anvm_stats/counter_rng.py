@@ -87,6 +87,8 @@ def _check(kind: str, out: Tensor, indices: Tensor, slot: int) -> None:
         raise ConfigError("out", f"{tuple(out.shape)} {out.dtype}", "a contiguous float32 tensor [K, n]")
     if indices.shape != (out.shape[0],):
         raise ConfigError("indices", tuple(indices.shape), f"one index per row of out ({out.shape[0]})")
+    if indices.numel() and int(indices.min()) < 0:
+        raise ConfigError("indices", int(indices.min()), "non-negative instance indices")
     if not 0 <= int(slot) < MAX_SLOT:
         raise ConfigError("slot", slot, f"an int in [0, {MAX_SLOT})")
 

@@ -86,7 +86,8 @@ _NO_JOIN: list[str] = []    # errors of the contiguous-store variant (the stride
 
 
 @functools.lru_cache(maxsize=1)
-def _importable() -> bool:
+def triton_importable() -> bool:
+    """Whether Triton imports here (cached)."""
     try:
         import triton.language  # noqa: F401
     except Exception:  # noqa: BLE001 - any import failure means: use the reference
@@ -96,7 +97,7 @@ def _importable() -> bool:
 
 def triton_available() -> bool:
     """True when a CUDA device and Triton are present and the kernel has not failed here before."""
-    return torch.cuda.is_available() and _importable() and not _BROKEN
+    return torch.cuda.is_available() and triton_importable() and not _BROKEN
 
 
 def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int, int]) -> Tensor:

@@ -69,12 +69,7 @@ class ChipSampler:
         first = None if direct else [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
         layout = [dict(e.draw_kinds) for e in effects] if direct else \
             [{k: None for k in d} for d in first]
-        if reuse is not None and len(reuse) == len(layout) and all(
-                set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values())
-                for b, kinds in zip(reuse, layout)):
-            bufs = reuse
-        else:
-            bufs = [{k: torch.empty((K, n), dtype=dtype, device=dev) for k in kinds} for kinds in layout]
+        bufs = _buffers(layout, K, n, dtype, dev, reuse)
 
         def fill(rows) -> None:
             for r in rows:
@@ -100,15 +95,8 @@ class ChipSampler:
         """Base draws of declared kinds from counters: one fill per draw tensor for the whole chunk; slot ``s``
         is the ``s``-th (effect, name) pair in declaration order."""
         prog = self.program
-        K, n = len(indices), prog.n_devices
         layout = [dict(e.draw_kinds) for e in effects]
-        if reuse is not None and len(reuse) == len(layout) and all(
-                set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values())
-                for b, kinds in zip(reuse, layout)):
-            bufs = reuse
-        else:
-            bufs = [{k: torch.empty((K, n), dtype=torch.float32, device=prog.device) for k in kinds}
-                    for kinds in layout]
+        bufs = _buffers(layout, len(indices), prog.n_devices, torch.float32, prog.device, reuse)
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=prog.device)
         slot = 0
         for j, kinds in enumerate(layout):
@@ -177,6 +165,14 @@ class ChipSampler:
         for eff, d in zip(effects, draws):
             g = eff.apply(g, d, spec.bounds)
         return g
+
+
+def _buffers(layout: list[dict], K: int, n: int, dtype, device, reuse: Draws | None) -> Draws:
+    """``[K, n]`` buffers for each (effect, name) of ``layout``: ``reuse`` when it has exactly that layout."""
+    if reuse is not None and len(reuse) == len(layout) and all(
+            set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values()) for b, kinds in zip(reuse, layout)):
+        return reuse
+    return [{k: torch.empty((K, n), dtype=dtype, device=device) for k in kinds} for kinds in layout]
 
 
 def instance_indices(n_instances: int | None, instances: Sequence[int] | None) -> np.ndarray:

@@ -87,7 +87,7 @@ def test_normal_moments_and_independence_between_instances_and_slots():
 
 @pytest.mark.parametrize("kw,field", [
     (dict(kind="gamma"), "kind"), (dict(out=torch.empty(2, 3, dtype=torch.float64)), "out"),
-    (dict(out=torch.empty(3)), "out"), (dict(indices=[0]), "indices"), (dict(slot=1 << 16), "slot"),
+    (dict(out=torch.empty(3)), "out"), (dict(indices=[0]), "indices"), (dict(indices=[0, -1]), "indices"), (dict(slot=1 << 16), "slot"),
     (dict(slot=-1), "slot")])
 def test_bad_arguments_name_the_field(kw, field):
     args = dict(kind="normal", out=torch.empty(2, 3), key=(1, 2), indices=[0, 1], stream=Stream.PROGRAM, slot=0)

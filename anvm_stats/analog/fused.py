@@ -41,8 +41,8 @@ def _kernel():
 def _usable(y: Tensor) -> bool:
     if not y.is_cuda or _BROKEN or y.dtype != torch.float32 or y.shape[0] > MAX_GRID_Y:
         return False
-    from ..counter_rng_triton import _importable
-    return _importable()
+    from ..counter_rng_triton import triton_importable
+    return triton_importable()
 
 
 def bias_relu_(y: Tensor, bias: Tensor) -> Tensor:
