@@ -8,7 +8,9 @@ same values whatever the chunking, order or worker count, as with per-instance g
 
 Layout (Random123's Philox4x32 with 10 rounds, Salmon et al. 2011): the key is 64 bits derived from the run's
 root ``SeedSequence``; counter words are ``c0 = b`` (block of four elements ``4b..4b+3``),
-``c1 = stream << 16 | slot``, ``c2, c3 = low and high 32 bits of the instance index``. The four output words
+``c1 = stream << 30 | slot``, ``c2, c3 = low and high 32 bits of the instance index``. A slot is one draw tensor:
+the ``s``-th (effect, name) pair of a chip's programming draws, or the ``s``-th call of a :class:`CounterStream`
+(per-forward read and output noise). The four output words
 become four uniforms ``(x >> 8) * 2^-24`` in [0, 1), or four normals by Box-Muller on pairs ``(x0, x1)`` and
 ``(x2, x3)``: ``sqrt(-2 ln u1) (cos, sin)(2 pi u2)`` with ``u1 = x * 2^-32 + 2^-33`` in (0, 1) (tails to
 6.8 sigma) and ``u2`` the 24-bit uniform.
@@ -21,6 +23,7 @@ importable (the uniforms bit for bit, the normals to float32 round-off of ``log`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -38,7 +41,7 @@ ROUNDS = 10
 KEY_TAG = 0x0C0DE
 #: elements per slice of the reference implementation (bounds its int64 temporaries to a few hundred MB)
 REFERENCE_SLICE = 1 << 22
-MAX_SLOT = 1 << 16
+MAX_SLOT = 1 << 30
 
 
 def run_key(root: np.random.SeedSequence) -> tuple[int, int]:
@@ -125,7 +128,7 @@ def fill_counter(kind: str, out: Tensor, key: tuple[int, int], indices: Sequence
     key : (int, int)
         The run key (:func:`run_key`).
     indices : ``K`` instance indices (non-negative, below 2^64)
-    stream, slot : sub-stream of the instance, and which draw tensor within it (``0 <= slot < 2^16``)
+    stream, slot : sub-stream of the instance, and which draw tensor within it (``0 <= slot < 2^30``)
     backend : {"auto", "torch", "triton"}
         ``"auto"`` and ``"triton"``: the Triton kernel on CUDA when it can run there, else the torch reference;
         ``"torch"``: always the reference.
@@ -135,7 +138,7 @@ def fill_counter(kind: str, out: Tensor, key: tuple[int, int], indices: Sequence
     _check(kind, out, idx, slot)
     if out.numel() == 0:
         return out
-    word1 = (int(stream) << 16) | int(slot)
+    word1 = (int(stream) << 30) | int(slot)
     base = "normal" if kind == "normal" else "uniform"
     if out.is_cuda and backend in ("auto", "triton"):
         from .counter_rng_triton import fill_triton
@@ -151,3 +154,39 @@ def counter_draws_default(device: torch.device) -> bool:
     """Whether the sampler draws from counters on ``device`` (CUDA: yes; CPU: per-instance generators, whose
     one-thread sampler runs at about 400 M/s there against a few tens of M/s for Philox in plain torch)."""
     return torch.device(device).type == "cuda"
+
+
+@dataclass(eq=False)
+class CounterStream:
+    """Fresh per-instance draws for one chunk, call after call: the counter-based stand-in for a list of
+    per-instance generators that each forward advances. Call ``c`` fills slot ``c`` of ``stream`` for every
+    instance, so instance ``i``'s ``c``-th draw depends only on ``(key, i, stream, c)``: chunks that make the same
+    calls in the same order (every forward of a run does) see the same noise whatever their size.
+
+    Parameters
+    ----------
+    key : (int, int)
+        The run key (:func:`run_key`).
+    indices : Tensor ``[K]``, int64, on the device to draw on
+    stream : Stream
+    """
+
+    key: tuple[int, int]
+    indices: Tensor
+    stream: Stream
+    calls: int = field(default=0)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def fill(self, kind: str, out: Tensor) -> Tensor:
+        """Fill ``out`` ``[K, n]`` (float32, contiguous) with the next call's draws of ``kind``."""
+        fill_counter(kind, out, self.key, self.indices, self.stream, self.calls)
+        self.calls += 1
+        return out
+
+    def normal(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        """The next call's standard normals, ``[K, *shape]``."""
+        n = int(np.prod(shape)) if len(shape) else 1
+        out = self.fill("normal", torch.empty((len(self), n), device=self.indices.device))
+        return out.view(len(self), *shape).to(dtype)

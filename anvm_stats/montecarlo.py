@@ -182,7 +182,7 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
         lazies = affine_runtime(program, point.affine, views, products=caches[0], nominal=caches[1])
     else:
         g = sampler.program_chips(sub, spec, K=rows)
-    gens = sampler.read_generators(idx) if point.per_forward_noise else None
+    gens = sampler.read_generators(idx, spec) if point.per_forward_noise else None
     loaded = False
     try:
         for b, (x, y) in enumerate(batches):

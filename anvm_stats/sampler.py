@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .analog.program import AnalogProgram
-from .counter_rng import counter_draws_default, fill_counter, run_key
+from .counter_rng import CounterStream, counter_draws_default, fill_counter, run_key
 from .hardware.spec import HardwareSpec
 from .hardware.effects import fill_standard
 from .rng import SeedLike, Stream, instance_generators, root_sequence
@@ -60,6 +60,13 @@ class ChipSampler:
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
         direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
+        if isinstance(generators, CounterStream):
+            layout = [dict(e.draw_kinds) for e in effects]
+            bufs = _buffers(layout, len(generators), n, torch.float32, dev, reuse)
+            for j, kinds in enumerate(layout):
+                for name, kind in kinds.items():
+                    generators.fill(kind, bufs[j][name])
+            return bufs
         if generators is None and direct and self.counter and self.program.g0.dtype == torch.float32:
             return self._draw_counter(effects, indices, stream, reuse)
         gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
@@ -152,11 +159,18 @@ class ChipSampler:
         spec = spec or self.program.spec
         return self.program_chips(self.draw(indices, spec), spec, K=len(indices))
 
-    def read_generators(self, indices: Sequence[int]) -> list[torch.Generator]:
-        """Fresh per-instance generators of the READ stream (read noise, ADC output noise)."""
+    def read_generators(self, indices: Sequence[int], spec: HardwareSpec | None = None,
+                        ) -> list[torch.Generator] | CounterStream:
+        """Fresh per-forward noise sources of the READ stream (read noise, ADC output noise): per-instance
+        generators, or, for a counter sampler whose read effects (of ``spec``, default the program's) all declare
+        ``draw_kinds``, one :class:`~anvm_stats.counter_rng.CounterStream` for the chunk."""
+        effects = (spec or self.program.spec).read_effects
+        if self.counter and all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects):
+            idx = torch.as_tensor(np.asarray(list(indices), dtype=np.int64), device=self.program.device)
+            return CounterStream(self._key, idx, Stream.READ)
         return instance_generators(self.root, list(indices), Stream.READ, self.program.device)
 
-    def read(self, g: Tensor, spec: HardwareSpec, generators: list[torch.Generator]) -> Tensor:
+    def read(self, g: Tensor, spec: HardwareSpec, generators: list[torch.Generator] | CounterStream) -> Tensor:
         """Conductances seen by one forward pass: ``g`` plus fresh read-phase effects."""
         effects = spec.read_effects
         if not effects:

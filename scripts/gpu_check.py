@@ -126,6 +126,25 @@ def main(out_dir: str) -> int:
                            repeats=2)
 
     step("hasgd_L8", hasgd)
+
+    def read_noise():
+        """Per-forward noise (read noise + ADC output noise): counter streams vs per-instance generators."""
+        import anvm_stats as av
+        from anvm_stats.bench import _best, _digits_mlp
+        dev = torch.device("cuda")
+        net, x, y = _digits_mlp(dev)
+        spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.02)),
+                               periphery=av.Periphery(output_noise=0.01))
+        out = {}
+        for sampler, k in (("counter", 16384), ("generator", 1024)):
+            run = lambda: av.evaluate(net, spec, (x, y), n_instances=k, seed=0, progress=False,  # noqa: E731
+                                      sampler=sampler, device="cuda")
+            run()
+            out[f"{sampler}_chips_per_s"] = k / _best(run, dev, 2)
+        out["counter_vs_generator"] = out["counter_chips_per_s"] / out["generator_chips_per_s"]
+        return out
+
+    step("read_noise_mlp", read_noise)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     return 0

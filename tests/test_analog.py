@@ -142,17 +142,22 @@ def test_converters_need_calibration_data():
         av.prepare(make_mlp(), av.HardwareSpec.xiao(0.1, adc_bits=6))
 
 
-def test_read_noise_is_fresh_per_forward_programming_noise_is_not():
+@pytest.mark.parametrize("counter", [False, True])
+def test_read_noise_is_fresh_per_forward_programming_noise_is_not(counter):
     net = make_mlp()
     spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.02)))
     prog = av.prepare(net, spec)
-    s = av.ChipSampler(prog, seed=3)
+    s = av.ChipSampler(prog, seed=3, counter=counter)
     g = s.chips([0, 1])
     assert torch.equal(g, s.chips([0, 1]))
     gens = s.read_generators([0, 1])
+    assert isinstance(gens, list) != counter
     r1, r2 = s.read(g, spec, gens), s.read(g, spec, gens)
     assert not torch.equal(r1, r2)
     assert torch.equal(r1, s.read(g, spec, s.read_generators([0, 1])))
+    # instance 1's reads do not depend on which other instances share its chunk
+    alone = s.read_generators([1])
+    assert torch.equal(s.read(g[1:], spec, alone), r1[1:]) and torch.equal(s.read(g[1:], spec, alone), r2[1:])
 
 
 def test_user_model_is_never_mutated():

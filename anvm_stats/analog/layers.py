@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..counter_rng import CounterStream
 from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
 from .fused import bias_relu_
@@ -170,7 +171,7 @@ class LayerRuntime:
     dac_levels: int | None = None
     adc_levels: int | None = None
     output_noise: float = 0.0
-    noise_sources: list | None = None     # per-instance torch.Generators for output noise
+    noise_sources: object = None          # per-instance torch.Generators or a CounterStream, for output noise
     calibrating: bool = False
     sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, see _onednn_linear)
 
@@ -337,8 +338,9 @@ class AnalogModule(nn.Module):
         lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
         hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
         if rt.output_noise > 0 and not rt.calibrating:
-            noise = torch.stack([torch.randn(y.shape[1:], generator=g, device=y.device, dtype=y.dtype)
-                                 for g in rt.noise_sources])
+            src = rt.noise_sources
+            noise = src.normal(y.shape[1:], y.dtype) if isinstance(src, CounterStream) else torch.stack(
+                [torch.randn(y.shape[1:], generator=g, device=y.device, dtype=y.dtype) for g in src])
             y = y + noise * ((hi - lo) * rt.output_noise)
         if rt.adc_levels is not None:
             y = quantize(y, lo, hi, rt.adc_levels, ste=rt.ste)
