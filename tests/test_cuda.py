@@ -46,13 +46,15 @@ def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name
     assert np.isfinite(ds.loss.values).all()
 
 
+@pytest.mark.parametrize("spec_name", ["paper1", "read_noise"])
 @pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
-def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind):
-    """With counter draws on both devices, the chips are the same: losses agree to float32 round-off."""
+def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
+    """With counter draws on both devices, the chips (and their read noise) are the same: losses agree to
+    float32 round-off."""
     net = make_mlp() if net_kind == "mlp" else make_resnet()
     x, y = _data(net_kind)
     kw = dict(n_instances=6, seed=1, progress=False, sampler="counter")
-    spec = SPECS["paper1"]
+    spec = SPECS[spec_name]
     gpu = av.evaluate(net, spec, (x, y), device="cuda", **kw)
     cpu = av.evaluate(net, spec, (x, y), device="cpu", **kw)
     np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=2e-4, atol=1e-5)
