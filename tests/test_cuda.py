@@ -61,7 +61,7 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
     # accuracies may differ only where a logit margin is at round-off level: at most one sample per chip
     assert np.abs(gpu.correct_count.values - cpu.correct_count.values).max() <= 1
     if net_kind == "resnet_large":
-        program = av.prepare(net, spec, device="cuda")
+        program = av.prepare(net, spec, calibration=x.cuda(), device="cuda")
         program.input(x.cuda())
         assert program.channels_last
 
