@@ -280,3 +280,15 @@ def test_cuda_conv_networks_with_large_activations_run_one_instance_per_chunk():
     assert chunking.chunk_size(prog("cuda", "conv2d"), None, 1 << 34, 100, *small, 2) == 100
     assert chunking.chunk_size(prog("cuda", "linear"), None, 1 << 34, 100, *big, 2) > 1
     assert chunking.chunk_size(prog("cuda", "conv2d"), 7, None, 100, *big, 2) == 7
+
+
+def test_conv_chunks_of_one_chip_match_larger_chunks():
+    """A chunk of one chip runs its grouped convolutions as a batch of two (a one-group convolution is another
+    kernel with other round-off): losses are bitwise the same for every chunk size."""
+    net = make_resnet()
+    x, y = make_data(n=8, shape=(1, 8, 8))
+    kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2)
+    ref = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], **kw)
+    for chunk in (1, 2):
+        got = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], chunk_size=chunk, **kw)
+        np.testing.assert_array_equal(got.loss.values, ref.loss.values)
