@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .analog.program import AnalogProgram
-from .counter_rng import CounterStream, counter_draws_default, fill_counter, run_key
+from .counter_rng import CounterStream, counter_draws_default, run_key
 from .hardware.spec import HardwareSpec
 from .hardware.effects import fill_standard
 from .rng import SeedLike, Stream, instance_generators, root_sequence
@@ -54,12 +54,17 @@ class ChipSampler:
               generators: list | None = None, reuse: Draws | None = None) -> Draws:
         """Per-instance draws stacked into ``[K, n]`` buffers (``reuse``: buffers of an earlier call to refill).
 
-        Effects that declare ``draw_kinds`` are drawn straight into the buffers' rows; others through their
-        ``draw`` and a copy. torch's CPU samplers are single-threaded and every instance has its own generator,
+        With a counter sampler (or a :class:`~anvm_stats.counter_rng.CounterStream` as ``generators``), each draw
+        tensor of the chunk is one fill. Otherwise effects that declare ``draw_kinds`` are drawn straight into the
+        buffers' rows from per-instance generators; others through their ``draw`` and a copy. torch's CPU samplers are single-threaded and every instance has its own generator,
         so rows are filled by a pool of ``torch.get_num_threads()`` threads; results never depend on it."""
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
         direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
+        if generators is None and direct and self.counter and dtype == torch.float32:
+            # programming draws: slot s is the s-th (effect, name) pair, one kernel per draw tensor per chunk
+            idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=dev)
+            generators = CounterStream(self._key, idx, stream)
         if isinstance(generators, CounterStream):
             layout = [dict(e.draw_kinds) for e in effects]
             bufs = _buffers(layout, len(generators), n, torch.float32, dev, reuse)
@@ -67,8 +72,6 @@ class ChipSampler:
                 for name, kind in kinds.items():
                     generators.fill(kind, bufs[j][name])
             return bufs
-        if generators is None and direct and self.counter and self.program.g0.dtype == torch.float32:
-            return self._draw_counter(effects, indices, stream, reuse)
         gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
         K = len(gens)
         if K == 0 or not effects:
@@ -95,21 +98,6 @@ class ChipSampler:
             fill(range(K))
         else:
             list(self._executor(workers).map(fill, [range(w, K, workers) for w in range(workers)]))
-        return bufs
-
-    def _draw_counter(self, effects: Sequence, indices: Sequence[int], stream: Stream,
-                      reuse: Draws | None) -> Draws:
-        """Base draws of declared kinds from counters: one fill per draw tensor for the whole chunk; slot ``s``
-        is the ``s``-th (effect, name) pair in declaration order."""
-        prog = self.program
-        layout = [dict(e.draw_kinds) for e in effects]
-        bufs = _buffers(layout, len(indices), prog.n_devices, torch.float32, prog.device, reuse)
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=prog.device)
-        slot = 0
-        for j, kinds in enumerate(layout):
-            for name, kind in kinds.items():
-                fill_counter(kind, bufs[j][name], self._key, idx, stream, slot)
-                slot += 1
         return bufs
 
     def _executor(self, workers: int) -> ThreadPoolExecutor:
