@@ -319,9 +319,11 @@ BENCHMARKS = {
 
 
 def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) -> dict:
-    """Run the named benchmarks (default: all) and return a JSON-able dict; a benchmark whose module is missing
-    is reported as skipped, never silently dropped."""
+    """Run the named benchmarks (default: all) and return a JSON-able dict. Benchmarks that take a ``device`` run
+    on ``device``; the others run on the CPU and say so (``"device": "cpu"``). A benchmark whose module or a
+    package it needs is missing is reported as skipped, never silently dropped."""
     import importlib
+    import inspect
 
     from ._omp import omp_settings
 
@@ -337,7 +339,15 @@ def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) ->
         except (ImportError, AttributeError) as err:
             out[name] = {"skipped": f"{mod}.{fn} unavailable: {err}"}
             continue
-        out[name] = func(device=device) if name in ("engine", "sweep", "convnet") else func()
+        on_device = "device" in inspect.signature(func).parameters
+        try:
+            result = func(device=device) if on_device else func()
+        except ImportError as err:
+            out[name] = {"skipped": f"{mod}.{fn} needs a missing package: {err}"}
+            continue
+        if not on_device and isinstance(result, dict):
+            result.setdefault("device", "cpu")
+        out[name] = result
     return out
 
 

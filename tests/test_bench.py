@@ -57,3 +57,28 @@ def test_hasgd_benchmark_reports_ratios_for_both_regimes():
         assert m["ratio"]["local"] == pytest.approx(m["epoch_s"]["local"] / m["epoch_s"]["plain"])
     assert r["models"]["resnet20-cifar"]["data"].startswith("random CIFAR-shaped")
     json.dumps(r)
+
+
+def test_run_benchmarks_passes_the_device_where_taken_and_reports_missing_packages(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("fake_bench")
+
+    def on_device(device="cpu"):
+        return {"ran_on": device}
+
+    def cpu_only():
+        return {"value": 1.0}
+
+    def needs_package():
+        raise ImportError("No module named 'distributed'")
+
+    fake.on_device, fake.cpu_only, fake.needs_package = on_device, cpu_only, needs_package
+    monkeypatch.setitem(sys.modules, "fake_bench", fake)
+    monkeypatch.setattr(bench, "BENCHMARKS", {k: ("fake_bench", k) for k in ("on_device", "cpu_only",
+                                                                             "needs_package")})
+    out = bench.run_benchmarks(device="cuda")
+    assert out["on_device"] == {"ran_on": "cuda"}
+    assert out["cpu_only"] == {"value": 1.0, "device": "cpu"}
+    assert "distributed" in out["needs_package"]["skipped"]
