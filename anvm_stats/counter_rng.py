@@ -81,6 +81,15 @@ def _box_muller(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     return r * torch.cos(theta), r * torch.sin(theta)
 
 
+def _check_indices(indices: Tensor) -> None:
+    from .errors import ConfigError
+
+    if indices.dim() != 1:
+        raise ConfigError("indices", tuple(indices.shape), "a 1-d sequence of instance indices")
+    if indices.numel() and int(indices.min()) < 0:     # a device sync on CUDA: done once per index set
+        raise ConfigError("indices", int(indices.min()), "non-negative instance indices")
+
+
 def _check(kind: str, out: Tensor, indices: Tensor, slot: int) -> None:
     from .errors import ConfigError
 
@@ -90,8 +99,6 @@ def _check(kind: str, out: Tensor, indices: Tensor, slot: int) -> None:
         raise ConfigError("out", f"{tuple(out.shape)} {out.dtype}", "a contiguous float32 tensor [K, n]")
     if indices.shape != (out.shape[0],):
         raise ConfigError("indices", tuple(indices.shape), f"one index per row of out ({out.shape[0]})")
-    if indices.numel() and int(indices.min()) < 0:
-        raise ConfigError("indices", int(indices.min()), "non-negative instance indices")
     if not 0 <= int(slot) < MAX_SLOT:
         raise ConfigError("slot", slot, f"an int in [0, {MAX_SLOT})")
 
@@ -135,6 +142,13 @@ def fill_counter(kind: str, out: Tensor, key: tuple[int, int], indices: Sequence
     """
     idx = torch.as_tensor(np.asarray(indices, dtype=np.int64) if not isinstance(indices, Tensor) else indices,
                           device=out.device)
+    _check_indices(idx)
+    return _fill(kind, out, key, idx, stream, slot, backend)
+
+
+def _fill(kind: str, out: Tensor, key: tuple[int, int], idx: Tensor, stream: Stream, slot: int,
+          backend: str = "auto") -> Tensor:
+    """:func:`fill_counter` for indices already checked (1-d, non-negative, on ``out``'s device)."""
     _check(kind, out, idx, slot)
     if out.numel() == 0:
         return out
@@ -176,12 +190,15 @@ class CounterStream:
     stream: Stream
     calls: int = field(default=0)
 
+    def __post_init__(self):
+        _check_indices(self.indices)     # once: every call reuses the same indices
+
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
     def fill(self, kind: str, out: Tensor) -> Tensor:
         """Fill ``out`` ``[K, n]`` (float32, contiguous) with the next call's draws of ``kind``."""
-        fill_counter(kind, out, self.key, self.indices, self.stream, self.calls)
+        _fill(kind, out, self.key, self.indices, self.stream, self.calls)
         self.calls += 1
         return out
 

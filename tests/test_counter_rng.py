@@ -213,3 +213,15 @@ def test_a_failing_triton_kernel_falls_back_to_the_reference(monkeypatch):
         got = fill_counter("uniform", torch.empty(2, 9, device="cuda"), key, [0, 1], Stream.PROGRAM)
     ref = fill_counter("uniform", torch.empty(2, 9), key, [0, 1], Stream.PROGRAM, backend="torch")
     assert torch.equal(got.cpu(), ref) and not tr.triton_available()
+
+
+def test_counter_stream_checks_its_indices_once_and_advances_per_call():
+    from anvm_stats.counter_rng import CounterStream
+
+    with pytest.raises(ConfigError, match="indices"):
+        CounterStream((1, 2), torch.tensor([0, -3]), Stream.READ)
+    s = CounterStream((1, 2), torch.tensor([4, 0]), Stream.READ)
+    a, b = s.normal((3,)), s.normal((3,))
+    assert s.calls == 2 and not torch.equal(a, b)
+    want = fill_counter("normal", torch.empty(2, 3), (1, 2), [4, 0], Stream.READ, slot=1)
+    assert torch.equal(b, want)
