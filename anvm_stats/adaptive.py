@@ -16,7 +16,7 @@ from torch import nn
 from . import dims
 from .analog.program import prepare
 from .hardware.spec import HardwareSpec
-from .montecarlo import sweep
+from .montecarlo import RunOptions, sweep
 from .rng import SeedLike, root_sequence, seed_entropy
 from .stats import sequential_estimate
 
@@ -48,7 +48,7 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
 
     def draw(start: int, n: int) -> np.ndarray:
         ds = sweep(model, spec, data, grid=grid, instances=range(start, start + n), seed=root, program=program,
-                   progress=False, **options)
+                   options=RunOptions(**options), progress=False)
         parts.append(ds)
         da = ds[variable].transpose(dims.INSTANCE, ...)
         return da.values

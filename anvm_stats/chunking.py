@@ -17,17 +17,17 @@ CPU_ACTIVATION_BYTES = 8 * 2 ** 20
 #: base draws of one block of instances (drawn together; evaluated chunk by chunk, every grid point per chunk);
 #: 32 MB ran the digits sweep ~3 % faster than 16 or 64 MB on 2 cores (fewer pool calls, less evicted from L3)
 DRAW_BLOCK_BYTES = 32 * 2 ** 20
-#: instances per forward of sample-major runs (see sample_major_chunk); on 2 Zen 5 cores the 8-point digits sweep
+#: instances per forward of sample-major runs (see instances_per_forward); on 2 Zen 5 cores the 8-point digits sweep
 #: took 0.44 s at 8, 0.45 at 12, 0.47 at 16, 0.51 at 4, 0.60 at 32 (a forward's activations, weights and
 #: shared-input products stay in cache; fewer instances pay more Python per chip)
-SAMPLE_MAJOR_CHUNK = 8
+SAMPLE_MAJOR_INSTANCES = 8
 #: on CUDA, a conv network whose largest activation of one instance and batch holds at least this many floats runs
 #: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
 #: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
 CUDA_SOLO_FLOATS = 1 << 22
 
 
-def chunk_size(program: AnalogProgram, fixed: int | None, memory_budget: int | None, n_total: int, batch: int,
+def instances_per_chunk(program: AnalogProgram, fixed: int | None, memory_budget: int | None, n_total: int, batch: int,
                act: int, n_draw_tensors: int) -> int:
     """Instances evaluated together: ``fixed`` when given, else as many as ``memory_budget`` holds (default: 2 GiB
     on CPU, half the free memory on CUDA), on CPU also few enough that one layer's activations stay cache-sized,
@@ -61,16 +61,16 @@ def draw_block(chunk: int, n_total: int, n_devices: int, n_draw_tensors: int) ->
     return int(min(n_total, chunk * blocks))
 
 
-def sample_major_chunk(program: AnalogProgram, specs: list[HardwareSpec], memory_budget: int | None, batch: int,
+def instances_per_forward(program: AnalogProgram, specs: list[HardwareSpec], memory_budget: int | None, batch: int,
                        act: int, n_draw: int) -> int | None:
     """Instances per forward when the run folds activations sample-major, else None.
 
     Linear-only programs on CPU run each layer as one grouped oneDNN convolution over sample-major activations
     (:func:`anvm_stats.analog.layers._onednn_linear`; ~1.3x the per-instance path on 2 cores). oneDNN picks its
-    kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_CHUNK` instances (a
+    kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_INSTANCES` instances (a
     short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
     memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""
     if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0 for s in specs):
         return None
-    room = chunk_size(program, None, memory_budget, 1 << 40, batch, act, n_draw)
-    return SAMPLE_MAJOR_CHUNK if room >= SAMPLE_MAJOR_CHUNK else None
+    room = instances_per_chunk(program, None, memory_budget, 1 << 40, batch, act, n_draw)
+    return SAMPLE_MAJOR_INSTANCES if room >= SAMPLE_MAJOR_INSTANCES else None

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .counter_rng_triton import fill_triton
 from .rng import Stream
 
 Tensor = torch.Tensor
@@ -154,11 +155,8 @@ def _fill(kind: str, out: Tensor, key: tuple[int, int], idx: Tensor, stream: Str
         return out
     word1 = (int(stream) << 30) | int(slot)
     base = "normal" if kind == "normal" else "uniform"
-    if out.is_cuda and backend in ("auto", "triton"):
-        from .counter_rng_triton import fill_triton
-        fill_triton(base, out, idx, word1, key)   # falls back to the reference where Triton cannot run
-    else:
-        _reference_rows(base, out, idx, word1, key)
+    if not (out.is_cuda and backend in ("auto", "triton") and fill_triton(base, out, idx, word1, key)):
+        _reference_rows(base, out, idx, word1, key)   # the torch reference: off CUDA, or where Triton cannot run
     if kind == "centered_uniform":
         out.mul_(2.0 * math.sqrt(3.0)).sub_(math.sqrt(3.0))
     return out

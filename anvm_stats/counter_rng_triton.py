@@ -100,25 +100,23 @@ def triton_available() -> bool:
     return torch.cuda.is_available() and triton_importable() and not _BROKEN
 
 
-def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int, int]) -> Tensor:
+def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int, int]) -> bool:
     """Fill CUDA ``out`` ``[K, n]`` (float32, contiguous) with ``kind`` in {"normal", "uniform"} draws of
-    instances ``idx`` (int64 ``[K]``); see :func:`anvm_stats.counter_rng.fill_counter`. A kernel that fails to
-    build or run is reported once and the torch reference used from then on."""
-    from .counter_rng import _reference_rows
-
+    instances ``idx`` (int64 ``[K]``); see :func:`anvm_stats.counter_rng.fill_counter`. Returns False, leaving
+    ``out`` unfilled, where the kernel cannot run (the caller then uses the torch reference); a kernel that fails
+    to build or run is reported once and not tried again."""
     K, n = out.shape
     n_blocks = -(-n // 4)
     grid = (K, -(-n_blocks // BLOCK))
     if not out.is_cuda or grid[1] > MAX_GRID_Y or not triton_available():
-        _reference_rows(kind, out, idx, word1, key)
-        return out
+        return False
     meta = torch.tensor([key[0], key[1], word1], dtype=torch.int64, device=out.device)
     idx = idx.to(device=out.device, dtype=torch.int64).contiguous()
     while True:
         join = not _NO_JOIN
         try:
             _kernel()[grid](out, idx, meta, n, n_blocks, NORMAL=kind == "normal", JOIN=join, BLOCK=BLOCK)
-            return out
+            return True
         except Exception as err:  # noqa: BLE001 - a compiler or driver problem must not stop a study
             if join:              # an older Triton without join/reshape: four strided stores instead
                 _NO_JOIN.append(repr(err))
@@ -126,5 +124,4 @@ def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int,
             _BROKEN.append(repr(err))
             warnings.warn(f"anvm_stats: the Triton sampler failed ({err!r}); using the torch reference (slower)",
                           RuntimeWarning, stacklevel=2)
-            _reference_rows(kind, out, idx, word1, key)
-            return out
+            return False

@@ -22,8 +22,10 @@ from . import dims
 from .analog.affine import affine_layers, affine_runtime, draw_views
 from .analog.lazy import NOMINAL_CACHE_BYTES, PRODUCT_CACHE_BYTES, ProductCache
 from .analog.program import AnalogProgram, LayerFilter, prepare
-from .chunking import chunk_size, draw_block, sample_major_chunk
-from .data_source import describe, iter_batches
+from .batches import DEFAULT_SAMPLES_PER_BATCH, EvaluationBatches, evaluation_batches
+from .chunking import draw_block, instances_per_chunk, instances_per_forward
+from .counter_rng import counter_draws_default
+from .data_source import describe
 from .errors import ConfigError, check_number
 from .hardware.spec import KNOBS, HardwareSpec
 from .provenance import provenance
@@ -35,39 +37,55 @@ Tensor = torch.Tensor
 SAMPLERS = {"auto": None, "counter": True, "generator": False}
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
+#: samples whose cross-entropy losses are summed together (float32) before the group sums are added in sample
+#: order (float64): fixed, so the loss never depends on the batch size; the default batch size, so a run with
+#: default batches sums exactly as one batch at a time
+LOSS_GROUP_SAMPLES = DEFAULT_SAMPLES_PER_BATCH
+
+
+def resolve_sampler(sampler: str, device: torch.device | str) -> str:
+    """The sampler a run with option ``sampler`` draws from on ``device``: ``"counter"`` or ``"generator"``
+    (``"auto"``: counters on CUDA, generators elsewhere)."""
+    if sampler not in SAMPLERS:
+        raise ConfigError("sampler", sampler, f"one of {sorted(SAMPLERS)}")
+    if sampler != "auto":
+        return sampler
+    return "counter" if counter_draws_default(torch.device(device)) else "generator"
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """Execution options of a Monte Carlo run (none of them changes the result).
+    """Execution options of a Monte Carlo run.
 
     Parameters
     ----------
-    chunk_size : int, optional
-        Instances evaluated together; default: as many as fit ``memory_budget``.
-    batch_size : int, optional
+    instances_per_chunk : int, optional
+        Chips evaluated together; default: as many as fit ``memory_budget``.
+    samples_per_batch : int, optional
         Samples per forward; default: all samples up to 1024.
     memory_budget : int, optional
         Bytes for one chunk (draws, conductances, weights, activations); default 2 GiB on CPU,
         half the free memory on CUDA.
-    progress : bool
-        Show a progress bar (instances/s).
     sampler : {"auto", "counter", "generator"}
         Where chips' base draws come from: counter-based Philox streams (:mod:`anvm_stats.counter_rng`, one
         kernel per chunk) or one ``torch.Generator`` per instance; ``"auto"``: counters on CUDA, generators on
-        CPU. Unlike the options above this picks *which* chips are drawn (both are pure functions of
-        ``(seed, i)``): give ``"counter"`` on both devices to evaluate the same chips on CPU and GPU. Recorded in
-        the result's ``sampler`` attr.
+        CPU (:func:`resolve_sampler`). Unlike the options above this picks *which* chips are drawn (both are pure
+        functions of ``(seed, i)``): give ``"counter"`` on both devices to evaluate the same chips on CPU and
+        GPU. The resolved sampler is recorded in the result's ``sampler`` attr.
+
+    Notes
+    -----
+    Only ``sampler`` changes a result: the chunking, the batch size (losses are summed over fixed groups of
+    :data:`LOSS_GROUP_SAMPLES` samples, whatever the batches) and the memory budget never do.
     """
 
-    chunk_size: int | None = None
-    batch_size: int | None = None
+    instances_per_chunk: int | None = None
+    samples_per_batch: int | None = None
     memory_budget: int | None = None
-    progress: bool = True
     sampler: str = "auto"
 
     def __post_init__(self):
-        for name in ("chunk_size", "batch_size", "memory_budget"):
+        for name in ("instances_per_chunk", "samples_per_batch", "memory_budget"):
             v = getattr(self, name)
             if v is not None:
                 check_number(f"RunOptions.{name}", v, low=1, integer=True)
@@ -75,7 +93,48 @@ class RunOptions:
             raise ConfigError("RunOptions.sampler", self.sampler, f"one of {sorted(SAMPLERS)}")
 
 
-def _grid_points(grid: Mapping[str, Sequence] | None) -> tuple[list[str], list[np.ndarray], list[dict]]:
+@dataclass(frozen=True, eq=False)
+class GridPlan:
+    """A validated grid of sweep knobs.
+
+    Attributes
+    ----------
+    keys : tuple of str
+        Knob names, one Dataset dim each (in the grid's order).
+    values : tuple of 1-d ndarray
+        Distinct values of each knob.
+    points : tuple of dict
+        Every combination (C order), knob -> value; empty for no grid.
+    """
+
+    keys: tuple
+    values: tuple
+    points: tuple
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.values)
+
+    def specs(self, spec: HardwareSpec) -> list[HardwareSpec]:
+        """``spec`` with the knobs of every point set (``[spec]`` for no grid)."""
+        return [spec.with_knobs(**pt) for pt in self.points] or [spec]
+
+    def coords(self, instances: np.ndarray) -> dict[str, np.ndarray]:
+        """Coordinates of a result: every knob, then ``instance``."""
+        out = dict(zip(self.keys, self.values))
+        out[dims.INSTANCE] = instances
+        return out
+
+
+def plan_grid(grid: Mapping[str, Sequence] | None) -> GridPlan:
+    """Validate ``grid`` (knob -> values) into a :class:`GridPlan`.
+
+    Raises
+    ------
+    ConfigError
+        For a key that is not a sweep knob (:data:`anvm_stats.hardware.KNOBS`) or values that are not a non-empty
+        list of distinct values.
+    """
     grid = dict(grid or {})
     keys = list(grid)
     for k in keys:
@@ -88,17 +147,18 @@ def _grid_points(grid: Mapping[str, Sequence] | None) -> tuple[list[str], list[n
             raise ConfigError(f"grid.{k}", grid[k], "a non-empty list of distinct values")
         values.append(v)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*[v.tolist() for v in values])]
-    return keys, values, points
+    return GridPlan(tuple(keys), tuple(values), tuple(points))
 
 
-def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
-    """Accumulate per-instance correct counts, top-5 counts and loss sums from logits ``[K, C, B]``.
+def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> Tensor:
+    """Accumulate per-instance correct and top-5 counts from logits ``[K, C, B]``; return the per-sample
+    cross-entropy losses ``[K, B]`` (float32).
 
-    Class-major (``C`` before the samples): every reduction over classes runs across samples in SIMD lanes, about
-    twice as fast as over a 10-wide inner dim. The rank of the true class is the number of classes ranked before it,
-    with ``argmax`` semantics: a larger logit, or an equal logit at a smaller class index (so a coarse ADC that
-    ties every output scores like ``argmax``, never as correct by default); a NaN logit outranks everything, and a
-    NaN true logit is wrong. Top-1 and top-5 come from that one rank; the loss is ``logsumexp - logit_true``."""
+    Class-major (``C`` before the samples): every reduction over classes runs across samples in SIMD lanes. The
+    rank of the true class is the number of classes ranked before it, with ``argmax`` semantics: a larger logit,
+    or an equal logit at a smaller class index (so a coarse ADC that ties every output scores like ``argmax``,
+    never as correct by default); a NaN logit outranks everything, and a NaN true logit is wrong. Top-1 and top-5
+    come from that one rank; the loss is ``logsumexp - logit_true``."""
     K, C, B = logits.shape
     true = logits.gather(1, y.view(1, 1, B).expand(K, 1, B))
     lse = torch.logsumexp(logits.float(), 1)
@@ -112,19 +172,57 @@ def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     rank = torch.where(torch.isnan(true[:, 0]), torch.full_like(rank, C), rank)
     acc["correct"] += (rank == 0).sum(1).to(torch.float64)
     acc["top5"] += (rank < 5).sum(1).to(torch.float64)
-    acc["loss"] += (lse - true[:, 0].float()).sum(1).to(torch.float64)
+    return lse - true[:, 0].float()
+
+
+class _LossGroups:
+    """Loss sums that do not depend on the batch size: per-sample losses of rows ``0..n_rows`` are written at
+    their sample positions, and each row's losses are summed group by group (:data:`LOSS_GROUP_SAMPLES` samples,
+    float32), the group sums added in sample order (float64). Rows must receive their samples in order."""
+
+    def __init__(self, n_rows: int, n_samples: int, device):
+        self.n = n_samples
+        self.buf = torch.empty((n_rows, min(LOSS_GROUP_SAMPLES, n_samples)), dtype=torch.float32, device=device)
+
+    def add(self, first: int, s0: int, loss: Tensor, out: Tensor) -> None:
+        """Losses ``[K, B]`` of rows ``first..first+K``, samples ``s0..s0+B``; completed groups go into ``out``."""
+        K, B = loss.shape
+        G, j = LOSS_GROUP_SAMPLES, 0
+        rows = self.buf[first:first + K]
+        while j < B:
+            s = s0 + j
+            g0 = s // G * G
+            end = min(g0 + G, self.n)
+            take = min(B - j, end - s)
+            rows[:, s - g0:s - g0 + take] = loss[:, j:j + take]
+            if s + take == end:
+                group = rows[:, :end - g0]
+                out[first:first + K] += (group if end - g0 == rows.shape[1] else group.contiguous()).sum(1).to(
+                    torch.float64)
+            j += take
 
 
 class _PendingMetrics:
     """Logits of consecutive sub-chunks of one draw block, scored together (fewer, larger metric ops).
 
-    ``add(offset, batch, logits, y)`` keeps ``logits`` ``[K, B, C]`` (any strides) of block rows
+    ``add(offset, batch, logits, y, acc)`` keeps ``logits`` ``[K, B, C]`` (any strides) of block rows
     ``offset..offset+K`` on batch index ``batch``, class-major (``[K, C, B]``, contiguous); ``flush(acc)`` scores
-    everything kept into ``acc`` (dict of ``[K_block]`` float64 tensors). Scores are per instance, so grouping
-    never changes them."""
+    everything kept into ``acc`` (dict of ``[n_rows]`` float64 tensors), batch after batch. Scores are per
+    instance, so grouping never changes them.
 
-    def __init__(self, max_floats: int = METRIC_GROUP_FLOATS):
+    Parameters
+    ----------
+    starts : list of int
+        First sample of every batch.
+    n_samples : int
+    n_rows : int
+        Rows (instances) of the block.
+    """
+
+    def __init__(self, starts: list[int], n_samples: int, n_rows: int, device, max_floats: int = METRIC_GROUP_FLOATS):
         self.max_floats = max_floats
+        self.starts = starts
+        self.losses = _LossGroups(n_rows, n_samples, device)
         self.items: dict[int, list] = {}
         self.size = 0
 
@@ -135,13 +233,16 @@ class _PendingMetrics:
             self.flush(acc)
 
     def flush(self, acc: dict) -> None:
-        for runs in self.items.values():
+        for b in sorted(self.items):       # every row sees its batches in order (its loss groups fill in order)
+            runs = self.items[b]
             first, y = runs[0][0], runs[0][2]
             logits = runs[0][1] if len(runs) == 1 else torch.cat([r[1] for r in runs])
-            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in acc}
-            _metrics_update(part, logits, y)
-            for k in acc:
+            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
+                    for k in ("correct", "top5")}
+            loss = _metrics_update(part, logits, y)
+            for k in part:
                 acc[k][first:first + logits.shape[0]] += part[k]
+            self.losses.add(first, self.starts[b], loss, acc["loss"])
         self.items, self.size = {}, 0
 
 
@@ -193,8 +294,7 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
             elif not loaded:
                 program.load(g, B=x.shape[0], noise_sources=gens, sample_major=sample_major, **kw)
             loaded = True
-            for m in program.analog_modules():
-                m.runtime.B, m.runtime.batch = x.shape[0], b
+            program.set_batch(x.shape[0], b)
             logits = program.instances(program.module(x), rows, x.shape[0], sample_major)[:K]
             pending.add(off, b, logits, y, acc)
     finally:
@@ -203,30 +303,57 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
 
 @torch.no_grad()
 def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[HardwareSpec], indices: np.ndarray,
-               batches: list[tuple[Tensor, Tensor]], opts: RunOptions, n_classes: int) -> dict[str, np.ndarray]:
-    """Core loop: metrics ``[n_points, n_instances]`` for every grid spec and instance index.
+               batches: EvaluationBatches, options: RunOptions, *, progress: bool = False) -> dict[str, np.ndarray]:
+    """The engine: metrics of every grid spec and instance index.
 
+    Parameters
+    ----------
+    program : AnalogProgram
+        The prepared (calibrated) network.
+    sampler : ChipSampler
+        Draws chip ``i`` from ``(seed, i)``.
+    specs : list of HardwareSpec
+        One per grid point (:meth:`GridPlan.specs`); all share the program's effects (only knob values differ).
+    indices : ndarray of int, shape [n_instances]
+    batches : EvaluationBatches
+        From :func:`anvm_stats.batches.evaluation_batches`.
+    options : RunOptions
+        ``instances_per_chunk`` and ``memory_budget`` (the others are read by the callers).
+    progress : bool
+        Show a progress bar (chip-points/s).
+
+    Returns
+    -------
+    dict of str -> ndarray [n_points, n_instances]
+        ``correct`` and ``top5`` (counts) and ``loss`` (sum of per-sample cross-entropies).
+
+    Notes
+    -----
     Instances are drawn in blocks (:func:`~anvm_stats.chunking.draw_block`, fewer sampler calls) and evaluated in
-    chunks sized to the memory budget and, on CPU, the cache (:func:`~anvm_stats.chunking.chunk_size`; fixed for
-    sample-major runs, :func:`~anvm_stats.chunking.sample_major_chunk`); each chunk's chips are re-programmed at every grid point from the same base
-    draws, one point after the other (the chunk's draws and shared-input products stay in cache). None of this
-    changes a result: each instance has its own streams."""
+    chunks sized to the memory budget and, on CPU, the cache (:func:`~anvm_stats.chunking.instances_per_chunk`;
+    fixed for sample-major runs, :func:`~anvm_stats.chunking.instances_per_forward`); each chunk's chips are
+    re-programmed at every grid point from the same base draws, one point after the other (the chunk's draws and
+    shared-input products stay in cache). None of this changes a result: each instance has its own streams.
+    """
     n_pts, n_inst = len(specs), len(indices)
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
-    B0 = batches[0][0].shape[0]
+    B0 = batches.batches[0][0].shape[0]
+    starts = np.cumsum([0] + [int(x.shape[0]) for x, _ in batches.batches]).tolist()
     n_draw = sum(1 for e in program.spec.program_effects) + 1
-    act = program.largest_activation(batches[0][0])
-    chunk = chunk_size(program, opts.chunk_size, opts.memory_budget, n_inst, B0, act, n_draw)
-    fixed = sample_major_chunk(program, specs, opts.memory_budget, B0, act, n_draw)
+    act = program.largest_activation(batches.batches[0][0])
+    chunk = instances_per_chunk(program, options.instances_per_chunk, options.memory_budget, n_inst, B0, act,
+                                n_draw)
+    fixed = instances_per_forward(program, specs, options.memory_budget, B0, act, n_draw)
     if fixed:
-        chunk = fixed if opts.chunk_size is None else min(fixed, opts.chunk_size)
-    block = chunk if opts.chunk_size is not None else draw_block(chunk, n_inst, program.n_devices, n_draw)
+        chunk = fixed if options.instances_per_chunk is None else min(fixed, options.instances_per_chunk)
+    block = chunk if options.instances_per_chunk is not None else draw_block(chunk, n_inst, program.n_devices,
+                                                                             n_draw)
     points = [_Point.of(program, s) for s in specs]
     any_affine = any(pt.affine is not None for pt in points)
     if any_affine:
-        program.mark_shared_inputs(batches[0][0])
+        program.mark_shared_inputs(batches.batches[0][0])
     nominal = [ProductCache(NOMINAL_CACHE_BYTES) for _ in specs]
-    bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not opts.progress, desc="Monte Carlo", leave=False)
+    bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not progress, desc="Monte Carlo", leave=False)
     draws = None
     try:
         for start in range(0, n_inst, block):
@@ -234,7 +361,8 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
             draws = sampler.draw(block_idx, specs[0], reuse=draws)
             accs = [{k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
                     for _ in specs]
-            pending = [_PendingMetrics(max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
+            pending = [_PendingMetrics(starts, batches.n_samples, len(block_idx), program.device,
+                                       max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
             for off in range(0, len(block_idx), chunk):
                 idx = block_idx[off:off + chunk]
                 sub = draws if len(idx) == len(block_idx) else \
@@ -245,7 +373,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                 views = draw_views(program, sub) if any_affine else None
                 products = ProductCache(PRODUCT_CACHE_BYTES)
                 for p, point in enumerate(points):
-                    _run_chunk(program, sampler, point, sub, views, idx, rows, batches, fixed is not None,
+                    _run_chunk(program, sampler, point, sub, views, idx, rows, batches.batches, fixed is not None,
                                pending[p], off, accs[p], (products, nominal[p]))
                     bar.update(len(idx))
             for p in range(n_pts):
@@ -258,11 +386,57 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     return out
 
 
+class LocalExecutor:
+    """Run a sweep in this process (the default executor of :func:`sweep`).
+
+    An executor has one method, ``run(model, spec, data, *, plan, instances, seed, calibration_data, layers,
+    digital, device, options, program, progress) -> xr.Dataset``, with :func:`sweep`'s arguments validated (``plan`` from
+    :func:`plan_grid`, ``instances`` the instance indices); :class:`anvm_stats.parallel.DaskExecutor` runs the
+    same sweep on a Dask cluster.
+    """
+
+    def run(self, model: nn.Module, spec: HardwareSpec, data, *, plan: GridPlan, instances: np.ndarray,
+            seed: SeedLike, calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
+            device: torch.device | str | None = None, options: RunOptions,
+            program: AnalogProgram | None = None, progress: bool = True) -> xr.Dataset:
+        if program is None:
+            program = prepare(model, spec, calibration=calibration_data if calibration_data is not None else data,
+                              layers=layers, digital=digital, device=device, fuse_relu=True)
+            calibrated_on = "evaluation data" if calibration_data is None else describe(calibration_data)
+        else:
+            calibrated_on = "as the given program was prepared"
+        batches = evaluation_batches(program, data, options.samples_per_batch)
+        sampler = ChipSampler(program, seed, counter=SAMPLERS[options.sampler])
+        raw = run_points(program, sampler, plan.specs(spec), instances, batches, options, progress=progress)
+        shape = list(plan.shape) + [len(instances)]
+        vdims = list(plan.keys) + [dims.INSTANCE]
+        n = batches.n_samples
+
+        def arr(a):
+            return a.reshape(shape)
+
+        data_vars = {
+            dims.ACCURACY: (vdims, arr(raw["correct"] / n)),
+            dims.LOSS: (vdims, arr(raw["loss"] / n)),
+            dims.CORRECT_COUNT: (vdims, arr(raw["correct"]).astype(np.int64)),
+        }
+        if batches.n_classes > 5:
+            data_vars[dims.TOP5_ACCURACY] = (vdims, arr(raw["top5"] / n))
+        attrs = provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
+                           device=program.device)
+        attrs.update(n_samples=n, n_classes=batches.n_classes, analog_layers=",".join(program.layer_names),
+                     sampler=sampler.kind, calibration_data=calibrated_on)
+        ds = xr.Dataset(data_vars, coords=plan.coords(instances), attrs=attrs)
+        ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
+        ds[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")
+        return ds
+
+
 def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequence] | None = None,
-          n_instances: int | None = 256, seed: SeedLike = None, instances: Sequence[int] | None = None,
-          calibration=None, layers: LayerFilter = None, digital: Sequence[str] = (),
+          n_instances: int | None = 256, seed: SeedLike = 0, instances: Sequence[int] | None = None,
+          calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
           device: torch.device | str | None = None, options: RunOptions | None = None,
-          program: AnalogProgram | None = None, executor: str = "local", **option_kw) -> xr.Dataset:
+          program: AnalogProgram | None = None, executor=None, progress: bool = True) -> xr.Dataset:
     """Evaluate ``model`` on simulated chips over a grid of hardware knobs.
 
     Parameters
@@ -270,81 +444,54 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     model : nn.Module
         Trained network (never modified).
     spec : HardwareSpec
-        The chip; grid values override its knobs (``noise_level``, ``t_inference``, ``adc_bits``, ``dac_bits``,
-        ``stuck_at_rate``).
+        The chip; grid values override its knobs (:data:`anvm_stats.hardware.KNOBS`).
     data : (x, y) tensors, Data, or iterable of (x, y) batches
-        Evaluation data (also the default calibration data for DAC/ADC ranges).
+        Evaluation data.
     grid : dict of knob -> list, optional
         One Dataset dim per key; every point uses the same chips (common random numbers).
     n_instances : int
         Number of chips (instance indices ``0..n-1``); or give explicit ``instances``.
     seed : int, SeedSequence or None
-        Instance ``i`` depends only on ``(seed, i)``; ``None`` draws fresh entropy, recorded in attrs.
+        Instance ``i`` depends only on ``(seed, i)``; default 0 (as every entry point); ``None`` draws fresh
+        entropy, recorded in attrs.
+    calibration_data : (x, y) tensors, Data, or batches, optional
+        Data the DAC/ADC ranges are calibrated on (default: the evaluation ``data``); recorded in the
+        ``calibration_data`` attr.
+    layers, digital, device
+        As for :func:`anvm_stats.analog.prepare`.
     options : RunOptions, optional
-        Chunking, batch size, memory budget, progress (also accepted as keyword arguments).
-    executor : {"local", "dask"}
-        ``"dask"`` runs grid x instance-chunk tasks on Dask distributed (:func:`anvm_stats.parallel.dask_sweep`;
-        extra keywords ``client``, ``scheduler``, ``n_workers``, ``store``, ...); the result is identical.
+        Chunking, samples per batch, memory budget, sampler.
+    program : AnalogProgram, optional
+        A program prepared from ``model`` and ``spec`` (skips preparing and calibrating).
+    executor : LocalExecutor or anvm_stats.parallel.DaskExecutor, optional
+        Where the sweep runs; default in this process. The result is the same, bit for bit.
+    progress : bool
+        Show a progress bar.
 
     Returns
     -------
     xr.Dataset
-        Dims ``(instance, *grid)``; variables ``accuracy``, ``loss`` (mean cross-entropy), ``correct_count``
-        and ``top5_accuracy`` (more than 5 classes); provenance attrs; ``n_samples`` attr.
+        Dims ``(*grid, instance)``; variables ``accuracy``, ``loss`` (mean cross-entropy), ``correct_count``
+        and ``top5_accuracy`` (more than 5 classes); provenance attrs; ``n_samples``, ``sampler`` and
+        ``calibration_data`` attrs.
     """
-    if executor == "dask":
-        from .parallel import dask_sweep
-        return dask_sweep(model, spec, data, grid=grid, n_instances=n_instances, seed=seed, instances=instances,
-                          calibration=calibration, layers=layers, digital=digital, device=device, options=options,
-                          program=program, **option_kw)
-    if executor != "local":
-        raise ConfigError("executor", executor, "'local' or 'dask'")
-    opts = options or RunOptions(**option_kw)
-    keys, values, points = _grid_points(grid)
+    if not isinstance(spec, HardwareSpec):
+        raise ConfigError("spec", type(spec).__name__, "a HardwareSpec")
+    options = RunOptions() if options is None else options
+    if not isinstance(options, RunOptions):
+        raise ConfigError("options", type(options).__name__, "a RunOptions")
+    executor = LocalExecutor() if executor is None else executor
+    if not callable(getattr(executor, "run", None)):
+        raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
+    plan = plan_grid(grid)
     idx = instance_indices(n_instances, instances)
-    if program is None:
-        program = prepare(model, spec, calibration=calibration if calibration is not None else data,
-                          layers=layers, digital=digital, device=device, fuse_relu=True)
-    specs = [spec.with_knobs(**pt) for pt in points] or [spec]
-    batches = [(program.input(x.to(program.device, torch.float32)), y.to(program.device, torch.int64))
-               for x, y in iter_batches(data, opts.batch_size or 1024)]
-    if not batches:
-        raise ConfigError("data", "empty", "at least one sample")
-    n_samples = sum(int(x.shape[0]) for x, _ in batches)
-    program.load(program.g0[None], B=1)
-    try:
-        n_classes = int(program.module(batches[0][0][:1]).shape[-1])   # one sample is enough to learn C
-    finally:
-        program.unload()
-    sampler = ChipSampler(program, seed, counter=SAMPLERS[opts.sampler])
-    raw = run_points(program, sampler, specs, idx, batches, opts, n_classes)
-    shape = [len(v) for v in values] + [len(idx)]
-    vdims = keys + [dims.INSTANCE]
-
-    def arr(a):
-        return a.reshape(shape)
-
-    data_vars = {
-        dims.ACCURACY: (vdims, arr(raw["correct"] / n_samples)),
-        dims.LOSS: (vdims, arr(raw["loss"] / n_samples)),
-        dims.CORRECT_COUNT: (vdims, arr(raw["correct"]).astype(np.int64)),
-    }
-    if n_classes > 5:
-        data_vars[dims.TOP5_ACCURACY] = (vdims, arr(raw["top5"] / n_samples))
-    coords = {k: v for k, v in zip(keys, values)}
-    coords[dims.INSTANCE] = idx
-    attrs = provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
-                       device=program.device)
-    attrs.update(n_samples=n_samples, n_classes=n_classes, analog_layers=",".join(program.layer_names),
-                 sampler=sampler.kind)
-    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
-    ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
-    ds[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")
-    return ds
+    return executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
+                        layers=layers, digital=digital, device=device, options=options, program=program,
+                        progress=progress)
 
 
 def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256,
-             seed: SeedLike = None, **kwargs) -> xr.Dataset:
+             seed: SeedLike = 0, **kwargs) -> xr.Dataset:
     """Evaluate ``model`` on ``n_instances`` simulated chips of ``spec``: :func:`sweep` without a grid.
 
     Returns an ``xr.Dataset`` with dim ``instance`` (see :func:`sweep`)."""

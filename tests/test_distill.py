@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from anvm_stats import dims
-from anvm_stats.analog.program import _augmented
+from anvm_stats.analog.program import augmented_weights
 from anvm_stats.calibration import train_distilled, weight_perturbation
 from anvm_stats.data import digits
 from anvm_stats.errors import ConfigError
@@ -48,7 +48,7 @@ def test_paper1_perturbation_moments():
         lin.bias.copy_(torch.randn(96, generator=g) * 0.3)
     sigma = 0.1
     dw = weight_perturbation(lin, HardwareSpec.paper1(sigma=sigma), torch.Generator().manual_seed(5))
-    w_aug, s, _ = _augmented(lin.weight.detach(), lin.bias.detach(), "column")
+    w_aug, s, _ = augmented_weights(lin.weight.detach(), lin.bias.detach(), "column")
     half_range = float(w_aug.max() - w_aug.min()) / 2
     z = torch.cat([dw["weight"], (dw["bias"] / s)[:, None]], 1).flatten().double() / (half_range * sigma)
     n = z.numel()

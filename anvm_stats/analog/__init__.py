@@ -1,8 +1,9 @@
-"""Analog execution of a network: BatchNorm folding, analog layers, prepare() -> AnalogProgram."""
+"""Analog execution of a network: BatchNorm folding, analog layers and their kernels, prepare() -> AnalogProgram."""
 
 from .fold import fold_batchnorm
+from .kernels import CudaFusedKernel, GenericKernel, OneDNNKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
 from .program import ANALOG_TYPES, AnalogProgram, prepare
 
 __all__ = ["fold_batchnorm", "AnalogModule", "LayerPlan", "LayerRuntime", "ANALOG_TYPES", "AnalogProgram",
-           "prepare"]
+           "prepare", "GenericKernel", "OneDNNKernel", "CudaFusedKernel", "select_kernel"]

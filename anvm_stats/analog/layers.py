@@ -11,90 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..counter_rng import CounterStream
 from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
-from .fused import bias_relu_
+from .kernels import CONV, GenericKernel, select_kernel
 from .lazy import LazyAffine
 
 Tensor = torch.Tensor
-_CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
-#: per-instance input elements (batch included) above which convolutions loop over instances
-CONV_LOOP_ELEMENTS = 1 << 17
-#: on CUDA, hidden linear layers add their bias and ReLU in one fused pass (analog/fused.py): on an H200 the
-#: 16,384-chip digits MLP went from 0.32 to 0.43 of its limit (baddbmm's bias broadcast and a separate ReLU cost
-#: three passes over every hidden output)
-FUSE_BIAS_RELU_CUDA = True
-
-
-#: linear layers with at most this many outputs (and a batch of at least 8x as many samples) compute
-#: ``W x^T`` (``[K, O, B]``) instead of ``x W^T``: a GEMM with ``N = O`` this small runs at ~40 % of the
-#: machine's rate on CPU, the transposed one at ~65 % (measured on 2 cores, O = 10, B = 360)
-SMALL_OUT = 16
-
-
-def _channels_last(x: Tensor) -> bool:
-    """``x`` is a 4-d channels-last (NHWC-strided) tensor that is not also plainly contiguous."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-#: on CPU, run linear layers through oneDNN (:func:`_onednn_linear`) rather than MKL's batched GEMM, which reaches
-#: half of oneDNN's rate on AMD CPUs: for 16-22 instances of [360 x 256] @ [256 x 256] on 2 Zen 5 cores, ~190
-#: GFLOP/s batched MKL, ~300 one oneDNN call per instance, ~380 one grouped call over sample-major activations.
-#: oneDNN picks kernels by call shape and thread count: results are bitwise chunk-invariant (every call has the same
-#: shape) but depend on the number of threads
-ONEDNN_LINEAR = True
-
-
-def _onednn_linear(x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int,
-                   sample_major: bool = False, narrow: bool = False) -> Tensor:
-    """``x_k @ w[k]^T + bias[k]`` for every instance ``k``, as ``[K, B, O]`` (possibly a strided view).
-
-    The ``B`` samples are the positions of a channels-last ``[1, C, B, 1]`` image. Instance-major activations
-    (``[K*B, in]``): one 1x1 convolution per instance (no copies in; each output lands in its rows).
-    Sample-major activations (``[B*K, in]``, ``LayerRuntime.sample_major``): one grouped 1x1 convolution, group
-    ``k`` holding instance ``k`` (a shared input: one convolution with ``K * O`` outputs), with no copies at all
-    and the output sample-major too. oneDNN picks its kernel from the call's shape, so the caller keeps ``K`` fixed
-    (``chunking.SAMPLE_MAJOR_CHUNK``) to keep results independent of the chunking. ``narrow`` (few outputs):
-    a grouped convolution with ~10 outputs per group runs at ~60 GFLOP/s, a batched ``W x^T`` reading the
-    sample-major inputs in place at ~130."""
-    O, n_in = w.shape[1], w.shape[2]
-    if sample_major and narrow:
-        xt = x.reshape(B, K, n_in).permute(1, 2, 0)                                 # [K, in, B], no copy
-        y = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, xt)
-        return y.transpose(1, 2)
-    if sample_major:
-        wg = w.reshape(K * O, n_in, 1, 1)
-        bg = None if bias is None else bias.reshape(K * O)
-        if shared:
-            y = F.conv2d(x.reshape(1, B, 1, n_in).permute(0, 3, 1, 2), wg, bg)
-        else:
-            y = F.conv2d(x.reshape(1, B, 1, K * n_in).permute(0, 3, 1, 2), wg, bg, groups=K)
-        return y.permute(0, 2, 3, 1).reshape(B, K, O).transpose(0, 1)
-    xv = x if shared else x.reshape(K, B, n_in)
-    out = torch.empty((K, B, O), dtype=w.dtype, device=w.device)
-    for k in range(K):
-        xk = (xv if shared else xv[k]).reshape(1, B, 1, n_in).permute(0, 3, 1, 2)
-        yk = F.conv2d(xk, w[k].reshape(O, n_in, 1, 1), None if bias is None else bias[k])
-        out[k].copy_(yk.permute(0, 2, 3, 1).reshape(B, O))
-    return out
-
-
-def _narrow_output(x3: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-    """``x3 @ w^T (+ bias)`` as ``[K, B, O]`` (a transposed view), computed as ``w @ x3^T``.
-
-    A batched GEMM of one matrix can take another kernel than the same matrix inside a batch (seen with MKL:
-    round-off differs), so a single instance is computed as a batch of two: results never depend on ``K``."""
-    K = w.shape[0]
-    if K == 1:     # a real batch of two (an expanded one takes yet another path)
-        x3, w = x3.repeat(2, 1, 1), w.repeat(2, 1, 1)
-        bias = None if bias is None else bias.repeat(2, 1)
-    xt = x3.transpose(1, 2)
-    y = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, xt)
-    return y[:K].transpose(1, 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,15 +98,17 @@ class LayerRuntime:
     output_noise: float = 0.0
     noise_sources: object = None          # per-instance torch.Generators or a CounterStream, for output noise
     calibrating: bool = False
-    sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, see _onednn_linear)
+    sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, kernels.onednn_linear)
 
 
 class AnalogModule(nn.Module):
     """Replacement for one Linear / Conv1d / Conv2d in the copied network (see module docstring)."""
 
-    def __init__(self, plan: LayerPlan, dac_percentile: float = 99.99, adc_percentile: float = 99.99):
+    def __init__(self, plan: LayerPlan, dac_percentile: float = 99.99, adc_percentile: float = 99.99,
+                 kernel: GenericKernel | None = None):
         super().__init__()
         self.plan = plan
+        self.kernel = kernel if kernel is not None else select_kernel(plan.encoding.g.device)
         self.dac_percentile = dac_percentile
         self.adc_percentile = adc_percentile
         self.dac_range: tuple[float, float] | None = None
@@ -196,61 +123,17 @@ class AnalogModule(nn.Module):
         return f"{p.name}: {p.op} {p.in_features}->{p.out_features}, arrays={p.n_arrays}, bias={p.bias_mode}"
 
     # ------------------------------------------------------------------ helpers
-    def _matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int) -> Tensor:
-        """Apply stacked weights ``w`` ``[K, O, in]`` (+ per-instance ``bias`` ``[K, O]``) to ``x``.
+    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, shared: bool, K: int, B: int) -> Tensor:
+        """Apply stacked weights ``w`` ``[K, O, in]`` (+ per-instance ``bias`` ``[K, O]``) to ``x`` (``[B, ...]``
+        when ``shared``, else the folded ``[K*B, ...]``) with the program's kernel (:mod:`.kernels`).
 
         Returns ``[K, B, O, *spatial]`` (possibly a non-contiguous view)."""
-        p = self.plan
-        O = w.shape[1]
+        p, rt = self.plan, self.runtime
         if p.op == "linear":
-            rt = self.runtime
-            narrow = not shared and O <= SMALL_OUT and B >= 8 * O and rt.mode == "weights"
-            if x.device.type == "cpu" and ONEDNN_LINEAR and (rt.sample_major or not narrow):
-                return _onednn_linear(x, w, bias, shared, K, B, rt.sample_major, narrow)
-            # shared input: broadcast it over instances (no copy); the output comes out contiguous [K, B, O]
-            x3 = x.expand(K, *x.shape) if shared else self._instances(x, K, B)
-            if narrow and not rt.sample_major:
-                return _narrow_output(x3, w, bias)
-            wt = w.transpose(1, 2)
-            return torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
-        conv = _CONV[p.op]
-        groups = p.conv["groups"]
-        kw = dict(stride=p.conv["stride"], padding=p.conv["padding"], dilation=p.conv["dilation"])
-        per_instance = x[0].numel() * B
-        if per_instance >= CONV_LOOP_ELEMENTS:
-            # large activations: one ordinary convolution per instance beats a K-group convolution on CPU
-            # (measured 1.4-3x on 2 cores) and needs no transposes
-            xv = x if shared else x.view(K, B, *x.shape[1:])
-            wv = w.view(K, O, -1, *p.kernel)
-            if K == 1:
-                y = conv(x if shared else xv[0], wv[0], None if bias is None else bias[0], groups=groups, **kw)
-                return y.unsqueeze(0)
-            # each instance's output goes into its rows of one tensor laid out like the input (channels-last
-            # activations stay channels-last: oneDNN's fast layout on CPU)
-            fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
-            out = None
-            for k in range(K):
-                yk = conv(xv if shared else xv[k], wv[k], None if bias is None else bias[k], groups=groups, **kw)
-                if out is None:
-                    out = torch.empty((K * B, *yk.shape[1:]), dtype=yk.dtype, device=yk.device, memory_format=fmt)
-                out[k * B:(k + 1) * B].copy_(yk)
-            return out.view(K, B, *out.shape[1:])
-        if K == 1 and x.device.type == "cpu":
-            # a grouped convolution of one group is a plain one, another kernel with other round-off: run a
-            # single chip as a batch of two (as _narrow_output does) so results do not depend on the chunking
-            x2 = x if shared else torch.cat([x, x])
-            b2 = None if bias is None else bias.repeat(2, 1)
-            return self._matmul(x2, w.repeat(2, 1, 1), b2, shared, 2, B)[:1]
-        wk = w.reshape(K * O, -1, *p.kernel)
-        bk = None if bias is None else bias.reshape(K * O)
-        if shared and groups == 1:
-            y = conv(x, wk, bk, groups=1, **kw)
-        else:
-            if shared:
-                x = x.unsqueeze(0).expand(K, *x.shape).reshape(K * B, *x.shape[1:])
-            xs = x.view(K, B, *x.shape[1:]).transpose(0, 1).reshape(B, K * x.shape[1], *x.shape[2:])
-            y = conv(xs, wk, bk, groups=K * groups, **kw)
-        return y.view(B, K, O, *y.shape[2:]).transpose(0, 1)
+            return self.kernel.linear(x, w, bias, shared=shared, K=K, B=B, instances=lambda t: self._instances(t, K, B),
+                                      sample_major=rt.sample_major, mode=rt.mode)
+        return self.kernel.conv(p.op, x, w, bias, shared=shared, K=K, B=B, kernel=p.kernel, groups=p.conv["groups"],
+                                stride=p.conv["stride"], padding=p.conv["padding"], dilation=p.conv["dilation"])
 
     def _input_sum(self, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         """Sum of each output's inputs, ``[K or 1, B, O or 1, *spatial]`` (for digital offset correction)."""
@@ -261,7 +144,7 @@ class AnalogModule(nn.Module):
         else:
             groups = p.conv["groups"]
             ones = x.new_ones(groups, x.shape[1] // groups, *p.kernel)
-            s = _CONV[p.op](x, ones, None, stride=p.conv["stride"], padding=p.conv["padding"],
+            s = CONV[p.op](x, ones, None, stride=p.conv["stride"], padding=p.conv["padding"],
                             dilation=p.conv["dilation"], groups=groups)
             s = s.repeat_interleave(p.out_features // groups, dim=1)
             s = s.view(-1, B, *s.shape[1:])
@@ -296,17 +179,17 @@ class AnalogModule(nn.Module):
         if lazy is not None and self.input_shared and len(lazy.coef) == 1:
             # names the input of cached products (before DAC quantisation, which makes a new tensor each call)
             key = (p.name, rt.batch, rt.dac_levels, x_in.data_ptr(), tuple(x_in.shape), x_in.stride())
-            y = lazy.shared_input_output(key, lambda w, b, k: self._matmul(x, w, b, shared and k > 1, k, B),
+            y = lazy.shared_input_output(key, lambda w, b, k: self.matmul(x, w, b, shared and k > 1, k, B),
                                          p.bias_scale)
         else:
             w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
             bias = None if b is None else b * p.bias_scale
-            fuse = (FUSE_BIAS_RELU_CUDA and x.is_cuda and p.op == "linear" and bias is not None and self.relu_after
+            fuse = (self.kernel.fuses_bias_relu and p.op == "linear" and bias is not None and self.relu_after
                     and rt.mode != "signals" and p.digital_bias is None and not torch.is_grad_enabled())
-            y = self._matmul(x, w, None if fuse else bias, shared, K, B)
+            y = self.matmul(x, w, None if fuse else bias, shared, K, B)
             if fuse:
                 if y.dim() == 3 and y.is_contiguous():
-                    return self._out(bias_relu_(y, bias), K, B)
+                    return self._out(self.kernel.bias_relu(y, bias), K, B)
                 y = y + bias.unsqueeze(1)
         nsp = y.dim() - 3
         enc = p.encoding

@@ -12,8 +12,9 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedLayerError
 from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
+from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
-from .selection import ANALOG_TYPES, LayerFilter, _check_finite, _check_rest, _select, resolve_device
+from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
 
 Tensor = torch.Tensor
 #: per-sample activation size (floats) from which conv networks run channels-last (AnalogProgram.input)
@@ -27,7 +28,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def _augmented(w: Tensor, b: Tensor | None, mode: str) -> tuple[Tensor, float, str]:
+def augmented_weights(w: Tensor, b: Tensor | None, mode: str) -> tuple[Tensor, float, str]:
     """``W~ = [W, b/s]`` with ``s = range(b)/range(W)`` (half-ranges), or W alone."""
     if b is None or mode == "digital":
         return w, 1.0, "none" if b is None else "digital"
@@ -90,11 +91,9 @@ class AnalogProgram:
     @property
     def sample_major_ok(self) -> bool:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
-        analog layer is linear, on CPU with the oneDNN path, and no hook watches an analog layer (hooks, e.g. per-chip
+        analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook watches an analog layer (hooks, e.g. per-chip
         calibration, read layer outputs instance-major)."""
-        from . import layers
-
-        if self.device.type != "cpu" or not layers.ONEDNN_LINEAR or any(p.op != "linear" for p in self.plans):
+        if not self.kernel.sample_major or any(p.op != "linear" for p in self.plans):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
@@ -139,8 +138,20 @@ class AnalogProgram:
             self._modules = (self.module, [self.module.get_submodule(p.name) for p in self.plans])
         return self._modules[1]
 
+    @property
+    def kernel(self) -> GenericKernel:
+        """The back end every analog layer runs (:mod:`anvm_stats.analog.kernels`)."""
+        return self.analog_modules()[0].kernel
+
+    def use_kernel(self, kernel: GenericKernel) -> None:
+        """Run every analog layer with ``kernel`` from now on (results agree to round-off)."""
+        if not isinstance(kernel, GenericKernel):
+            raise ConfigError("kernel", kernel, f"a kernel of anvm_stats.analog.kernels: one of {sorted(KERNELS)}")
+        for m in self.analog_modules():
+            m.kernel = kernel
+
     def to(self, device: torch.device | str) -> "AnalogProgram":
-        """A copy on ``device``."""
+        """A copy on ``device`` (running that device's kernel, :func:`~.kernels.select_kernel`)."""
         new = copy.deepcopy(self)
         new.module.to(device)
         new.g0 = new.g0.to(device)
@@ -149,6 +160,7 @@ class AnalogProgram:
             if m.signal_lo is not None:
                 m.signal_lo, m.signal_hi = m.signal_lo.to(device), m.signal_hi.to(device)
         new.plans = tuple(m.plan for m in new.analog_modules())
+        new.use_kernel(select_kernel(new.device))
         return new
 
     def weights(self, g: Tensor) -> dict[str, Tensor]:
@@ -231,6 +243,12 @@ class AnalogProgram:
         for m, (w, b) in zip(self.analog_modules(), mats):
             _set(m, LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw))
 
+    def set_batch(self, B: int, batch: int) -> None:
+        """Tell the loaded layers the next forward reads evaluation batch number ``batch`` of ``B`` samples
+        (names the cached products of shared inputs, :mod:`anvm_stats.analog.lazy`)."""
+        for m in self.analog_modules():
+            m.runtime.B, m.runtime.batch = B, batch
+
     def unload(self) -> None:
         for m in self.analog_modules():
             _set(m, None)
@@ -254,7 +272,7 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
 @torch.no_grad()
 def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: LayerFilter = None,
             digital: Iterable[str] = (), device: torch.device | str | None = None,
-            n_calibration: int = 512, fuse_relu: bool = False) -> AnalogProgram:
+            n_calibration: int = 512, fuse_relu: bool = False, kernel: GenericKernel | None = None) -> AnalogProgram:
     """Map ``model`` onto the chip described by ``spec``.
 
     Parameters
@@ -275,6 +293,9 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
         Run an ``nn.ReLU`` that only ever takes one analog layer's output in place inside that layer (saves a
         memory pass; results are bit-identical). Off by default: hooks on an analog layer's output (per-chip
         calibration, drift compensation) then see post-ReLU values.
+    kernel : GenericKernel, optional
+        The back end of the analog layers (:mod:`anvm_stats.analog.kernels`); default
+        :func:`~anvm_stats.analog.kernels.select_kernel` of ``device``.
 
     Raises
     ------
@@ -284,18 +305,22 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
         raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
     if not isinstance(spec, HardwareSpec):
         raise ConfigError("spec", type(spec).__name__, "an anvm_stats.HardwareSpec")
-    _check_finite(model)
+    check_finite(model)
     net = copy.deepcopy(model).eval().float()
     if device is None:
         first = next(net.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     device = resolve_device(device)
+    if kernel is None:
+        kernel = select_kernel(device)
+    elif not isinstance(kernel, GenericKernel):
+        raise ConfigError("kernel", kernel, f"a kernel of anvm_stats.analog.kernels: one of {sorted(KERNELS)}")
     net.to(device)
     folded = tuple(fold_batchnorm(net)) if spec.fold_batchnorm else ()
-    names = _select(net, layers)
+    names = select_layers(net, layers)
     if not names:
         raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
-    _check_rest(net, set(names), digital)
+    check_rest(net, set(names), digital)
     fused = find_fusable_relus(net, set(names)) if fuse_relu else {}
     for relu in fused.values():
         _set_submodule(net, relu, nn.Identity())
@@ -308,7 +333,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
             raise UnsupportedLayerError(f"layer {name!r}: padding_mode={mod.padding_mode!r}; only 'zeros' is supported")
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
         b = None if mod.bias is None else mod.bias.detach()
-        w_aug, s_b, bias_mode = _augmented(w, b, spec.bias)
+        w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
         enc = spec.mapping.encode(w_aug, spec.bounds)
         O, n_in = w.shape[0], w.shape[1]
         g_w = enc.g[:, :, :n_in].reshape(-1)
@@ -329,7 +354,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
                          w_slice=w_slice, b_slice=b_slice)
         plans.append(plan)
         analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
-                              adc_percentile=per.adc.percentile if per.adc else 99.99)
+                              adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel)
         analog.relu_after = name in fused
         _set_submodule(net, name, analog)
     program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded)

@@ -32,7 +32,7 @@ def resolve_device(device: torch.device | str) -> torch.device:
     return dev
 
 
-def _check_finite(model: nn.Module) -> None:
+def check_finite(model: nn.Module) -> None:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
@@ -40,7 +40,7 @@ def _check_finite(model: nn.Module) -> None:
                                       f"finite weights")
 
 
-def _select(model: nn.Module, layers: LayerFilter) -> list[str]:
+def select_layers(model: nn.Module, layers: LayerFilter) -> list[str]:
     modules = dict(model.named_modules())
     if layers is None:
         return [n for n, m in modules.items() if type(m) in ANALOG_TYPES]
@@ -60,7 +60,7 @@ def _select(model: nn.Module, layers: LayerFilter) -> list[str]:
     return chosen
 
 
-def _check_rest(model: nn.Module, analog: set[str], digital: Iterable[str]) -> None:
+def check_rest(model: nn.Module, analog: set[str], digital: Iterable[str]) -> None:
     allowed_digital = set(digital)
     for name, m in model.named_modules():
         if name in analog or name in allowed_digital or not list(m.parameters(recurse=False)):

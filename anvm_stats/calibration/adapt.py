@@ -42,6 +42,7 @@ from ..analog.program import prepare
 from ..data_source import describe, iter_batches
 from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
+from ..batches import evaluation_batches
 from ..montecarlo import RunOptions, run_points
 from ..provenance import provenance
 from ..rng import SeedLike, Stream, instance_generators, instance_sequence, seed_entropy
@@ -195,7 +196,7 @@ class SparseAdapter(_Adapter):
             d = delta * self.mask[name]
             w, b = (d[..., :p.in_features], d[..., p.in_features] * p.bias_scale) \
                 if p.bias_mode == "column" else (d, None)
-            corr = m._matmul(x, w, b, x.shape[0] == B and K > 1, K, B)
+            corr = m.matmul(x, w, b, x.shape[0] == B and K > 1, K, B)
             return y + corr.reshape(y.shape)
         return hook
 
@@ -323,11 +324,8 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
     for p in program.module.parameters():
         p.requires_grad_(False)
     dev = program.device
-    batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
-               for x, y in iter_batches(test, batch_size or 1024)]
-    if not batches:
-        raise ConfigError("test", "empty", "at least one sample")
-    n_samples = sum(int(x.shape[0]) for x, _ in batches)
+    batches = evaluation_batches(program, test, batch_size, name="test")
+    n_samples = batches.n_samples
     xc, yc = _calib_tensors(calib, opts.n_calib, dev)
     xc = program.input(xc)
     sampler = ChipSampler(program, seed)
@@ -360,9 +358,9 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
                 if opts.params == "sparse":
                     n_digital = int(sum(m[0].sum() for m in adapter.mask.values()))
                 sl = slice(start, start + K)
-                run = RunOptions(chunk_size=K, progress=False)
+                run = RunOptions(instances_per_chunk=K)
                 adapter.active = False
-                before = run_points(program, sampler, [spec], ids, batches, run, n_classes)
+                before = run_points(program, sampler, [spec], ids, batches, run)
                 adapter.active = True
                 optim = torch.optim.Adam(adapter.parameters(), lr=opts.learning_rate)
                 with torch.no_grad():
@@ -373,7 +371,7 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
                     optim.step()
                 with torch.no_grad():
                     out["obj1"][sl] = forward().cpu().numpy()
-                after = run_points(program, sampler, [spec], ids, batches, run, n_classes)
+                after = run_points(program, sampler, [spec], ids, batches, run)
                 out["shift"][sl] = adapter.shift().numpy()
             finally:
                 adapter.remove()

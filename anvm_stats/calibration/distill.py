@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import dims
-from ..analog.program import ANALOG_TYPES, _augmented
+from ..analog.program import ANALOG_TYPES, augmented_weights
 from ..data_source import as_tensors, iter_batches
 from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
@@ -105,7 +105,7 @@ def weight_perturbation(model: nn.Module, spec: HardwareSpec, generator: torch.G
             continue
         w = m.weight.detach().reshape(m.weight.shape[0], -1)
         b = None if m.bias is None else m.bias.detach()
-        w_aug, s, mode = _augmented(w, b, spec.bias)
+        w_aug, s, mode = augmented_weights(w, b, spec.bias)
         enc = spec.mapping.encode(w_aug, bounds)
         g = enc.g.reshape(1, -1)
         for eff in spec.effects:

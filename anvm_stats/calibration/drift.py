@@ -26,10 +26,11 @@ from torch import nn
 
 from .. import dims
 from ..analog.program import AnalogProgram, prepare
-from ..data_source import describe, iter_batches
+from ..data_source import describe
 from ..errors import ConfigError
 from ..hardware.effects import Drift
 from ..hardware.spec import HardwareSpec
+from ..batches import evaluation_batches
 from ..montecarlo import RunOptions, run_points, sweep
 from ..provenance import provenance
 from ..rng import SeedLike, seed_entropy
@@ -110,22 +111,13 @@ class GlobalCompensation:
 def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.ndarray, idx: np.ndarray,
                  seed: SeedLike, opts: RunOptions) -> tuple[dict, np.ndarray, ChipSampler, int, int]:
     """Metrics ``[T, n]`` and gains ``[T, n, L]`` of the globally compensated chips."""
-    dev = program.device
-    batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
-               for x, y in iter_batches(data, opts.batch_size or 1024)]
-    if not batches:
-        raise ConfigError("data", "empty", "at least one sample")
-    n_samples = sum(int(x.shape[0]) for x, _ in batches)
-    program.load(program.g0[None], B=batches[0][0].shape[0])
-    try:
-        n_classes = int(program.module(batches[0][0]).shape[-1])
-    finally:
-        program.unload()
+    batches = evaluation_batches(program, data, opts.samples_per_batch)
+    n_samples, n_classes = batches.n_samples, batches.n_classes
     sampler = ChipSampler(program, seed)
     t0 = drift_effect(spec).t0
     specs = [spec.with_knobs(t_inference=float(t)) for t in times]
     ref_spec = spec.with_knobs(t_inference=t0)
-    chunk = opts.chunk_size or 64
+    chunk = opts.instances_per_chunk or 64
     out = {k: np.zeros((len(times), len(idx))) for k in ("correct", "loss", "top5")}
     gains = np.zeros((len(times), len(idx), len(program.plans)))
     with GlobalCompensation(program) as comp:
@@ -134,12 +126,12 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
             K = len(ids)
             draws = sampler.draw(ids, spec)
             r0 = reference_read(program, sampler.program_chips(draws, ref_spec, K=K))
-            run = RunOptions(chunk_size=K, batch_size=opts.batch_size, memory_budget=opts.memory_budget,
-                             progress=False)
+            run = RunOptions(instances_per_chunk=K, samples_per_batch=opts.samples_per_batch,
+                             memory_budget=opts.memory_budget)
             for p, s in enumerate(specs):
                 rt = reference_read(program, sampler.program_chips(draws, s, K=K))
                 comp.alpha = torch.where(rt > 0, r0 / rt, torch.ones_like(rt))
-                res = run_points(program, sampler, [s], ids, batches, run, n_classes)
+                res = run_points(program, sampler, [s], ids, batches, run)
                 for k in out:
                     out[k][p, start:start + K] = res[k][0]
                 gains[p, start:start + K] = comp.alpha.cpu().numpy()
@@ -164,7 +156,7 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     compensation : {None, "global"}
         ``"global"``: per-chip, per-layer digital gain from a reference read (see module docstring).
     **option_kw
-        :class:`anvm_stats.montecarlo.RunOptions` fields (chunk_size, batch_size, memory_budget, progress).
+        :class:`anvm_stats.montecarlo.RunOptions` fields (instances_per_chunk, samples_per_batch, memory_budget), and ``progress``.
 
     Returns
     -------
@@ -181,10 +173,11 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     if compensation not in COMPENSATIONS:
         raise ConfigError("compensation", compensation, f"one of {COMPENSATIONS}")
     times = np.atleast_1d(np.asarray(times, dtype=float))
+    progress = option_kw.pop("progress", True)
     if compensation is None:
         ds = sweep(model, spec, data, grid={dims.T_INFERENCE: times}, n_instances=n_instances, seed=seed,
-                   instances=instances, calibration=calibration, layers=layers, digital=digital, device=device,
-                   **option_kw)
+                   instances=instances, calibration_data=calibration, layers=layers, digital=digital,
+                   device=device, options=RunOptions(**option_kw), progress=progress)
         ds.attrs["drift_compensation"] = "none"
         return ds
     opts = RunOptions(**option_kw)

@@ -17,8 +17,12 @@ from .periphery import Periphery
 
 _BIAS_MODES = ("column", "digital")
 _SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
-#: sweep knobs every spec understands (dims of a sweep Dataset)
-KNOBS = ("noise_level", "t_inference", "adc_bits", "dac_bits", "stuck_at_rate")
+#: sweep knobs (dims of a sweep Dataset): the effects' and periphery's own (noise_level, t_inference,
+#: stuck_at_rate, adc_bits, dac_bits), and those the spec sets itself: converter levels instead of bits
+#: (adc_levels, dac_levels) and the programming-noise mean (mean_shift, ``mu``)
+KNOBS = ("noise_level", "t_inference", "adc_bits", "dac_bits", "stuck_at_rate", "adc_levels", "dac_levels",
+         "mean_shift")
+_SPEC_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,7 +85,9 @@ class HardwareSpec:
     def with_knobs(self, **knobs: Any) -> "HardwareSpec":
         """A copy with sweep knobs set, e.g. ``spec.with_knobs(noise_level=0.1, adc_bits=6)``.
 
-        Every knob must be understood by at least one component (an effect or the periphery).
+        Every knob must be understood by at least one component (an effect or the periphery); ``adc_levels`` and
+        ``dac_levels`` (a converter of that many levels, replacing its bits) and ``mean_shift`` (the mean ``mu`` of
+        every programming-noise effect) are set here.
 
         Raises
         ------
@@ -90,6 +96,9 @@ class HardwareSpec:
         """
         spec = self
         for name, value in knobs.items():
+            if name in _SPEC_KNOBS:
+                spec = spec._with_spec_knob(name, value)
+                continue
             hit = False
             effects = []
             for eff in spec.effects:
@@ -103,6 +112,20 @@ class HardwareSpec:
                                                f"{[e.kind for e in spec.effects]}); knobs are {KNOBS}")
             spec = replace(spec, effects=tuple(effects), periphery=periphery or spec.periphery)
         return spec
+
+    def _with_spec_knob(self, name: str, value: Any) -> "HardwareSpec":
+        if name == "mean_shift":
+            check_number(name, value)
+            if not any(e.kind == "programming_noise" for e in self.effects):
+                raise ConfigError(name, value, "a spec with a programming_noise effect (its mean mu is shifted)")
+            return replace(self, effects=tuple(replace(e, mu=float(value)) if e.kind == "programming_noise" else e
+                                               for e in self.effects))
+        which = name.split("_")[0]
+        q = getattr(self.periphery, which)
+        if q is None:
+            raise ConfigError(name, value, f"a spec whose periphery has a {which.upper()} (it has none)")
+        check_number(name, value, low=2, integer=True)
+        return replace(self, periphery=replace(self.periphery, **{which: replace(q, bits=None, levels=int(value))}))
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

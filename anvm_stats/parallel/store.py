@@ -3,7 +3,7 @@
 The zarr store holds the full-shape result, chunked so that each task owns whole chunks, plus a completion mask
 ``_task_done`` (one int8 chunk per task). A task's region is written first, then its mask entry, so a run killed at
 any moment loses at most the tasks in flight; rewriting a region is idempotent. The store records a fingerprint of
-the study (spec, grid, instances, seed, chunking, model, data, options); a store of another study is refused with
+the study (spec, grid, instances, seed, chunking, model, data, options, resolved sampler, device); a store of another study is refused with
 a :class:`~anvm_stats.errors.ConfigError` that names what differs.
 """
 
@@ -27,13 +27,16 @@ from .tasks import Task
 FINGERPRINT_ATTR = "_anvm_fingerprint"
 DONE = "_task_done"
 TASK_DIM = "_task"
-STORE_VERSION = 1
+STORE_VERSION = 2
 
 
 def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndarray], instances: np.ndarray,
                 seed_root: np.random.SeedSequence, chunk_size: int, split_grid: bool, model_hash: str,
-                data_hash: str, options_hash: str) -> dict[str, str]:
-    """What identifies a study's results, part by part (short readable values or SHA-256 hashes)."""
+                data_hash: str, options_hash: str, sampler: str, device: str) -> dict[str, str]:
+    """What identifies a study's results, part by part (short readable values or SHA-256 hashes).
+
+    ``sampler`` is the resolved sampler (``"counter"`` or ``"generator"``, never ``"auto"``) and ``device`` the
+    workers' device type(s): chips drawn another way, or scored on another device, never join a store."""
     from .tasks import hash_json
 
     n = len(instances)
@@ -48,6 +51,8 @@ def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndar
         "model": model_hash,
         "data": data_hash,
         "options": options_hash,
+        "sampler": sampler,
+        "device": device,
     }
 
 

@@ -4,7 +4,7 @@ worker runs.
 A task is a rectangle of the result: one instance chunk at one grid point (``split_grid=True``) or at every grid
 point at once (the default, which keeps the sweep's common-random-number saving: each chip's base draws are paid
 once for all points). A worker builds the task's chips from ``(seed, instance indices)`` alone by calling the core
-:func:`anvm_stats.montecarlo.sweep`, so the merged result equals the single-process run bit for bit.
+:func:`anvm_stats.montecarlo.sweep` in process, so the merged result equals the single-process run bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import xarray as xr
 from torch import nn
 
 from .. import dims
+from ..analog.program import prepare
 from ..data_source import as_tensors, iter_batches
+from ..montecarlo import RunOptions, sweep
 
 #: programs kept per worker thread (keyed by content hash); older ones are dropped
 CACHE_SIZE = 2
@@ -133,6 +135,11 @@ def worker_device(device) -> torch.device | str | None:
     return device
 
 
+def worker_device_type() -> str:
+    """The device type this worker evaluates on by default (``"cuda"`` with a GPU, else ``"cpu"``)."""
+    return torch.device(worker_device(None) or "cpu").type
+
+
 def pack(**inputs) -> bytes:
     """The inputs of a run as one pickle (model, spec, data, calibration, program, prepare options).
 
@@ -193,7 +200,8 @@ def run_task(payload: bytes, *, cache_key: str, grid, instances: np.ndarray, see
     seed : SeedSequence
         Root seed of the run.
     options : dict
-        ``batch_size``, ``memory_budget`` and ``sampler`` for :class:`anvm_stats.montecarlo.RunOptions`.
+        ``samples_per_batch``, ``memory_budget`` and ``sampler`` (resolved) for
+        :class:`anvm_stats.montecarlo.RunOptions`.
     torch_threads : int
         Intra-op threads of torch on the worker.
 
@@ -202,10 +210,8 @@ def run_task(payload: bytes, *, cache_key: str, grid, instances: np.ndarray, see
     xr.Dataset
         The core sweep's result for the task: dims ``(*grid, instance)`` with ``K`` instances.
     """
-    from ..montecarlo import sweep
-
     if torch.get_num_threads() != torch_threads:
         torch.set_num_threads(torch_threads)
     inp = cached_inputs(cache_key, payload)
     return sweep(inp["model"], inp["spec"], inp["data"], grid=grid, instances=instances, seed=seed,
-                 program=inp["program"], progress=False, **{k: v for k, v in options.items() if v is not None})
+                 program=inp["program"], options=RunOptions(**options), progress=False)

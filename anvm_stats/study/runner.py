@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ import xarray as xr
 
 from .. import dims
 from ..errors import ConfigError
-from ..hardware.spec import KNOBS, HardwareSpec
+from ..hardware.spec import HardwareSpec
 from .config import Study
 from .train import DEFAULT_CACHE, load_data, load_weights, train_or_load
 
@@ -36,27 +36,14 @@ MODEL_DIM = "model"
 HARDWARE_DIM = "hardware"
 
 
+#: knobs a study sweeps by preparing (and calibrating the converter ranges of) one program per value, the results
+#: stacked along them; the other knobs are grid dims of one engine sweep
+STACKED_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
+
+
 def apply_knobs(spec: HardwareSpec, knobs: dict) -> HardwareSpec:
-    """``spec.with_knobs`` plus the study-only knobs ``adc_levels``, ``dac_levels`` (converter levels instead of
-    bits) and ``mean_shift`` (the programming-noise mean ``mu``)."""
-    std = {k: v for k, v in knobs.items() if k in KNOBS}
-    if std:
-        spec = spec.with_knobs(**std)
-    for k, v in knobs.items():
-        if k in ("adc_levels", "dac_levels"):
-            which = k.split("_")[0]
-            q = getattr(spec.periphery, which)
-            if q is None:
-                raise ConfigError(k, v, f"a spec whose periphery has a {which.upper()} (it has none)")
-            spec = replace(spec, periphery=replace(spec.periphery, **{which: replace(q, bits=None, levels=int(v))}))
-        elif k == "mean_shift":
-            effects = tuple(replace(e, mu=float(v)) if e.kind == "programming_noise" else e for e in spec.effects)
-            if effects == spec.effects and not any(e.kind == "programming_noise" for e in spec.effects):
-                raise ConfigError(k, v, "a spec with a programming_noise effect (its mean mu is shifted)")
-            spec = replace(spec, effects=effects)
-        elif k not in KNOBS:
-            raise ConfigError(k, v, f"a knob: one of {tuple(KNOBS) + ('adc_levels', 'dac_levels', 'mean_shift')}")
-    return spec
+    """``spec.with_knobs(**knobs)``."""
+    return spec.with_knobs(**knobs)
 
 
 def _nest(items: list, shape: list[int]):
@@ -93,20 +80,24 @@ class _Ctx:
     test: object
     device: object
     progress: bool
-    executor: dict = field(default_factory=dict)   # e.g. {"executor": "dask", "client": client}
+    client: object = None                           # a distributed.Client: sweeps run on Dask
     store_dir: Path | None = None                   # resumable zarr stores, one per sweep call
 
-    def sweep_kwargs(self, model, spec, instances) -> dict:
-        """Executor options of one sweep call; with a store folder, a store named by a hash of what the call
-        computes (model weights, chip, instances, seed, grid), so re-running the study resumes each sweep."""
+    def executor(self, model, spec, instances):
+        """The executor of one sweep call (None: in process); with a store folder, a Dask store named by a hash of
+        what the call computes (model weights, chip, instances, seed, grid), so re-running the study resumes each
+        sweep."""
+        from ..parallel import DaskExecutor
+        if self.client is None:
+            return None
         if self.store_dir is None:
-            return dict(self.executor)
+            return DaskExecutor(self.client)
         from ..parallel import hash_model
         from ..parallel.tasks import hash_json
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
                          "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()}})
-        return {**self.executor, "store": self.store_dir / f"sweep-{key[:16]}.zarr"}
+        return DaskExecutor(self.client, store=self.store_dir / f"sweep-{key[:16]}.zarr")
 
     @property
     def keep_model(self) -> bool:
@@ -114,8 +105,8 @@ class _Ctx:
 
     def grids(self) -> tuple[dict, dict]:
         grid = self.study.sweep.grid
-        return ({k: list(v) for k, v in grid.items() if k in KNOBS},
-                {k: list(v) for k, v in grid.items() if k not in KNOBS})
+        return ({k: list(v) for k, v in grid.items() if k not in STACKED_KNOBS},
+                {k: list(v) for k, v in grid.items() if k in STACKED_KNOBS})
 
     def over_all(self, fn) -> xr.Dataset:
         """``fn(model, spec)`` over models x hardware variants x study-only knobs, stacked."""
@@ -128,14 +119,15 @@ class _Ctx:
 
 
 def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
-    from ..montecarlo import sweep
+    from ..montecarlo import RunOptions, sweep
 
     std, _ = ctx.grids()
     sw = ctx.study.sweep
+    options = RunOptions(samples_per_batch=sw.eval_batch_size, instances_per_chunk=sw.chunk_size)
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
-        device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size,
-        **ctx.sweep_kwargs(model, spec, instances)))
+        device=ctx.device, options=options, progress=ctx.progress,
+        executor=ctx.executor(model, spec, instances)))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -301,7 +293,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     if scheduler is not None or workers is not None or store is not None:
         from ..parallel import connect
         with connect(scheduler=scheduler, n_workers=workers or 2) as client:
-            ctx.executor = {"executor": "dask", "client": client}
+            ctx.client = client
             ds = run_sweep(ctx)
     else:
         ds = run_sweep(ctx)

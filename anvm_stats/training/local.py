@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..analog.program import _augmented
+from ..analog.program import augmented_weights
 from ..errors import ConfigError, check
 from ..hardware.effects import Bounds, ProgrammingNoise
 from ..hardware.mapping import DifferentialMapping, LayerEncoding, OffsetMapping
@@ -183,7 +183,7 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
         w, b, k = _folded(model, t)
         if proxy:
             w = torch.stack([w.amin(1), w.amax(1)], 1)
-        w_aug, s, mode = _augmented(w.float(), None if b is None else b.float(), spec.bias)
+        w_aug, s, mode = augmented_weights(w.float(), None if b is None else b.float(), spec.bias)
         enc = spec.mapping.encode(w_aug, spec.bounds)
         shift, terms = layer_noise(enc, effects, spec.bounds)
         var = torch.zeros_like(shift)

@@ -3,7 +3,7 @@
 For every analog layer (Linear / Conv1d / Conv2d, or a user selection) the perturbation is drawn from exactly the
 hardware model the Monte Carlo engine uses (:func:`anvm_stats.analog.prepare` + :class:`anvm_stats.sampler.ChipSampler`):
 
-1. ``W~ = [W, b/s]`` (:func:`anvm_stats.analog.program._augmented`, ``spec.bias`` decides column / digital bias);
+1. ``W~ = [W, b/s]`` (:func:`anvm_stats.analog.program.augmented_weights`, ``spec.bias`` decides column / digital bias);
 2. ``enc = spec.mapping.encode(W~, spec.bounds)``: nominal conductances ``g0`` of all devices, flattened in the
    engine's device order (per layer: weight devices, then bias-column devices);
 3. base draws of every program-phase effect from one generator per draw ``l`` (stream ``Stream.TRAIN`` keyed by
@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from ..analog.fold import find_foldable_pairs
-from ..analog.program import LayerFilter, _augmented, _select
+from ..analog.program import LayerFilter, augmented_weights
+from ..analog.selection import select_layers
 from ..errors import ConfigError, check_number
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike, Stream, instance_generators, root_sequence
@@ -98,7 +99,7 @@ def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_bat
     With ``perturb_batchnorm`` each layer directly followed by an affine BatchNorm with running statistics (found by
     torch.fx tracing, as in BN folding) is paired with it.
     """
-    names = _select(model, layers)
+    names = select_layers(model, layers)
     if not names:
         raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
     pairs = dict(find_foldable_pairs(model)) if perturb_batchnorm else {}
@@ -207,7 +208,7 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     layers_info, chunks, offset = [], [], 0
     for t in targets:
         w, b, k = _folded(model, t)
-        w_aug, s, mode = _augmented(w.float(), None if b is None else b.float(), spec.bias)
+        w_aug, s, mode = augmented_weights(w.float(), None if b is None else b.float(), spec.bias)
         enc = spec.mapping.encode(w_aug, spec.bounds)
         A, O, n_in = enc.g.shape[0], w.shape[0], w.shape[1]
         chunks.append(enc.g[:, :, :n_in].reshape(-1))

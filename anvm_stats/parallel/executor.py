@@ -1,4 +1,4 @@
-"""Monte Carlo sweeps on Dask distributed: the same result as :func:`anvm_stats.montecarlo.sweep`, bit for bit.
+"""The Dask executor of :func:`anvm_stats.sweep`: the same result as the in-process run, bit for bit.
 
 The grid x instance-chunk tasks (:mod:`.tasks`) are submitted to a ``dask.distributed`` cluster: a LocalCluster
 on loopback by default (one worker per GPU when CUDA is present), or an existing scheduler. The model, spec and
@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,16 +22,15 @@ import xarray as xr
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import dims
 from ..analog.program import AnalogProgram, LayerFilter
 from ..data_source import describe
 from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
-from ..montecarlo import RunOptions, _grid_points
+from ..montecarlo import GridPlan, RunOptions, resolve_sampler
 from ..rng import SeedLike, root_sequence
-from ..sampler import instance_indices
 from .store import fingerprint, make_sink
-from .tasks import Task, hash_data, hash_json, hash_model, pack, plan_tasks, portable_data, run_task
+from .tasks import (Task, hash_data, hash_json, hash_model, pack, plan_tasks, portable_data, run_task,
+                    worker_device_type)
 
 LOOPBACK = "127.0.0.1"
 #: the scheduler's HTTP routes (health, metrics; no dashboard) on a free loopback port, never on 0.0.0.0:8787
@@ -90,8 +90,9 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = 2
         yield c
 
 
-def _options_hash(*, calibration_hash: str, layers, digital, device, batch_size, program: AnalogProgram | None,
-                  sampler: str = "auto"):
+def _options_hash(*, calibration_hash: str, layers, digital, program: AnalogProgram | None) -> str:
+    """What else decides the chips' scores: calibration data, analog layers, prepared program. The batch size
+    does not (:class:`~anvm_stats.montecarlo.RunOptions`); the sampler and device are fingerprint entries."""
     if callable(layers):
         layers = f"callable {getattr(layers, '__module__', '')}.{getattr(layers, '__qualname__', repr(layers))}"
     prog = None
@@ -99,43 +100,49 @@ def _options_hash(*, calibration_hash: str, layers, digital, device, batch_size,
         prog = [hash_model(program.module), hash_data((program.g0[None], torch.zeros(1)))]
     return hash_json({"calibration": calibration_hash, "layers": None if layers is None else
                       (layers if isinstance(layers, str) else list(layers)),
-                      "digital": list(digital), "device": None if device is None else str(device),
-                      "batch_size": batch_size, "program": prog,
-                      # only when set, so stores written before the option existed still resume
-                      **({"sampler": sampler} if sampler != "auto" else {})})
+                      "digital": list(digital), "program": prog})
 
 
-def sweep_distributed(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequence] | None = None,
-                      n_instances: int | None = 256, seed: SeedLike = None, instances: Sequence[int] | None = None,
-                      chunk_size: int = 64, client=None, scheduler: str | None = None, n_workers: int | None = 2,
-                      threads_per_worker: int = 1, store=None, progress: bool = True, split_grid: bool = False,
-                      retries: int = 3, on_task: Callable[[Task, int, int], None] | None = None,
-                      calibration=None, layers: LayerFilter = None, digital: Sequence[str] = (),
-                      device: torch.device | str | None = None, batch_size: int | None = None,
-                      memory_budget: int | None = None, program: AnalogProgram | None = None,
-                      sampler: str = "auto") -> xr.Dataset:
-    """:func:`anvm_stats.montecarlo.sweep` on a Dask cluster; the result is identical to the in-process run.
+def _devices(client, device) -> str:
+    """The device type the workers evaluate on (``device``, or each worker's own: its GPU when it has one)."""
+    if device is not None:
+        return torch.device(device).type
+    if not client.scheduler_info().get("workers"):
+        client.wait_for_workers(1)
+    kinds = sorted(set(client.run(worker_device_type).values()))
+    return "+".join(kinds)
+
+
+def _resolve_sampler(sampler: str, devices: str) -> str:
+    """The sampler every task draws with: ``sampler``, or for ``"auto"`` the one of the workers' device."""
+    if sampler != "auto":
+        return sampler
+    if "+" in devices:
+        raise ConfigError("RunOptions.sampler", "auto", f"'counter' or 'generator': the workers mix devices "
+                                                        f"({devices}), whose automatic samplers draw different chips")
+    return resolve_sampler(sampler, devices)
+
+
+@dataclass(frozen=True, eq=False)
+class DaskExecutor:
+    """Run :func:`anvm_stats.sweep` as grid x instance-chunk tasks on Dask distributed; the result is identical to
+    the in-process run, bit for bit.
 
     Parameters
     ----------
-    model, spec, data, grid, n_instances, seed, instances, calibration, layers, digital, device, batch_size, \
-memory_budget, program, sampler
-        As for :func:`anvm_stats.montecarlo.sweep`. ``device=None`` means each worker's GPU when it has one.
-    chunk_size : int
-        Instances per task (also the zarr chunk). Per-task overhead is a few ms (see :mod:`.bench`): pick chunks
-        that take well over 100 ms.
-    client : distributed.Client, optional
-        Use this client (left open).
-    scheduler : str, optional
-        Address of a running scheduler ("tcp://host:port"); default: a loopback LocalCluster of ``n_workers``
-        process workers (one per GPU when CUDA is present), closed at the end.
+    client : distributed.Client, str or None
+        A client (left open), the address of a running scheduler (``"tcp://host:port"``; it unpickles what it
+        receives, so it must be trusted), or ``None``: a loopback :func:`local_cluster` of ``n_workers`` process
+        workers (one per GPU when CUDA is present), closed at the end.
+    store : str or PathLike, optional
+        A ``.zarr`` directory the results stream into, task by task; rerunning the same sweep resumes it and
+        computes only the missing tasks. A store of another study (or drawn with another sampler or on another
+        device) is refused with a :class:`~anvm_stats.errors.ConfigError` naming what differs.
+    task_size : int
+        Instances per task (also the zarr chunk). Per-task overhead is a few ms: pick tasks that take well over
+        100 ms.
     n_workers, threads_per_worker : int
         Size of the default LocalCluster; torch runs one intra-op thread per task thread.
-    store : str or PathLike, optional
-        A ``.zarr`` directory the results stream into, task by task; rerunning the same call resumes it and
-        computes only the missing tasks. A store of another study is refused (ConfigError naming what differs).
-    progress : bool
-        Progress bar over instance-points.
     split_grid : bool
         One task per (grid point, instance chunk) instead of per instance chunk at every point (the default
         shares each chip's base draws across the grid, as the in-process sweep does).
@@ -144,45 +151,71 @@ memory_budget, program, sampler
     on_task : callable(task, n_done, n_total), optional
         Called after each task is stored; an exception raised there stops the run (stored tasks are kept).
 
-    Returns
-    -------
-    xr.Dataset
-        Dims ``(*grid, instance)``, the variables and attrs of :func:`anvm_stats.montecarlo.sweep`.
+    Notes
+    -----
+    ``device=None`` in :func:`~anvm_stats.sweep` means each worker's GPU when it has one. With
+    ``RunOptions.sampler="auto"`` the sampler is resolved from the workers' device before any task runs (a cluster
+    mixing CPU and GPU workers must name one); the resolved sampler and the device are part of a store's
+    fingerprint, so a store is never resumed with chips drawn another way.
     """
-    check_number("chunk_size", chunk_size, low=1, integer=True)
-    check_number("retries", retries, low=0, integer=True)
-    check_number("threads_per_worker", threads_per_worker, low=1, integer=True)
-    RunOptions(batch_size=batch_size, memory_budget=memory_budget, sampler=sampler)  # validates
-    if not isinstance(spec, HardwareSpec):
-        raise ConfigError("spec", type(spec).__name__, "a HardwareSpec")
-    keys, values, _ = _grid_points(grid)
-    idx = instance_indices(n_instances, instances)
-    root = root_sequence(seed)
-    tasks = plan_tasks(values, len(idx), int(chunk_size), split_grid)
-    coords = {k: v for k, v in zip(keys, values)}
-    coords[dims.INSTANCE] = idx
-    pdata = portable_data(data)
-    pcal = portable_data(calibration) if calibration is not None else None
-    data_hash = hash_data(pdata)
-    opt_hash = _options_hash(calibration_hash=hash_data(pcal), layers=layers, digital=digital, device=device,
-                             batch_size=batch_size, program=program, sampler=sampler)
-    model_hash = hash_model(model)
-    key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
-    fp = fingerprint(spec_json=spec.to_json(), keys=keys, values=values, instances=idx, seed_root=root,
-                     chunk_size=int(chunk_size), split_grid=bool(split_grid), model_hash=model_hash,
-                     data_hash=data_hash, options_hash=opt_hash)
-    sink = make_sink(store, tasks, keys, coords, {"dataset": describe(data)}, fingerprint=fp,
-                     chunk_size=int(chunk_size), split_grid=bool(split_grid))
-    pending = sink.pending()
-    if pending:
-        prep = {"layers": layers, "digital": tuple(digital), "device": None if device is None else str(device)}
-        options = {"batch_size": batch_size, "memory_budget": memory_budget, "sampler": sampler}
-        with connect(client, scheduler, n_workers, threads_per_worker) as c:
-            _run(c, pending, sink, model=model, spec=spec, data=pdata, calibration=pcal, program=program,
-                 key=key, prep=prep, keys=keys, values=values, idx=idx, root=root, options=options,
-                 torch_threads=1, retries=int(retries), progress=progress, on_task=on_task,
-                 n_total=len(tasks))
-    return sink.result()
+
+    client: Any = None
+    store: str | os.PathLike | None = None
+    task_size: int = 64
+    n_workers: int | None = 2
+    threads_per_worker: int = 1
+    split_grid: bool = False
+    retries: int = 3
+    on_task: Callable[[Task, int, int], None] | None = None
+
+    def __post_init__(self):
+        check_number("DaskExecutor.task_size", self.task_size, low=1, integer=True)
+        check_number("DaskExecutor.retries", self.retries, low=0, integer=True)
+        check_number("DaskExecutor.threads_per_worker", self.threads_per_worker, low=1, integer=True)
+        check(isinstance(self.split_grid, bool), "DaskExecutor.split_grid", self.split_grid, "true or false")
+        if isinstance(self.client, str):
+            check("://" in self.client, "DaskExecutor.client", self.client,
+                  "a distributed.Client or a scheduler address such as 'tcp://10.0.0.5:8786'")
+
+    def run(self, model: nn.Module, spec: HardwareSpec, data, *, plan: GridPlan, instances: np.ndarray,
+            seed: SeedLike, calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
+            device: torch.device | str | None = None, options: RunOptions,
+            program: AnalogProgram | None = None, progress: bool = True) -> xr.Dataset:
+        """The executor protocol of :class:`anvm_stats.montecarlo.LocalExecutor`."""
+        idx = instances
+        root = root_sequence(seed)
+        tasks = plan_tasks(plan.values, len(idx), int(self.task_size), self.split_grid)
+        pdata = portable_data(data)
+        pcal = portable_data(calibration_data) if calibration_data is not None else None
+        data_hash = hash_data(pdata)
+        opt_hash = _options_hash(calibration_hash=hash_data(pcal), layers=layers, digital=digital, program=program)
+        model_hash = hash_model(model)
+        client, address = (None, self.client) if isinstance(self.client, str) else (self.client, None)
+        with connect(client, address, self.n_workers, self.threads_per_worker) as c:
+            devices = _devices(c, device)
+            sampler = _resolve_sampler(options.sampler, devices)
+            key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
+            fp = fingerprint(spec_json=spec.to_json(), keys=plan.keys, values=plan.values, instances=idx,
+                             seed_root=root, chunk_size=int(self.task_size), split_grid=self.split_grid,
+                             model_hash=model_hash, data_hash=data_hash, options_hash=opt_hash, sampler=sampler,
+                             device=devices)
+            attrs = {"dataset": describe(data), "calibration_data": "evaluation data" if calibration_data is None
+                     else describe(calibration_data)}
+            if program is not None:
+                attrs["calibration_data"] = "as the given program was prepared"
+            sink = make_sink(self.store, tasks, plan.keys, plan.coords(idx), attrs, fingerprint=fp,
+                             chunk_size=int(self.task_size), split_grid=self.split_grid)
+            pending = sink.pending()
+            if pending:
+                prep = {"layers": layers, "digital": tuple(digital),
+                        "device": None if device is None else str(device)}
+                run_opts = {"samples_per_batch": options.samples_per_batch,
+                            "memory_budget": options.memory_budget, "sampler": sampler}
+                _run(c, pending, sink, model=model, spec=spec, data=pdata, calibration=pcal, program=program,
+                     key=key, prep=prep, keys=list(plan.keys), values=list(plan.values), idx=idx, root=root,
+                     options=run_opts, torch_threads=1, retries=int(self.retries), progress=progress,
+                     on_task=self.on_task, n_total=len(tasks))
+        return sink.result()
 
 
 def _run(client, pending: list[Task], sink, *, model, spec, data, calibration, program, key, prep, keys, values,
@@ -233,25 +266,3 @@ def _run(client, pending: list[Task], sink, *, model, spec, data, calibration, p
         bar.close()
 
 
-def dask_sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequence] | None = None,
-               n_instances: int | None = 256, seed: SeedLike = None, instances: Sequence[int] | None = None,
-               calibration=None, layers: LayerFilter = None, digital: Sequence[str] = (),
-               device: torch.device | str | None = None, options: RunOptions | None = None,
-               program: AnalogProgram | None = None, client=None, scheduler: str | None = None,
-               n_workers: int | None = 2, store=None, **kw) -> xr.Dataset:
-    """The ``executor="dask"`` back end of :func:`anvm_stats.sweep`: its signature, plus the Dask options of
-    :func:`sweep_distributed` (``client``, ``scheduler``, ``n_workers``, ``store``, ``split_grid``, ``retries``,
-    ``on_task``, ``threads_per_worker``). ``chunk_size`` (default 64) is the instances per task.
-
-    Returns
-    -------
-    xr.Dataset
-        Identical to ``anvm_stats.sweep(...)`` with the same arguments (dims ``(*grid, instance)``).
-    """
-    run_kw = {k: kw.pop(k) for k in ("chunk_size", "batch_size", "memory_budget", "progress", "sampler") if k in kw}
-    opts = options or RunOptions(**run_kw)
-    return sweep_distributed(model, spec, data, grid=grid, n_instances=n_instances, seed=seed, instances=instances,
-                             calibration=calibration, layers=layers, digital=digital, device=device,
-                             program=program, client=client, scheduler=scheduler, n_workers=n_workers, store=store,
-                             chunk_size=opts.chunk_size or 64, batch_size=opts.batch_size,
-                             memory_budget=opts.memory_budget, progress=opts.progress, sampler=opts.sampler, **kw)
