@@ -22,7 +22,7 @@ from . import dims
 from .analog.affine import affine_layers, affine_runtime, draw_views
 from .analog.lazy import NOMINAL_CACHE_BYTES, PRODUCT_CACHE_BYTES, ProductCache
 from .analog.program import AnalogProgram, LayerFilter, prepare
-from .batches import DEFAULT_SAMPLES_PER_BATCH, EvaluationBatches, evaluation_batches
+from .batches import EvaluationBatches, evaluation_batches
 from .chunking import draw_block, instances_per_chunk, instances_per_forward
 from .counter_rng import counter_draws_default
 from .data_source import describe
@@ -37,10 +37,6 @@ Tensor = torch.Tensor
 SAMPLERS = {"auto": None, "counter": True, "generator": False}
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
-#: samples whose cross-entropy losses are summed together (float32) before the group sums are added in sample
-#: order (float64): fixed, so the loss never depends on the batch size; the default batch size, so a run with
-#: default batches sums exactly as one batch at a time
-LOSS_GROUP_SAMPLES = DEFAULT_SAMPLES_PER_BATCH
 
 
 def resolve_sampler(sampler: str, device: torch.device | str) -> str:
@@ -75,8 +71,10 @@ class RunOptions:
 
     Notes
     -----
-    Only ``sampler`` changes a result: the chunking, the batch size (losses are summed over fixed groups of
-    :data:`LOSS_GROUP_SAMPLES` samples, whatever the batches) and the memory budget never do.
+    ``instances_per_chunk`` and ``memory_budget`` never change a result (every forward of a chip has the same
+    shape). ``samples_per_batch`` does, at float32 round-off: the GEMM and convolution kernels that compute a
+    forward are chosen by its shape, so a sample's logits can differ in their last bit between batch sizes (and
+    a loss summed per batch in float32 with them). ``sampler`` picks which chips are drawn.
     """
 
     instances_per_chunk: int | None = None
@@ -150,15 +148,14 @@ def plan_grid(grid: Mapping[str, Sequence] | None) -> GridPlan:
     return GridPlan(tuple(keys), tuple(values), tuple(points))
 
 
-def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> Tensor:
-    """Accumulate per-instance correct and top-5 counts from logits ``[K, C, B]``; return the per-sample
-    cross-entropy losses ``[K, B]`` (float32).
+def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
+    """Accumulate per-instance correct counts, top-5 counts and loss sums from logits ``[K, C, B]``.
 
-    Class-major (``C`` before the samples): every reduction over classes runs across samples in SIMD lanes. The
-    rank of the true class is the number of classes ranked before it, with ``argmax`` semantics: a larger logit,
-    or an equal logit at a smaller class index (so a coarse ADC that ties every output scores like ``argmax``,
-    never as correct by default); a NaN logit outranks everything, and a NaN true logit is wrong. Top-1 and top-5
-    come from that one rank; the loss is ``logsumexp - logit_true``."""
+    Class-major (``C`` before the samples): every reduction over classes runs across samples in SIMD lanes, about
+    twice as fast as over a 10-wide inner dim. The rank of the true class is the number of classes ranked before it,
+    with ``argmax`` semantics: a larger logit, or an equal logit at a smaller class index (so a coarse ADC that
+    ties every output scores like ``argmax``, never as correct by default); a NaN logit outranks everything, and a
+    NaN true logit is wrong. Top-1 and top-5 come from that one rank; the loss is ``logsumexp - logit_true``."""
     K, C, B = logits.shape
     true = logits.gather(1, y.view(1, 1, B).expand(K, 1, B))
     lse = torch.logsumexp(logits.float(), 1)
@@ -172,57 +169,19 @@ def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> Tensor:
     rank = torch.where(torch.isnan(true[:, 0]), torch.full_like(rank, C), rank)
     acc["correct"] += (rank == 0).sum(1).to(torch.float64)
     acc["top5"] += (rank < 5).sum(1).to(torch.float64)
-    return lse - true[:, 0].float()
-
-
-class _LossGroups:
-    """Loss sums that do not depend on the batch size: per-sample losses of rows ``0..n_rows`` are written at
-    their sample positions, and each row's losses are summed group by group (:data:`LOSS_GROUP_SAMPLES` samples,
-    float32), the group sums added in sample order (float64). Rows must receive their samples in order."""
-
-    def __init__(self, n_rows: int, n_samples: int, device):
-        self.n = n_samples
-        self.buf = torch.empty((n_rows, min(LOSS_GROUP_SAMPLES, n_samples)), dtype=torch.float32, device=device)
-
-    def add(self, first: int, s0: int, loss: Tensor, out: Tensor) -> None:
-        """Losses ``[K, B]`` of rows ``first..first+K``, samples ``s0..s0+B``; completed groups go into ``out``."""
-        K, B = loss.shape
-        G, j = LOSS_GROUP_SAMPLES, 0
-        rows = self.buf[first:first + K]
-        while j < B:
-            s = s0 + j
-            g0 = s // G * G
-            end = min(g0 + G, self.n)
-            take = min(B - j, end - s)
-            rows[:, s - g0:s - g0 + take] = loss[:, j:j + take]
-            if s + take == end:
-                group = rows[:, :end - g0]
-                out[first:first + K] += (group if end - g0 == rows.shape[1] else group.contiguous()).sum(1).to(
-                    torch.float64)
-            j += take
+    acc["loss"] += (lse - true[:, 0].float()).sum(1).to(torch.float64)
 
 
 class _PendingMetrics:
     """Logits of consecutive sub-chunks of one draw block, scored together (fewer, larger metric ops).
 
-    ``add(offset, batch, logits, y, acc)`` keeps ``logits`` ``[K, B, C]`` (any strides) of block rows
+    ``add(offset, batch, logits, y)`` keeps ``logits`` ``[K, B, C]`` (any strides) of block rows
     ``offset..offset+K`` on batch index ``batch``, class-major (``[K, C, B]``, contiguous); ``flush(acc)`` scores
-    everything kept into ``acc`` (dict of ``[n_rows]`` float64 tensors), batch after batch. Scores are per
-    instance, so grouping never changes them.
+    everything kept into ``acc`` (dict of ``[K_block]`` float64 tensors). Scores are per instance, so grouping
+    never changes them."""
 
-    Parameters
-    ----------
-    starts : list of int
-        First sample of every batch.
-    n_samples : int
-    n_rows : int
-        Rows (instances) of the block.
-    """
-
-    def __init__(self, starts: list[int], n_samples: int, n_rows: int, device, max_floats: int = METRIC_GROUP_FLOATS):
+    def __init__(self, max_floats: int = METRIC_GROUP_FLOATS):
         self.max_floats = max_floats
-        self.starts = starts
-        self.losses = _LossGroups(n_rows, n_samples, device)
         self.items: dict[int, list] = {}
         self.size = 0
 
@@ -233,16 +192,13 @@ class _PendingMetrics:
             self.flush(acc)
 
     def flush(self, acc: dict) -> None:
-        for b in sorted(self.items):       # every row sees its batches in order (its loss groups fill in order)
-            runs = self.items[b]
+        for runs in self.items.values():
             first, y = runs[0][0], runs[0][2]
             logits = runs[0][1] if len(runs) == 1 else torch.cat([r[1] for r in runs])
-            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
-                    for k in ("correct", "top5")}
-            loss = _metrics_update(part, logits, y)
-            for k in part:
+            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in acc}
+            _metrics_update(part, logits, y)
+            for k in acc:
                 acc[k][first:first + logits.shape[0]] += part[k]
-            self.losses.add(first, self.starts[b], loss, acc["loss"])
         self.items, self.size = {}, 0
 
 
@@ -338,7 +294,6 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     n_pts, n_inst = len(specs), len(indices)
     out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
     B0 = batches.batches[0][0].shape[0]
-    starts = np.cumsum([0] + [int(x.shape[0]) for x, _ in batches.batches]).tolist()
     n_draw = sum(1 for e in program.spec.program_effects) + 1
     act = program.largest_activation(batches.batches[0][0])
     chunk = instances_per_chunk(program, options.instances_per_chunk, options.memory_budget, n_inst, B0, act,
@@ -361,8 +316,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
             draws = sampler.draw(block_idx, specs[0], reuse=draws)
             accs = [{k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
                     for _ in specs]
-            pending = [_PendingMetrics(starts, batches.n_samples, len(block_idx), program.device,
-                                       max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
+            pending = [_PendingMetrics(max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
             for off in range(0, len(block_idx), chunk):
                 idx = block_idx[off:off + chunk]
                 sub = draws if len(idx) == len(block_idx) else \

@@ -16,8 +16,15 @@ def data_vars(ds):
     return ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds.assign_attrs({})
 
 
+OPTION_KEYS = ("instances_per_chunk", "samples_per_batch", "memory_budget", "sampler")
+
+
 def run(net, spec, data, **kw):
+    """``av.sweep`` without a progress bar, RunOptions fields given as keywords."""
     kw.setdefault("progress", False)
+    opts = {k: kw.pop(k) for k in OPTION_KEYS if k in kw}
+    if opts:
+        kw["options"] = av.RunOptions(**opts)
     return av.sweep(net, spec, data, **kw)
 
 
@@ -31,9 +38,9 @@ def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
     net, data = setup
     spec = av.HardwareSpec.paper1(0.2)
     a = run(net, spec, data, n_instances=9, seed=11)
-    b = run(net, spec, data, n_instances=9, seed=11, chunk_size=2, batch_size=7)
-    c = run(net, spec, data, n_instances=9, seed=11, chunk_size=1)
-    xr.testing.assert_allclose(data_vars(a), data_vars(b))
+    b = run(net, spec, data, n_instances=9, seed=11, instances_per_chunk=2, samples_per_batch=7)
+    c = run(net, spec, data, n_instances=9, seed=11, instances_per_chunk=1)
+    xr.testing.assert_allclose(data_vars(a), data_vars(b))     # another batch size: equal to round-off
     xr.testing.assert_identical(data_vars(a), data_vars(c))
     assert a.accuracy.std() > 0
     d = run(net, spec, data, n_instances=9, seed=12)
@@ -99,8 +106,9 @@ def test_read_noise_runs_are_reproducible(setup):
     net, data = setup
     spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
                            periphery=av.Periphery(output_noise=0.01))
-    a = run(net, spec, data, n_instances=4, seed=1, batch_size=10, calibration=data[0])
-    b = run(net, spec, data, n_instances=4, seed=1, batch_size=10, chunk_size=1, calibration=data[0])
+    a = run(net, spec, data, n_instances=4, seed=1, samples_per_batch=10, calibration_data=data[0])
+    b = run(net, spec, data, n_instances=4, seed=1, samples_per_batch=10, instances_per_chunk=1,
+            calibration_data=data[0])
     xr.testing.assert_allclose(data_vars(a), data_vars(b))
 
 
@@ -110,7 +118,10 @@ def test_read_noise_runs_are_reproducible(setup):
     (dict(n_instances=0), "n_instances"),
     (dict(instances=[1, 1]), "instances"),
     (dict(seed=-3), "seed"),
-    (dict(chunk_size=0), "RunOptions.chunk_size"),
+    (dict(instances_per_chunk=0), "RunOptions.instances_per_chunk"),
+    (dict(samples_per_batch=0), "RunOptions.samples_per_batch"),
+    (dict(options={"instances_per_chunk": 2}), "options"),
+    (dict(executor="dask"), "executor"),
 ])
 def test_bad_run_arguments(setup, kw, field):
     net, data = setup
@@ -170,68 +181,70 @@ def test_metrics_rank_matches_a_direct_count(special):
 
 
 def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
-    """A last layer with few outputs runs as W x^T (analog.layers._narrow_output); chunk sizes whose last chunk
+    """A last layer with few outputs runs as W x^T (analog.kernels.narrow_output); chunk sizes whose last chunk
     holds one instance, halves, and the default chunking all give identical results, equal to the x W^T path up
     to round-off."""
-    import anvm_stats.analog.layers as layers
+    from anvm_stats.analog import kernels
 
-    monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)     # the batched-GEMM path (CUDA's), here on the CPU
     net = make_mlp(sizes=(8, 32, 5), bn=False)
     data = make_data(n=64, n_classes=5)
     spec = av.HardwareSpec.paper1(0.2)
+    # the generic kernel (batched GEMMs, CUDA's path), here on the CPU
+    program = av.prepare(net, spec, calibration=data, fuse_relu=True, kernel=kernels.GenericKernel())
     calls = []
-    original = layers._narrow_output
-    monkeypatch.setattr(layers, "_narrow_output", lambda *a: calls.append(a[1].shape[0]) or original(*a))
-    ref = run(net, spec, data, n_instances=7, seed=4)
+    original = kernels.narrow_output
+    monkeypatch.setattr(kernels, "narrow_output", lambda *a: calls.append(a[1].shape[0]) or original(*a))
+    ref = run(net, spec, data, n_instances=7, seed=4, program=program)
     for chunk in (1, 3, 6):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=7, seed=4,
-                                                                  chunk_size=chunk)))
+                                                                  instances_per_chunk=chunk, program=program)))
     assert 1 in calls and max(calls) > 1
-    monkeypatch.setattr(layers, "SMALL_OUT", 0)
+    program.use_kernel(kernels.GenericKernel(narrow_outputs=0))
     calls.clear()
-    wide = run(net, spec, data, n_instances=7, seed=4)
+    wide = run(net, spec, data, n_instances=7, seed=4, program=program)
     assert not calls
     np.testing.assert_allclose(wide.loss.values, ref.loss.values, rtol=1e-5)
 
 
 @pytest.mark.parametrize("onednn", [True, False])
-def test_linear_paths_are_chunk_invariant_and_agree(monkeypatch, onednn):
+def test_linear_paths_are_chunk_invariant_and_agree(onednn):
     """Both CPU linear paths (per-instance oneDNN 1x1 convolutions, batched MKL GEMMs) give results independent
     of the chunk size, and agree with each other to round-off."""
-    import anvm_stats.analog.layers as layers
+    from anvm_stats.analog.kernels import GenericKernel, OneDNNKernel
 
     net = make_mlp(sizes=(8, 24, 24, 6), bn=True)
     data = make_data(n=50, n_classes=6)
     spec = av.HardwareSpec.paper1(0.1)
-    monkeypatch.setattr(layers, "ONEDNN_LINEAR", onednn)
-    ref = run(net, spec, data, n_instances=7, seed=9)
+    kernel, other_kernel = (OneDNNKernel(), GenericKernel()) if onednn else (GenericKernel(), OneDNNKernel())
+    program = av.prepare(net, spec, calibration=data, fuse_relu=True, kernel=kernel)
+    ref = run(net, spec, data, n_instances=7, seed=9, program=program)
     for chunk in (1, 2, 5):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=7, seed=9,
-                                                                  chunk_size=chunk)))
-    monkeypatch.setattr(layers, "ONEDNN_LINEAR", not onednn)
-    other = run(net, spec, data, n_instances=7, seed=9)
+                                                                  instances_per_chunk=chunk, program=program)))
+    program.use_kernel(other_kernel)
+    other = run(net, spec, data, n_instances=7, seed=9, program=program)
     np.testing.assert_allclose(other.loss.values, ref.loss.values, rtol=1e-5)
 
 
 def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monkeypatch):
-    """Linear-only programs on CPU fold activations sample-major in forwards of exactly SAMPLE_MAJOR_CHUNK
+    """Linear-only programs on CPU fold activations sample-major in forwards of exactly SAMPLE_MAJOR_INSTANCES
     instances (short chunks padded): every chunking gives identical results, equal to the instance-major path up
     to round-off; a hook on an analog layer turns the fold off."""
-    import anvm_stats.analog.layers as layers
+    from anvm_stats.analog import kernels
 
     net = make_mlp(sizes=(8, 24, 5), bn=False)
     data = make_data(n=48, n_classes=5)                     # 5 outputs, 48 samples: the narrow W x^T path too
     spec = av.HardwareSpec.paper1(0.15)
     seen = []
-    original = layers._onednn_linear
-    monkeypatch.setattr(layers, "_onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
+    original = kernels.onednn_linear
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
     ref = run(net, spec, data, n_instances=21, seed=2)
     # K=1 calls: shape probes and the nominal product of the first layer (anvm_stats.analog.lazy)
-    assert {k for k, sm, _ in seen if sm} == {chunking.SAMPLE_MAJOR_CHUNK, 1}
+    assert {k for k, sm, _ in seen if sm} == {chunking.SAMPLE_MAJOR_INSTANCES, 1}
     assert any(sm and nar for _, sm, nar in seen)
     for chunk in (1, 5, 16, 21):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=21, seed=2,
-                                                                  chunk_size=chunk)))
+                                                                  instances_per_chunk=chunk)))
     program = av.prepare(net, spec, fuse_relu=True)
     assert program.sample_major_ok
     handle = program.analog_modules()[0].register_forward_hook(lambda m, i, o: None)
@@ -276,10 +289,10 @@ def test_cuda_conv_networks_with_large_activations_run_one_instance_per_chunk():
         return SimpleNamespace(device=torch.device(device), plans=[SimpleNamespace(op=op)], n_devices=1000)
 
     big, small = (500, -(-chunking.CUDA_SOLO_FLOATS // 500)), (8, 64)
-    assert chunking.chunk_size(prog("cuda", "conv2d"), None, 1 << 34, 100, *big, 2) == 1
-    assert chunking.chunk_size(prog("cuda", "conv2d"), None, 1 << 34, 100, *small, 2) == 100
-    assert chunking.chunk_size(prog("cuda", "linear"), None, 1 << 34, 100, *big, 2) > 1
-    assert chunking.chunk_size(prog("cuda", "conv2d"), 7, None, 100, *big, 2) == 7
+    assert chunking.instances_per_chunk(prog("cuda", "conv2d"), None, 1 << 34, 100, *big, 2) == 1
+    assert chunking.instances_per_chunk(prog("cuda", "conv2d"), None, 1 << 34, 100, *small, 2) == 100
+    assert chunking.instances_per_chunk(prog("cuda", "linear"), None, 1 << 34, 100, *big, 2) > 1
+    assert chunking.instances_per_chunk(prog("cuda", "conv2d"), 7, None, 100, *big, 2) == 7
 
 
 def test_conv_chunks_of_one_chip_match_larger_chunks():
@@ -290,5 +303,76 @@ def test_conv_chunks_of_one_chip_match_larger_chunks():
     kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2)
     ref = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], **kw)
     for chunk in (1, 2):
-        got = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], chunk_size=chunk, **kw)
+        got = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], instances_per_chunk=chunk, **kw)
         np.testing.assert_array_equal(got.loss.values, ref.loss.values)
+
+
+def test_calibration_data_is_recorded_and_defaults_to_the_evaluation_data(setup):
+    net, (x, y) = setup
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05),),
+                           periphery=av.Periphery(dac=av.Quantizer(bits=4), adc=av.Quantizer(bits=4)))
+    default = run(net, spec, (x, y), n_instances=3)
+    explicit = run(net, spec, (x, y), n_instances=3, calibration_data=(x, y))
+    other = run(net, spec, (x, y), n_instances=3, calibration_data=(x[:8], y[:8]))
+    assert default.attrs["calibration_data"] == "evaluation data"
+    assert explicit.attrs["calibration_data"].startswith("tensors (40")
+    assert other.attrs["calibration_data"].startswith("tensors (8")
+    xr.testing.assert_identical(data_vars(default), data_vars(explicit))
+    assert not np.array_equal(default.loss.values, other.loss.values)
+
+
+def test_seed_defaults_to_zero(setup):
+    net, data = setup
+    spec = av.HardwareSpec.paper1(0.2)
+    xr.testing.assert_identical(data_vars(run(net, spec, data, n_instances=3)),
+                                data_vars(run(net, spec, data, n_instances=3, seed=0)))
+    xr.testing.assert_identical(data_vars(av.evaluate(net, spec, data, n_instances=3, progress=False)),
+                                data_vars(run(net, spec, data, n_instances=3, seed=0)))
+
+
+@pytest.mark.parametrize("knob,values", [("adc_levels", [3, 9]), ("dac_levels", [4, 17]),
+                                         ("mean_shift", [-0.02, 0.0, 0.03])])
+def test_converter_levels_and_mean_shift_are_sweep_knobs(setup, knob, values):
+    """Every knob of HardwareSpec.with_knobs is a grid dim of av.sweep; a grid point equals the run of the spec
+    with that knob set on the same program (same converter ranges)."""
+    net, data = setup
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.03),),
+                           periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=6)))
+    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    ds = run(net, spec, data, grid={knob: values}, n_instances=4, seed=1, program=program)
+    assert ds.accuracy.dims == (knob, dims.INSTANCE)
+    for v in values:
+        alone = run(net, spec.with_knobs(**{knob: v}), data, n_instances=4, seed=1, program=program)
+        np.testing.assert_allclose(ds.loss.sel({knob: v}).values, alone.loss.values, rtol=1e-6)
+    assert len({float(ds.loss.sel({knob: v}).mean()) for v in values}) == len(values)
+
+
+def test_spec_knobs_set_levels_and_mean():
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.03),),
+                           periphery=av.Periphery(adc=av.Quantizer(bits=6)))
+    s = spec.with_knobs(adc_levels=5, mean_shift=0.01)
+    assert s.periphery.adc.n_levels == 5 and s.effects[0].mu == 0.01
+    with pytest.raises(ConfigError, match="dac_levels"):
+        spec.with_knobs(dac_levels=4)                       # no DAC
+    with pytest.raises(ConfigError, match="adc_levels"):
+        spec.with_knobs(adc_levels=1)
+    with pytest.raises(ConfigError, match="mean_shift"):
+        av.HardwareSpec.ideal().with_knobs(mean_shift=0.1)
+
+
+def test_engine_layer_gives_the_sweep_counts(setup):
+    """plan_grid + evaluation_batches + run_points (the public engine) give the counts sweep reports."""
+    from anvm_stats.batches import evaluation_batches
+
+    net, data = setup
+    spec = av.HardwareSpec.paper1(0.1)
+    plan = av.plan_grid({"noise_level": [0.05, 0.2]})
+    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    batches = evaluation_batches(program, data)
+    raw = av.run_points(program, av.ChipSampler(program, 3), plan.specs(spec), np.arange(5), batches,
+                        av.RunOptions())
+    ds = run(net, spec, data, grid={"noise_level": [0.05, 0.2]}, n_instances=5, seed=3, program=program)
+    np.testing.assert_array_equal(raw["correct"], ds.correct_count.values)
+    np.testing.assert_array_equal(raw["loss"] / batches.n_samples, ds.loss.values)
+    with pytest.raises(ConfigError, match="grid.sigma"):
+        av.plan_grid({"sigma": [0.1]})

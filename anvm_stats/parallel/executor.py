@@ -91,8 +91,8 @@ def connect(client=None, scheduler: str | None = None, n_workers: int | None = 2
 
 
 def _options_hash(*, calibration_hash: str, layers, digital, program: AnalogProgram | None) -> str:
-    """What else decides the chips' scores: calibration data, analog layers, prepared program. The batch size
-    does not (:class:`~anvm_stats.montecarlo.RunOptions`); the sampler and device are fingerprint entries."""
+    """What else decides the chips' scores: calibration data, analog layers, prepared program (the sampler,
+    device and batch size are fingerprint entries of their own, named in a refusal)."""
     if callable(layers):
         layers = f"callable {getattr(layers, '__module__', '')}.{getattr(layers, '__qualname__', repr(layers))}"
     prog = None
@@ -198,7 +198,7 @@ class DaskExecutor:
             fp = fingerprint(spec_json=spec.to_json(), keys=plan.keys, values=plan.values, instances=idx,
                              seed_root=root, chunk_size=int(self.task_size), split_grid=self.split_grid,
                              model_hash=model_hash, data_hash=data_hash, options_hash=opt_hash, sampler=sampler,
-                             device=devices)
+                             device=devices, samples_per_batch=options.samples_per_batch)
             attrs = {"dataset": describe(data), "calibration_data": "evaluation data" if calibration_data is None
                      else describe(calibration_data)}
             if program is not None:

@@ -32,11 +32,13 @@ STORE_VERSION = 2
 
 def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndarray], instances: np.ndarray,
                 seed_root: np.random.SeedSequence, chunk_size: int, split_grid: bool, model_hash: str,
-                data_hash: str, options_hash: str, sampler: str, device: str) -> dict[str, str]:
+                data_hash: str, options_hash: str, sampler: str, device: str,
+                samples_per_batch: int | None) -> dict[str, str]:
     """What identifies a study's results, part by part (short readable values or SHA-256 hashes).
 
     ``sampler`` is the resolved sampler (``"counter"`` or ``"generator"``, never ``"auto"``) and ``device`` the
-    workers' device type(s): chips drawn another way, or scored on another device, never join a store."""
+    workers' device type(s): chips drawn another way, or scored on another device, never join a store.
+    ``samples_per_batch`` changes scores at float32 round-off (the forward's kernels depend on its shape)."""
     from .tasks import hash_json
 
     n = len(instances)
@@ -53,7 +55,17 @@ def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndar
         "options": options_hash,
         "sampler": sampler,
         "device": device,
+        "samples_per_batch": "default" if samples_per_batch is None else str(int(samples_per_batch)),
     }
+
+
+#: why a fingerprint entry that is an option of the run (not of the study) matters
+_WHY = {
+    "sampler": "RunOptions.sampler: the counter and generator samplers draw different chips",
+    "device": "the workers' device (CPU and GPU scores agree only to round-off; RunOptions.sampler='auto' "
+              "resolves to another sampler there)",
+    "samples_per_batch": "RunOptions.samples_per_batch: the batch shape changes scores at float32 round-off",
+}
 
 
 def _differences(stored: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
@@ -62,7 +74,8 @@ def _differences(stored: Mapping[str, str], wanted: Mapping[str, str]) -> list[s
         a, b = stored.get(k), wanted.get(k)
         if a != b:
             short = (lambda s: s if s is None or len(s) <= 48 else s[:12] + "...")
-            out.append(f"{k} (store {short(a)!s}, this run {short(b)!s})")
+            why = f"; {_WHY[k]}" if k in _WHY else ""
+            out.append(f"{k} (store {short(a)!s}, this run {short(b)!s}{why})")
     return out
 
 
