@@ -14,8 +14,8 @@ from anvm_stats import dims
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
 from anvm_stats.models import MLP
-from anvm_stats.montecarlo import sweep
-from anvm_stats.parallel import dask_sweep, plan_tasks, sweep_distributed, tasks
+from anvm_stats.montecarlo import RunOptions, sweep
+from anvm_stats.parallel import DaskExecutor, plan_tasks, tasks
 
 GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1]}
 N, CHUNK, SEED = 24, 6, 11
@@ -44,6 +44,16 @@ def job():
     net, spec, data = _setup()
     ref = sweep(net, spec, data, grid=GRID, n_instances=N, seed=SEED, progress=False)
     return net, spec, data, ref
+
+
+EXECUTOR_KEYS = ("client", "store", "task_size", "n_workers", "split_grid", "on_task")
+
+
+def dask(net, spec, data, *, sampler="auto", samples_per_batch=None, **kw):
+    """``sweep`` on a DaskExecutor built from the DaskExecutor keywords in ``kw``."""
+    ex = DaskExecutor(**{k: kw.pop(k) for k in EXECUTOR_KEYS if k in kw})
+    return sweep(net, spec, data, executor=ex, progress=False,
+                 options=RunOptions(sampler=sampler, samples_per_batch=samples_per_batch), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -98,20 +108,20 @@ def test_hashes_see_weights_and_data():
 def test_cluster_identical_to_single_process(job, client):
     net, spec, data, ref = job
     before = sum(client.run(tasks.prepare_count).values())
-    got = sweep_distributed(net, spec, data, grid=GRID, n_instances=N, seed=SEED, chunk_size=CHUNK, client=client,
-                            split_grid=True, progress=False)
+    got = dask(net, spec, data, grid=GRID, n_instances=N, seed=SEED, task_size=CHUNK, client=client,
+               split_grid=True)
     assert_same(got, ref)
     # programs are prepared once per worker (cached by content hash), not once per task (12 tasks here)
     assert 1 <= sum(client.run(tasks.prepare_count).values()) - before <= 2
-    # the executor="dask" entry point, whole-grid tasks, explicit instance subset
-    sub = dask_sweep(net, spec, data, grid=GRID, instances=[3, 17, 5, 9], seed=SEED, client=client, chunk_size=3,
-                     progress=False)
+    # whole-grid tasks, explicit instance subset
+    sub = dask(net, spec, data, grid=GRID, instances=[3, 17, 5, 9], seed=SEED, client=client, task_size=3)
     assert_same(sub, ref.sel(instance=[3, 17, 5, 9]))
     # the sampler option reaches the workers: counter-drawn chips, identical to the in-process counter run
-    counter = dask_sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, client=client, chunk_size=3,
-                         progress=False, sampler="counter")
+    counter = dask(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, client=client, task_size=3,
+                   sampler="counter")
     assert counter.attrs["sampler"] == "philox4x32-counter"
-    local = sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, progress=False, sampler="counter")
+    local = sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, progress=False,
+                  options=RunOptions(sampler="counter"))
     assert_same(counter, local)
 
 
@@ -123,8 +133,7 @@ class Stop(Exception):
 def test_interrupted_run_resumes_only_missing_tasks(job, client, tmp_path):
     net, spec, data, ref = job
     store = tmp_path / "run.zarr"
-    kw = dict(grid=GRID, n_instances=N, seed=SEED, chunk_size=CHUNK, client=client, store=store, split_grid=True,
-              progress=False)
+    kw = dict(grid=GRID, n_instances=N, seed=SEED, task_size=CHUNK, client=client, store=store, split_grid=True)
     n_tasks = (N // CHUNK) * len(GRID[dims.NOISE_LEVEL])
     first: list[int] = []
 
@@ -135,17 +144,16 @@ def test_interrupted_run_resumes_only_missing_tasks(job, client, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        sweep_distributed(net, spec, data, on_task=stop_after_3, **kw)
+        dask(net, spec, data, on_task=stop_after_3, **kw)
     assert store.is_dir() and not [p for p in tmp_path.iterdir() if p != store]
     second: list[int] = []
-    got = sweep_distributed(net, spec, data, on_task=lambda t, d, n: second.append(t.index), **kw)
+    got = dask(net, spec, data, on_task=lambda t, d, n: second.append(t.index), **kw)
     assert len(second) == n_tasks - 3 and not set(first) & set(second)
     assert sorted(first + second) == list(range(n_tasks))
     assert_same(got, ref)
     # a third call finds everything done: no task runs, same Dataset (even without a cluster)
     third: list[int] = []
-    again = sweep_distributed(net, spec, data, on_task=lambda *a: third.append(1),
-                              **{**kw, "client": None, "n_workers": None})
+    again = dask(net, spec, data, on_task=lambda *a: third.append(1), **{**kw, "client": None, "n_workers": None})
     assert third == []
     xr.testing.assert_identical(again, got)
 
@@ -154,20 +162,63 @@ def test_interrupted_run_resumes_only_missing_tasks(job, client, tmp_path):
 def test_store_of_another_study_is_refused(job, client, tmp_path):
     net, spec, data, _ = job
     store = tmp_path / "run.zarr"
-    kw = dict(grid=GRID, n_instances=12, chunk_size=12, client=client, store=store, progress=False)
-    sweep_distributed(net, spec, data, seed=SEED, **kw)
+    kw = dict(grid=GRID, n_instances=12, task_size=12, client=client, store=store)
+    dask(net, spec, data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"differs in: seed \(store entropy=11"):
-        sweep_distributed(net, spec, data, seed=SEED + 1, **kw)
+        dask(net, spec, data, seed=SEED + 1, **kw)
     with pytest.raises(ConfigError, match=r"differs in: spec "):
-        sweep_distributed(net, HardwareSpec.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
+        dask(net, HardwareSpec.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"differs in: model "):
-        sweep_distributed(_setup(seed=1)[0], spec, data, seed=SEED, **kw)
+        dask(_setup(seed=1)[0], spec, data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"chunking .*; grid "):
-        sweep_distributed(net, spec, data, seed=SEED, **{**kw, "grid": {dims.NOISE_LEVEL: [0.02]},
-                                                        "chunk_size": 6})
+        dask(net, spec, data, seed=SEED, **{**kw, "grid": {dims.NOISE_LEVEL: [0.02]}, "task_size": 6})
     (tmp_path / "other.zarr").mkdir()
     with pytest.raises(ConfigError, match="store"):
-        sweep_distributed(net, spec, data, seed=SEED, **{**kw, "store": tmp_path / "other.zarr"})
+        dask(net, spec, data, seed=SEED, **{**kw, "store": tmp_path / "other.zarr"})
+
+
+@pytest.mark.slow
+def test_store_records_the_resolved_sampler_and_refuses_a_mixed_resume(job, client, tmp_path):
+    """The fingerprint holds the sampler "auto" resolved to on the workers (never "auto") and their device; a
+    resume that would draw chips another way, or with another batch size, is refused naming the option."""
+    from anvm_stats.parallel.store import stored_fingerprint
+
+    net, spec, data, _ = job
+    store = tmp_path / "run.zarr"
+    kw = dict(grid=GRID, n_instances=12, task_size=6, client=client, store=store, seed=SEED)
+
+    def stop(task, n_done, n_total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        dask(net, spec, data, on_task=stop, **kw)            # one task stored, drawn with "auto" on CPU workers
+    fp = stored_fingerprint(store)
+    assert (fp["sampler"], fp["device"], fp["samples_per_batch"]) == ("generator", "cpu", "default")
+    with pytest.raises(ConfigError, match=r"sampler \(store generator, this run counter; RunOptions.sampler"):
+        dask(net, spec, data, sampler="counter", **kw)
+    with pytest.raises(ConfigError, match=r"samples_per_batch \(store default, this run 16; "
+                                          r"RunOptions.samples_per_batch"):
+        dask(net, spec, data, samples_per_batch=16, **kw)
+    got = dask(net, spec, data, sampler="generator", **kw)   # the same chips as "auto" here: resumes
+    assert got.attrs["sampler"] == "per-instance-generator"
+
+
+def test_auto_sampler_on_workers_of_mixed_devices_is_refused():
+    from anvm_stats.parallel.executor import _resolve_sampler
+
+    assert _resolve_sampler("auto", "cpu") == "generator" and _resolve_sampler("auto", "cuda") == "counter"
+    assert _resolve_sampler("counter", "cpu+cuda") == "counter"
+    with pytest.raises(ConfigError, match="RunOptions.sampler.*mix devices"):
+        _resolve_sampler("auto", "cpu+cuda")
+
+
+@pytest.mark.parametrize("kw,field", [(dict(task_size=0), "DaskExecutor.task_size"),
+                                      (dict(retries=-1), "DaskExecutor.retries"),
+                                      (dict(client="localhost:8786"), "DaskExecutor.client")])
+def test_bad_executor_options(kw, field):
+    with pytest.raises(ConfigError) as info:
+        DaskExecutor(**kw)
+    assert info.value.field == field
 
 
 @pytest.mark.slow
@@ -190,8 +241,8 @@ def test_worker_killed_mid_run_loses_and_duplicates_nothing(client):
         os.kill(pids[addr], signal.SIGKILL)
         killed.append(n_done)
 
-    got = sweep_distributed(net, spec, data, grid=GRID, n_instances=n, seed=SEED, chunk_size=4, client=client,
-                            split_grid=True, on_task=kill_busy_worker, progress=False)
+    got = dask(net, spec, data, grid=GRID, n_instances=n, seed=SEED, task_size=4, client=client,
+                            split_grid=True, on_task=kill_busy_worker)
     n_tasks = (n // 4) * 3
     assert killed and killed[0] < n_tasks
     assert sorted(seen) == list(range(n_tasks))          # every task stored exactly once
@@ -219,7 +270,7 @@ def test_last_worker_lost_inputs_are_scattered_again():
                 os.kill(pid, signal.SIGKILL)
             seen.append(task.index)
 
-        got = sweep_distributed(net, spec, data, grid=GRID, n_instances=16, seed=SEED, chunk_size=2, client=c,
-                                on_task=kill_once, progress=False)
+        got = dask(net, spec, data, grid=GRID, n_instances=16, seed=SEED, task_size=2, client=c,
+                                on_task=kill_once)
     assert sorted(seen) == list(range(8))
     assert_same(got, ref)

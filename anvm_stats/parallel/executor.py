@@ -28,7 +28,7 @@ from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
 from ..montecarlo import GridPlan, RunOptions, resolve_sampler
 from ..rng import SeedLike, root_sequence
-from .store import fingerprint, make_sink
+from .store import fingerprint, make_sink, stored_fingerprint
 from .tasks import (Task, hash_data, hash_json, hash_model, pack, plan_tasks, portable_data, run_task,
                     worker_device_type)
 
@@ -190,21 +190,31 @@ class DaskExecutor:
         data_hash = hash_data(pdata)
         opt_hash = _options_hash(calibration_hash=hash_data(pcal), layers=layers, digital=digital, program=program)
         model_hash = hash_model(model)
-        client, address = (None, self.client) if isinstance(self.client, str) else (self.client, None)
-        with connect(client, address, self.n_workers, self.threads_per_worker) as c:
-            devices = _devices(c, device)
-            sampler = _resolve_sampler(options.sampler, devices)
-            key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
+        key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
+        attrs = {"dataset": describe(data), "calibration_data": "evaluation data" if calibration_data is None
+                 else describe(calibration_data)}
+        if program is not None:
+            attrs["calibration_data"] = "as the given program was prepared"
+
+        def sink_for(sampler: str, devices: str):
             fp = fingerprint(spec_json=spec.to_json(), keys=plan.keys, values=plan.values, instances=idx,
                              seed_root=root, chunk_size=int(self.task_size), split_grid=self.split_grid,
                              model_hash=model_hash, data_hash=data_hash, options_hash=opt_hash, sampler=sampler,
                              device=devices, samples_per_batch=options.samples_per_batch)
-            attrs = {"dataset": describe(data), "calibration_data": "evaluation data" if calibration_data is None
-                     else describe(calibration_data)}
-            if program is not None:
-                attrs["calibration_data"] = "as the given program was prepared"
-            sink = make_sink(self.store, tasks, plan.keys, plan.coords(idx), attrs, fingerprint=fp,
+            return make_sink(self.store, tasks, plan.keys, plan.coords(idx), attrs, fingerprint=fp,
                              chunk_size=int(self.task_size), split_grid=self.split_grid)
+
+        stored = stored_fingerprint(self.store)
+        if stored is not None and "sampler" in stored and "device" in stored:
+            # the rest of the study must match now; a complete store needs no cluster (nothing is drawn)
+            sink = sink_for(stored["sampler"], stored["device"])
+            if not sink.pending():
+                return sink.result()
+        client, address = (None, self.client) if isinstance(self.client, str) else (self.client, None)
+        with connect(client, address, self.n_workers, self.threads_per_worker) as c:
+            devices = _devices(c, device)
+            sampler = _resolve_sampler(options.sampler, devices)
+            sink = sink_for(sampler, devices)
             pending = sink.pending()
             if pending:
                 prep = {"layers": layers, "digital": tuple(digital),

@@ -68,6 +68,19 @@ _WHY = {
 }
 
 
+def stored_fingerprint(path) -> dict[str, str] | None:
+    """The fingerprint recorded in the store at ``path``, or None (no store, or not one of ours: opening it as a
+    :class:`ZarrSink` then says why)."""
+    if path is None or not Path(path).is_dir():
+        return None
+    try:
+        with xr.open_zarr(path, chunks=None, consolidated=False) as z:
+            stored = z.attrs.get(FINGERPRINT_ATTR)
+        return None if stored is None else json.loads(stored)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _differences(stored: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
     out = []
     for k in sorted(set(stored) | set(wanted)):
