@@ -235,13 +235,12 @@ def test_cuda_request_falls_back_to_cpu_when_absent():
 
 
 @pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["loop-over-instances", "grouped"])
-def test_both_convolution_strategies_agree_with_float_networks(monkeypatch, threshold):
-    from anvm_stats.analog import layers
+def test_both_convolution_strategies_agree_with_float_networks(threshold):
+    from anvm_stats.analog.kernels import OneDNNKernel
 
-    monkeypatch.setattr(layers, "CONV_LOOP_ELEMENTS", threshold)
     net = make_resnet()
     x, _ = make_data(n=5, shape=(1, 6, 6))
-    prog = av.prepare(net, av.HardwareSpec.paper1(0.1))
+    prog = av.prepare(net, av.HardwareSpec.paper1(0.1), kernel=OneDNNKernel(conv_loop_elements=threshold))
     g = av.ChipSampler(prog, seed=2).chips(range(3))
     out = logits(prog, g, x)
     for k in range(3):
@@ -282,3 +281,27 @@ def test_fused_bias_relu_off_gpu_is_add_and_relu():
         bias_relu_(y.clone(), torch.randn(3, 2))
     with pytest.raises(ValueError, match="bias_relu_"):
         bias_relu_(y.transpose(1, 2), b)
+
+
+def test_kernels_are_chosen_once_per_program_and_agree():
+    """A program runs the kernel of its device (oneDNN on CPU) unless given one; every kernel gives the same
+    logits to round-off; moving a program picks the new device's kernel; a non-kernel is refused."""
+    from anvm_stats.analog.kernels import CudaFusedKernel, GenericKernel, OneDNNKernel, select_kernel
+
+    net = make_mlp()
+    x, _ = make_data(n=12)
+    spec = av.HardwareSpec.paper1(0.1)
+    prog = av.prepare(net, spec)
+    assert isinstance(prog.kernel, OneDNNKernel) and prog.sample_major_ok
+    assert all(m.kernel is prog.kernel for m in prog.analog_modules())
+    assert isinstance(select_kernel("cuda"), CudaFusedKernel) and type(select_kernel("meta")) is GenericKernel
+    g = av.ChipSampler(prog, seed=1).chips(range(3))
+    ref = logits(prog, g, x)
+    generic = av.prepare(net, spec, kernel=GenericKernel())
+    assert not generic.sample_major_ok
+    torch.testing.assert_close(logits(generic, g, x), ref, rtol=1e-5, atol=1e-5)
+    generic.use_kernel(OneDNNKernel())
+    assert torch.equal(logits(generic, g, x), ref)
+    assert isinstance(generic.to("cpu").kernel, OneDNNKernel)
+    with pytest.raises(ConfigError, match="kernel"):
+        av.prepare(net, spec, kernel="onednn")

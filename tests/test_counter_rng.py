@@ -123,15 +123,15 @@ def test_sampler_draws_from_counters_and_records_it(counter_on_cpu):
     assert ds.attrs["sampler"] == "philox4x32-counter"
     # the run option picks the same sampler explicitly; "generator" draws other chips
     chosen = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                      progress=False, sampler="counter")
+                      progress=False, options=av.RunOptions(sampler="counter"))
     np.testing.assert_array_equal(chosen.loss.values, ds.loss.values)
     other = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                     progress=False, sampler="generator")
+                     progress=False, options=av.RunOptions(sampler="generator"))
     assert other.attrs["sampler"] == "per-instance-generator"
     assert not np.array_equal(other.loss.values, ds.loss.values)
     for chunk in (1, 3):
         again = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                         progress=False, chunk_size=chunk)
+                         progress=False, options=av.RunOptions(instances_per_chunk=chunk))
         np.testing.assert_array_equal(again.accuracy.values, ds.accuracy.values)
     part = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, instances=[6, 2], seed=4, progress=False)
     np.testing.assert_array_equal(part.accuracy.values, ds.accuracy.sel(instance=[6, 2]).values)
@@ -148,17 +148,18 @@ def test_per_forward_noise_from_counters_is_chunk_invariant(net_kind):
     spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.1)),
                            periphery=av.Periphery(output_noise=0.05))
     twice = [(x, y), (x, y)]
-    kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2, progress=False, sampler="counter")
-    ds = av.sweep(net, spec, twice, **kw)
+    kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2, progress=False)
+    ds = av.sweep(net, spec, twice, options=av.RunOptions(sampler="counter"), **kw)
     for chunk in (1, 2):
-        np.testing.assert_array_equal(av.sweep(net, spec, twice, chunk_size=chunk, **kw).loss.values,
+        chunked = av.RunOptions(sampler="counter", instances_per_chunk=chunk)
+        np.testing.assert_array_equal(av.sweep(net, spec, twice, options=chunked, **kw).loss.values,
                                       ds.loss.values)
     # were the noise the same at every forward, the two-batch mean would equal the one-batch loss
-    once = av.sweep(net, spec, [(x, y)], **kw).loss.values
+    once = av.sweep(net, spec, [(x, y)], options=av.RunOptions(sampler="counter"), **kw).loss.values
     assert not np.allclose(ds.loss.values, once)
     # the third forward's loss (3 x mean of three - 2 x mean of two: runs repeat their first forwards) is not
     # the first forward's
-    three = av.sweep(net, spec, [(x, y)] * 3, **kw).loss.values
+    three = av.sweep(net, spec, [(x, y)] * 3, options=av.RunOptions(sampler="counter"), **kw).loss.values
     assert np.abs(3 * three - 2 * ds.loss.values - once).max() > 1e-4
 
 
@@ -175,7 +176,8 @@ def test_default_sampler_by_device_and_a_bad_choice():
     program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
     assert ChipSampler(program, seed=0).kind == "per-instance-generator"
     with pytest.raises(ConfigError, match="RunOptions.sampler"):
-        av.evaluate(make_mlp(), av.HardwareSpec.paper1(0.1), make_data(), n_instances=2, seed=0, sampler="philox")
+        av.evaluate(make_mlp(), av.HardwareSpec.paper1(0.1), make_data(), n_instances=2, seed=0,
+                    options=av.RunOptions(sampler="philox"))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

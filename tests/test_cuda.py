@@ -41,7 +41,7 @@ def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name
     kw = dict(grid={"noise_level": [0.05, 0.15]}, n_instances=9, seed=3, progress=False, device="cuda")
     ds = av.sweep(net, SPECS[spec_name], (x, y), **kw)
     assert ds.attrs["device"].startswith("cuda") and ds.attrs["sampler"] == "philox4x32-counter"
-    again = av.sweep(net, SPECS[spec_name], (x, y), chunk_size=4, **kw)
+    again = av.sweep(net, SPECS[spec_name], (x, y), options=av.RunOptions(instances_per_chunk=4), **kw)
     np.testing.assert_array_equal(again.accuracy.values, ds.accuracy.values)
     assert np.isfinite(ds.loss.values).all()
 
@@ -53,7 +53,7 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
     float32 round-off."""
     net = make_mlp() if net_kind == "mlp" else make_resnet()
     x, y = _data(net_kind)
-    kw = dict(n_instances=6, seed=1, progress=False, sampler="counter")
+    kw = dict(n_instances=6, seed=1, progress=False, options=av.RunOptions(sampler="counter"))
     spec = SPECS[spec_name]
     gpu = av.evaluate(net, spec, (x, y), device="cuda", **kw)
     cpu = av.evaluate(net, spec, (x, y), device="cpu", **kw)
@@ -80,12 +80,14 @@ def test_fused_bias_relu_matches_add_and_relu(shape):
     assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
 
 
-def test_engine_with_and_without_the_fused_epilogue_agree(monkeypatch):
-    from anvm_stats.analog import layers
+def test_engine_with_and_without_the_fused_epilogue_agree():
+    from anvm_stats.analog.kernels import CudaFusedKernel, GenericKernel
 
     net, (x, y) = make_mlp(), _data("mlp")
     kw = dict(n_instances=8, seed=2, progress=False, device="cuda")
-    fused_run = av.evaluate(net, SPECS["paper1"], (x, y), **kw)
-    monkeypatch.setattr(layers, "FUSE_BIAS_RELU_CUDA", False)
-    plain_run = av.evaluate(net, SPECS["paper1"], (x, y), **kw)
+    program = av.prepare(net, SPECS["paper1"], calibration=(x, y), device="cuda", fuse_relu=True)
+    assert isinstance(program.kernel, CudaFusedKernel)
+    fused_run = av.evaluate(net, SPECS["paper1"], (x, y), program=program, **kw)
+    program.use_kernel(GenericKernel())
+    plain_run = av.evaluate(net, SPECS["paper1"], (x, y), program=program, **kw)
     np.testing.assert_allclose(fused_run.loss.values, plain_run.loss.values, rtol=1e-5, atol=1e-6)

@@ -116,14 +116,17 @@ def test_product_caches_and_chunking_never_change_results(monkeypatch, maker, sh
                            periphery=Periphery(dac=Quantizer(bits=6)), bias="column")
     data = make_data(seed=5, n=45, shape=shape, n_classes=4)
     grid = {"noise_level": [0.02, 0.1, 0.3], "dac_bits": [3, 8]}
-    ref = run(net, spec, data, grid=grid, n_instances=11, seed=7, batch_size=16)
+    batches16 = av.RunOptions(samples_per_batch=16)
+    ref = run(net, spec, data, grid=grid, n_instances=11, seed=7, options=batches16)
     monkeypatch.setattr(mc, "PRODUCT_CACHE_BYTES", 0)
     monkeypatch.setattr(mc, "NOMINAL_CACHE_BYTES", 0)
-    uncached = run(net, spec, data, grid=grid, n_instances=11, seed=7, batch_size=16)
+    uncached = run(net, spec, data, grid=grid, n_instances=11, seed=7, options=batches16)
     xr.testing.assert_identical(data_vars(ref), data_vars(uncached))
     for chunk in (1, 4):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, grid=grid, n_instances=11,
-                                                                  seed=7, batch_size=16, chunk_size=chunk)))
+                                                                  seed=7, options=av.RunOptions(
+                                                                      samples_per_batch=16,
+                                                                      instances_per_chunk=chunk))))
     # the DAC setting matters (a cache keyed without it would give both settings the same results)
     assert not np.array_equal(ref.loss.sel(dac_bits=3).values, ref.loss.sel(dac_bits=8).values)
 
