@@ -23,7 +23,7 @@ from torch import nn
 from .analog.program import prepare
 from .hardware.effects import ProgrammingNoise
 from .hardware.spec import HardwareSpec
-from .montecarlo import sweep
+from .montecarlo import RunOptions, sweep
 from .counter_rng import counter_draws_default, fill_counter, run_key
 from .rng import Stream, instance_generators, root_sequence
 
@@ -295,7 +295,8 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     spec = HardwareSpec(effects=(ProgrammingNoise(sigma=0.025, relative_to="range", clip=False),))
     program = prepare(net, spec, fuse_relu=True)
     run_engine = lambda n: sweep(net, spec, (x, y), n_instances=n, seed=seed, progress=False,  # noqa: E731
-                                 program=program, batch_size=batch_size, chunk_size=chunk_size)
+                                 program=program, options=RunOptions(samples_per_batch=batch_size,
+                                                                     instances_per_chunk=chunk_size))
     run_loop = lambda n: _conv_simple_loop(net, x, y, 0.05, n, seed, batch_size)  # noqa: E731
     run_engine(1), run_loop(1)    # warm both (convolution primitives, allocator) before timing
     engine_s = _best(lambda: run_engine(n_instances), dev, 1)

@@ -1,5 +1,5 @@
 """Benchmark of distributed sweeps: throughput of a LocalCluster against the in-process engine, and the
-per-task overhead (so users can pick ``chunk_size``).
+per-task overhead (so users can pick ``DaskExecutor.task_size``).
 
 ``python -m anvm_stats.parallel.bench`` prints the JSON of :func:`bench_distributed`.
 """
@@ -20,7 +20,7 @@ from ..analog.program import prepare
 from ..hardware.spec import HardwareSpec
 from ..models import MLP
 from ..montecarlo import sweep
-from .dask_sweep import local_cluster, sweep_distributed
+from .executor import DaskExecutor, local_cluster
 
 DEFAULT_GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1, 0.2]}
 
@@ -43,7 +43,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | None = None, n_workers: int = 2,
-                      chunk_size: int = 64, n_tiny: int = 96, seed: int = 0, repeats: int = 2) -> dict:
+                      task_size: int = 64, n_tiny: int = 96, seed: int = 0, repeats: int = 2) -> dict:
     """Throughput of a ``n_workers`` loopback LocalCluster against the in-process engine on the same sweep, and
     the per-task overhead of the distributed path.
 
@@ -77,16 +77,17 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     with local_cluster(n_workers, gpus=0) as cluster, Client(cluster) as client:
         client.wait_for_workers(n_workers)
         startup_s = time.perf_counter() - t0
-        first_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw), 1)
-        dist_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw),
-                       repeats)
-        tiny = dict(n_instances=n_tiny, chunk_size=1, client=client, **tiny_kw)
-        sweep_distributed(net, spec, (x, y), **{**tiny, "n_instances": 2 * n_workers})  # warm the caches
-        tiny_s = _best(lambda: sweep_distributed(net, spec, (x, y), **tiny), repeats)
+        on = DaskExecutor(client, task_size=task_size)
+        first_s = _best(lambda: sweep(net, spec, data, executor=on, **kw), 1)
+        dist_s = _best(lambda: sweep(net, spec, data, executor=on, **kw), repeats)
+        tiny = dict(n_instances=n_tiny, executor=DaskExecutor(client, task_size=1), **tiny_kw)
+        sweep(net, spec, (x, y), **{**tiny, "n_instances": 2 * n_workers})  # warm the caches
+        tiny_s = _best(lambda: sweep(net, spec, (x, y), **tiny), repeats)
         with tempfile.TemporaryDirectory() as tmp:
             runs = iter(range(repeats))
-            store_s = _best(lambda: sweep_distributed(net, spec, (x, y), store=Path(tmp) / f"{next(runs)}.zarr",
-                                                      **tiny), repeats)
+            store_s = _best(lambda: sweep(net, spec, (x, y), **{
+                **tiny, "executor": DaskExecutor(client, task_size=1, store=Path(tmp) / f"{next(runs)}.zarr")}),
+                repeats)
     torch.set_num_threads(1)
     try:
         local1_s = _best(lambda: sweep(net, spec, data, program=program, **kw), 1)
@@ -98,7 +99,7 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     work = n_instances * n_pts
     return {
         "job": f"{n_pts} grid points x {n_instances} instances, MLP 64-256-256-10, 360 digits",
-        "n_workers": n_workers, "chunk_size": chunk_size, "in_process_threads": threads,
+        "n_workers": n_workers, "task_size": task_size, "in_process_threads": threads,
         "in_process_s": local_s, "in_process_1_thread_s": local1_s, "distributed_s": dist_s,
         "distributed_first_call_s": first_s, "cluster_startup_s": startup_s,
         "in_process_throughput": work / local_s, "distributed_throughput": work / dist_s,
