@@ -1,7 +1,7 @@
 """anvm_stats: how a deep network behaves, with statistical confidence, when its weights live in analog
 non-volatile memory, and how to train it to survive."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 from . import _omp  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
 from . import data, dims, hardware, models, rng, stats  # noqa: E402

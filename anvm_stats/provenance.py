@@ -8,7 +8,7 @@ import json
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 
 
 def model_label(model: nn.Module) -> str:
