@@ -78,7 +78,7 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
         counter[0] += 1
         stack.append(v)
         on.add(v)
-        for w in sorted(graph[v]):
+        for w in sorted(graph[v] & graph.keys()):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
