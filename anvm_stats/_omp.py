@@ -3,10 +3,9 @@
 torch's CPU wheels use GNU libgomp, whose idle worker threads spin for ``GOMP_SPINCOUNT`` iterations (300,000 by
 default: several milliseconds on the 2-core machines this project targets) after every parallel region. The chip
 sampler fills per-instance rows from a pool of Python threads right after the previous chunk's forward pass; a
-spinning OpenMP worker then holds one of the two cores and the threaded sampling runs at one core's speed.
-Measured on 2 cores (digits MLP, 512 chips): sampling 125 ms with the default spin, 73 ms with
-``GOMP_SPINCOUNT=3000``, 73 ms with ``OMP_WAIT_POLICY=PASSIVE`` (which however slows the many small ops of the
-metrics ~2x: every parallel region then wakes sleeping threads).
+spinning OpenMP worker then holds one of the two cores and the threaded sampling runs at one core's speed. A short
+spin count gives the sampling its cores back; ``OMP_WAIT_POLICY=PASSIVE`` would too, but slows the many small ops
+of the metrics (every parallel region then wakes sleeping threads). Measurements: ``reports/bench/README.md``.
 
 libgomp reads its environment once, when it is loaded, so this only takes effect when ``anvm_stats`` is imported
 before ``torch``, and never overrides a choice the user made (``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` already

@@ -12,18 +12,17 @@ from .hardware.spec import HardwareSpec
 #: memory for one chunk on CPU when no budget is given (draws, conductances, weights, activations)
 DEFAULT_CPU_BUDGET = 2 * 2 ** 30
 #: on CPU, chunks are also kept small enough that one layer's activations of the chunk stay cache-sized
-#: (measured on 2 cores: K=8..32 runs ~2x faster than K=256 for a digits MLP)
+#: (reports/bench/README.md, design measurements)
 CPU_ACTIVATION_BYTES = 8 * 2 ** 20
-#: base draws of one block of instances (drawn together; evaluated chunk by chunk, every grid point per chunk);
-#: 32 MB ran the digits sweep ~3 % faster than 16 or 64 MB on 2 cores (fewer pool calls, less evicted from L3)
+#: base draws of one block of instances (drawn together; evaluated chunk by chunk, every grid point per chunk):
+#: fewer sampler calls, blocks small enough to stay in the last-level cache
 DRAW_BLOCK_BYTES = 32 * 2 ** 20
-#: instances per forward of sample-major runs (see instances_per_forward); on 2 Zen 5 cores the 8-point digits sweep
-#: took 0.44 s at 8, 0.45 at 12, 0.47 at 16, 0.51 at 4, 0.60 at 32 (a forward's activations, weights and
-#: shared-input products stay in cache; fewer instances pay more Python per chip)
+#: instances per forward of sample-major runs (see instances_per_forward): a forward's activations, weights and
+#: shared-input products stay in cache, and fewer instances pay more Python per chip
 SAMPLE_MAJOR_INSTANCES = 8
 #: on CUDA, a conv network whose largest activation of one instance and batch holds at least this many floats runs
 #: one instance per chunk: one chip's forward fills the GPU, and the K-instance convolution loop would add a copy
-#: of every conv output (WRN-28-10, 500-sample batches, H200: 0.71 of the limit in chunks of 1, 0.66 of 4)
+#: of every conv output
 CUDA_SOLO_FLOATS = 1 << 22
 
 
@@ -66,7 +65,7 @@ def instances_per_forward(program: AnalogProgram, specs: list[HardwareSpec], mem
     """Instances per forward when the run folds activations sample-major, else None.
 
     Linear-only programs on CPU run each layer as one grouped oneDNN convolution over sample-major activations
-    (:func:`anvm_stats.analog.layers._onednn_linear`; ~1.3x the per-instance path on 2 cores). oneDNN picks its
+    (:func:`anvm_stats.analog.kernels.onednn_linear`). oneDNN picks its
     kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_INSTANCES` instances (a
     short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
     memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""

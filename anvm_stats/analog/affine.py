@@ -10,7 +10,7 @@ reads weights (no ADC, no output noise: DAC input quantisation is fine), the pro
 
 so the weights of a chunk come straight from its base draws in one ``addcmul`` per layer, instead of one pass
 to program conductances and a second to decode them (the general path, :meth:`ChipSampler.program_chips` then
-:meth:`AnalogProgram.load`). Measured on 2 cores: one memory pass over the chunk's ``K x P`` weights fewer.
+:meth:`AnalogProgram.load`): one memory pass over the chunk's ``K x P`` weights fewer.
 The two paths give the same weights up to float round-off (``(g0 + a z) * c`` vs ``w0 + (a c) z``); a run uses
 one of them for every chunk and grid point, so results stay independent of the chunking.
 """

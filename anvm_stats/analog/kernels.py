@@ -11,7 +11,7 @@ products (they agree to round-off); each keeps its results independent of how ma
 - :class:`CudaFusedKernel`: CUDA; hidden linear layers add their bias and ReLU in one fused pass
   (:mod:`anvm_stats.analog.fused`).
 
-Measurements behind these choices: ``reports/bench/README.md`` (design measurements).
+Measurements behind these choices: ``reports/bench/README.md`` ("Design measurements").
 """
 
 from __future__ import annotations

@@ -19,8 +19,7 @@ from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, sele
 Tensor = torch.Tensor
 #: per-sample activation size (floats) from which conv networks run channels-last (AnalogProgram.input)
 CHANNELS_LAST_MIN_FLOATS = 8192
-#: device types on which conv networks may run channels-last (on an H200, WRN-28-10 with TF32: 0.50 s per chip
-#: channels-last, 0.61 s in the default layout)
+#: device types on which conv networks may run channels-last (oneDNN's and cuDNN's fast layouts)
 CHANNELS_LAST_DEVICES = frozenset({"cpu", "cuda"})
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -75,9 +74,8 @@ class AnalogProgram:
 
         For 4-d inputs, a network with Conv2d layers whose largest activation holds at least
         :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last on the devices in
-        :data:`CHANNELS_LAST_DEVICES` (oneDNN's fast layout on CPU: WRN-16-2 on 32x32 inputs 1.6x faster on 2
-        cores; small activations, like an 8x8 ResNet-20's, run faster in the default layout; cuDNN's tensor-core
-        layout on GPUs). The choice is made once per input shape; it never changes a value beyond round-off."""
+        :data:`CHANNELS_LAST_DEVICES` (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPUs; small
+        activations run better in the default layout). The choice is made once per input shape; it never changes a value beyond round-off."""
         if x.dim() != 4:
             return x
         shape = tuple(x.shape[1:])
@@ -216,8 +214,8 @@ class AnalogProgram:
         weights (:mod:`anvm_stats.analog.lazy`); the choice depends only on the network and the device, never on the
         chunking."""
         if self.device.type != "cpu":
-            # the shortcut adds a pass over the first layer's output and saves its GEMM only across grid points:
-            # measured on CPU only, so GPUs keep programming the weights (same results up to round-off)
+            # the shortcut adds a pass over the first layer's output and saves its GEMM only across grid points;
+            # it is used on CPU only, GPUs keep programming the weights (same results up to round-off)
             for m in self.analog_modules():
                 m.input_shared = False
             return
