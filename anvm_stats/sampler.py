@@ -1,4 +1,8 @@
-"""ChipSampler: turns (seed, instance index) into programmed chips of an AnalogProgram.
+"""Chip samplers: turn (seed, instance index) into programmed chips of an AnalogProgram.
+
+Two samplers share one base, :class:`ChipSampler`: :class:`GeneratorSampler` (one ``torch.Generator`` per
+instance and stream) and :class:`CounterSampler` (counter-based Philox streams, one kernel per chunk); the program's
+device picks one unless the run names it (``RunOptions.sampler``).
 
 Instance ``i`` draws its programming randomness from its own stream (:mod:`anvm_stats.rng`), so its chip is the
 same whatever the chunking, order or worker. Base draws are separated from their application
@@ -9,7 +13,7 @@ point (common random numbers).
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +29,13 @@ Draws = list  # one dict[str, Tensor [K, P]] per program-phase effect
 
 
 class ChipSampler:
-    """Draws and programs chip instances of ``program``.
+    """Draws and programs chip instances of ``program``: the base of :class:`GeneratorSampler` and
+    :class:`CounterSampler`.
+
+    ``ChipSampler(program, seed)`` builds the sampler of the program's device (:class:`CounterSampler` on CUDA,
+    :class:`GeneratorSampler` elsewhere, :func:`~anvm_stats.counter_rng.counter_draws_default`); ``counter=True``
+    or ``False`` picks one. Either way instance ``i``'s chip depends only on ``(seed, i)``; the two samplers draw
+    different (equally distributed) chips.
 
     Parameters
     ----------
@@ -33,49 +43,59 @@ class ChipSampler:
     seed : int, SeedSequence or None
         Root seed of the run; instance ``i`` uses child ``(i, stream)`` of it.
     counter : bool, optional
-        Draw base draws of declared kinds from counter-based Philox streams (:mod:`anvm_stats.counter_rng`: one
-        kernel per chunk) instead of one ``torch.Generator`` per instance. Default: on CUDA only
-        (:func:`~anvm_stats.counter_rng.counter_draws_default`). Either way instance ``i``'s chip depends only
-        on ``(seed, i)``; the two samplers draw different (equally distributed) chips.
+        Only when building through the base class: which sampler (default: the device's).
     """
 
+    #: recorded in results' ``sampler`` attr
+    kind: ClassVar[str] = ""
+    #: whether base draws come from counter-based streams
+    counter: ClassVar[bool] = False
+
+    def __new__(cls, program: AnalogProgram | None = None, seed: SeedLike = None, counter: bool | None = None):
+        if cls is ChipSampler and program is not None:
+            use = counter_draws_default(program.device) if counter is None else bool(counter)
+            cls = CounterSampler if use else GeneratorSampler
+        return super().__new__(cls)
+
     def __init__(self, program: AnalogProgram, seed: SeedLike, counter: bool | None = None):
+        if counter is not None and bool(counter) != self.counter:
+            raise ValueError(f"{type(self).__name__} draws {'with' if self.counter else 'without'} counters")
         self.program = program
         self.root = root_sequence(seed)
-        self.counter = counter_draws_default(program.device) if counter is None else bool(counter)
-        self._key = run_key(self.root)
 
-    @property
-    def kind(self) -> str:
-        """Which sampler draws the chips (recorded in results' attrs)."""
-        return "philox4x32-counter" if self.counter else "per-instance-generator"
+    # ------------------------------------------------------------------ what the two samplers do differently
+    def _program_draws(self, effects: Sequence, indices: list[int], reuse: Draws | None) -> Draws:
+        """Base programming draws of ``indices`` for ``effects``."""
+        raise NotImplementedError
 
-    def _draw(self, effects: Sequence, indices: Sequence[int], stream: Stream,
-              generators: list | None = None, reuse: Draws | None = None) -> Draws:
+    def read_generators(self, indices: Sequence[int], spec: HardwareSpec | None = None,
+                        ) -> list[torch.Generator] | CounterStream:
+        """Fresh per-forward noise sources of the READ stream (read noise, ADC output noise) of ``indices``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ filling draw buffers from a source
+    def _from_stream(self, effects: Sequence, stream: CounterStream, reuse: Draws | None) -> Draws:
+        """Draws of effects that declare ``draw_kinds``, one counter fill per draw tensor of the chunk."""
+        layout = [dict(e.draw_kinds) for e in effects]
+        bufs = _buffers(layout, len(stream), self.program.n_devices, torch.float32, self.program.device, reuse)
+        for j, kinds in enumerate(layout):
+            for name, kind in kinds.items():
+                stream.fill(kind, bufs[j][name])
+        return bufs
+
+    def _from_generators(self, effects: Sequence, gens: list, reuse: Draws | None) -> Draws:
         """Per-instance draws stacked into ``[K, n]`` buffers (``reuse``: buffers of an earlier call to refill).
 
-        With a counter sampler (or a :class:`~anvm_stats.counter_rng.CounterStream` as ``generators``), each draw
-        tensor of the chunk is one fill. Otherwise effects that declare ``draw_kinds`` are drawn straight into the
-        buffers' rows from per-instance generators; others through their ``draw`` and a copy. torch's CPU samplers are single-threaded and every instance has its own generator,
-        so rows are filled by a pool of ``torch.get_num_threads()`` threads; results never depend on it."""
+        Effects that declare ``draw_kinds`` are drawn straight into the buffers' rows from per-instance generators;
+        others through their ``draw`` and a copy. torch's CPU samplers are single-threaded and every instance has
+        its own generator, so rows are filled by a pool of ``torch.get_num_threads()`` threads; results never
+        depend on it."""
         prog = self.program
         n, dev, dtype = prog.n_devices, prog.device, prog.g0.dtype
-        direct = all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
-        if generators is None and direct and self.counter and dtype == torch.float32:
-            # programming draws: slot s is the s-th (effect, name) pair, one kernel per draw tensor per chunk
-            idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=dev)
-            generators = CounterStream(self._key, idx, stream)
-        if isinstance(generators, CounterStream):
-            layout = [dict(e.draw_kinds) for e in effects]
-            bufs = _buffers(layout, len(generators), n, torch.float32, dev, reuse)
-            for j, kinds in enumerate(layout):
-                for name, kind in kinds.items():
-                    generators.fill(kind, bufs[j][name])
-            return bufs
-        gens = generators if generators is not None else instance_generators(self.root, indices, stream, dev)
         K = len(gens)
         if K == 0 or not effects:
             return [{} for _ in effects]
+        direct = _declares_kinds(effects)
         first = None if direct else [e.draw(n, gens[0], device=dev, dtype=dtype) for e in effects]
         layout = [dict(e.draw_kinds) for e in effects] if direct else \
             [{k: None for k in d} for d in first]
@@ -121,13 +141,14 @@ class ChipSampler:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
+    # ------------------------------------------------------------------ the sampler's interface
     def draw(self, indices: Sequence[int], spec: HardwareSpec | None = None, *, reuse: Draws | None = None,
              ) -> Draws:
         """Base programming draws of ``indices``: one dict of ``[K, P]`` tensors per program effect of ``spec``
         (default: the program's spec). Knob values never change what is drawn. ``reuse``: the draws of an
         earlier chunk, no longer needed, whose buffers are refilled (saves allocating and faulting in memory)."""
         spec = spec or self.program.spec
-        return self._draw(spec.program_effects, list(indices), Stream.PROGRAM, reuse=reuse)
+        return self._program_draws(spec.program_effects, list(indices), reuse)
 
     def program_chips(self, draws: Draws, spec: HardwareSpec | None = None, *, K: int | None = None) -> Tensor:
         """Programmed conductances ``[K, P]`` from base draws, with the effect parameters of ``spec``."""
@@ -147,26 +168,70 @@ class ChipSampler:
         spec = spec or self.program.spec
         return self.program_chips(self.draw(indices, spec), spec, K=len(indices))
 
-    def read_generators(self, indices: Sequence[int], spec: HardwareSpec | None = None,
-                        ) -> list[torch.Generator] | CounterStream:
-        """Fresh per-forward noise sources of the READ stream (read noise, ADC output noise): per-instance
-        generators, or, for a counter sampler whose read effects (of ``spec``, default the program's) all declare
-        ``draw_kinds``, one :class:`~anvm_stats.counter_rng.CounterStream` for the chunk."""
-        effects = (spec or self.program.spec).read_effects
-        if self.counter and all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects):
-            idx = torch.as_tensor(np.asarray(list(indices), dtype=np.int64), device=self.program.device)
-            return CounterStream(self._key, idx, Stream.READ)
-        return instance_generators(self.root, list(indices), Stream.READ, self.program.device)
-
     def read(self, g: Tensor, spec: HardwareSpec, generators: list[torch.Generator] | CounterStream) -> Tensor:
-        """Conductances seen by one forward pass: ``g`` plus fresh read-phase effects."""
+        """Conductances seen by one forward pass: ``g`` plus fresh read-phase effects drawn from ``generators``
+        (from :meth:`read_generators`)."""
         effects = spec.read_effects
         if not effects:
             return g
-        draws = self._draw(effects, range(len(generators)), Stream.READ, generators)
+        if isinstance(generators, CounterStream):
+            draws = self._from_stream(effects, generators, None)
+        else:
+            draws = self._from_generators(effects, generators, None)
         for eff, d in zip(effects, draws):
             g = eff.apply(g, d, spec.bounds)
         return g
+
+
+class GeneratorSampler(ChipSampler):
+    """Base draws from one ``torch.Generator`` per instance and stream (:mod:`anvm_stats.rng`); the default off
+    CUDA."""
+
+    kind = "per-instance-generator"
+    counter = False
+
+    def _program_draws(self, effects, indices, reuse):
+        gens = instance_generators(self.root, indices, Stream.PROGRAM, self.program.device)
+        return self._from_generators(effects, gens, reuse)
+
+    def read_generators(self, indices, spec=None):
+        return instance_generators(self.root, list(indices), Stream.READ, self.program.device)
+
+
+class CounterSampler(ChipSampler):
+    """Base draws of declared kinds from counter-based Philox streams (:mod:`anvm_stats.counter_rng`: one kernel
+    per draw tensor and chunk); the default on CUDA. Effects that do not declare ``draw_kinds`` (and float64
+    programs) draw from per-instance generators."""
+
+    kind = "philox4x32-counter"
+    counter = True
+
+    def __init__(self, program: AnalogProgram, seed: SeedLike, counter: bool | None = None):
+        super().__init__(program, seed, counter)
+        self._key = run_key(self.root)
+
+    def _stream(self, indices, stream: Stream) -> CounterStream:
+        idx = torch.as_tensor(np.asarray(list(indices), dtype=np.int64), device=self.program.device)
+        return CounterStream(self._key, idx, stream)
+
+    def _program_draws(self, effects, indices, reuse):
+        if _declares_kinds(effects) and self.program.g0.dtype == torch.float32:
+            # slot s is the s-th (effect, name) pair, one kernel per draw tensor per chunk
+            return self._from_stream(effects, self._stream(indices, Stream.PROGRAM), reuse)
+        gens = instance_generators(self.root, indices, Stream.PROGRAM, self.program.device)
+        return self._from_generators(effects, gens, reuse)
+
+    def read_generators(self, indices, spec=None):
+        effects = (spec or self.program.spec).read_effects
+        if _declares_kinds(effects):
+            return self._stream(indices, Stream.READ)
+        return instance_generators(self.root, list(indices), Stream.READ, self.program.device)
+
+
+def _declares_kinds(effects: Sequence) -> bool:
+    """Every effect declares the primitive draws it needs (``draw_kinds``): they can be filled straight into
+    buffers."""
+    return all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
 
 
 def _buffers(layout: list[dict], K: int, n: int, dtype, device, reuse: Draws | None) -> Draws:

@@ -227,3 +227,19 @@ def test_counter_stream_checks_its_indices_once_and_advances_per_call():
     assert s.calls == 2 and not torch.equal(a, b)
     want = fill_counter("normal", torch.empty(2, 3), (1, 2), [4, 0], Stream.READ, slot=1)
     assert torch.equal(b, want)
+
+
+def test_two_samplers_under_one_base():
+    """ChipSampler builds the device's sampler (generators on CPU) or the one named; each class draws its way."""
+    from anvm_stats.sampler import CounterSampler, GeneratorSampler
+
+    program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
+    default = ChipSampler(program, seed=3)
+    assert type(default) is GeneratorSampler and default.kind == "per-instance-generator" and not default.counter
+    named = ChipSampler(program, seed=3, counter=True)
+    assert type(named) is CounterSampler and isinstance(named, ChipSampler)
+    assert torch.equal(named.draw([4, 0])[0]["z"], CounterSampler(program, 3).draw([4, 0])[0]["z"])
+    assert torch.equal(default.draw([4, 0])[0]["z"], GeneratorSampler(program, 3).draw([4, 0])[0]["z"])
+    assert not torch.equal(named.draw([4])[0]["z"], default.draw([4])[0]["z"])
+    with pytest.raises(ValueError, match="GeneratorSampler"):
+        GeneratorSampler(program, 3, counter=True)
