@@ -14,16 +14,12 @@ ADC_BITS = "adc_bits"
 DAC_BITS = "dac_bits"
 STUCK_AT_RATE = "stuck_at_rate"
 LAYER = "layer"                  # qualified module name
-PERTURBATION = "perturbation"    # HA-SGD draws
 EPOCH = "epoch"
 QUANTILE = "quantile"
 LEVEL = "level"                  # programmed conductance level (empirical devices)
 RECOVERY = "recovery"            # per-chip recovery method compared on the same chips
 CI_BOUND = "ci_bound"            # coordinate values ["lower", "upper"]
 CI_BOUND_VALUES = ("lower", "upper")
-
-#: grid axes a sweep understands; each is a "knob" of HardwareSpec.with_knobs
-SWEEP_DIMS = (NOISE_LEVEL, T_INFERENCE, ADC_BITS, DAC_BITS, STUCK_AT_RATE)
 
 # per-instance metric variables
 ACCURACY = "accuracy"

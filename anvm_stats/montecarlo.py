@@ -444,9 +444,14 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
                         progress=progress)
 
 
-def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256,
-             seed: SeedLike = 0, **kwargs) -> xr.Dataset:
-    """Evaluate ``model`` on ``n_instances`` simulated chips of ``spec``: :func:`sweep` without a grid.
+def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256, seed: SeedLike = 0,
+             instances: Sequence[int] | None = None, calibration_data=None, layers: LayerFilter = None,
+             digital: Sequence[str] = (), device: torch.device | str | None = None, options: RunOptions | None = None,
+             program: AnalogProgram | None = None, executor=None, progress: bool = True) -> xr.Dataset:
+    """Evaluate ``model`` on ``n_instances`` simulated chips of ``spec``: :func:`sweep` without a grid (same
+    arguments).
 
     Returns an ``xr.Dataset`` with dim ``instance`` (see :func:`sweep`)."""
-    return sweep(model, spec, data, grid=None, n_instances=n_instances, seed=seed, **kwargs)
+    return sweep(model, spec, data, grid=None, n_instances=n_instances, seed=seed, instances=instances,
+                 calibration_data=calibration_data, layers=layers, digital=digital, device=device, options=options,
+                 program=program, executor=executor, progress=progress)
