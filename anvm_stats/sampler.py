@@ -168,17 +168,21 @@ class ChipSampler:
         spec = spec or self.program.spec
         return self.program_chips(self.draw(indices, spec), spec, K=len(indices))
 
+    def draw_from(self, effects: Sequence, sources: list[torch.Generator] | CounterStream) -> Draws:
+        """Base draws of ``effects`` for ``len(sources)`` instances from the given sources: per-instance
+        generators (row ``r`` from ``sources[r]``) or a :class:`~anvm_stats.counter_rng.CounterStream` (effects
+        declaring ``draw_kinds``); one dict of ``[K, P]`` tensors per effect."""
+        if isinstance(sources, CounterStream):
+            return self._from_stream(effects, sources, None)
+        return self._from_generators(effects, list(sources), None)
+
     def read(self, g: Tensor, spec: HardwareSpec, generators: list[torch.Generator] | CounterStream) -> Tensor:
         """Conductances seen by one forward pass: ``g`` plus fresh read-phase effects drawn from ``generators``
         (from :meth:`read_generators`)."""
         effects = spec.read_effects
         if not effects:
             return g
-        if isinstance(generators, CounterStream):
-            draws = self._from_stream(effects, generators, None)
-        else:
-            draws = self._from_generators(effects, generators, None)
-        for eff, d in zip(effects, draws):
+        for eff, d in zip(effects, self.draw_from(effects, generators)):
             g = eff.apply(g, d, spec.bounds)
         return g
 

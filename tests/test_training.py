@@ -14,7 +14,6 @@ from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.analog.program import prepare
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.spec import HardwareSpec
-from anvm_stats.rng import Stream
 from anvm_stats.sampler import ChipSampler
 from anvm_stats.training import (ADCInTheLoop, accumulate_gradient, adc_points, draw_perturbations, epoch_order,
                                  group_sizes, perturb_targets, step_generators, train_hasgd)
@@ -161,7 +160,7 @@ def test_perturbation_is_the_monte_carlo_chip(spec, bn):
     pert = draw_perturbations(net, spec, samples=L, seed=0, step=4, perturb_batchnorm=bn)
     program = prepare(net, spec)
     sampler = ChipSampler(program, 0)
-    draws = sampler._draw(spec.program_effects, range(L), Stream.PROGRAM, generators=step_generators(0, 4, L))
+    draws = sampler.draw_from(spec.program_effects, step_generators(0, 4, L))
     chips = program.weights(sampler.program_chips(draws, spec, K=L))
     for l in range(L):
         copy_ = copy.deepcopy(net)
