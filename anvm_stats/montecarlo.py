@@ -344,8 +344,8 @@ class LocalExecutor:
     """Run a sweep in this process (the default executor of :func:`sweep`).
 
     An executor has one method, ``run(model, spec, data, *, plan, instances, seed, calibration_data, layers,
-    digital, device, options, program, progress) -> xr.Dataset``, with :func:`sweep`'s arguments validated (``plan`` from
-    :func:`plan_grid`, ``instances`` the instance indices); :class:`anvm_stats.parallel.DaskExecutor` runs the
+    digital, device, options, program, progress) -> xr.Dataset``, with :func:`sweep`'s arguments validated
+    (``plan`` from :func:`plan_grid`, ``instances`` the instance indices); :class:`anvm_stats.parallel.DaskExecutor` runs the
     same sweep on a Dask cluster.
     """
 

@@ -75,7 +75,8 @@ class AnalogProgram:
         For 4-d inputs, a network with Conv2d layers whose largest activation holds at least
         :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last on the devices in
         :data:`CHANNELS_LAST_DEVICES` (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPUs; small
-        activations run better in the default layout). The choice is made once per input shape; it never changes a value beyond round-off."""
+        activations run better in the default layout). The choice is made once per input shape; it never changes
+        a value beyond round-off."""
         if x.dim() != 4:
             return x
         shape = tuple(x.shape[1:])
@@ -89,8 +90,8 @@ class AnalogProgram:
     @property
     def sample_major_ok(self) -> bool:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
-        analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook watches an analog layer (hooks, e.g. per-chip
-        calibration, read layer outputs instance-major)."""
+        analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook
+        watches an analog layer (hooks, e.g. per-chip calibration, read layer outputs instance-major)."""
         if not self.kernel.sample_major or any(p.op != "linear" for p in self.plans):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())

@@ -156,7 +156,8 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     compensation : {None, "global"}
         ``"global"``: per-chip, per-layer digital gain from a reference read (see module docstring).
     **option_kw
-        :class:`anvm_stats.montecarlo.RunOptions` fields (instances_per_chunk, samples_per_batch, memory_budget), and ``progress``.
+        :class:`anvm_stats.montecarlo.RunOptions` fields (instances_per_chunk, samples_per_batch, memory_budget),
+        and ``progress``.
 
     Returns
     -------

@@ -3,8 +3,8 @@
 The zarr store holds the full-shape result, chunked so that each task owns whole chunks, plus a completion mask
 ``_task_done`` (one int8 chunk per task). A task's region is written first, then its mask entry, so a run killed at
 any moment loses at most the tasks in flight; rewriting a region is idempotent. The store records a fingerprint of
-the study (spec, grid, instances, seed, chunking, model, data, options, resolved sampler, device); a store of another study is refused with
-a :class:`~anvm_stats.errors.ConfigError` that names what differs.
+the study (spec, grid, instances, seed, chunking, model, data, options, resolved sampler, device, batch size); a
+store of another study is refused with a :class:`~anvm_stats.errors.ConfigError` that names what differs.
 """
 
 from __future__ import annotations
