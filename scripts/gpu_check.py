@@ -107,12 +107,13 @@ def main(out_dir: str) -> int:
 
     def engine_unfused():
         """For comparison: hidden layers with baddbmm and a separate ReLU (no fused epilogue)."""
-        from anvm_stats.analog import layers
-        layers.FUSE_BIAS_RELU_CUDA = False
+        from anvm_stats.analog import kernels, program as program_mod
+        before = program_mod.select_kernel
+        program_mod.select_kernel = lambda device: kernels.GenericKernel()   # programs prepared by the bench
         try:
             return bench.bench_engine("cuda", n_instances=16384)
         finally:
-            layers.FUSE_BIAS_RELU_CUDA = True
+            program_mod.select_kernel = before
 
     step("engine_mlp_16384_unfused", engine_unfused)
     step("profile_engine", profile)
@@ -138,7 +139,7 @@ def main(out_dir: str) -> int:
         out = {}
         for sampler, k in (("counter", 16384), ("generator", 1024)):
             run = lambda: av.evaluate(net, spec, (x, y), n_instances=k, seed=0, progress=False,  # noqa: E731
-                                      sampler=sampler, device="cuda")
+                                      options=av.RunOptions(sampler=sampler), device="cuda")
             run()
             out[f"{sampler}_chips_per_s"] = k / _best(run, dev, 2)
         out["counter_vs_generator"] = out["counter_chips_per_s"] / out["generator_chips_per_s"]
