@@ -42,7 +42,7 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
         (``n``, ``stopped_by`` = "width" or "cap", final estimate, width history).
     """
     root = root_sequence(seed)
-    program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
+    program = prepare(model, spec, calibration_data=calibration if calibration is not None else data, layers=layers,
                       device=device, fuse_relu=True)
     parts: list[xr.Dataset] = []
 

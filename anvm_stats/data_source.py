@@ -58,7 +58,7 @@ def first_samples(data, n: int) -> Tensor:
         if got >= n:
             break
     if not xs:
-        raise ConfigError("calibration", "empty", "at least one sample")
+        raise ConfigError("calibration_data", "empty", "at least one sample")
     return torch.cat(xs)
 
 

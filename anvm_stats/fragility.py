@@ -87,7 +87,7 @@ def sensitivity(model: nn.Module, data, *, spec: HardwareSpec, noise_levels: Seq
 
     root = root_sequence(seed)
     s_trace, s_eig, s_moments, s_pred = (int(v) for v in root.generate_state(4, dtype=np.uint32))
-    program = prepare(model, spec, calibration=data, layers=layers)
+    program = prepare(model, spec, calibration_data=data, layers=layers)
     twin = copy.deepcopy(model).eval().float()
     if spec.fold_batchnorm:
         fold_batchnorm(twin)

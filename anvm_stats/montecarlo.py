@@ -354,7 +354,7 @@ class LocalExecutor:
             device: torch.device | str | None = None, options: RunOptions,
             program: AnalogProgram | None = None, progress: bool = True) -> xr.Dataset:
         if program is None:
-            program = prepare(model, spec, calibration=calibration_data if calibration_data is not None else data,
+            program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
                               layers=layers, digital=digital, device=device, fuse_relu=True)
             calibrated_on = "evaluation data" if calibration_data is None else describe(calibration_data)
         else:

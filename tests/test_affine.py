@@ -39,7 +39,7 @@ NOT_AFFINE = {
 def _program(spec):
     net = make_mlp(seed=3)
     x, y = make_data(seed=4, n=64)
-    return av.prepare(net, spec, calibration=(x, y)), x, y
+    return av.prepare(net, spec, calibration_data=(x, y)), x, y
 
 
 @pytest.mark.parametrize("name", list(AFFINE))

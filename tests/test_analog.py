@@ -103,7 +103,7 @@ def test_adc_quantises_each_layer_output():
     net = make_mlp(bn=False, sizes=(8, 6, 3))
     x, _ = make_data(n=50)
     spec = av.HardwareSpec(periphery=av.Periphery(adc=av.Quantizer(levels=3, percentile=100.0)))
-    prog = av.prepare(net, spec, calibration=x)
+    prog = av.prepare(net, spec, calibration_data=x)
     mod = prog.analog_modules()[0]
     lo, hi = float(mod.signal_lo[0]), float(mod.signal_hi[0])
     # reference: layer 1 by hand, signal = W~ x~ / gain quantised to 3 levels over the calibrated range
@@ -129,7 +129,7 @@ def test_high_resolution_converters_are_nearly_ideal():
     x, _ = make_data(n=16, shape=(1, 6, 6))
     spec = av.HardwareSpec(periphery=av.Periphery(dac=av.Quantizer(bits=16, percentile=100.0),
                                                   adc=av.Quantizer(bits=16, percentile=100.0)))
-    prog = av.prepare(net, spec, calibration=x)
+    prog = av.prepare(net, spec, calibration_data=x)
     prog.load(prog.g0.expand(2, -1), B=16, dac_levels=2 ** 16, adc_levels=2 ** 16)
     with torch.no_grad():
         out = prog.module(x).view(2, 16, -1)

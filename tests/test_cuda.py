@@ -61,7 +61,7 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
     # accuracies may differ only where a logit margin is at round-off level: at most one sample per chip
     assert np.abs(gpu.correct_count.values - cpu.correct_count.values).max() <= 1
     if net_kind == "resnet_large":
-        program = av.prepare(net, spec, calibration=x.cuda(), device="cuda")
+        program = av.prepare(net, spec, calibration_data=x.cuda(), device="cuda")
         program.input(x.cuda())
         assert program.channels_last
 
@@ -85,7 +85,7 @@ def test_engine_with_and_without_the_fused_epilogue_agree():
 
     net, (x, y) = make_mlp(), _data("mlp")
     kw = dict(n_instances=8, seed=2, progress=False, device="cuda")
-    program = av.prepare(net, SPECS["paper1"], calibration=(x, y), device="cuda", fuse_relu=True)
+    program = av.prepare(net, SPECS["paper1"], calibration_data=(x, y), device="cuda", fuse_relu=True)
     assert isinstance(program.kernel, CudaFusedKernel)
     fused_run = av.evaluate(net, SPECS["paper1"], (x, y), program=program, **kw)
     program.use_kernel(GenericKernel())

@@ -190,7 +190,7 @@ def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
     data = make_data(n=64, n_classes=5)
     spec = av.HardwareSpec.paper1(0.2)
     # the generic kernel (batched GEMMs, CUDA's path), here on the CPU
-    program = av.prepare(net, spec, calibration=data, fuse_relu=True, kernel=kernels.GenericKernel())
+    program = av.prepare(net, spec, calibration_data=data, fuse_relu=True, kernel=kernels.GenericKernel())
     calls = []
     original = kernels.narrow_output
     monkeypatch.setattr(kernels, "narrow_output", lambda *a: calls.append(a[1].shape[0]) or original(*a))
@@ -216,7 +216,7 @@ def test_linear_paths_are_chunk_invariant_and_agree(onednn):
     data = make_data(n=50, n_classes=6)
     spec = av.HardwareSpec.paper1(0.1)
     kernel, other_kernel = (OneDNNKernel(), GenericKernel()) if onednn else (GenericKernel(), OneDNNKernel())
-    program = av.prepare(net, spec, calibration=data, fuse_relu=True, kernel=kernel)
+    program = av.prepare(net, spec, calibration_data=data, fuse_relu=True, kernel=kernel)
     ref = run(net, spec, data, n_instances=7, seed=9, program=program)
     for chunk in (1, 2, 5):
         xr.testing.assert_identical(data_vars(ref), data_vars(run(net, spec, data, n_instances=7, seed=9,
@@ -268,7 +268,7 @@ def test_sample_major_fold_agrees_with_instance_major_through_converters(spec):
     whichever way the activations are folded."""
     net = make_mlp(sizes=(8, 24, 24, 5), bn=True)
     data = make_data(n=48, n_classes=5)
-    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    program = av.prepare(net, spec, calibration_data=data, fuse_relu=True)
     assert program.sample_major_ok
     sample_major = run(net, spec, data, n_instances=18, seed=4, program=program)
     handle = program.analog_modules()[-1].register_forward_hook(lambda m, i, o: None)
@@ -338,7 +338,7 @@ def test_converter_levels_and_mean_shift_are_sweep_knobs(setup, knob, values):
     net, data = setup
     spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.03),),
                            periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=6)))
-    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    program = av.prepare(net, spec, calibration_data=data, fuse_relu=True)
     ds = run(net, spec, data, grid={knob: values}, n_instances=4, seed=1, program=program)
     assert ds.accuracy.dims == (knob, dims.INSTANCE)
     for v in values:
@@ -367,7 +367,7 @@ def test_engine_layer_gives_the_sweep_counts(setup):
     net, data = setup
     spec = av.HardwareSpec.paper1(0.1)
     plan = av.plan_grid({"noise_level": [0.05, 0.2]})
-    program = av.prepare(net, spec, calibration=data, fuse_relu=True)
+    program = av.prepare(net, spec, calibration_data=data, fuse_relu=True)
     batches = evaluation_batches(program, data)
     raw = av.run_points(program, av.ChipSampler(program, 3), plan.specs(spec), np.arange(5), batches,
                         av.RunOptions())

@@ -269,7 +269,7 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
 
 
 @torch.no_grad()
-def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: LayerFilter = None,
+def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, layers: LayerFilter = None,
             digital: Iterable[str] = (), device: torch.device | str | None = None,
             n_calibration: int = 512, fuse_relu: bool = False, kernel: GenericKernel | None = None) -> AnalogProgram:
     """Map ``model`` onto the chip described by ``spec``.
@@ -279,7 +279,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
     model : nn.Module
         A trained network; it is deep-copied and never modified.
     spec : HardwareSpec
-    calibration : (x, y) tensors, x tensor, Data, or iterable of batches, optional
+    calibration_data : (x, y) tensors, x tensor, Data, or iterable of batches, optional
         Data used to set DAC/ADC ranges (required when the spec has converters or output noise); at most
         ``n_calibration`` samples are used.
     layers : list of module names or callable(name, module) -> bool, optional
@@ -358,7 +358,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration=None, layers: L
         _set_submodule(net, name, analog)
     program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded)
     if per.needs_calibration:
-        _calibrate(program, calibration, n_calibration)
+        _calibrate(program, calibration_data, n_calibration)
     return program
 
 
@@ -366,7 +366,7 @@ def _calibrate(program: AnalogProgram, calibration, n_max: int) -> None:
     from ..data_source import first_samples
 
     if calibration is None:
-        raise ConfigError("calibration", None, "calibration data ((x, y) tensors, x, or batches): the spec's "
+        raise ConfigError("calibration_data", None, "calibration data ((x, y) tensors, x, or batches): the spec's "
                                                "DAC/ADC/output-noise ranges come from a percentile of calibration values")
     x = first_samples(calibration, n_max).to(program.device)
     per = program.spec.periphery

@@ -319,7 +319,7 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
                               steps=steps, lr=lr, n_calib=n_calib, objective=objective, temperature=temperature,
                               chunk_size=chunk_size)
     idx = instance_indices(n_instances, instances)
-    program = prepare(model, spec, calibration=calibration if calibration is not None else test, layers=layers,
+    program = prepare(model, spec, calibration_data=calibration if calibration is not None else test, layers=layers,
                       digital=digital, device=device)
     for p in program.module.parameters():
         p.requires_grad_(False)

@@ -185,7 +185,7 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     idx = instance_indices(n_instances, instances)
     if times.ndim != 1 or times.size == 0 or len(np.unique(times)) != times.size:
         raise ConfigError(f"grid.{dims.T_INFERENCE}", times, "a non-empty list of distinct values")
-    program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
+    program = prepare(model, spec, calibration_data=calibration if calibration is not None else data, layers=layers,
                       digital=digital, device=device)
     out, gains, sampler, n_samples, n_classes = _compensated(program, spec, data, times, idx, seed, opts)
     T, I = dims.T_INFERENCE, dims.INSTANCE

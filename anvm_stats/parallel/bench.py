@@ -69,7 +69,7 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     net, spec, data = _job(seed)
     threads = torch.get_num_threads()
     kw = dict(grid=grid, n_instances=n_instances, seed=seed, progress=False)
-    program = prepare(net, spec, calibration=data)
+    program = prepare(net, spec, calibration_data=data)
     local_s = _best(lambda: sweep(net, spec, data, program=program, **kw), repeats)
     x, y = data[0][:8], data[1][:8]
     tiny_kw = dict(grid={k: list(v)[:1] for k, v in grid.items()}, seed=seed, progress=False)
@@ -91,7 +91,7 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     torch.set_num_threads(1)
     try:
         local1_s = _best(lambda: sweep(net, spec, data, program=program, **kw), 1)
-        tprog = prepare(net, spec, calibration=(x, y))
+        tprog = prepare(net, spec, calibration_data=(x, y))
         compute_s = _best(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
                                    for i in range(n_tiny)], repeats)
     finally:

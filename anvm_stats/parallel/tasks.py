@@ -167,7 +167,7 @@ def cached_inputs(cache_key: str, payload: bytes) -> dict[str, Any]:
     if inp.get("program") is None:
         prep = inp.get("prep", {})
         cal = inp.get("calibration")
-        inp["program"] = prepare(inp["model"], inp["spec"], calibration=cal if cal is not None else inp["data"],
+        inp["program"] = prepare(inp["model"], inp["spec"], calibration_data=cal if cal is not None else inp["data"],
                                  layers=prep.get("layers"), digital=prep.get("digital", ()),
                                  device=worker_device(prep.get("device")))
     cache[cache_key] = inp
