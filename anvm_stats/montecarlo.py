@@ -1,5 +1,10 @@
 """Monte Carlo evaluation: K chip instances at once, over a grid of hardware knobs, into a labelled Dataset.
 
+Layers: the engine (:func:`plan_grid` validates a grid, :func:`run_points` scores chips of a prepared program at
+every grid point), executors that run a whole sweep with it (:class:`LocalExecutor` in this process,
+:class:`anvm_stats.parallel.DaskExecutor` on a cluster, which imports this module, never the reverse), and the entry
+points :func:`sweep` / :func:`evaluate`.
+
 Each chunk of instances is drawn once (base draws) and re-programmed at every grid point, so every point uses
 the same chips (common random numbers) and pays for sampling once; for chips affine in their draws, the layers
 that read the network input reuse their products with the draws across points too (:mod:`.analog.lazy`).

@@ -151,7 +151,7 @@ class CudaFusedKernel(GenericKernel):
         return bias_relu_(y, bias)
 
 
-Kernel = GenericKernel
+#: the kernels by name
 KERNELS = {"generic": GenericKernel, "onednn": OneDNNKernel, "cuda_fused": CudaFusedKernel}
 
 
