@@ -72,12 +72,12 @@ def main(out_dir: str) -> int:
         from torch.profiler import ProfilerActivity, profile as prof
 
         from anvm_stats.analog.program import prepare
+        from anvm_stats import devices
         from anvm_stats.bench import _digits_mlp
-        from anvm_stats.hardware.spec import HardwareSpec
         from anvm_stats.montecarlo import sweep
         dev = torch.device("cuda")
         net, x, y = _digits_mlp(dev)
-        spec = HardwareSpec.paper1(0.05)
+        spec = devices.paper1(0.05)
         program = prepare(net, spec, fuse_relu=True)
         run = lambda: sweep(net, spec, (x, y), n_instances=16384, seed=0, progress=False, program=program)  # noqa
         run()

@@ -51,9 +51,9 @@ def fake_trainer(monkeypatch):
     independent of the HA-SGD implementation; records every call."""
     calls = []
 
-    def train_hasgd(model, data, *, q=None, samples=8, epochs=1, lr=0.01, batch_size=64, seed=0, progress=False,
+    def train_hasgd(model, spec, data, *, samples=8, epochs=1, lr=0.01, batch_size=64, seed=0, progress=False,
                     **kw):
-        calls.append(dict(q=q, epochs=epochs, seed=seed, **kw))
+        calls.append(dict(q=spec, epochs=epochs, seed=seed, **kw))
         g = torch.Generator().manual_seed(int(seed))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         hist = {"train_loss": []}

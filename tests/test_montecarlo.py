@@ -29,7 +29,7 @@ def setup():
 
 def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     a = run(net, spec, data, n_instances=9, seed=11)
     b = run(net, spec, data, n_instances=9, seed=11, chunk_size=2, batch_size=7)
     c = run(net, spec, data, n_instances=9, seed=11, chunk_size=1)
@@ -42,7 +42,7 @@ def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
 
 def test_instance_i_depends_only_on_seed_and_i(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     full = run(net, spec, data, n_instances=8, seed=3)
     halves = xr.concat([run(net, spec, data, instances=[4, 5, 6, 7], seed=3),
                         run(net, spec, data, instances=[3, 0, 2, 1], seed=3)], dims.INSTANCE).sortby(dims.INSTANCE)
@@ -51,10 +51,10 @@ def test_instance_i_depends_only_on_seed_and_i(setup):
 
 def test_sweep_points_share_chips(setup):
     net, data = setup
-    base = av.HardwareSpec.paper1(0.1)
+    base = av.devices.paper1(0.1)
     sw = run(net, base, data, grid={"noise_level": [0.0, 0.1, 0.3]}, n_instances=6, seed=2)
     assert sw.accuracy.dims == (dims.NOISE_LEVEL, dims.INSTANCE)
-    single = run(net, av.HardwareSpec.paper1(0.3), data, n_instances=6, seed=2)
+    single = run(net, av.devices.paper1(0.3), data, n_instances=6, seed=2)
     xr.testing.assert_allclose(data_vars(sw.sel(noise_level=0.3, drop=True)), data_vars(single))
     clean = sw.sel(noise_level=0.0)
     float_acc = float((net(data[0]).argmax(1) == data[1]).float().mean())
@@ -77,19 +77,19 @@ def test_multi_axis_sweep_with_adc_and_faults():
 
 def test_dataset_schema_and_provenance(setup):
     net, data = setup
-    ds = run(net, av.HardwareSpec.paper1(0.1), data, n_instances=3, seed=0)
+    ds = run(net, av.devices.paper1(0.1), data, n_instances=3, seed=0)
     dims.validate_dataset(ds)
     assert set(dims.METRICS) <= set(ds.data_vars)
     assert ds.correct_count.dtype == np.int64
     assert np.allclose(ds.accuracy, ds.correct_count / 40)
     assert ds.top5_accuracy.min() >= ds.accuracy.min()
-    assert av.HardwareSpec.from_dict(__import__("json").loads(ds.attrs["hardware_spec"])) == av.HardwareSpec.paper1(0.1)
+    assert av.HardwareSpec.from_dict(__import__("json").loads(ds.attrs["hardware_spec"])) == av.devices.paper1(0.1)
     assert ds.attrs["seed_entropy"] == "0" and "Sequential" in ds.attrs["model"]
 
 
 def test_fresh_seed_is_recorded_and_reproducible(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.3)
+    spec = av.devices.paper1(0.3)
     a = run(net, spec, data, n_instances=3, seed=None)
     b = run(net, spec, data, n_instances=3, seed=int(a.attrs["seed_entropy"]))
     xr.testing.assert_identical(data_vars(a), data_vars(b))
@@ -116,15 +116,15 @@ def test_bad_run_arguments(setup, kw, field):
     net, data = setup
     kw.setdefault("n_instances", 2)
     with pytest.raises(ConfigError) as info:
-        run(net, av.HardwareSpec.paper1(0.1), data, **kw)
+        run(net, av.devices.paper1(0.1), data, **kw)
     assert info.value.field == field
 
 
 def test_dataloader_style_batches(setup):
     net, (x, y) = setup
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
-    a = run(net, av.HardwareSpec.paper1(0.1), batches, n_instances=3, seed=0)
-    b = run(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=3, seed=0)
+    a = run(net, av.devices.paper1(0.1), batches, n_instances=3, seed=0)
+    b = run(net, av.devices.paper1(0.1), (x, y), n_instances=3, seed=0)
     xr.testing.assert_allclose(data_vars(a), data_vars(b))
 
 
@@ -178,7 +178,7 @@ def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
     monkeypatch.setattr(layers, "ONEDNN_LINEAR", False)     # the batched-GEMM path (CUDA's), here on the CPU
     net = make_mlp(sizes=(8, 32, 5), bn=False)
     data = make_data(n=64, n_classes=5)
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     calls = []
     original = layers._narrow_output
     monkeypatch.setattr(layers, "_narrow_output", lambda *a: calls.append(a[1].shape[0]) or original(*a))
@@ -202,7 +202,7 @@ def test_linear_paths_are_chunk_invariant_and_agree(monkeypatch, onednn):
 
     net = make_mlp(sizes=(8, 24, 24, 6), bn=True)
     data = make_data(n=50, n_classes=6)
-    spec = av.HardwareSpec.paper1(0.1)
+    spec = av.devices.paper1(0.1)
     monkeypatch.setattr(layers, "ONEDNN_LINEAR", onednn)
     ref = run(net, spec, data, n_instances=7, seed=9)
     for chunk in (1, 2, 5):
@@ -221,7 +221,7 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
 
     net = make_mlp(sizes=(8, 24, 5), bn=False)
     data = make_data(n=48, n_classes=5)                     # 5 outputs, 48 samples: the narrow W x^T path too
-    spec = av.HardwareSpec.paper1(0.15)
+    spec = av.devices.paper1(0.15)
     seen = []
     original = layers._onednn_linear
     monkeypatch.setattr(layers, "_onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
@@ -245,7 +245,7 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
 
 
 @pytest.mark.parametrize("spec", [
-    av.HardwareSpec.xiao(0.05, proportional=False, adc_bits=6),                      # offset mapping + ADC
+    av.devices.xiao_state_independent(0.05, proportional=False, adc_bits=6),                      # offset mapping + ADC
     av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=2, bits_per_slice=4),
                     effects=(av.ProgrammingNoise(sigma=0.02),),
                     periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
@@ -288,7 +288,7 @@ def test_conv_chunks_of_one_chip_match_larger_chunks():
     net = make_resnet()
     x, y = make_data(n=8, shape=(1, 8, 8))
     kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2)
-    ref = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], **kw)
+    ref = run(net, av.devices.paper1(0.1), [(x, y), (x, y)], **kw)
     for chunk in (1, 2):
-        got = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], chunk_size=chunk, **kw)
+        got = run(net, av.devices.paper1(0.1), [(x, y), (x, y)], chunk_size=chunk, **kw)
         np.testing.assert_array_equal(got.loss.values, ref.loss.values)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 
+from anvm_stats import devices
 from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.analog.program import prepare
 from anvm_stats.errors import ConfigError
@@ -37,7 +38,7 @@ def test_direct_gradient_is_mean_of_hand_gradients(perturb_bn):
     net = make_mlp(bn=True).train()
     x, y = make_data(n=24)
     targets = perturb_targets(net, perturb_batchnorm=perturb_bn)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=4, seed=3, step=7, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=4, seed=3, step=7, targets=targets)
     assert ("1.bias" in pert.deltas) == perturb_bn          # the folded BN's beta carries the bias noise
     net.zero_grad()
     accumulate_gradient(net, x, y, pert, targets, mode="direct")
@@ -50,7 +51,7 @@ def test_split_gradient_uses_one_draw_per_group():
     net = make_mlp(bn=False).train()
     x, y = make_data(n=22)                   # 22 = 6 + 6 + 5 + 5: unequal groups too
     targets = perturb_targets(net)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=4, seed=1, step=0, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=4, seed=1, step=0, targets=targets)
     sizes = group_sizes(22, 4)
     assert sizes == [6, 6, 5, 5]
 
@@ -78,7 +79,7 @@ def test_split_conv_grouped_equals_hand():
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(12, 1, 8, 8, generator=g), torch.randint(0, 5, (12,), generator=g)
     targets = perturb_targets(net)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=3, seed=0, step=1, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=3, seed=0, step=1, targets=targets)
     net.zero_grad()
     accumulate_gradient(net, x, y, pert, targets, mode="split")
     parts = zip(torch.split(x, 4), torch.split(y, 4))
@@ -100,13 +101,13 @@ def plain_sgd(net, x, y, *, epochs, batch_size, lr, seed, momentum=0.9, weight_d
     return net
 
 
-@pytest.mark.parametrize("q,mode", [(None, "split"), (HardwareSpec.paper1(0.0), "split"),
-                                    (HardwareSpec.paper1(0.0), "direct")])
+@pytest.mark.parametrize("q,mode", [(None, "split"), (devices.paper1(0.0), "split"),
+                                    (devices.paper1(0.0), "direct")])
 def test_noise_free_is_plain_sgd_step_for_step(q, mode):
     net = make_mlp(bn=True)
     x, y = make_data(n=40)
     ref = plain_sgd(net, x, y, epochs=2, batch_size=8, lr=0.05, seed=5)
-    res = train_hasgd(net, (x, y), q=q, samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode=mode,
+    res = train_hasgd(net, q, (x, y), samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode=mode,
                       progress=False)
     assert res.step == 10
     for (n, a), b in zip(res.model.state_dict().items(), ref.state_dict().values()):
@@ -118,15 +119,16 @@ def test_noise_free_is_plain_sgd_step_for_step(q, mode):
 def test_split_with_one_draw_equals_direct_and_schedule_zero_epoch_is_plain():
     net = make_mlp(bn=True)
     x, y = make_data(n=32)
-    kw = dict(q=HardwareSpec.paper1(0.2), samples=1, epochs=2, batch_size=8, lr=0.05, seed=2, progress=False)
-    a = train_hasgd(net, (x, y), mode="split", **kw).model.state_dict()
-    b = train_hasgd(net, (x, y), mode="direct", **kw).model.state_dict()
+    q = devices.paper1(0.2)
+    kw = dict(samples=1, epochs=2, batch_size=8, lr=0.05, seed=2, progress=False)
+    a = train_hasgd(net, q, (x, y), mode="split", **kw).model.state_dict()
+    b = train_hasgd(net, q, (x, y), mode="direct", **kw).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sched = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.3), sigma_schedule=[0.0, 0.1], epochs=1, batch_size=8,
+    sched = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=[0.0, 0.1], epochs=1, batch_size=8,
                         lr=0.05, seed=2, samples=2, progress=False)
     plain = plain_sgd(net, x, y, epochs=1, batch_size=8, lr=0.05, seed=2)
     assert all(torch.equal(u, v) for u, v in zip(sched.model.state_dict().values(), plain.state_dict().values()))
-    full = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.3), sigma_schedule=lambda e: 0.1 * e, epochs=2,
+    full = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=lambda e: 0.1 * e, epochs=2,
                        batch_size=8, seed=2, samples=2, progress=False)
     np.testing.assert_allclose(full.history.sigma_train.values, [0.0, 0.1])
 
@@ -135,7 +137,7 @@ def test_split_with_one_draw_equals_direct_and_schedule_zero_epoch_is_plain():
 def test_perturbation_statistics_follow_paper1(sigma, mu):
     net = make_mlp(sizes=(8, 32, 32, 4), bn=False)
     L = 64
-    pert = draw_perturbations(net, HardwareSpec.paper1(sigma, mu), samples=L, seed=0, step=3)
+    pert = draw_perturbations(net, devices.paper1(sigma, mu), samples=L, seed=0, step=3)
     half = lambda t: (t.max() - t.min()) / 2  # noqa: E731
     z_crit = sps.norm.ppf(1 - FAMILY_FALSE_FAILURE / 2)
     for name in ("0", "2", "4"):
@@ -152,8 +154,8 @@ def test_perturbation_statistics_follow_paper1(sigma, mu):
         assert lo <= ratio <= hi, (name, ratio, lo, hi)
 
 
-@pytest.mark.parametrize("spec,bn", [(HardwareSpec.paper1(0.1, 0.01), False), (HardwareSpec.xiao(0.1, adc_bits=None), False),
-                                     (HardwareSpec.paper1(0.1), True)])
+@pytest.mark.parametrize("spec,bn", [(devices.paper1(0.1, 0.01), False), (devices.xiao_state_independent(0.1, adc_bits=None), False),
+                                     (devices.paper1(0.1), True)])
 def test_perturbation_is_the_monte_carlo_chip(spec, bn):
     """Perturbed weights (BN folded as the engine folds it) equal the engine's chips on the same base draws."""
     net = make_mlp(bn=bn)
@@ -196,7 +198,7 @@ def test_adc_in_the_loop_quantises_and_passes_gradients():
     loss.backward()
     for name in names:
         assert float(net.get_submodule(name).weight.grad.abs().sum()) > 0
-    res = train_hasgd(make_mlp(bn=True), (x, y), q=HardwareSpec.paper1(0.05), adc_levels=4, samples=2, epochs=2,
+    res = train_hasgd(make_mlp(bn=True), devices.paper1(0.05), (x, y), adc_levels=4, samples=2, epochs=2,
                       batch_size=16, seed=0, progress=False)
     assert np.isfinite(res.history.train_loss.values).all() and res.history.attrs["adc_levels"] == 4
 
@@ -204,9 +206,9 @@ def test_adc_in_the_loop_quantises_and_passes_gradients():
 def test_config_errors_name_the_field():
     net, data = make_mlp(), make_data()
     for kw, field in [(dict(mode="sideways"), "mode"), (dict(samples=16, batch_size=8), "batch_size"),
-                      (dict(q=None, sigma_schedule=[0.1]), "sigma_schedule"), (dict(optimizer="lbfgs"), "optimizer")]:
+                      (dict(spec=None, sigma_schedule=[0.1]), "sigma_schedule"), (dict(optimizer="lbfgs"), "optimizer")]:
         with pytest.raises(ConfigError) as err:
-            train_hasgd(net, data, **{"q": HardwareSpec.paper1(0.1), **kw}, progress=False)
+            train_hasgd(net, data=data, **{"spec": devices.paper1(0.1), **kw}, progress=False)
         assert err.value.field == field
 
 
@@ -220,9 +222,9 @@ def test_hasgd_beats_plain_training_under_noise_on_digits():
     train, test = digits("train"), digits("test")
     net = MLP(hidden=(64,), generator=torch.Generator().manual_seed(0))
     kw = dict(epochs=25, lr=0.1, batch_size=64, seed=0, progress=False)
-    plain = train_hasgd(net, train, q=None, **kw).model
-    robust = train_hasgd(net, train, q=HardwareSpec.paper1(0.1), samples=8, **kw).model
-    spec = HardwareSpec.paper1(0.15)
+    plain = train_hasgd(net, None, train, **kw).model
+    robust = train_hasgd(net, devices.paper1(0.1), train, samples=8, **kw).model
+    spec = devices.paper1(0.15)
     a = evaluate(robust, spec, test, n_instances=100, seed=1, progress=False).accuracy
     b = evaluate(plain, spec, test, n_instances=100, seed=1, progress=False).accuracy
     diff = paired_difference(a, b, ci=0.99)
@@ -237,14 +239,14 @@ def test_weight_domain_draws_equal_conductance_domain_path(bn):
     same base draws up to float round-off, for several Gaussian mappings/units; non-Gaussian q keeps the old path."""
     from anvm_stats.hardware.effects import ProgrammingNoise
     from anvm_stats.hardware.mapping import BitSlicedMapping, DifferentialMapping
-    specs = [HardwareSpec.paper1(0.1), HardwareSpec.paper1(0.05, 0.02),
+    specs = [devices.paper1(0.1), devices.paper1(0.05, 0.02),
              HardwareSpec(mapping=DifferentialMapping(granularity="column"), g_min=0.1,
                           effects=(ProgrammingNoise(sigma=0.1, mu=0.01, relative_to="state", clip=False),
                                    ProgrammingNoise(sigma=0.05, clip=False))),
              HardwareSpec(mapping=BitSlicedMapping(), bias="digital",
                           effects=(ProgrammingNoise(sigma=0.0, clip=False),
                                    ProgrammingNoise(sigma=0.05, relative_to="half_range", clip=False))),
-             HardwareSpec.xiao(0.1, adc_bits=None)]
+             devices.xiao_state_independent(0.1, adc_bits=None)]
     net = make_mlp(bn=bn)
     for spec in specs:
         kw = dict(samples=5, seed=1, step=2, perturb_batchnorm=bn)

@@ -262,23 +262,23 @@ def objective_fn(opts: CalibrationOptions, teacher: Tensor | None, y: Tensor):
     return loss
 
 
-def _calib_tensors(calib, n: int | None, device) -> tuple[Tensor, Tensor]:
+def _recovery_tensors(recovery_data, n: int | None, device) -> tuple[Tensor, Tensor]:
     xs, ys, got = [], [], 0
-    for x, y in iter_batches(calib):
+    for x, y in iter_batches(recovery_data):
         xs.append(x)
         ys.append(y)
         got += x.shape[0]
         if n is not None and got >= n:
             break
     if not xs:
-        raise ConfigError("calib", "empty", "at least one calibration sample")
+        raise ConfigError("recovery_data", "empty", "at least one sample")
     x, y = torch.cat(xs), torch.cat(ys)
     if n is not None:
         x, y = x[:n], y[:n]
     return x.to(device, torch.float32), y.to(device, torch.int64)
 
 
-def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances: int | None = 64,
+def calibrate(model: nn.Module, spec: HardwareSpec, data, *, recovery_data, n_instances: int | None = 64,
               seed: SeedLike = 0, params: str = "column_affine", sparse_fraction: float = 0.05,
               sparse_select: str = "random", steps: int = 50, lr: float | None = None,
               n_calib: int | None = None, instances: Sequence[int] | None = None, progress: bool = True,
@@ -288,7 +288,7 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
     """Adapt a small digital parameter set on every simulated chip and evaluate before and after.
 
     The chips are those :func:`anvm_stats.evaluate` draws with the same ``model``, ``spec``, ``seed`` (and
-    ``calibration`` data for converter ranges, default ``test`` as in ``evaluate``): instance ``i`` here is
+    ``calibration`` data for converter ranges, default ``data`` as in ``evaluate``): instance ``i`` here is
     instance ``i`` there, so ``accuracy_before`` equals ``evaluate(...).accuracy``.
 
     Parameters
@@ -296,10 +296,11 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
     model : nn.Module
         Trained network (never modified).
     spec : HardwareSpec
-    calib : (x, y) tensors, Data, or iterable of batches
-        Calibration samples (the first ``n_calib`` are used, full batch, at every step).
-    test : (x, y) tensors, Data, or iterable of batches
-        Held-out evaluation data.
+    data : (x, y) tensors, Data, or iterable of batches
+        Held-out evaluation data (accuracy and loss before and after).
+    recovery_data : (x, y) tensors, Data, or iterable of batches
+        The few samples each chip's digital parameters are adapted on (the first ``n_calib`` are used, full batch,
+        at every step).
     n_instances, instances, seed
         Which chips (as in :func:`anvm_stats.sweep`).
     params, sparse_fraction, sparse_select, steps, lr, n_calib, objective, temperature, chunk_size
@@ -318,17 +319,17 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
                               steps=steps, lr=lr, n_calib=n_calib, objective=objective, temperature=temperature,
                               chunk_size=chunk_size)
     idx = instance_indices(n_instances, instances)
-    program = prepare(model, spec, calibration=calibration if calibration is not None else test, layers=layers,
+    program = prepare(model, spec, calibration=calibration if calibration is not None else data, layers=layers,
                       digital=digital, device=device)
     for p in program.module.parameters():
         p.requires_grad_(False)
     dev = program.device
     batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
-               for x, y in iter_batches(test, batch_size or 1024)]
+               for x, y in iter_batches(data, batch_size or 1024)]
     if not batches:
-        raise ConfigError("test", "empty", "at least one sample")
+        raise ConfigError("data", "empty", "at least one sample")
     n_samples = sum(int(x.shape[0]) for x, _ in batches)
-    xc, yc = _calib_tensors(calib, opts.n_calib, dev)
+    xc, yc = _recovery_tensors(recovery_data, opts.n_calib, dev)
     xc = program.input(xc)
     sampler = ChipSampler(program, seed)
     per = spec.periphery
@@ -388,10 +389,10 @@ def calibrate(model: nn.Module, spec: HardwareSpec, *, calib, test, n_instances:
                      f"{dims.LOSS}_before": (I, out["loss0"]), f"{dims.LOSS}_after": (I, out["loss1"]),
                      "objective_before": (I, out["obj0"]), "objective_after": (I, out["obj1"]),
                      "parameter_shift": (I, out["shift"])}, coords={I: idx})
-    ds.attrs.update(provenance(model=model, spec=spec, dataset=describe(test), seed_entropy=seed_entropy(sampler.root),
+    ds.attrs.update(provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
                                device=dev))
     ds.attrs.update(n_samples=n_samples, n_classes=int(n_classes), n_calib=int(xc.shape[0]), n_digital=n_digital,
-                    calibration_dataset=describe(calib), analog_layers=",".join(program.layer_names),
+                    calibration_dataset=describe(recovery_data), analog_layers=",".join(program.layer_names),
                     options=json.dumps({k: getattr(opts, k) for k in opts.__dataclass_fields__}, sort_keys=True),
                     learning_rate=opts.learning_rate)
     return ds

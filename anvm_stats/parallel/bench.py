@@ -30,7 +30,7 @@ def _job(seed: int):
 
     data = digits("test")
     net = MLP(64, (256, 256), 10, generator=torch.Generator().manual_seed(seed))
-    return net, HardwareSpec.paper1(sigma=0.05), (data.x, data.y)
+    return net, presets.paper1(sigma=0.05), (data.x, data.y)
 
 
 def _best(fn, repeats: int) -> float:

@@ -92,7 +92,7 @@ def _bench_model(model_name: str, modes: Sequence[str], *, samples: int, epochs:
     x, y, name = _data(model_name, seed)
     x, y = x.to(dev), y.to(dev)
     net = _model(model_name, seed).to(dev)
-    q = HardwareSpec.paper1(sigma)
+    q = presets.paper1(sigma)
     common = dict(batch_size=batch_size, seed=seed, progress=False, lr=0.01)
     runs = {m: (dict(q=None) if m == "plain" else dict(q=q, samples=samples, mode=m)) for m in modes}
     for m, kw in runs.items():                                              # warm-up (one step each)

@@ -229,7 +229,7 @@ def _float_accuracy(model: nn.Module, data, device) -> float:
     return correct / max(n, 1)
 
 
-def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples: int = 8, epochs: int = 10,
+def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
                 sigma_schedule: Sequence[float] | Callable | None = None, adc_levels: int | None = None,
@@ -237,17 +237,17 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
                 loss_fn: Callable | None = None, checkpoint=None, stop_after_epoch: int | None = None,
                 eval_data=None, eval_instances: int = 8, n_calibration: int = 512,
                 progress: bool = True) -> TrainResult:
-    """Train a copy of ``model`` with HA-SGD under the device model ``q``.
+    """Train a copy of ``model`` with HA-SGD under the device model ``spec`` (paper 1's training distribution q).
 
     Parameters
     ----------
     model : nn.Module
         Initial network (never modified; a deep copy is trained on the device of its parameters).
-    data_train : (x, y) tensors, Data, or iterable of (x, y) batches
-        Tensors are reshuffled every epoch by :func:`epoch_order`; an iterable is used as given (exact resume
-        then needs it to yield the same batches every epoch).
-    q : HardwareSpec or None
-        Training distribution (may be wider or mean-shifted against the test chip). None: plain SGD.
+    spec : HardwareSpec or None
+        Training distribution q (may be wider or mean-shifted against the test chip). None: plain SGD.
+    data : (x, y) tensors, Data, or iterable of (x, y) batches
+        Training data. Tensors are reshuffled every epoch by :func:`epoch_order`; an iterable is used as given
+        (exact resume then needs it to yield the same batches every epoch).
     samples : int
         L, draws per step.
     epochs : int
@@ -263,7 +263,7 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     mode : {"split", "direct", "local"}
         See the module docstring; ``samples`` is the number of conv draws (groups) in ``local`` mode.
     sigma_schedule : list of float (per epoch) or callable(epoch) -> float, optional
-        ``q.with_knobs(noise_level=sigma)`` per epoch.
+        ``spec.with_knobs(noise_level=sigma)`` per epoch.
     adc_levels : int, optional
         Quantise analog layer outputs to this many levels in the loop (STE), ranges from an observer on the first
         ``n_calibration`` training samples, recalibrated every epoch; ``adc_percentile=100`` is min-max.
@@ -278,8 +278,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     stop_after_epoch : int, optional
         Stop once this many epochs are complete (to interrupt a run on purpose, e.g. in tests).
     eval_data : data, optional
-        Per-epoch ``eval_accuracy`` (float weights) and, with q and ``eval_instances > 0``, ``eval_accuracy_q``
-        (mean accuracy over ``eval_instances`` chips of the epoch's q, the same chips every epoch).
+        Per-epoch ``eval_accuracy`` (float weights) and, with spec and ``eval_instances > 0``, ``eval_accuracy_q``
+        (mean accuracy over ``eval_instances`` chips of the epoch's spec, the same chips every epoch).
 
     Returns
     -------
@@ -289,19 +289,20 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     ------
     ConfigError
         For invalid options, ``mode="split"`` or ``"local"`` with ``batch_size < samples``, ``mode="local"`` with
-        a q that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule`` without q, or a
-        checkpoint written with other arguments.
+        a spec that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule``
+        without a spec, or a checkpoint written with other arguments.
     """
     cfg = HASGDConfig(samples=samples, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       batch_size=batch_size, optimizer=optimizer, mode=mode, adc_levels=adc_levels,
                       adc_percentile=adc_percentile, perturb_batchnorm=perturb_batchnorm,
                       eval_instances=eval_instances, n_calibration=n_calibration)
     check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
-    check(q is None or isinstance(q, HardwareSpec), "q", type(q).__name__, "an anvm_stats.HardwareSpec or None")
-    check(q is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when q is None")
-    if q is not None and mode == "local":
-        gaussian_effects(q)                    # refuses effects without a closed form, naming them
-    if q is not None and mode in ("split", "local"):
+    check(spec is None or isinstance(spec, HardwareSpec), "spec", type(spec).__name__,
+          "an anvm_stats.HardwareSpec or None")
+    check(spec is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when spec is None")
+    if spec is not None and mode == "local":
+        gaussian_effects(spec)                    # refuses effects without a closed form, naming them
+    if spec is not None and mode in ("split", "local"):
         check(batch_size >= samples, "batch_size", batch_size, f"at least samples={samples} in split mode")
     if stop_after_epoch is not None:
         check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
@@ -310,8 +311,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     device = next(net.parameters()).device
     args = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in asdict(cfg).items()
             if k not in ("epochs", "eval_instances")}
-    args.update(q=None if q is None else q.to_dict(), layers=repr(layers), model=model_label(model),
-                data=describe(data_train), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
+    args.update(q=None if spec is None else spec.to_dict(), layers=repr(layers), model=model_label(model),
+                data=describe(data), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
                 sigma_schedule=sigma_schedule if not callable(sigma_schedule) else sigma_schedule.__qualname__)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if seed is None and state is not None:
@@ -322,7 +323,7 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     if state is not None and state["fingerprint"] != fp:
         load_checkpoint(checkpoint, fingerprint=fp)   # raises the ConfigError naming the mismatch
     targets = perturb_targets(net, layers=layers, perturb_batchnorm=perturb_batchnorm) \
-        if (q is not None or adc_levels is not None) else ()
+        if (spec is not None or adc_levels is not None) else ()
     opt = _make_optimizer(cfg, net.parameters(), _per_epoch(lr, 0, "lr"))
     epoch0, step, rows = 0, 0, []
     if state is not None:
@@ -332,15 +333,15 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     adc = None
     if adc_levels is not None:
         adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), adc_levels, adc_percentile)
-        calib_x = first_samples(data_train, n_calibration).to(device)
-    tensors = as_tensors(data_train)
+        calib_x = first_samples(data, n_calibration).to(device)
+    tensors = as_tensors(data)
     if tensors is not None:
         x_all, y_all = tensors[0].to(device), tensors[1].to(device)
     last = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
     from tqdm.auto import tqdm
     for epoch in tqdm(range(epoch0, last), desc="HA-SGD", disable=not progress):
         t0 = time.perf_counter()
-        q_e = q if (q is None or sigma_schedule is None) else q.with_knobs(
+        spec_e = spec if (spec is None or sigma_schedule is None) else spec.with_knobs(
             noise_level=_per_epoch(sigma_schedule, epoch, "sigma_schedule"))
         lr_e = _per_epoch(lr, epoch, "lr")
         for group in opt.param_groups:
@@ -350,7 +351,7 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
             batches = ((x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
                        for i in range(0, x_all.shape[0], batch_size))
         else:
-            batches = ((x.to(device), y.to(device)) for x, y in iter_batches(data_train))
+            batches = ((x.to(device), y.to(device)) for x, y in iter_batches(data))
         loss_sum, correct, n_samples, n_pred, n_steps = 0.0, 0, 0, 0, 0
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
@@ -359,10 +360,10 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
                 adc.calibrate(calib_x)    # train mode (dropout draws from the forked, seeded RNG)
             for x, y in batches:
                 pert = None
-                if q_e is not None:
+                if spec_e is not None:
                     L = cfg.samples if mode == "direct" else min(cfg.samples, x.shape[0])
                     draw = draw_local if mode == "local" else draw_perturbations
-                    pert = draw(net, q_e, samples=L, seed=root, step=step, targets=targets)
+                    pert = draw(net, spec_e, samples=L, seed=root, step=step, targets=targets)
                 opt.zero_grad()
                 with adc if adc is not None else contextlib.nullcontext():
                     loss, c = accumulate_gradient(net, x, y, pert, targets, mode=mode, loss_fn=loss_fn)
@@ -376,13 +377,13 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
                 n_steps += 1
         row = {"train_loss": loss_sum / n_samples if n_samples else math.nan,
                "train_accuracy": correct / n_pred if n_pred else math.nan,
-               "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(q_e),
+               "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
                "epoch_time_s": 0.0, "steps": n_steps}
         if eval_data is not None:
             row["eval_accuracy"] = _float_accuracy(net, eval_data, device)
-            if q_e is not None and eval_instances > 0:
+            if spec_e is not None and eval_instances > 0:
                 from ..montecarlo import evaluate
-                ds = evaluate(net, q_e, eval_data, n_instances=eval_instances, seed=step_root(root, EVAL_KEY),
+                ds = evaluate(net, spec_e, eval_data, n_instances=eval_instances, seed=step_root(root, EVAL_KEY),
                               layers=layers, progress=False)
                 row["eval_accuracy_q"] = float(ds[dims.ACCURACY].mean())
         row["epoch_time_s"] = time.perf_counter() - t0
@@ -391,6 +392,6 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch + 1, step=step, history=rows, seed_entropy=seed_entropy(root))
     done = len(rows)
-    history = training_history(rows, model=model, q=q, data=data_train, root=root, device=device, cfg=cfg, mode=mode)
+    history = training_history(rows, model=model, spec=spec, data=data, root=root, device=device, cfg=cfg, mode=mode)
     return TrainResult(model=net.eval(), history=history, optimizer_state=opt.state_dict(), epoch=done, step=step,
                        completed=done >= epochs, seed_entropy=seed_entropy(root))

@@ -59,7 +59,7 @@ def gaussian_effects(spec: HardwareSpec) -> tuple[ProgrammingNoise, ...]:
     Raises
     ------
     ConfigError
-        Naming the first effect (``q.effects[i]``) that is not ``ProgrammingNoise(distribution="gaussian",
+        Naming the first effect (``spec.effects[i]``) that is not ``ProgrammingNoise(distribution="gaussian",
         clip=False)``, and suggesting ``mode="split"``.
     """
     out, random = [], False
@@ -74,7 +74,7 @@ def gaussian_effects(spec: HardwareSpec) -> tuple[ProgrammingNoise, ...]:
             ok, why = False, ("state-proportional noise only before any other random effect (its unit would be "
                               "random); use mode='split' or 'direct'")
         if not ok:
-            raise ConfigError(f"q.effects[{i}]", getattr(e, "kind", type(e).__name__) + f" {e!r}", why)
+            raise ConfigError(f"spec.effects[{i}]", getattr(e, "kind", type(e).__name__) + f" {e!r}", why)
         random |= e.sigma > 0
         out.append(e)
     return tuple(out)
