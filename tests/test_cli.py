@@ -188,7 +188,7 @@ def test_bad_cli_arguments_exit_2(capsys):
 
 
 def test_bench_prints_json(monkeypatch, capsys):
-    import anvm_stats.bench as bench
+    import benchmarks as bench
 
     monkeypatch.setattr(bench, "run_benchmarks", lambda device="cpu", **kw: {"device": device, "ok": 1})
     assert main(["bench"]) == 0

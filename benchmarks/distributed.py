@@ -1,12 +1,8 @@
 """Benchmark of distributed sweeps: throughput of a LocalCluster against the in-process engine, and the
-per-task overhead (so users can pick ``chunk_size``).
-
-``python -m anvm_stats.parallel.bench`` prints the JSON of :func:`bench_distributed`.
-"""
+per-task overhead (so users can pick ``chunk_size``)."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -15,31 +11,20 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .. import dims
-from ..analog.program import prepare
-from ..hardware.spec import HardwareSpec
-from ..models import MLP
-from ..montecarlo import sweep
-from .dask_sweep import local_cluster, sweep_distributed
+from anvm_stats import dims
+from anvm_stats.analog.program import prepare
+from anvm_stats.devices.presets import paper1
+from anvm_stats.montecarlo import sweep
+from anvm_stats.parallel.dask_sweep import local_cluster, sweep_distributed
+
+from .common import best_time, digits_mlp
 
 DEFAULT_GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1, 0.2]}
 
 
 def _job(seed: int):
-    from ..data import digits
-
-    data = digits("test")
-    net = MLP(64, (256, 256), 10, generator=torch.Generator().manual_seed(seed))
-    return net, presets.paper1(sigma=0.05), (data.x, data.y)
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    net, x, y = digits_mlp("cpu", seed)
+    return net, paper1(sigma=0.05), (x, y)
 
 
 def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | None = None, n_workers: int = 2,
@@ -70,29 +55,30 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     threads = torch.get_num_threads()
     kw = dict(grid=grid, n_instances=n_instances, seed=seed, progress=False)
     program = prepare(net, spec, calibration=data)
-    local_s = _best(lambda: sweep(net, spec, data, program=program, **kw), repeats)
+    local_s = best_time(lambda: sweep(net, spec, data, program=program, **kw), repeats=repeats)
     x, y = data[0][:8], data[1][:8]
     tiny_kw = dict(grid={k: list(v)[:1] for k, v in grid.items()}, seed=seed, progress=False)
     t0 = time.perf_counter()
     with local_cluster(n_workers, gpus=0) as cluster, Client(cluster) as client:
         client.wait_for_workers(n_workers)
         startup_s = time.perf_counter() - t0
-        first_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw), 1)
-        dist_s = _best(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw),
-                       repeats)
+        first_s = best_time(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw),
+                            repeats=1)
+        dist_s = best_time(lambda: sweep_distributed(net, spec, data, chunk_size=chunk_size, client=client, **kw),
+                           repeats=repeats)
         tiny = dict(n_instances=n_tiny, chunk_size=1, client=client, **tiny_kw)
         sweep_distributed(net, spec, (x, y), **{**tiny, "n_instances": 2 * n_workers})  # warm the caches
-        tiny_s = _best(lambda: sweep_distributed(net, spec, (x, y), **tiny), repeats)
+        tiny_s = best_time(lambda: sweep_distributed(net, spec, (x, y), **tiny), repeats=repeats)
         with tempfile.TemporaryDirectory() as tmp:
             runs = iter(range(repeats))
-            store_s = _best(lambda: sweep_distributed(net, spec, (x, y), store=Path(tmp) / f"{next(runs)}.zarr",
-                                                      **tiny), repeats)
+            store_s = best_time(lambda: sweep_distributed(net, spec, (x, y), store=Path(tmp) / f"{next(runs)}.zarr",
+                                                          **tiny), repeats=repeats)
     torch.set_num_threads(1)
     try:
-        local1_s = _best(lambda: sweep(net, spec, data, program=program, **kw), 1)
+        local1_s = best_time(lambda: sweep(net, spec, data, program=program, **kw), repeats=1)
         tprog = prepare(net, spec, calibration=(x, y))
-        compute_s = _best(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
-                                   for i in range(n_tiny)], repeats)
+        compute_s = best_time(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
+                                       for i in range(n_tiny)], repeats=repeats)
     finally:
         torch.set_num_threads(threads)
     work = n_instances * n_pts
@@ -108,7 +94,3 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
         "client_ms_per_task": 1e3 * tiny_s / n_tiny,
         "store_write_ms": 1e3 * max(0.0, store_s - tiny_s) / n_tiny,
     }
-
-
-if __name__ == "__main__":
-    print(json.dumps(bench_distributed(), indent=2))
