@@ -17,7 +17,7 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.rng import Stream
 from anvm_stats.sampler import ChipSampler
-from anvm_stats.training import (ADCInTheLoop, accumulate_gradient, adc_points, draw_perturbations, epoch_order,
+from anvm_stats.training import (ADCInTheLoop, adc_points, draw_perturbations, epoch_order, gradient_estimator,
                                  group_sizes, perturb_targets, step_generators, train_hasgd)
 from conftest import make_data, make_mlp
 
@@ -41,7 +41,7 @@ def test_direct_gradient_is_mean_of_hand_gradients(perturb_bn):
     pert = draw_perturbations(net, devices.paper1(0.1), samples=4, seed=3, step=7, targets=targets)
     assert ("1.bias" in pert.deltas) == perturb_bn          # the folded BN's beta carries the bias noise
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="direct")
+    gradient_estimator("direct", pert.samples).accumulate(net, x, y, pert, targets)
     hand = [torch.stack(g).mean(0) / len(x) for g in zip(*(hand_grads(net, x, y, pert.deltas, l) for l in range(4)))]
     for (name, p), h in zip(net.named_parameters(), hand):
         torch.testing.assert_close(p.grad, h, rtol=1e-5, atol=1e-6, msg=name)
@@ -61,7 +61,7 @@ def test_split_gradient_uses_one_draw_per_group():
         return [sum(t) / len(x) for t in zip(*gs)]
 
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="split")
+    gradient_estimator("split", pert.samples).accumulate(net, x, y, pert, targets)
     got = [p.grad.clone() for p in net.parameters()]
     for g, h in zip(got, grouped(lambda g: g)):
         torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-6)
@@ -81,7 +81,7 @@ def test_split_conv_grouped_equals_hand():
     targets = perturb_targets(net)
     pert = draw_perturbations(net, devices.paper1(0.1), samples=3, seed=0, step=1, targets=targets)
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="split")
+    gradient_estimator("split", pert.samples).accumulate(net, x, y, pert, targets)
     parts = zip(torch.split(x, 4), torch.split(y, 4))
     hand = [sum(t) / 12 for t in zip(*[hand_grads(net, xg, yg, pert.deltas, i) for i, (xg, yg) in enumerate(parts)])]
     for p, h in zip(net.parameters(), hand):
@@ -256,3 +256,50 @@ def test_weight_domain_draws_equal_conductance_domain_path(bn):
         for k, r in ref.deltas.items():
             # round-off: 1e-5 of the largest perturbation is ~80 float32 ulps; other base draws would differ O(1)
             torch.testing.assert_close(fast.deltas[k], r, rtol=0, atol=1e-5 * float(r.abs().max()), msg=k)
+
+
+def _module_imports(path, package):
+    """(module, names) imported by ``path``'s module-level code (``if`` blocks included, functions excluded)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            out.append((f"{base}.{node.module}" if node.module else base, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("sub", ["training", "calibration", "hessian", "devices", "testing"])
+def test_subpackage_modules_import_downwards_without_private_names(sub):
+    """No import cycle between the modules of a subpackage (also none hidden under TYPE_CHECKING or at the bottom
+    of a file), and no private ``_name`` imported from a sibling module."""
+    from pathlib import Path
+
+    import anvm_stats
+
+    root = Path(anvm_stats.__file__).parent / sub
+    package = f"anvm_stats.{sub}"
+    graph = {}
+    for path in root.glob("*.py"):
+        mod = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        imports = _module_imports(path, package)
+        private = [(m, n) for m, names in imports for n in names if n.startswith("_") and m.startswith(package)]
+        assert not private, (mod, private)
+        graph[mod] = {m for m, _ in imports if m.startswith(package + ".") and m != mod}
+    state = {}
+
+    def visit(m, stack):
+        assert state.get(m) != "open", " -> ".join(stack + [m])
+        if state.get(m) is None:
+            state[m] = "open"
+            for n in graph.get(m, ()):
+                visit(n, stack + [m])
+            state[m] = "done"
+
+    for m in graph:
+        visit(m, [])

@@ -14,7 +14,7 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.effects import ConductanceLevels, ProgrammingNoise
 from anvm_stats.hardware.mapping import BitSlicedMapping, DifferentialMapping
 from anvm_stats.hardware.spec import HardwareSpec
-from anvm_stats.training import accumulate_gradient, draw_perturbations, perturb_targets, train_hasgd
+from anvm_stats.training import draw_perturbations, gradient_estimator, perturb_targets, train_hasgd
 from anvm_stats.training.local import LayerMoments, draw_local, local_forward, weight_moments
 from conftest import make_data, make_mlp
 from test_training import plain_sgd
@@ -113,7 +113,7 @@ def _grads(net, x, y, pert_fn, mode, n):
     out = []
     for step in range(n):
         net.zero_grad()
-        accumulate_gradient(net, x, y, pert_fn(step, targets), targets, mode=mode)
+        gradient_estimator(mode, 1).accumulate(net, x, y, pert_fn(step, targets), targets)
         out.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).double())
     return torch.stack(out)
 
@@ -129,9 +129,9 @@ def test_expected_gradient_equals_direct_hasgd():
     n = 600
     q, shifted = devices.paper1(0.3), devices.paper1(0.3, 0.3)
     loc = lambda spec: (lambda s, t: draw_local(net, spec, samples=1, seed=1, step=s, targets=t))  # noqa: E731
-    a = _grads(net, x, y, loc(q), "split", n)
+    a = _grads(net, x, y, loc(q), "local", n)
     b = _grads(net, x, y, lambda s, t: draw_perturbations(net, q, samples=1, seed=2, step=s, targets=t), "direct", n)
-    c = _grads(net, x, y, loc(shifted), "split", n)
+    c = _grads(net, x, y, loc(shifted), "local", n)
     proj = torch.randn(a.shape[1], 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z_crit = sps.norm.ppf(1 - FALSE_FAILURE / 12)
 

@@ -148,7 +148,7 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
 
 
 def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[float] = DEFAULT_TIMES,
-                n_instances: int | None = 256, seed: SeedLike = None, compensation: str | None = None,
+                n_instances: int | None = 256, seed: SeedLike = 0, compensation: str | None = None,
                 instances: Sequence[int] | None = None, calibration=None, layers=None,
                 digital: Sequence[str] = (), device=None, **option_kw) -> xr.Dataset:
     """Accuracy of ``n_instances`` chips at every time in ``times`` (seconds after programming).

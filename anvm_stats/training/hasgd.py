@@ -5,21 +5,10 @@ Each optimiser step draws ``L`` weight perturbations ``dw_l ~ q`` from the hardw
 mean to a torch optimiser, which updates ``w``. This minimises ``E_q[J(w + dw)] ~ J(w) + 1/2 sum_l sigma_l^2
 range_l^2 tr(H_l)`` (plus mean-shift terms): a Hessian-trace penalty.
 
-Two forms of the step:
-
-``mode="direct"``
-    L full forward/backward passes over the mini-batch, one per draw: exactly Algorithm 1. Lowest gradient variance
-    per step, at L times the cost of plain SGD. Right for small L, batches smaller than L, or train-mode
-    BatchNorm statistics taken per draw over the whole batch.
-``mode="split"`` (default)
-    The mini-batch is split into L contiguous groups, group g sees draw g, in one forward/backward of the whole
-    batch (BatchNorm statistics over the whole batch). Same expected gradient (each sample's loss at an independent
-    draw of q) at a cost near plain SGD's, higher variance per step (each draw sees B/L samples). Needs
-    ``batch_size >= L``. Right for long runs where many steps average the noise.
-``mode="local"``
-    Local reparameterisation (:mod:`anvm_stats.training.local`), only for q of unclipped additive Gaussian noise:
-    each Linear pre-activation gets its own closed-form Gaussian noise per sample (``B x O`` normals per layer, not
-    ``L x P``), HA-SGD with ``L = batch size``; conv layers are treated as in ``split``.
+Three gradient estimators (``mode``; :mod:`anvm_stats.training.estimators`): ``"split"`` (default: the mini-batch
+split into L groups, group g at draw g, one pass: cost near plain SGD's, needs ``batch_size >= L``), ``"direct"``
+(L full passes, one per draw: exactly Algorithm 1, L times the cost) and ``"local"`` (local reparameterisation for
+unclipped additive Gaussian q: per-sample closed-form pre-activation noise on Linear layers, convs as in split).
 
 A noise-free q (``sigma=0``) or ``q=None`` gives plain SGD bit for bit. A mean shift in q
 (``ProgrammingNoise.mu``) is a prior: the net learns weights that are right once the shift is added (paper 1,
@@ -38,7 +27,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,13 +44,12 @@ from ..provenance import model_label
 from ..rng import SeedLike, root_sequence, seed_entropy
 from .adc import ADCInTheLoop, adc_points
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .estimators import ESTIMATORS, GradientEstimator, gradient_estimator, n_correct
 from .history import training_history
-from .local import LocalPerturbation, draw_local, gaussian_effects, local_forward
-from .perturb import (DATA_KEY, EVAL_KEY, TORCH_KEY, Perturbation, PerturbTarget, draw_perturbations, group_sizes,
-                      perturb_targets, perturbed_forward, step_root)
+from .perturb import DATA_KEY, EVAL_KEY, TORCH_KEY, PerturbTarget, perturb_targets, step_root
 
 Tensor = torch.Tensor
-MODES = ("split", "direct", "local")
+MODES = tuple(ESTIMATORS)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -164,69 +152,58 @@ def _make_optimizer(cfg: HASGDConfig, params, lr0: float) -> torch.optim.Optimiz
     return cls(params, lr=lr0, weight_decay=cfg.weight_decay)
 
 
-def _norm_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
-    return [(b, b.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in m.buffers()]
-
-
-def _correct(out: Tensor, y: Tensor) -> int:
-    return int((out.argmax(-1) == y).sum()) if out.dim() == 2 and y.dim() == 1 else 0
-
-
-def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: "Perturbation | LocalPerturbation | None",
-                        targets: Sequence[PerturbTarget], *, mode: str = "split",
-                        loss_fn: Callable = F.cross_entropy) -> tuple[float, int]:
-    """Add the HA-SGD gradient of one mini-batch to the parameters' ``.grad``.
-
-    ``direct``: ``mean_l grad J(w + dw_l; x)`` over ``L = pert.samples`` passes (BatchNorm running statistics are
-    updated by the first pass only). ``split``: group g of ``G = min(L, N)`` contiguous groups of ``x`` ``[N, ...]``
-    runs at ``w + dw_g``, one pass, gradient of the mean loss over the batch. ``pert`` a
-    :class:`~anvm_stats.training.local.LocalPerturbation` (any ``mode``): the local-reparameterisation forward.
-    ``pert`` None or noise-free: the plain gradient (identical to plain SGD).
-
-    Returns
-    -------
-    (loss, n_correct) : (float, int)
-        Mean loss (over draws in direct mode) and correct predictions (summed over draws in direct mode).
-    """
-    N = x.shape[0]
-    if pert is None or pert.is_zero:
-        out = model(x)
-        loss = loss_fn(out, y)
-        loss.backward()
-        return float(loss.detach()), _correct(out, y)
-    if mode == "split" or isinstance(pert, LocalPerturbation):
-        G = min(pert.samples, N)
-        with (local_forward(model, pert, group_sizes(N, G)) if isinstance(pert, LocalPerturbation) else
-              perturbed_forward(model, pert.select(slice(0, G)), targets, group_sizes(N, G))):
-            out = model(x)
-        loss = loss_fn(out, y)
-        loss.backward()
-        return float(loss.detach()), _correct(out, y)
-    L, total, correct, saved = pert.samples, 0.0, 0, None
-    for l in range(L):
-        if l == 1:
-            saved = _norm_buffers(model)
-        with perturbed_forward(model, pert.select(slice(l, l + 1)), targets, [N]):
-            out = model(x)
-        loss = loss_fn(out, y)
-        (loss if L == 1 else loss / L).backward()
-        total += float(loss.detach())
-        correct += _correct(out, y)
-    for buf, old in saved or ():
-        buf.copy_(old)
-    return total / L, correct
-
-
 @torch.no_grad()
 def _float_accuracy(model: nn.Module, data, device) -> float:
     was, correct, n = model.training, 0, 0
     model.eval()
     for x, y in iter_batches(data, 1024):
-        correct += _correct(model(x.to(device)), y.to(device))
+        correct += n_correct(model(x.to(device)), y.to(device))
         n += int(y.shape[0])
     model.train(was)
     return correct / max(n, 1)
+
+
+def _run_fingerprint(cfg: HASGDConfig, *, spec, layers, model, data, loss_fn, sigma_schedule, root) -> str:
+    """What a checkpoint must have been written with to be resumed (every argument that changes the run)."""
+    args = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in asdict(cfg).items()
+            if k not in ("epochs", "eval_instances")}
+    args.update(q=None if spec is None else spec.to_dict(), layers=repr(layers), model=model_label(model),
+                data=describe(data), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
+                sigma_schedule=sigma_schedule if not callable(sigma_schedule) else sigma_schedule.__qualname__)
+    args["seed_entropy"] = seed_entropy(root)
+    return fingerprint(args)
+
+
+def _epoch_batches(data, tensors, root, epoch: int, batch_size: int, device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches of ``epoch``: tensors in the order :func:`epoch_order`, an iterable as given."""
+    if tensors is None:
+        return ((x.to(device), y.to(device)) for x, y in iter_batches(data))
+    x_all, y_all = tensors
+    order = torch.as_tensor(epoch_order(root, epoch, x_all.shape[0]), device=device)
+    return ((x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
+            for i in range(0, x_all.shape[0], batch_size))
+
+
+def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, estimator: GradientEstimator, spec: HardwareSpec | None,
+                 batches, *, targets: Sequence[PerturbTarget], adc: ADCInTheLoop | None, root, step: int,
+                 loss_fn: Callable) -> tuple[dict, int]:
+    """One pass over ``batches``, one optimiser step each; returns the epoch's sums and the next step index."""
+    sums = {"loss": 0.0, "correct": 0, "samples": 0, "predictions": 0, "steps": 0}
+    for x, y in batches:
+        pert = None
+        if spec is not None:
+            pert = estimator.draw(net, spec, seed=root, step=step, targets=targets, batch=x.shape[0])
+        opt.zero_grad()
+        with adc if adc is not None else contextlib.nullcontext():
+            loss, correct, predictions = estimator.accumulate(net, x, y, pert, targets, loss_fn)
+        opt.step()
+        sums["loss"] += loss * x.shape[0]
+        sums["correct"] += correct
+        sums["samples"] += x.shape[0]
+        sums["predictions"] += predictions
+        sums["steps"] += 1
+        step += 1
+    return sums, step
 
 
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
@@ -300,26 +277,20 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
     check(spec is None or isinstance(spec, HardwareSpec), "spec", type(spec).__name__,
           "an anvm_stats.HardwareSpec or None")
     check(spec is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when spec is None")
-    if spec is not None and mode == "local":
-        gaussian_effects(spec)                    # refuses effects without a closed form, naming them
-    if spec is not None and mode in ("split", "local"):
-        check(batch_size >= samples, "batch_size", batch_size, f"at least samples={samples} in split mode")
+    estimator = gradient_estimator(mode, samples)
+    if spec is not None:
+        estimator.check(spec, batch_size)
     if stop_after_epoch is not None:
         check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
     loss_fn = loss_fn or F.cross_entropy
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    args = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in asdict(cfg).items()
-            if k not in ("epochs", "eval_instances")}
-    args.update(q=None if spec is None else spec.to_dict(), layers=repr(layers), model=model_label(model),
-                data=describe(data), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
-                sigma_schedule=sigma_schedule if not callable(sigma_schedule) else sigma_schedule.__qualname__)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if seed is None and state is not None:
         seed = int(state["seed_entropy"])
     root = root_sequence(seed)
-    args["seed_entropy"] = seed_entropy(root)
-    fp = fingerprint(args)
+    fp = _run_fingerprint(cfg, spec=spec, layers=layers, model=model, data=data, loss_fn=loss_fn,
+                          sigma_schedule=sigma_schedule, root=root)
     if state is not None and state["fingerprint"] != fp:
         load_checkpoint(checkpoint, fingerprint=fp)   # raises the ConfigError naming the mismatch
     targets = perturb_targets(net, layers=layers, perturb_batchnorm=perturb_batchnorm) \
@@ -336,7 +307,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         calib_x = first_samples(data, n_calibration).to(device)
     tensors = as_tensors(data)
     if tensors is not None:
-        x_all, y_all = tensors[0].to(device), tensors[1].to(device)
+        tensors = tensors[0].to(device), tensors[1].to(device)
     last = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
     from tqdm.auto import tqdm
     for epoch in tqdm(range(epoch0, last), desc="HA-SGD", disable=not progress):
@@ -346,39 +317,17 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         lr_e = _per_epoch(lr, epoch, "lr")
         for group in opt.param_groups:
             group["lr"] = lr_e
-        if tensors is not None:
-            order = torch.as_tensor(epoch_order(root, epoch, x_all.shape[0]), device=device)
-            batches = ((x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
-                       for i in range(0, x_all.shape[0], batch_size))
-        else:
-            batches = ((x.to(device), y.to(device)) for x, y in iter_batches(data))
-        loss_sum, correct, n_samples, n_pred, n_steps = 0.0, 0, 0, 0, 0
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        batches = _epoch_batches(data, tensors, root, epoch, batch_size, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.random.manual_seed(int(step_root(root, TORCH_KEY, epoch).generate_state(1, np.uint32)[0]))
             if adc is not None:
                 adc.calibrate(calib_x)    # train mode (dropout draws from the forked, seeded RNG)
-            for x, y in batches:
-                pert = None
-                if spec_e is not None:
-                    L = cfg.samples if mode == "direct" else min(cfg.samples, x.shape[0])
-                    draw = draw_local if mode == "local" else draw_perturbations
-                    pert = draw(net, spec_e, samples=L, seed=root, step=step, targets=targets)
-                opt.zero_grad()
-                with adc if adc is not None else contextlib.nullcontext():
-                    loss, c = accumulate_gradient(net, x, y, pert, targets, mode=mode, loss_fn=loss_fn)
-                opt.step()
-                direct = mode == "direct" and pert is not None and not pert.is_zero
-                loss_sum += loss * x.shape[0]
-                correct += c
-                n_samples += x.shape[0]
-                n_pred += x.shape[0] * (pert.samples if direct else 1)
-                step += 1
-                n_steps += 1
-        row = {"train_loss": loss_sum / n_samples if n_samples else math.nan,
-               "train_accuracy": correct / n_pred if n_pred else math.nan,
+            sums, step = _train_epoch(net, opt, estimator, spec_e, batches, targets=targets, adc=adc, root=root,
+                                      step=step, loss_fn=loss_fn)
+        row = {"train_loss": sums["loss"] / sums["samples"] if sums["samples"] else math.nan,
+               "train_accuracy": sums["correct"] / sums["predictions"] if sums["predictions"] else math.nan,
                "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
-               "epoch_time_s": 0.0, "steps": n_steps}
+               "epoch_time_s": 0.0, "steps": sums["steps"]}
         if eval_data is not None:
             row["eval_accuracy"] = _float_accuracy(net, eval_data, device)
             if spec_e is not None and eval_instances > 0:

@@ -44,8 +44,9 @@ from ..hardware.effects import Bounds, ProgrammingNoise
 from ..hardware.mapping import DifferentialMapping, LayerEncoding, OffsetMapping
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike, Stream, instance_generators
-from .perturb import (ROUNDOFF_ULPS, Perturbation, PerturbTarget, _folded, draw_perturbations, perturb_targets,
-                      perturbed_forward, step_root)
+from .grouped import perturbed_forward
+from .perturb import (ROUNDOFF_ULPS, Perturbation, PerturbTarget, draw_perturbations, folded_weights,
+                      perturb_targets, step_root)
 
 Tensor = torch.Tensor
 #: spawn-key prefix of the per-sample noise stream of ``mode="local"`` below a run's root SeedSequence
@@ -180,7 +181,7 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
     out, is_zero = {}, True
     for t in targets:
         m = model.get_submodule(t.name)
-        w, b, k = _folded(model, t)
+        w, b, k = folded_weights(model, t)
         if proxy:
             w = torch.stack([w.amin(1), w.amax(1)], 1)
         w_aug, s, mode = _augmented(w.float(), None if b is None else b.float(), spec.bias)
