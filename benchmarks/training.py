@@ -1,6 +1,7 @@
 """Benchmark: one epoch of HA-SGD in each mode (split, direct, local) against plain SGD, same model, data and loop.
 
-Every run goes through :func:`~anvm_stats.training.train_hasgd` (plain SGD is ``spec=None``), so a ratio measures what HA-SGD adds.
+Every run goes through :func:`~anvm_stats.training.train_hasgd` (plain SGD is ``spec=None``), so a ratio measures
+what HA-SGD adds.
 ``split`` and ``direct`` draw ``L x P`` base normals per step (P analog devices) and map them to weights; that
 part does not depend on the batch size while the plain step grows with it, so their ratio falls with larger
 batches and with layers that reuse each weight many times per sample (convolutions). ``direct`` also runs ``L``
@@ -121,9 +122,10 @@ def bench_hasgd(model_name: str | Sequence[str] = ("mlp", "resnet20-cifar"), sam
     model_name : str or sequence of str, each in :data:`MODEL_NAMES`
         Zoo model(s) sized for the 8x8 digits (``anvm_stats.data.digits``), or ``"resnet20-cifar"``: ResNet-20 on
         512 random CIFAR-shaped inputs, the compute-bound regime of the paper's CIFAR experiments
-        (``"wrn28-10-cifar"``: WideResNet-28-10 on 1,024, for GPUs). The digits MLP is the overhead-bound extreme: one plain step is ~0.6 ms of small ops, so the
-        fixed per-step work of HA-SGD (moments or ``L x P`` draws, per-sample noise) weighs 2-3 plain steps;
-        with ResNet-20 on 32x32 inputs the same work is a small fraction of a step.
+        (``"wrn28-10-cifar"``: WideResNet-28-10 on 1,024, for GPUs). The digits MLP is the overhead-bound
+        extreme (a plain step is a few small ops, so the fixed per-step work of HA-SGD - moments or ``L x P``
+        draws, per-sample noise - weighs several plain steps); with ResNet-20 on 32x32 inputs the same work is a
+        small fraction of a step (measurements: ``reports/bench/``).
     modes : sequence of {"plain", "split", "direct", "local"}
         Ratios need ``"plain"``.
     repeats : int

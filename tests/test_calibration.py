@@ -57,7 +57,7 @@ ZERO_NOISE = [devices.ideal(), devices.paper1(sigma=0.0), devices.xiao_state_ind
                                 dict(params="sparse", sparse_select="sensitivity")], ids=str)
 def test_zero_noise_changes_nothing(digits_net, splits, spec, kw):
     tr, te = splits
-    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=3, seed=0, steps=8, n_calib=64,
+    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=3, seed=0, steps=8, n_recovery=64,
                    progress=False, **kw)
     np.testing.assert_array_equal(ds.accuracy_after.values, ds.accuracy_before.values)
     np.testing.assert_array_equal(ds.loss_after.values, ds.loss_before.values)
@@ -93,7 +93,7 @@ def test_calibration_recovers_rram_digits(digits_net, splits, kw):
     # lower 99.99 % bound sits ~5 standard errors above zero; a fixed seed makes the test deterministic.
     tr, te = splits
     spec = devices.rram_charan()
-    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=16, seed=0, n_calib=256, progress=False, **kw)
+    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=16, seed=0, n_recovery=256, progress=False, **kw)
     d = paired_difference(ds.accuracy_after, ds.accuracy_before, ci=0.9999)
     assert float(d.interval.sel(ci_bound="lower")) > 0
     float_acc = float((digits_net(te.x).argmax(1) == te.y).float().mean())
@@ -104,7 +104,7 @@ def test_chips_are_evaluates_chips(splits, digits_net):
     tr, te = splits
     spec = devices.rram_charan()
     ev = evaluate(digits_net, spec, te, n_instances=12, seed=3, progress=False)
-    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=12, seed=3, steps=1, chunk_size=5,
+    ds = calibrate(digits_net, spec, te, recovery_data=tr, n_instances=12, seed=3, steps=1, instances_per_chunk=5,
                    progress=False)
     # the same chips; calibration's hooks keep its forwards instance-major while evaluate folds sample-major
     # (grouped oneDNN kernels), so losses agree to float round-off
@@ -119,7 +119,7 @@ def test_chips_match_with_read_noise_adc_and_conv():
     base = devices.xiao_state_independent(0.1, adc_bits=5)
     spec = dataclasses.replace(base, effects=base.effects + (ReadNoise(sigma=0.05),))
     ev = evaluate(net, spec, (x, y), n_instances=6, seed=4, progress=False)
-    ds = calibrate(net, spec, (x, y), recovery_data=(x, y), n_instances=6, seed=4, steps=3, chunk_size=4,
+    ds = calibrate(net, spec, (x, y), recovery_data=(x, y), n_instances=6, seed=4, steps=3, instances_per_chunk=4,
                    progress=False)
     np.testing.assert_array_equal(ds.accuracy_before.values, ev.accuracy.values)
     np.testing.assert_allclose(ds.loss_before.values, ev.loss.values, rtol=1e-6)
@@ -129,7 +129,7 @@ def test_instances_adapt_independently(digits_net, splits):
     """Gradients never mix across chips: chip 5 adapted with 7 others equals chip 5 adapted alone."""
     tr, te = splits
     spec = devices.paper1(sigma=0.2)
-    kw = dict(recovery_data=tr, seed=2, steps=10, n_calib=128, progress=False)
+    kw = dict(recovery_data=tr, seed=2, steps=10, n_recovery=128, progress=False)
     together = calibrate(digits_net, spec, te, n_instances=8, **kw)
     alone = calibrate(digits_net, spec, te, instances=[5], **kw)
     np.testing.assert_allclose(alone.objective_after.values, together.objective_after.sel(instance=[5]).values,
@@ -140,7 +140,7 @@ def test_instances_adapt_independently(digits_net, splits):
 def test_sparse_set_size_and_determinism(digits_net, splits):
     tr, te = splits
     spec = devices.paper1(sigma=0.2)
-    kw = dict(recovery_data=tr, n_instances=3, steps=3, n_calib=64, params="sparse", sparse_fraction=0.02,
+    kw = dict(recovery_data=tr, n_instances=3, steps=3, n_recovery=64, params="sparse", sparse_fraction=0.02,
               progress=False)
     a = calibrate(digits_net, spec, te, seed=0, **kw)
     b = calibrate(digits_net, spec, te, seed=0, **kw)
@@ -168,7 +168,7 @@ def test_compare_recovery_is_paired(digits_net, splits):
     tr, te = splits
     spec = devices.paper1(sigma=0.2)
     ds = compare_recovery({"naive": digits_net, "again": digits_net}, spec, te, recovery_data=tr, n_instances=8,
-                          seed=0, params=("column_affine",), steps=10, n_calib=128)
+                          seed=0, params=("column_affine",), steps=10, n_recovery=128)
     assert list(ds.recovery.values) == ["naive", "naive+column_affine", "again", "again+column_affine"]
     # the same network on the same chips: identical per chip, zero gain with a zero-width interval
     np.testing.assert_array_equal(ds.accuracy.sel(recovery="again").values, ds.accuracy.sel(recovery="naive").values)

@@ -13,7 +13,8 @@ from .. import dims
 from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike
-from .adapt import CalibrationOptions, calibrate
+from .adapt import calibrate
+from .options import CalibrationOptions
 from .distill import DistillConfig, DistillResult, train_distilled, weight_perturbation
 from .drift import DEFAULT_TIMES, GlobalCompensation, drift_sweep, plot_drift, reference_read
 
@@ -48,7 +49,7 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     baseline : str, optional
         Method the gains are measured against (default: the first model, uncalibrated).
     **calibrate_kw
-        Passed to :func:`calibrate` (steps, lr, n_calib, sparse_select, ...).
+        Passed to :func:`calibrate` (steps, lr, n_recovery, sparse_select, ...).
 
     Returns
     -------

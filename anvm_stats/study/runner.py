@@ -181,7 +181,7 @@ def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
 
     def one(model, spec):
         parts = [calibrate(model, apply_knobs(spec, pt), ctx.test, recovery_data=calib, n_instances=n_instances,
-                           seed=ctx.study.seed, n_calib=rec.n_calibration, progress=ctx.progress,
+                           seed=ctx.study.seed, n_recovery=rec.n_calibration, progress=ctx.progress,
                            device=ctx.device, **rec.options).expand_dims({k: [v] for k, v in pt.items()})
                  for pt in points]
         ds = xr.combine_nested(_nest(parts, [len(v) for v in std.values()]), concat_dim=list(std),

@@ -271,7 +271,7 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
 
 
 #: keywords of calibrate() the runner sets itself
-_RECOVERY_SET = ("model", "spec", "data", "recovery_data", "n_instances", "instances", "seed", "n_calib", "progress",
+_RECOVERY_SET = ("model", "spec", "data", "recovery_data", "n_instances", "instances", "seed", "n_recovery", "progress",
                  "device")
 
 

@@ -19,6 +19,6 @@ from .perturb import Perturbation, PerturbTarget, draw_perturbations, folded_wei
 __all__ = ["train_hasgd", "TrainResult", "HASGDConfig", "epoch_order", "GradientEstimator",
            "SplitGradient", "DirectGradient", "LocalGradient", "ESTIMATORS", "gradient_estimator", "plain_gradient",
            "draw_perturbations", "folded_weights", "Perturbation", "PerturbTarget", "perturb_targets",
-           "perturbed_forward", "group_sizes", "step_generators", "ADCInTheLoop", "adc_points", "save_checkpoint", "load_checkpoint",
-           "LayerMoments", "LocalPerturbation", "draw_local", "gaussian_effects", "local_forward",
+           "perturbed_forward", "group_sizes", "step_generators", "ADCInTheLoop", "adc_points", "save_checkpoint",
+           "load_checkpoint", "LayerMoments", "LocalPerturbation", "draw_local", "gaussian_effects", "local_forward",
            "weight_moments"]
