@@ -40,6 +40,7 @@ from ..analog.program import LayerFilter
 from ..data_source import as_tensors, describe, first_samples, iter_batches
 from ..errors import check, check_number
 from ..hardware.spec import HardwareSpec
+from ..montecarlo import evaluate
 from ..provenance import model_label
 from ..rng import SeedLike, root_sequence, seed_entropy
 from .adc import ADCInTheLoop, adc_points
@@ -161,6 +162,19 @@ def _float_accuracy(model: nn.Module, data, device) -> float:
         n += int(y.shape[0])
     model.train(was)
     return correct / max(n, 1)
+
+
+def _evaluate_epoch(net: nn.Module, spec: HardwareSpec | None, data, *, n_instances: int, root, layers,
+                    device) -> tuple[float, float]:
+    """Accuracy of the float weights on ``data`` and the mean accuracy of ``n_instances`` chips of ``spec`` (the
+    same chips every epoch; NaN without a spec or chips)."""
+    acc_q = math.nan
+    acc = _float_accuracy(net, data, device)
+    if spec is not None and n_instances > 0:
+        ds = evaluate(net, spec, data, n_instances=n_instances, seed=step_root(root, EVAL_KEY), layers=layers,
+                      progress=False)
+        acc_q = float(ds[dims.ACCURACY].mean())
+    return acc, acc_q
 
 
 def _run_fingerprint(cfg: HASGDConfig, *, spec, layers, model, data, loss_fn, sigma_schedule, root) -> str:
@@ -329,12 +343,8 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
                "epoch_time_s": 0.0, "steps": sums["steps"]}
         if eval_data is not None:
-            row["eval_accuracy"] = _float_accuracy(net, eval_data, device)
-            if spec_e is not None and eval_instances > 0:
-                from ..montecarlo import evaluate
-                ds = evaluate(net, spec_e, eval_data, n_instances=eval_instances, seed=step_root(root, EVAL_KEY),
-                              layers=layers, progress=False)
-                row["eval_accuracy_q"] = float(ds[dims.ACCURACY].mean())
+            row["eval_accuracy"], row["eval_accuracy_q"] = _evaluate_epoch(
+                net, spec_e, eval_data, n_instances=eval_instances, root=root, layers=layers, device=device)
         row["epoch_time_s"] = time.perf_counter() - t0
         rows.append(row)
         if checkpoint is not None:
