@@ -303,3 +303,31 @@ def test_subpackage_modules_import_downwards_without_private_names(sub):
 
     for m in graph:
         visit(m, [])
+
+
+def test_each_mode_is_one_estimator_and_reports_what_it_counts():
+    """Direct counts L predictions per sample, split one; a noise-free draw is the plain gradient in every mode;
+    the local estimator refuses a weight-domain perturbation; an unknown mode is refused naming the field."""
+    from anvm_stats.training import ESTIMATORS, LocalGradient, plain_gradient
+
+    assert set(ESTIMATORS) == {"split", "direct", "local"}
+    net = make_mlp(bn=False).train()
+    x, y = make_data(n=12)
+    targets = perturb_targets(net)
+    noisy = draw_perturbations(net, devices.paper1(0.1), samples=3, seed=0, step=0, targets=targets)
+    zero = draw_perturbations(net, devices.paper1(0.0), samples=3, seed=0, step=0, targets=targets)
+    assert gradient_estimator("direct", 3).accumulate(net, x, y, noisy, targets)[2] == 12 * 3
+    assert gradient_estimator("split", 3).accumulate(net, x, y, noisy, targets)[2] == 12
+    net.zero_grad()
+    plain_gradient(net, x, y)
+    ref = [p.grad.clone() for p in net.parameters()]
+    for mode in ESTIMATORS:
+        net.zero_grad()
+        gradient_estimator(mode, 3).accumulate(net, x, y, zero, targets)
+        assert all(torch.equal(p.grad, r) for p, r in zip(net.parameters(), ref)), mode
+    with pytest.raises(ConfigError) as err:
+        LocalGradient(3).accumulate(net, x, y, noisy, targets)
+    assert err.value.field == "pert"
+    with pytest.raises(ConfigError) as err:
+        gradient_estimator("sideways", 3)
+    assert err.value.field == "mode"
