@@ -6,7 +6,8 @@
                               [--epochs N] [--set KEY=VALUE ...] [--cache DIR | --no-cache]
     anvm-stats report RESULTS.nc [--out DIR]
     anvm-stats show RESULTS.nc
-    anvm-stats bench [--device cpu|cuda]
+    anvm-stats bench [--device cpu|cuda]          # from a source checkout (the top-level benchmarks package)
+    anvm-stats presets                            # the device presets and their sources
     anvm-stats quickstart [--out DIR] [...]      # the study shipped in the package, into reports/quickstart/
 
 Exit codes: 0 ok; 2 bad input (an invalid study file or option, missing data files: one line on stderr);
@@ -77,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true")
     s = sub.add_parser("show", help="print a summary table of a results file")
     s.add_argument("results")
-    b = sub.add_parser("bench", help="run the benchmarks and print their JSON")
+    b = sub.add_parser("bench", help="run the benchmarks of a source checkout and print their JSON")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    sub.add_parser("presets", help="list the device presets (for [hardware] preset = ...) with their sources")
     return p
 
 
@@ -171,11 +173,24 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _benchmarks():
+    """The top-level ``benchmarks`` package of the checkout this ``anvm_stats`` was imported from, or None."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__init__.py").is_file():
+        return None
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import importlib
+
+    return importlib.import_module("benchmarks")
+
+
 def cmd_bench(args) -> int:
-    try:
-        from .bench import run_benchmarks
-    except ImportError:
-        print("anvm-stats: error: the benchmark module anvm_stats.bench is not available", file=sys.stderr)
+    bench = _benchmarks()
+    if bench is None:
+        print("anvm-stats: error: the benchmarks are not part of the installed package: run `anvm-stats bench` "
+              "from a source checkout of anvm_stats (an editable install, or PYTHONPATH set to the checkout)",
+              file=sys.stderr)
         return 1
     import torch
 
@@ -183,7 +198,16 @@ def cmd_bench(args) -> int:
         print("anvm-stats: error: --device cuda: no CUDA device is available to torch here (allowed: cpu, or cuda "
               "on a machine with a GPU and a CUDA build of torch)", file=sys.stderr)
         return 2
-    print(json.dumps(run_benchmarks(device=args.device), indent=2, default=str))
+    print(json.dumps(bench.run_benchmarks(device=args.device), indent=2, default=str))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .devices.presets import PRESETS
+
+    width = max(len(name) for name in PRESETS)
+    for name, p in PRESETS.items():
+        print(f"{name:<{width}}  {p.source}")
     return 0
 
 
@@ -209,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "show":
             return cmd_show(args)
+        if args.command == "presets":
+            return cmd_presets(args)
         return cmd_bench(args)
     except (StudyError, ConfigError, FileNotFoundError) as err:
         if args.debug:

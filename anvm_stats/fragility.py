@@ -1,4 +1,4 @@
-"""``sensitivity(model, data, spec=...)``: which layers are fragile under a HardwareSpec, the second-order
+"""``sensitivity(model, spec, data)``: which layers are fragile under a HardwareSpec, the second-order
 prediction of the loss increase, and the Monte Carlo loss increase beside it.
 
 The Hessian is taken on a float twin of the network with BatchNorm folded exactly as the analog program folds it,
@@ -21,14 +21,13 @@ from .analog.fold import fold_batchnorm
 from .analog.moments import weight_perturbation_moments
 from .analog.program import LayerFilter, prepare
 from .hardware.spec import HardwareSpec
+from .hessian import HessianOperator, LayerNoiseMoments, hutchinson_trace, predict_loss_increase, top_eigenvalues
 from .montecarlo import sweep
 from .rng import SeedLike, root_sequence
 
 
 def _layer_moments(program, plans, moments, twin: nn.Module):
     """Augmented-weight moments -> per-parameter LayerNoiseMoments (weight shape; bias = s * column)."""
-    from .sensitivity import LayerNoiseMoments
-
     out = {}
     for plan in plans:
         m = moments[plan.name]
@@ -53,7 +52,7 @@ def _mc_increase(model, spec, data, grid, n_instances, seed, layers, base_loss, 
     return mean_ci(inc, dim=dims.INSTANCE, ci=ci)
 
 
-def sensitivity(model: nn.Module, data, *, spec: HardwareSpec, noise_levels: Sequence[float] | None = None,
+def sensitivity(model: nn.Module, spec: HardwareSpec, data, *, noise_levels: Sequence[float] | None = None,
                 seed: SeedLike = 0, n_draws: int = 512, n_instances: int = 64, monte_carlo: bool = True,
                 per_layer_monte_carlo: bool = True, layers: LayerFilter = None, rel_tol: float = 0.05,
                 max_probes: int = 200, eigen: bool = True, ci: float = 0.95, progress: bool = False) -> xr.Dataset:
@@ -63,10 +62,10 @@ def sensitivity(model: nn.Module, data, *, spec: HardwareSpec, noise_levels: Seq
     ----------
     model : nn.Module
         Trained network (never modified).
-    data : (x, y) tensors, Data, or batches
-        Data the loss (and its Hessian) is averaged over; also the Monte Carlo evaluation data.
     spec : HardwareSpec
         Device model; ``noise_levels`` (optional) sweeps its ``noise_level`` knob.
+    data : (x, y) tensors, Data, or batches
+        Data the loss (and its Hessian) is averaged over; also the Monte Carlo evaluation data.
     n_draws : int
         Chips sampled to estimate the per-weight perturbation moments.
     n_instances : int
@@ -83,8 +82,6 @@ def sensitivity(model: nn.Module, data, *, spec: HardwareSpec, noise_levels: Seq
         ``mc_total_interval`` (dim ``ci_bound``), and per layer ``mc_increase`` / ``mc_interval`` (only that
         layer analog, the others exact). ``base_loss`` is the float network's loss.
     """
-    from .sensitivity import HessianOperator, hutchinson_trace, predict_loss_increase, top_eigenvalues
-
     root = root_sequence(seed)
     s_trace, s_eig, s_moments, s_pred = (int(v) for v in root.generate_state(4, dtype=np.uint32))
     program = prepare(model, spec, calibration_data=data, layers=layers)

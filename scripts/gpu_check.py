@@ -54,7 +54,7 @@ def main(out_dir: str) -> int:
         return {"returncode": proc.returncode, "tail": (proc.stdout + proc.stderr)[-1500:]}
 
     def sampler_rate():
-        from anvm_stats.bench import _best
+        from benchmarks.common import best_time as _best
         from anvm_stats.counter_rng import fill_counter
         from anvm_stats.rng import Stream
         dev = torch.device("cuda")
@@ -72,12 +72,12 @@ def main(out_dir: str) -> int:
         from torch.profiler import ProfilerActivity, profile as prof
 
         from anvm_stats.analog.program import prepare
-        from anvm_stats.bench import _digits_mlp
-        from anvm_stats.hardware.spec import HardwareSpec
+        from anvm_stats import devices
+        from benchmarks.common import digits_mlp as _digits_mlp
         from anvm_stats.montecarlo import sweep
         dev = torch.device("cuda")
         net, x, y = _digits_mlp(dev)
-        spec = HardwareSpec.paper1(0.05)
+        spec = devices.paper1(0.05)
         program = prepare(net, spec, fuse_relu=True)
         run = lambda: sweep(net, spec, (x, y), n_instances=16384, seed=0, progress=False, program=program)  # noqa
         run()
@@ -99,7 +99,7 @@ def main(out_dir: str) -> int:
         finally:
             program_mod.CHANNELS_LAST_DEVICES = before
 
-    from anvm_stats import bench
+    from benchmarks import engine as bench
     step("tests", tests)
     step("sampler", sampler_rate)
     step("engine_mlp_16384", lambda: bench.bench_engine("cuda", n_instances=16384))
@@ -122,7 +122,7 @@ def main(out_dir: str) -> int:
     step("sweep_mlp_1024", lambda: bench.bench_sweep("cuda", n_instances=1024))
 
     def hasgd():
-        from anvm_stats.training.bench import bench_hasgd
+        from benchmarks.training import bench_hasgd
         return bench_hasgd(("resnet20-cifar", "wrn28-10-cifar"), device="cuda", modes=("plain", "split", "local"),
                            repeats=2)
 
@@ -131,7 +131,7 @@ def main(out_dir: str) -> int:
     def read_noise():
         """Per-forward noise (read noise + ADC output noise): counter streams vs per-instance generators."""
         import anvm_stats as av
-        from anvm_stats.bench import _best, _digits_mlp
+        from benchmarks.common import best_time as _best, digits_mlp as _digits_mlp
         dev = torch.device("cuda")
         net, x, y = _digits_mlp(dev)
         spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.02)),

@@ -45,7 +45,7 @@ def train(epochs: int, seed: int) -> torch.nn.Module:
     from anvm_stats.training import train_hasgd
 
     net = MLP(64, (256, 256), 10, generator=torch.Generator().manual_seed(seed))
-    return train_hasgd(net, digits("train"), q=None, epochs=epochs, lr=0.05, batch_size=64, seed=seed,
+    return train_hasgd(net, None, digits("train"), epochs=epochs, lr=0.05, batch_size=64, seed=seed,
                        progress=False).model.eval()
 
 

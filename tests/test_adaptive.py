@@ -11,7 +11,7 @@ from conftest import make_data, make_mlp
 def test_stops_at_target_width_with_the_same_chips():
     net = make_mlp(sizes=(8, 16, 16, 4))
     data = make_data(n=40)
-    spec = av.HardwareSpec.paper1(0.3)
+    spec = av.devices.paper1(0.3)
     ds, res = av.evaluate_until(net, spec, data, target_width=0.04, batch_size=8, max_instances=400, seed=4,
                                 progress=False)
     assert res.stopped_by == "width" and res.width <= 0.04
@@ -23,7 +23,7 @@ def test_stops_at_target_width_with_the_same_chips():
 
 def test_cap_is_reported():
     net = make_mlp(sizes=(8, 16, 16, 4))
-    ds, res = av.evaluate_until(net, av.HardwareSpec.paper1(0.3), make_data(n=40), statistic="yield",
+    ds, res = av.evaluate_until(net, av.devices.paper1(0.3), make_data(n=40), statistic="yield",
                                 threshold=0.3, target_width=1e-4, batch_size=4, max_instances=12, seed=0,
                                 progress=False)
     assert res.stopped_by == "cap" and res.n == 12 and ds.sizes["instance"] == 12

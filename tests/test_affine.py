@@ -13,7 +13,7 @@ from anvm_stats.hardware import Periphery, ProgrammingNoise, Quantizer, ReadNois
 from conftest import make_data, make_mlp
 
 AFFINE = {
-    "paper1": av.HardwareSpec.paper1(0.1, mu=0.03),
+    "paper1": av.devices.paper1(0.1, mu=0.03),
     "uniform-range": av.HardwareSpec(mapping=av.OffsetMapping(), effects=(
         ProgrammingNoise(sigma=0.05, relative_to="range", distribution="uniform", clip=False),), bias="column"),
     "two-effects-dac": av.HardwareSpec(mapping=av.OffsetMapping(granularity="column"), effects=(
@@ -29,9 +29,9 @@ NOT_AFFINE = {
         ProgrammingNoise(sigma=0.05, distribution="lognormal", clip=False),)),
     "differential": av.HardwareSpec(mapping=av.DifferentialMapping(), effects=(
         ProgrammingNoise(sigma=0.05, clip=False),)),
-    "adc": replace(av.HardwareSpec.paper1(0.05), periphery=Periphery(adc=Quantizer(bits=6))),
-    "read-noise": replace(av.HardwareSpec.paper1(0.05), 
-        effects=av.HardwareSpec.paper1(0.05).effects + (ReadNoise(sigma=0.01),)),
+    "adc": replace(av.devices.paper1(0.05), periphery=Periphery(adc=Quantizer(bits=6))),
+    "read-noise": replace(av.devices.paper1(0.05), 
+        effects=av.devices.paper1(0.05).effects + (ReadNoise(sigma=0.01),)),
     "noise-free": av.HardwareSpec(mapping=av.OffsetMapping(), effects=()),
 }
 

@@ -13,8 +13,8 @@ from anvm_stats.errors import ConfigError, InvalidWeightsError, UnsupportedLayer
 from conftest import make_data, make_mlp, make_resnet
 
 IDEAL_SPECS = [
-    av.HardwareSpec.ideal(),
-    av.HardwareSpec.paper1(0.0),
+    av.devices.ideal(),
+    av.devices.paper1(0.0),
     av.HardwareSpec(mapping=av.OffsetMapping(granularity="column"), g_min=0.1),
     av.HardwareSpec(mapping=av.DifferentialMapping(granularity="column"), bias="digital", g_min=0.05),
     av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=6, bits_per_slice=4)),
@@ -58,8 +58,8 @@ def reference_net(net, program, g_one):
     return ref
 
 
-@pytest.mark.parametrize("spec", [av.HardwareSpec.paper1(0.1, 0.02), av.HardwareSpec.xiao(0.1, adc_bits=None),
-                                  av.HardwareSpec.rram_charan(),
+@pytest.mark.parametrize("spec", [av.devices.paper1(0.1, 0.02), av.devices.xiao_state_independent(0.1, adc_bits=None),
+                                  av.devices.rram_charan(),
                                   av.HardwareSpec(mapping=av.OffsetMapping(), effects=(
                                       av.ProgrammingNoise(sigma=0.05, relative_to="state"),
                                       av.Drift(nu_mean=0.05, nu_std=0.02, t_inference=1e3)))],
@@ -80,7 +80,7 @@ def test_vectorised_equals_per_instance_float_networks(spec, maker, shape):
 def test_paper1_perturbation_is_exact():
     net = make_mlp(bn=False)
     sigma, mu = 0.07, 0.01
-    prog = av.prepare(net, av.HardwareSpec.paper1(sigma, mu))
+    prog = av.prepare(net, av.devices.paper1(sigma, mu))
     sampler = av.ChipSampler(prog, seed=1)
     draws = sampler.draw([0, 1])
     g = sampler.program_chips(draws, K=2)
@@ -139,7 +139,7 @@ def test_high_resolution_converters_are_nearly_ideal():
 
 def test_converters_need_calibration_data():
     with pytest.raises(ConfigError, match="calibration"):
-        av.prepare(make_mlp(), av.HardwareSpec.xiao(0.1, adc_bits=6))
+        av.prepare(make_mlp(), av.devices.xiao_state_independent(0.1, adc_bits=6))
 
 
 @pytest.mark.parametrize("counter", [False, True])
@@ -165,7 +165,7 @@ def test_user_model_is_never_mutated():
     net.train()
     before = copy.deepcopy(net.state_dict())
     x, y = make_data(n=8, shape=(1, 6, 6), n_classes=5)
-    av.evaluate(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=3, seed=0, progress=False)
+    av.evaluate(net, av.devices.paper1(0.1), (x, y), n_instances=3, seed=0, progress=False)
     assert net.training
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -177,7 +177,7 @@ def test_nan_weights_are_refused():
     with torch.no_grad():
         net[0].weight[0, 0] = float("nan")
     with pytest.raises(InvalidWeightsError, match=r"'0.weight'.*NaN"):
-        av.prepare(net, av.HardwareSpec.ideal())
+        av.prepare(net, av.devices.ideal())
 
 
 def test_unsupported_layers_are_refused():
@@ -191,19 +191,19 @@ def test_unsupported_layers_are_refused():
             return self.fc(x)
 
     with pytest.raises(UnsupportedLayerError, match="'rnn' \\(LSTM\\)"):
-        av.prepare(WithLSTM(), av.HardwareSpec.ideal())
-    prog = av.prepare(WithLSTM(), av.HardwareSpec.ideal(), digital=["rnn"])
+        av.prepare(WithLSTM(), av.devices.ideal())
+    prog = av.prepare(WithLSTM(), av.devices.ideal(), digital=["rnn"])
     assert prog.layer_names == ["fc"]
     with pytest.raises(UnsupportedLayerError, match="ReLU"):
-        av.prepare(make_mlp(), av.HardwareSpec.ideal(), layers=["2"])
+        av.prepare(make_mlp(), av.devices.ideal(), layers=["2"])
     with pytest.raises(ConfigError, match="layers"):
-        av.prepare(make_mlp(), av.HardwareSpec.ideal(), layers=["nope"])
+        av.prepare(make_mlp(), av.devices.ideal(), layers=["nope"])
 
 
 def test_layer_filter_keeps_other_layers_digital():
     net = make_mlp(bn=False)
     x, _ = make_data(n=5)
-    prog = av.prepare(net, av.HardwareSpec.paper1(0.2), layers=lambda name, m: name == "2")
+    prog = av.prepare(net, av.devices.paper1(0.2), layers=lambda name, m: name == "2")
     assert prog.layer_names == ["2"]
     g = av.ChipSampler(prog, 0).chips([0])
     out = logits(prog, g, x)[0]
@@ -212,7 +212,7 @@ def test_layer_filter_keeps_other_layers_digital():
 
 
 def test_batchnorm_is_folded():
-    prog = av.prepare(make_resnet(), av.HardwareSpec.ideal())
+    prog = av.prepare(make_resnet(), av.devices.ideal())
     assert ("conv1", "bn1") in prog.folded and ("conv2", "bn2") in prog.folded
     assert isinstance(prog.module.bn1, nn.Identity)
     prog2 = av.prepare(make_resnet(), av.HardwareSpec(fold_batchnorm=False))
@@ -225,13 +225,13 @@ def test_cuda_request_falls_back_to_cpu_when_absent():
     net = make_mlp()
     x, y = make_data(n=6)
     with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        ds = av.evaluate(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=2, seed=0, device="cuda",
+        ds = av.evaluate(net, av.devices.paper1(0.1), (x, y), n_instances=2, seed=0, device="cuda",
                          progress=False)
-    ref = av.evaluate(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=2, seed=0, progress=False)
+    ref = av.evaluate(net, av.devices.paper1(0.1), (x, y), n_instances=2, seed=0, progress=False)
     assert ds.attrs["device"] == "cpu"
     assert (ds.accuracy.values == ref.accuracy.values).all()
     with pytest.raises(ConfigError, match="device"):
-        av.prepare(net, av.HardwareSpec.ideal(), device="gpu0")
+        av.prepare(net, av.devices.ideal(), device="gpu0")
 
 
 @pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["loop-over-instances", "grouped"])
@@ -240,7 +240,7 @@ def test_both_convolution_strategies_agree_with_float_networks(threshold):
 
     net = make_resnet()
     x, _ = make_data(n=5, shape=(1, 6, 6))
-    prog = av.prepare(net, av.HardwareSpec.paper1(0.1), kernel=OneDNNKernel(conv_loop_elements=threshold))
+    prog = av.prepare(net, av.devices.paper1(0.1), kernel=OneDNNKernel(conv_loop_elements=threshold))
     g = av.ChipSampler(prog, seed=2).chips(range(3))
     out = logits(prog, g, x)
     for k in range(3):
@@ -258,7 +258,7 @@ def test_fused_relu_is_bit_identical_and_only_fuses_private_relus():
             return self.c(self.act(self.b(self.act(self.a(x)))))
 
     x, _ = make_data(n=9)
-    spec = av.HardwareSpec.paper1(0.2, 0.01)
+    spec = av.devices.paper1(0.2, 0.01)
     net = make_mlp()            # Linear -> BatchNorm (folded to Identity) -> ReLU, twice
     for model, n_fused in ((net, 2), (SharedReLU(), 0)):
         plain, fused = av.prepare(model, spec), av.prepare(model, spec, fuse_relu=True)
@@ -290,7 +290,7 @@ def test_kernels_are_chosen_once_per_program_and_agree():
 
     net = make_mlp()
     x, _ = make_data(n=12)
-    spec = av.HardwareSpec.paper1(0.1)
+    spec = av.devices.paper1(0.1)
     prog = av.prepare(net, spec)
     assert isinstance(prog.kernel, OneDNNKernel) and prog.sample_major_ok
     assert all(m.kernel is prog.kernel for m in prog.analog_modules())

@@ -5,8 +5,10 @@ import math
 
 import pytest
 
-from anvm_stats import bench
+import benchmarks as bench
 from anvm_stats.errors import ConfigError
+from benchmarks import engine
+from benchmarks.common import digits_mlp
 
 
 def finite_positive(d, keys):
@@ -16,11 +18,11 @@ def finite_positive(d, keys):
 
 @pytest.mark.slow
 def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
-    e = bench.bench_engine(n_instances=8)
+    e = engine.bench_engine(n_instances=8)
     finite_positive(e, ["limit_instances_per_s", "engine_instances_per_s", "simple_loop_instances_per_s",
                         "engine_fraction_of_limit", "engine_vs_simple_loop"])
     assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6     # same draws, same chips
-    s = bench.bench_sweep(n_instances=4)
+    s = engine.bench_sweep(n_instances=4)
     finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit",
                        "simple_loop_vs_sweep_limit"])
     assert s["simple_loop_vs_sweep_limit"] == pytest.approx(s["per_point_simple_loop_s"] / s["limit_s"])
@@ -32,15 +34,15 @@ def test_engine_benchmark_with_counter_draws_matches_its_loop(monkeypatch):
     """The GPU configuration (counter-based draws in the engine and in the loops), exercised on the CPU."""
     import anvm_stats.sampler as sampler_mod
     monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
-    monkeypatch.setattr(bench, "counter_draws_default", lambda device: True)
-    e = bench.bench_engine(n_instances=6)
+    monkeypatch.setattr(engine, "counter_draws_default", lambda device: True)
+    e = engine.bench_engine(n_instances=6)
     assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6
-    assert bench.vmap_loop(*bench._digits_mlp(bench.torch.device("cpu")), 0.05, 3, 0).shape == (3,)
+    assert engine.vmap_loop(*digits_mlp("cpu"), 0.05, 3, 0).shape == (3,)
 
 
 @pytest.mark.slow
 def test_convnet_benchmark_and_registry():
-    c = bench.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16)
+    c = engine.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16)
     finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance"])
     with pytest.raises(ConfigError, match="benchmark"):
         bench.run_benchmarks(which=("nonsense",))
@@ -48,7 +50,7 @@ def test_convnet_benchmark_and_registry():
 
 @pytest.mark.slow
 def test_hasgd_benchmark_reports_ratios_for_both_regimes():
-    from anvm_stats.training.bench import bench_hasgd
+    from benchmarks.training import bench_hasgd
 
     r = bench_hasgd(("mlp", "resnet20-cifar"), modes=("plain", "local"), repeats=1)
     for name in ("mlp", "resnet20-cifar"):
@@ -82,3 +84,30 @@ def test_run_benchmarks_passes_the_device_where_taken_and_reports_missing_packag
     assert out["on_device"] == {"ran_on": "cuda"}
     assert out["cpu_only"] == {"value": 1.0, "device": "cpu"}
     assert "distributed" in out["needs_package"]["skipped"]
+
+
+def test_the_library_ships_no_benchmarks_and_the_cli_says_so_outside_a_checkout(monkeypatch, tmp_path, capsys):
+    """``anvm_stats`` imports no benchmark module; ``anvm-stats bench`` without the checkout's package exits 1
+    with a message naming the checkout."""
+    import pkgutil
+
+    import anvm_stats
+    from anvm_stats import cli
+
+    names = [m.name for m in pkgutil.walk_packages(anvm_stats.__path__, "anvm_stats.")]
+    assert not [n for n in names if n.rsplit(".", 1)[-1] == "bench"]
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "anvm_stats" / "cli.py"))   # an installed copy
+    assert cli.main(["bench"]) == 1
+    assert "source checkout" in capsys.readouterr().err
+
+
+def test_one_digits_mlp_for_every_benchmark():
+    """The engine, Hessian and distributed benchmarks time the same job (the zoo MLP seeded as asked)."""
+    import torch
+
+    from anvm_stats.models import build_model
+
+    net, x, y = digits_mlp("cpu", seed=3)
+    ref = build_model("mlp", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    assert x.shape == (360, 64) and y.shape == (360,)

@@ -51,9 +51,9 @@ def fake_trainer(monkeypatch):
     independent of the HA-SGD implementation; records every call."""
     calls = []
 
-    def train_hasgd(model, data, *, q=None, samples=8, epochs=1, lr=0.01, batch_size=64, seed=0, progress=False,
+    def train_hasgd(model, spec, data, *, samples=8, epochs=1, lr=0.01, batch_size=64, seed=0, progress=False,
                     **kw):
-        calls.append(dict(q=q, epochs=epochs, seed=seed, **kw))
+        calls.append(dict(q=spec, epochs=epochs, seed=seed, **kw))
         g = torch.Generator().manual_seed(int(seed))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         hist = {"train_loss": []}
@@ -188,7 +188,7 @@ def test_bad_cli_arguments_exit_2(capsys):
 
 
 def test_bench_prints_json(monkeypatch, capsys):
-    import anvm_stats.bench as bench
+    import benchmarks as bench
 
     monkeypatch.setattr(bench, "run_benchmarks", lambda device="cpu", **kw: {"device": device, "ok": 1})
     assert main(["bench"]) == 0

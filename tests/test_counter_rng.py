@@ -112,7 +112,7 @@ def counter_on_cpu(monkeypatch):
 def test_sampler_draws_from_counters_and_records_it(counter_on_cpu):
     net = make_mlp()
     x, y = make_data()
-    spec = av.HardwareSpec.paper1(0.1)
+    spec = av.devices.paper1(0.1)
     program = av.prepare(net, spec)
     s = ChipSampler(program, seed=4)
     assert s.counter and s.kind == "philox4x32-counter"
@@ -165,7 +165,7 @@ def test_per_forward_noise_from_counters_is_chunk_invariant(net_kind):
 
 def test_counter_and_generator_samplers_draw_the_same_distribution(counter_on_cpu):
     net = make_mlp()
-    program = av.prepare(net, av.HardwareSpec.paper1(0.1))
+    program = av.prepare(net, av.devices.paper1(0.1))
     counter = ChipSampler(program, seed=0).draw(range(64))[0]["z"]
     generator = ChipSampler(program, seed=0, counter=False).draw(range(64))[0]["z"]
     assert not torch.equal(counter, generator)
@@ -173,10 +173,10 @@ def test_counter_and_generator_samplers_draw_the_same_distribution(counter_on_cp
 
 
 def test_default_sampler_by_device_and_a_bad_choice():
-    program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
+    program = av.prepare(make_mlp(), av.devices.paper1(0.1))
     assert ChipSampler(program, seed=0).kind == "per-instance-generator"
     with pytest.raises(ConfigError, match="RunOptions.sampler"):
-        av.evaluate(make_mlp(), av.HardwareSpec.paper1(0.1), make_data(), n_instances=2, seed=0,
+        av.evaluate(make_mlp(), av.devices.paper1(0.1), make_data(), n_instances=2, seed=0,
                     options=av.RunOptions(sampler="philox"))
 
 
@@ -233,7 +233,7 @@ def test_two_samplers_under_one_base():
     """ChipSampler builds the device's sampler (generators on CPU) or the one named; each class draws its way."""
     from anvm_stats.sampler import CounterSampler, GeneratorSampler
 
-    program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
+    program = av.prepare(make_mlp(), av.devices.paper1(0.1))
     default = ChipSampler(program, seed=3)
     assert type(default) is GeneratorSampler and default.kind == "per-instance-generator" and not default.counter
     named = ChipSampler(program, seed=3, counter=True)

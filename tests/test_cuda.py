@@ -11,7 +11,7 @@ from conftest import make_data, make_mlp, make_resnet
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 SPECS = {
-    "paper1": av.HardwareSpec.paper1(0.1),
+    "paper1": av.devices.paper1(0.1),
     "faults_adc": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.StuckAt(p_off=0.02, p_on=0.01)),
                                   periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
     "read_noise": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),

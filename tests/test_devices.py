@@ -218,7 +218,7 @@ def test_presets_keep_the_device_contract(name):
         kw = declared(spec) if e is spec.effects[0] else {}
         check_device(e, n=5000, bounds=bounds, **kw)
     assert HardwareSpec.from_dict(spec.to_dict()) == spec
-    assert spec.__doc__ is not None and PRESETS[name].__doc__
+    assert PRESETS[name].factory.__doc__ and PRESETS[name].source and PRESETS[name].name == name
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +242,29 @@ def test_time_knobs_sweep_through_pcm_and_neurram(tiny):
     for spec, times in ((pcm_joshi2020(), [20.0, 3600.0, 1e6]), (neurram_rram(), [1.0, 86400.0])):
         ds = av.sweep(net, spec, data, grid={"t_inference": times}, n_instances=4, seed=0, progress=False)
         assert ds.sizes == {"t_inference": len(times), "instance": 4}
+
+
+def test_one_registry_reaches_python_toml_and_the_cli(tmp_path, capsys):
+    """Every preset by name from Python, from a study file's [hardware] table (PCM and NeuRRAM included), and in
+    ``anvm-stats presets``; an unknown name is refused naming the known ones."""
+    from anvm_stats.cli import main
+    from anvm_stats.errors import ConfigError
+    from anvm_stats.study import load_study
+
+    assert av.devices.preset("paper1", sigma=0.07) == av.devices.paper1(0.07)
+    assert av.devices.preset("pcm_joshi2020", t_inference=20.0) == pcm_joshi2020(t_inference=20.0)
+    with pytest.raises(ConfigError) as err:
+        av.devices.preset("charan_rram")
+    assert err.value.field == "preset" and "rram_charan" in str(err.value)
+    for name, args in (("pcm_joshi2020", "{ t_inference = 86400.0 }"), ("neurram_rram", "{ t_inference = 1.0 }"),
+                       ("rram_charan", "{ levels = 8 }")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f"""[study]\nname = "p"\n[model]\nname = "mlp"\n[data]\nname = "digits"\n[training]
+method = "plain"\nepochs = 1\n[hardware]\npreset = "{name}"\nargs = {args}\n[sweep]\nn_instances = 2\n""")
+        (spec,) = load_study(path).hardware.values()
+        import tomllib
+        assert spec == av.devices.preset(name, **tomllib.loads(f"a = {args}")["a"])
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == list(PRESETS)
+    assert all(PRESETS[ln.split()[0]].source in ln for ln in lines)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.analog.program import augmented_weights
 from anvm_stats.calibration import train_distilled, weight_perturbation
@@ -32,7 +33,7 @@ def student_init(seed=1):
 def test_zero_noise_perturbation_is_zero():
     net = make_mlp(bn=False)
     gen = torch.Generator().manual_seed(0)
-    for spec in (HardwareSpec.ideal(), HardwareSpec.paper1(sigma=0.0), HardwareSpec.xiao(sigma=0.0)):
+    for spec in (devices.ideal(), devices.paper1(sigma=0.0), devices.xiao_state_independent(0.0)):
         dw = weight_perturbation(net, spec, gen)
         assert set(dw) == {n for n, _ in net.named_parameters()}
         assert all(float(t.abs().max()) == 0.0 for t in dw.values())
@@ -47,7 +48,7 @@ def test_paper1_perturbation_moments():
         lin.weight.copy_(torch.randn(96, 128, generator=g) * 0.1)
         lin.bias.copy_(torch.randn(96, generator=g) * 0.3)
     sigma = 0.1
-    dw = weight_perturbation(lin, HardwareSpec.paper1(sigma=sigma), torch.Generator().manual_seed(5))
+    dw = weight_perturbation(lin, devices.paper1(sigma=sigma), torch.Generator().manual_seed(5))
     w_aug, s, _ = augmented_weights(lin.weight.detach(), lin.bias.detach(), "column")
     half_range = float(w_aug.max() - w_aug.min()) / 2
     z = torch.cat([dw["weight"], (dw["bias"] / s)[:, None]], 1).flatten().double() / (half_range * sigma)
@@ -59,14 +60,14 @@ def test_paper1_perturbation_moments():
 
 def test_distilled_student_is_robust(teacher):
     tr, te = digits("train"), digits("test")
-    spec = HardwareSpec.rram_charan()
-    res = train_distilled(student_init(), teacher, tr, q=spec, samples=2, epochs=10, lr=1e-2, batch_size=64,
+    spec = devices.rram_charan()
+    res = train_distilled(student_init(), spec, tr, teacher=teacher, samples=2, epochs=10, lr=1e-2, batch_size=64,
                           seed=0)
     loss = res.history.loss.values
     assert loss[-3:].mean() < 0.5 * loss[0]
     assert list(res.history[dims.EPOCH].values) == list(range(1, 11))
     # the plainly trained student: same init, same epochs and batch size, cross-entropy, no noise
-    plain = train_distilled(student_init(), teacher, tr, q=HardwareSpec.ideal(), samples=1, alpha=0.0, epochs=10,
+    plain = train_distilled(student_init(), devices.ideal(), tr, teacher=teacher, samples=1, alpha=0.0, epochs=10,
                             lr=1e-2, batch_size=64, seed=0).model
     a = evaluate(res.model, spec, te, n_instances=32, seed=0, progress=False)
     b = evaluate(plain, spec, te, n_instances=32, seed=0, progress=False)
@@ -79,19 +80,20 @@ def test_determinism_and_purity(teacher):
     tr = digits("train")
     init = student_init()
     before = {k: v.clone() for k, v in init.state_dict().items()}
-    kw = dict(q=HardwareSpec.paper1(0.1), samples=2, epochs=1, lr=1e-3, batch_size=256, seed=3)
-    r1, r2 = train_distilled(init, teacher, tr, **kw), train_distilled(init, teacher, tr, **kw)
+    q = devices.paper1(0.1)
+    kw = dict(teacher=teacher, samples=2, epochs=1, lr=1e-3, batch_size=256, seed=3)
+    r1, r2 = train_distilled(init, q, tr, **kw), train_distilled(init, q, tr, **kw)
     for k, v in init.state_dict().items():
         assert torch.equal(v, before[k])
     for (k, v), (_, w) in zip(r1.model.state_dict().items(), r2.model.state_dict().items()):
         assert torch.equal(v, w), k
-    r3 = train_distilled(init, teacher, tr, **{**kw, "seed": 4})
+    r3 = train_distilled(init, q, tr, **{**kw, "seed": 4})
     assert not torch.equal(r3.model.layers[0].weight, r1.model.layers[0].weight)
 
 
 def test_config_errors(teacher):
     tr = digits("train")
     with pytest.raises(ConfigError, match="alpha"):
-        train_distilled(student_init(), teacher, tr, q=HardwareSpec.ideal(), alpha=1.5)
-    with pytest.raises(ConfigError, match="q"):
-        train_distilled(student_init(), teacher, tr, q="rram")
+        train_distilled(student_init(), devices.ideal(), tr, teacher=teacher, alpha=1.5)
+    with pytest.raises(ConfigError, match="spec"):
+        train_distilled(student_init(), "rram", tr, teacher=teacher)

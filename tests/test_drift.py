@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.calibration import drift_sweep, plot_drift, reference_read
 from anvm_stats.analog import prepare
@@ -98,7 +99,7 @@ def test_reference_read_scales_with_uniform_drift(net):
 
 def test_errors(net, test_data):
     with pytest.raises(ConfigError, match="Drift"):
-        drift_sweep(net, HardwareSpec.paper1(0.05), test_data, n_instances=2, progress=False)
+        drift_sweep(net, devices.paper1(0.05), test_data, n_instances=2, progress=False)
     with pytest.raises(ConfigError, match="compensation"):
         drift_sweep(net, drift_spec(0.1, 0.0), test_data, n_instances=2, compensation="local", progress=False)
     with pytest.raises(ConfigError, match="t_inference"):

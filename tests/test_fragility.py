@@ -35,7 +35,7 @@ def trained():
 @pytest.mark.slow
 def test_prediction_matches_monte_carlo_at_small_sigma(trained):
     net, data = trained
-    ds = sensitivity(net, data, spec=av.HardwareSpec.paper1(0.02), noise_levels=[0.003, 0.01], n_instances=200,
+    ds = sensitivity(net, av.devices.paper1(0.02), data, noise_levels=[0.003, 0.01], n_instances=200,
                      seed=0, ci=CI, rel_tol=0.02, max_probes=400, per_layer_monte_carlo=False)
     for level in (0.003, 0.01):
         pred = float(ds.predicted_total.sel(noise_level=level))
@@ -50,7 +50,7 @@ def test_prediction_matches_monte_carlo_at_small_sigma(trained):
 def test_ranks_layers_and_keeps_model_untouched(trained):
     net, data = trained
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    ds = sensitivity(net, data, spec=av.HardwareSpec.paper1(0.05), n_instances=8, seed=1, eigen=True,
+    ds = sensitivity(net, av.devices.paper1(0.05), data, n_instances=8, seed=1, eigen=True,
                      per_layer_monte_carlo=True, max_probes=40)
     assert list(ds.layer.values) == ["0", "3", "6"]   # BatchNorm folded into 0 and 3
     assert sorted(ds["rank"].values.tolist()) == [1, 2, 3]
@@ -62,7 +62,19 @@ def test_ranks_layers_and_keeps_model_untouched(trained):
 
 def test_mean_shift_enters_first_order(trained):
     net, data = trained
-    shifted = sensitivity(net, data, spec=av.HardwareSpec.paper1(0.0, mu=0.01), n_instances=4, seed=0,
+    shifted = sensitivity(net, av.devices.paper1(0.0, mu=0.01), data, n_instances=4, seed=0,
                           per_layer_monte_carlo=False, eigen=False, max_probes=20)
     assert float(abs(shifted.first_order_term).sum()) > 0
     assert float(shifted.predicted_total) == pytest.approx(float(shifted.mc_total), rel=0.2, abs=1e-4)
+
+
+def test_can_be_called_twice_and_after_importing_the_hessian_subpackage(trained):
+    """Regression: ``av.sensitivity`` was shadowed by the subpackage of the same name after its first call."""
+    import anvm_stats.hessian  # noqa: F401
+
+    net, data = trained
+    kw = dict(n_instances=2, seed=0, monte_carlo=False, eigen=False, max_probes=10)
+    first = av.sensitivity(net, av.devices.paper1(0.05), data, **kw)
+    second = av.sensitivity(net, av.devices.paper1(0.05), data, **kw)
+    assert callable(av.sensitivity)
+    np.testing.assert_array_equal(first["predicted_total"].values, second["predicted_total"].values)

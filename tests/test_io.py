@@ -7,6 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
+from anvm_stats import devices
 from anvm_stats import dims, io
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
@@ -28,7 +29,7 @@ def result():
     net = MLP(8, (6,), 7, generator=gen)
     x = torch.randn(20, 8, generator=gen)
     y = torch.randint(0, 7, (20,), generator=gen)
-    ds = sweep(net, HardwareSpec.paper1(sigma=0.05), (x, y), grid={dims.NOISE_LEVEL: [0.02, 0.1]},
+    ds = sweep(net, devices.paper1(sigma=0.05), (x, y), grid={dims.NOISE_LEVEL: [0.02, 0.1]},
                n_instances=5, seed=3, progress=False)
     ds = ds.assign_coords(model=("model", np.array(["a", "bcd"])))
     ds["flag"] = ((dims.INSTANCE,), np.arange(5) % 2 == 0)

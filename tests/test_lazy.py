@@ -57,7 +57,7 @@ class ScaledInputNet(nn.Module):
 def test_mark_shared_inputs_finds_the_layers_that_read_per_sample_inputs(maker, shape, expected):
     torch.manual_seed(0)
     net = maker().eval()
-    program = av.prepare(net, av.HardwareSpec.paper1(0.1))
+    program = av.prepare(net, av.devices.paper1(0.1))
     x, _ = make_data(n=4, shape=shape)
     program.mark_shared_inputs(x)
     marks = {m.plan.name: m.input_shared for m in program.analog_modules()}
@@ -66,7 +66,7 @@ def test_mark_shared_inputs_finds_the_layers_that_read_per_sample_inputs(maker, 
 
 def test_no_layer_is_marked_off_the_cpu(monkeypatch):
     """GPUs keep programming the weights: marks made on CPU are cleared when the program runs elsewhere."""
-    program = av.prepare(make_mlp(), av.HardwareSpec.paper1(0.1))
+    program = av.prepare(make_mlp(), av.devices.paper1(0.1))
     x, _ = make_data(n=4)
     program.mark_shared_inputs(x)
     assert program.analog_modules()[0].input_shared
@@ -76,7 +76,7 @@ def test_no_layer_is_marked_off_the_cpu(monkeypatch):
 
 
 SPECS = {
-    "paper1-column": av.HardwareSpec.paper1(0.15, mu=0.02),
+    "paper1-column": av.devices.paper1(0.15, mu=0.02),
     "digital-bias-dac": av.HardwareSpec(mapping=av.OffsetMapping(granularity="column"), effects=(
         ProgrammingNoise(sigma=0.08, relative_to="half_range", distribution="uniform", clip=False),),
         periphery=Periphery(dac=Quantizer(bits=5)), bias="digital"),

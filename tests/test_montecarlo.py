@@ -36,7 +36,7 @@ def setup():
 
 def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     a = run(net, spec, data, n_instances=9, seed=11)
     b = run(net, spec, data, n_instances=9, seed=11, instances_per_chunk=2, samples_per_batch=7)
     c = run(net, spec, data, n_instances=9, seed=11, instances_per_chunk=1)
@@ -49,7 +49,7 @@ def test_same_seed_same_dataset_and_chunking_does_not_matter(setup):
 
 def test_instance_i_depends_only_on_seed_and_i(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     full = run(net, spec, data, n_instances=8, seed=3)
     halves = xr.concat([run(net, spec, data, instances=[4, 5, 6, 7], seed=3),
                         run(net, spec, data, instances=[3, 0, 2, 1], seed=3)], dims.INSTANCE).sortby(dims.INSTANCE)
@@ -58,10 +58,10 @@ def test_instance_i_depends_only_on_seed_and_i(setup):
 
 def test_sweep_points_share_chips(setup):
     net, data = setup
-    base = av.HardwareSpec.paper1(0.1)
+    base = av.devices.paper1(0.1)
     sw = run(net, base, data, grid={"noise_level": [0.0, 0.1, 0.3]}, n_instances=6, seed=2)
     assert sw.accuracy.dims == (dims.NOISE_LEVEL, dims.INSTANCE)
-    single = run(net, av.HardwareSpec.paper1(0.3), data, n_instances=6, seed=2)
+    single = run(net, av.devices.paper1(0.3), data, n_instances=6, seed=2)
     xr.testing.assert_allclose(data_vars(sw.sel(noise_level=0.3, drop=True)), data_vars(single))
     clean = sw.sel(noise_level=0.0)
     float_acc = float((net(data[0]).argmax(1) == data[1]).float().mean())
@@ -84,19 +84,19 @@ def test_multi_axis_sweep_with_adc_and_faults():
 
 def test_dataset_schema_and_provenance(setup):
     net, data = setup
-    ds = run(net, av.HardwareSpec.paper1(0.1), data, n_instances=3, seed=0)
+    ds = run(net, av.devices.paper1(0.1), data, n_instances=3, seed=0)
     dims.validate_dataset(ds)
     assert set(dims.METRICS) <= set(ds.data_vars)
     assert ds.correct_count.dtype == np.int64
     assert np.allclose(ds.accuracy, ds.correct_count / 40)
     assert ds.top5_accuracy.min() >= ds.accuracy.min()
-    assert av.HardwareSpec.from_dict(__import__("json").loads(ds.attrs["hardware_spec"])) == av.HardwareSpec.paper1(0.1)
+    assert av.HardwareSpec.from_dict(__import__("json").loads(ds.attrs["hardware_spec"])) == av.devices.paper1(0.1)
     assert ds.attrs["seed_entropy"] == "0" and "Sequential" in ds.attrs["model"]
 
 
 def test_fresh_seed_is_recorded_and_reproducible(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.3)
+    spec = av.devices.paper1(0.3)
     a = run(net, spec, data, n_instances=3, seed=None)
     b = run(net, spec, data, n_instances=3, seed=int(a.attrs["seed_entropy"]))
     xr.testing.assert_identical(data_vars(a), data_vars(b))
@@ -127,15 +127,15 @@ def test_bad_run_arguments(setup, kw, field):
     net, data = setup
     kw.setdefault("n_instances", 2)
     with pytest.raises(ConfigError) as info:
-        run(net, av.HardwareSpec.paper1(0.1), data, **kw)
+        run(net, av.devices.paper1(0.1), data, **kw)
     assert info.value.field == field
 
 
 def test_dataloader_style_batches(setup):
     net, (x, y) = setup
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
-    a = run(net, av.HardwareSpec.paper1(0.1), batches, n_instances=3, seed=0)
-    b = run(net, av.HardwareSpec.paper1(0.1), (x, y), n_instances=3, seed=0)
+    a = run(net, av.devices.paper1(0.1), batches, n_instances=3, seed=0)
+    b = run(net, av.devices.paper1(0.1), (x, y), n_instances=3, seed=0)
     xr.testing.assert_allclose(data_vars(a), data_vars(b))
 
 
@@ -188,7 +188,7 @@ def test_narrow_output_layers_keep_chunk_invariance(monkeypatch):
 
     net = make_mlp(sizes=(8, 32, 5), bn=False)
     data = make_data(n=64, n_classes=5)
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     # the generic kernel (batched GEMMs, CUDA's path), here on the CPU
     program = av.prepare(net, spec, calibration_data=data, fuse_relu=True, kernel=kernels.GenericKernel())
     calls = []
@@ -214,7 +214,7 @@ def test_linear_paths_are_chunk_invariant_and_agree(onednn):
 
     net = make_mlp(sizes=(8, 24, 24, 6), bn=True)
     data = make_data(n=50, n_classes=6)
-    spec = av.HardwareSpec.paper1(0.1)
+    spec = av.devices.paper1(0.1)
     kernel, other_kernel = (OneDNNKernel(), GenericKernel()) if onednn else (GenericKernel(), OneDNNKernel())
     program = av.prepare(net, spec, calibration_data=data, fuse_relu=True, kernel=kernel)
     ref = run(net, spec, data, n_instances=7, seed=9, program=program)
@@ -234,7 +234,7 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
 
     net = make_mlp(sizes=(8, 24, 5), bn=False)
     data = make_data(n=48, n_classes=5)                     # 5 outputs, 48 samples: the narrow W x^T path too
-    spec = av.HardwareSpec.paper1(0.15)
+    spec = av.devices.paper1(0.15)
     seen = []
     original = kernels.onednn_linear
     monkeypatch.setattr(kernels, "onednn_linear", lambda *a: seen.append((a[4], a[6], a[7])) or original(*a))
@@ -258,7 +258,7 @@ def test_sample_major_runs_fixed_chunks_and_matches_the_instance_major_path(monk
 
 
 @pytest.mark.parametrize("spec", [
-    av.HardwareSpec.xiao(0.05, proportional=False, adc_bits=6),                      # offset mapping + ADC
+    av.devices.xiao_state_independent(0.05, proportional=False, adc_bits=6),                      # offset mapping + ADC
     av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=2, bits_per_slice=4),
                     effects=(av.ProgrammingNoise(sigma=0.02),),
                     periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
@@ -301,9 +301,9 @@ def test_conv_chunks_of_one_chip_match_larger_chunks():
     net = make_resnet()
     x, y = make_data(n=8, shape=(1, 8, 8))
     kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2)
-    ref = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], **kw)
+    ref = run(net, av.devices.paper1(0.1), [(x, y), (x, y)], **kw)
     for chunk in (1, 2):
-        got = run(net, av.HardwareSpec.paper1(0.1), [(x, y), (x, y)], instances_per_chunk=chunk, **kw)
+        got = run(net, av.devices.paper1(0.1), [(x, y), (x, y)], instances_per_chunk=chunk, **kw)
         np.testing.assert_array_equal(got.loss.values, ref.loss.values)
 
 
@@ -323,7 +323,7 @@ def test_calibration_data_is_recorded_and_defaults_to_the_evaluation_data(setup)
 
 def test_seed_defaults_to_zero(setup):
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.2)
+    spec = av.devices.paper1(0.2)
     xr.testing.assert_identical(data_vars(run(net, spec, data, n_instances=3)),
                                 data_vars(run(net, spec, data, n_instances=3, seed=0)))
     xr.testing.assert_identical(data_vars(av.evaluate(net, spec, data, n_instances=3, progress=False)),
@@ -357,7 +357,7 @@ def test_spec_knobs_set_levels_and_mean():
     with pytest.raises(ConfigError, match="adc_levels"):
         spec.with_knobs(adc_levels=1)
     with pytest.raises(ConfigError, match="mean_shift"):
-        av.HardwareSpec.ideal().with_knobs(mean_shift=0.1)
+        av.devices.ideal().with_knobs(mean_shift=0.1)
 
 
 def test_engine_layer_gives_the_sweep_counts(setup):
@@ -365,7 +365,7 @@ def test_engine_layer_gives_the_sweep_counts(setup):
     from anvm_stats.batches import evaluation_batches
 
     net, data = setup
-    spec = av.HardwareSpec.paper1(0.1)
+    spec = av.devices.paper1(0.1)
     plan = av.plan_grid({"noise_level": [0.05, 0.2]})
     program = av.prepare(net, spec, calibration_data=data, fuse_relu=True)
     batches = evaluation_batches(program, data)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
+from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
@@ -26,7 +27,7 @@ def _setup(seed=0):
     net = MLP(16, (24,), 7, generator=gen)
     x = torch.randn(40, 16, generator=gen)
     y = torch.randint(0, 7, (40,), generator=gen)
-    return net, HardwareSpec.paper1(sigma=0.05), (x, y)
+    return net, devices.paper1(sigma=0.05), (x, y)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -167,7 +168,7 @@ def test_store_of_another_study_is_refused(job, client, tmp_path):
     with pytest.raises(ConfigError, match=r"differs in: seed \(store entropy=11"):
         dask(net, spec, data, seed=SEED + 1, **kw)
     with pytest.raises(ConfigError, match=r"differs in: spec "):
-        dask(net, HardwareSpec.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
+        dask(net, devices.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"differs in: model "):
         dask(_setup(seed=1)[0], spec, data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"chunking .*; grid "):

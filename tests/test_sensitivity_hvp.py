@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from anvm_stats.errors import ConfigError
-from anvm_stats.sensitivity import HessianOperator, default_layers
+from anvm_stats.hessian import HessianOperator, default_layers
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 # torch's forward-AD decompositions are built with torch.jit.script on first use (a torch-internal warning)

@@ -12,7 +12,7 @@ import torch
 
 from anvm_stats.dims import LAYER
 from anvm_stats.errors import ConfigError
-from anvm_stats.sensitivity import (HessianOperator, LayerNoiseMoments, hutchinson_trace, layer_sensitivity,
+from anvm_stats.hessian import (HessianOperator, LayerNoiseMoments, hutchinson_trace, layer_sensitivity,
                                     predict_loss_increase)
 from test_sensitivity_hvp import (QUAD_LAYERS, assert_unchanged, exact_hessian, make_quadratic, quad_loss, snapshot,
                                   tiny_conv, tiny_data, tiny_mlp)

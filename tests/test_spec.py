@@ -11,8 +11,8 @@ from anvm_stats.errors import ConfigError
 
 
 def test_presets_round_trip_through_dict_and_toml():
-    for spec in (av.HardwareSpec.ideal(), av.HardwareSpec.paper1(0.05, 0.01), av.HardwareSpec.xiao(0.1),
-                 av.HardwareSpec.rram_charan(),
+    for spec in (av.devices.ideal(), av.devices.paper1(0.05, 0.01), av.devices.xiao_state_independent(0.1),
+                 av.devices.rram_charan(),
                  av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=2), g_min=0.1, bias="digital",
                                  effects=(av.Drift(nu_mean=0.05, nu_std=0.01, t_inference=100.0),
                                           av.ReadNoise(sigma=0.01)),
@@ -25,8 +25,8 @@ def test_presets_round_trip_through_dict_and_toml():
 
 def test_toml_file(tmp_path):
     path = tmp_path / "chip.toml"
-    path.write_text(av.HardwareSpec.paper1(0.1).to_toml())
-    assert av.HardwareSpec.from_toml(path) == av.HardwareSpec.paper1(0.1)
+    path.write_text(av.devices.paper1(0.1).to_toml())
+    assert av.HardwareSpec.from_toml(path) == av.devices.paper1(0.1)
 
 
 @settings(max_examples=30, deadline=None)
@@ -45,9 +45,9 @@ def test_knobs_set_the_right_fields(sigma, p, bits, t):
 
 def test_unknown_knob_is_refused():
     with pytest.raises(ConfigError, match="noise_level"):
-        av.HardwareSpec.ideal().with_knobs(noise_level=0.1)
+        av.devices.ideal().with_knobs(noise_level=0.1)
     with pytest.raises(ConfigError, match="adc_bits"):
-        av.HardwareSpec.paper1().with_knobs(adc_bits=4)
+        av.devices.paper1().with_knobs(adc_bits=4)
 
 
 @pytest.mark.parametrize("data,field", [

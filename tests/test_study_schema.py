@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from anvm_stats import devices
 from anvm_stats.cli import main
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
@@ -179,11 +180,11 @@ def test_key_lines_scans_tables_inline_and_arrays():
 
 
 def test_apply_knobs_extra_axes():
-    spec = HardwareSpec.from_dict({**HardwareSpec.paper1(0.1).to_dict(), "periphery": {"adc": {"bits": 4}}})
+    spec = HardwareSpec.from_dict({**devices.paper1(0.1).to_dict(), "periphery": {"adc": {"bits": 4}}})
     s = apply_knobs(spec, {"adc_levels": 7, "mean_shift": 0.02, "noise_level": 0.2})
     assert s.periphery.adc.n_levels == 7
     assert s.effects[0].mu == 0.02 and s.effects[0].sigma == 0.2
     with pytest.raises(ConfigError, match="adc_levels"):
-        apply_knobs(HardwareSpec.paper1(0.1), {"adc_levels": 4})
+        apply_knobs(devices.paper1(0.1), {"adc_levels": 4})
     with pytest.raises(ConfigError, match="mean_shift"):
-        apply_knobs(HardwareSpec.ideal(), {"mean_shift": 0.1})
+        apply_knobs(devices.ideal(), {"mean_shift": 0.1})

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 
+from anvm_stats import devices
 from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.analog.program import prepare
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.sampler import ChipSampler
-from anvm_stats.training import (ADCInTheLoop, accumulate_gradient, adc_points, draw_perturbations, epoch_order,
+from anvm_stats.training import (ADCInTheLoop, adc_points, draw_perturbations, epoch_order, gradient_estimator,
                                  group_sizes, perturb_targets, step_generators, train_hasgd)
 from conftest import make_data, make_mlp
 
@@ -36,10 +37,10 @@ def test_direct_gradient_is_mean_of_hand_gradients(perturb_bn):
     net = make_mlp(bn=True).train()
     x, y = make_data(n=24)
     targets = perturb_targets(net, perturb_batchnorm=perturb_bn)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=4, seed=3, step=7, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=4, seed=3, step=7, targets=targets)
     assert ("1.bias" in pert.deltas) == perturb_bn          # the folded BN's beta carries the bias noise
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="direct")
+    gradient_estimator("direct", pert.samples).accumulate(net, x, y, pert, targets)
     hand = [torch.stack(g).mean(0) / len(x) for g in zip(*(hand_grads(net, x, y, pert.deltas, l) for l in range(4)))]
     for (name, p), h in zip(net.named_parameters(), hand):
         torch.testing.assert_close(p.grad, h, rtol=1e-5, atol=1e-6, msg=name)
@@ -49,7 +50,7 @@ def test_split_gradient_uses_one_draw_per_group():
     net = make_mlp(bn=False).train()
     x, y = make_data(n=22)                   # 22 = 6 + 6 + 5 + 5: unequal groups too
     targets = perturb_targets(net)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=4, seed=1, step=0, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=4, seed=1, step=0, targets=targets)
     sizes = group_sizes(22, 4)
     assert sizes == [6, 6, 5, 5]
 
@@ -59,7 +60,7 @@ def test_split_gradient_uses_one_draw_per_group():
         return [sum(t) / len(x) for t in zip(*gs)]
 
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="split")
+    gradient_estimator("split", pert.samples).accumulate(net, x, y, pert, targets)
     got = [p.grad.clone() for p in net.parameters()]
     for g, h in zip(got, grouped(lambda g: g)):
         torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-6)
@@ -77,9 +78,9 @@ def test_split_conv_grouped_equals_hand():
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(12, 1, 8, 8, generator=g), torch.randint(0, 5, (12,), generator=g)
     targets = perturb_targets(net)
-    pert = draw_perturbations(net, HardwareSpec.paper1(0.1), samples=3, seed=0, step=1, targets=targets)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=3, seed=0, step=1, targets=targets)
     net.zero_grad()
-    accumulate_gradient(net, x, y, pert, targets, mode="split")
+    gradient_estimator("split", pert.samples).accumulate(net, x, y, pert, targets)
     parts = zip(torch.split(x, 4), torch.split(y, 4))
     hand = [sum(t) / 12 for t in zip(*[hand_grads(net, xg, yg, pert.deltas, i) for i, (xg, yg) in enumerate(parts)])]
     for p, h in zip(net.parameters(), hand):
@@ -99,13 +100,13 @@ def plain_sgd(net, x, y, *, epochs, batch_size, lr, seed, momentum=0.9, weight_d
     return net
 
 
-@pytest.mark.parametrize("q,mode", [(None, "split"), (HardwareSpec.paper1(0.0), "split"),
-                                    (HardwareSpec.paper1(0.0), "direct")])
+@pytest.mark.parametrize("q,mode", [(None, "split"), (devices.paper1(0.0), "split"),
+                                    (devices.paper1(0.0), "direct")])
 def test_noise_free_is_plain_sgd_step_for_step(q, mode):
     net = make_mlp(bn=True)
     x, y = make_data(n=40)
     ref = plain_sgd(net, x, y, epochs=2, batch_size=8, lr=0.05, seed=5)
-    res = train_hasgd(net, (x, y), q=q, samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode=mode,
+    res = train_hasgd(net, q, (x, y), samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode=mode,
                       progress=False)
     assert res.step == 10
     for (n, a), b in zip(res.model.state_dict().items(), ref.state_dict().values()):
@@ -117,15 +118,16 @@ def test_noise_free_is_plain_sgd_step_for_step(q, mode):
 def test_split_with_one_draw_equals_direct_and_schedule_zero_epoch_is_plain():
     net = make_mlp(bn=True)
     x, y = make_data(n=32)
-    kw = dict(q=HardwareSpec.paper1(0.2), samples=1, epochs=2, batch_size=8, lr=0.05, seed=2, progress=False)
-    a = train_hasgd(net, (x, y), mode="split", **kw).model.state_dict()
-    b = train_hasgd(net, (x, y), mode="direct", **kw).model.state_dict()
+    q = devices.paper1(0.2)
+    kw = dict(samples=1, epochs=2, batch_size=8, lr=0.05, seed=2, progress=False)
+    a = train_hasgd(net, q, (x, y), mode="split", **kw).model.state_dict()
+    b = train_hasgd(net, q, (x, y), mode="direct", **kw).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    sched = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.3), sigma_schedule=[0.0, 0.1], epochs=1, batch_size=8,
+    sched = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=[0.0, 0.1], epochs=1, batch_size=8,
                         lr=0.05, seed=2, samples=2, progress=False)
     plain = plain_sgd(net, x, y, epochs=1, batch_size=8, lr=0.05, seed=2)
     assert all(torch.equal(u, v) for u, v in zip(sched.model.state_dict().values(), plain.state_dict().values()))
-    full = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.3), sigma_schedule=lambda e: 0.1 * e, epochs=2,
+    full = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=lambda e: 0.1 * e, epochs=2,
                        batch_size=8, seed=2, samples=2, progress=False)
     np.testing.assert_allclose(full.history.sigma_train.values, [0.0, 0.1])
 
@@ -134,7 +136,7 @@ def test_split_with_one_draw_equals_direct_and_schedule_zero_epoch_is_plain():
 def test_perturbation_statistics_follow_paper1(sigma, mu):
     net = make_mlp(sizes=(8, 32, 32, 4), bn=False)
     L = 64
-    pert = draw_perturbations(net, HardwareSpec.paper1(sigma, mu), samples=L, seed=0, step=3)
+    pert = draw_perturbations(net, devices.paper1(sigma, mu), samples=L, seed=0, step=3)
     half = lambda t: (t.max() - t.min()) / 2  # noqa: E731
     z_crit = sps.norm.ppf(1 - FAMILY_FALSE_FAILURE / 2)
     for name in ("0", "2", "4"):
@@ -151,8 +153,8 @@ def test_perturbation_statistics_follow_paper1(sigma, mu):
         assert lo <= ratio <= hi, (name, ratio, lo, hi)
 
 
-@pytest.mark.parametrize("spec,bn", [(HardwareSpec.paper1(0.1, 0.01), False), (HardwareSpec.xiao(0.1, adc_bits=None), False),
-                                     (HardwareSpec.paper1(0.1), True)])
+@pytest.mark.parametrize("spec,bn", [(devices.paper1(0.1, 0.01), False), (devices.xiao_state_independent(0.1, adc_bits=None), False),
+                                     (devices.paper1(0.1), True)])
 def test_perturbation_is_the_monte_carlo_chip(spec, bn):
     """Perturbed weights (BN folded as the engine folds it) equal the engine's chips on the same base draws."""
     net = make_mlp(bn=bn)
@@ -195,7 +197,7 @@ def test_adc_in_the_loop_quantises_and_passes_gradients():
     loss.backward()
     for name in names:
         assert float(net.get_submodule(name).weight.grad.abs().sum()) > 0
-    res = train_hasgd(make_mlp(bn=True), (x, y), q=HardwareSpec.paper1(0.05), adc_levels=4, samples=2, epochs=2,
+    res = train_hasgd(make_mlp(bn=True), devices.paper1(0.05), (x, y), adc_levels=4, samples=2, epochs=2,
                       batch_size=16, seed=0, progress=False)
     assert np.isfinite(res.history.train_loss.values).all() and res.history.attrs["adc_levels"] == 4
 
@@ -203,9 +205,9 @@ def test_adc_in_the_loop_quantises_and_passes_gradients():
 def test_config_errors_name_the_field():
     net, data = make_mlp(), make_data()
     for kw, field in [(dict(mode="sideways"), "mode"), (dict(samples=16, batch_size=8), "batch_size"),
-                      (dict(q=None, sigma_schedule=[0.1]), "sigma_schedule"), (dict(optimizer="lbfgs"), "optimizer")]:
+                      (dict(spec=None, sigma_schedule=[0.1]), "sigma_schedule"), (dict(optimizer="lbfgs"), "optimizer")]:
         with pytest.raises(ConfigError) as err:
-            train_hasgd(net, data, **{"q": HardwareSpec.paper1(0.1), **kw}, progress=False)
+            train_hasgd(net, data=data, **{"spec": devices.paper1(0.1), **kw}, progress=False)
         assert err.value.field == field
 
 
@@ -219,9 +221,9 @@ def test_hasgd_beats_plain_training_under_noise_on_digits():
     train, test = digits("train"), digits("test")
     net = MLP(hidden=(64,), generator=torch.Generator().manual_seed(0))
     kw = dict(epochs=25, lr=0.1, batch_size=64, seed=0, progress=False)
-    plain = train_hasgd(net, train, q=None, **kw).model
-    robust = train_hasgd(net, train, q=HardwareSpec.paper1(0.1), samples=8, **kw).model
-    spec = HardwareSpec.paper1(0.15)
+    plain = train_hasgd(net, None, train, **kw).model
+    robust = train_hasgd(net, devices.paper1(0.1), train, samples=8, **kw).model
+    spec = devices.paper1(0.15)
     a = evaluate(robust, spec, test, n_instances=100, seed=1, progress=False).accuracy
     b = evaluate(plain, spec, test, n_instances=100, seed=1, progress=False).accuracy
     diff = paired_difference(a, b, ci=0.99)
@@ -236,14 +238,14 @@ def test_weight_domain_draws_equal_conductance_domain_path(bn):
     same base draws up to float round-off, for several Gaussian mappings/units; non-Gaussian q keeps the old path."""
     from anvm_stats.hardware.effects import ProgrammingNoise
     from anvm_stats.hardware.mapping import BitSlicedMapping, DifferentialMapping
-    specs = [HardwareSpec.paper1(0.1), HardwareSpec.paper1(0.05, 0.02),
+    specs = [devices.paper1(0.1), devices.paper1(0.05, 0.02),
              HardwareSpec(mapping=DifferentialMapping(granularity="column"), g_min=0.1,
                           effects=(ProgrammingNoise(sigma=0.1, mu=0.01, relative_to="state", clip=False),
                                    ProgrammingNoise(sigma=0.05, clip=False))),
              HardwareSpec(mapping=BitSlicedMapping(), bias="digital",
                           effects=(ProgrammingNoise(sigma=0.0, clip=False),
                                    ProgrammingNoise(sigma=0.05, relative_to="half_range", clip=False))),
-             HardwareSpec.xiao(0.1, adc_bits=None)]
+             devices.xiao_state_independent(0.1, adc_bits=None)]
     net = make_mlp(bn=bn)
     for spec in specs:
         kw = dict(samples=5, seed=1, step=2, perturb_batchnorm=bn)
@@ -253,3 +255,78 @@ def test_weight_domain_draws_equal_conductance_domain_path(bn):
         for k, r in ref.deltas.items():
             # round-off: 1e-5 of the largest perturbation is ~80 float32 ulps; other base draws would differ O(1)
             torch.testing.assert_close(fast.deltas[k], r, rtol=0, atol=1e-5 * float(r.abs().max()), msg=k)
+
+
+def _module_imports(path, package):
+    """(module, names) imported by ``path``'s module-level code (``if`` blocks included, functions excluded)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            out.append((f"{base}.{node.module}" if node.module else base, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("sub", ["training", "calibration", "hessian", "devices", "testing"])
+def test_subpackage_modules_import_downwards_without_private_names(sub):
+    """No import cycle between the modules of a subpackage (also none hidden under TYPE_CHECKING or at the bottom
+    of a file), and no private ``_name`` imported from a sibling module."""
+    from pathlib import Path
+
+    import anvm_stats
+
+    root = Path(anvm_stats.__file__).parent / sub
+    package = f"anvm_stats.{sub}"
+    graph = {}
+    for path in root.glob("*.py"):
+        mod = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        imports = _module_imports(path, package)
+        private = [(m, n) for m, names in imports for n in names if n.startswith("_") and m.startswith(package)]
+        assert not private, (mod, private)
+        graph[mod] = {m for m, _ in imports if m.startswith(package + ".") and m != mod}
+    state = {}
+
+    def visit(m, stack):
+        assert state.get(m) != "open", " -> ".join(stack + [m])
+        if state.get(m) is None:
+            state[m] = "open"
+            for n in graph.get(m, ()):
+                visit(n, stack + [m])
+            state[m] = "done"
+
+    for m in graph:
+        visit(m, [])
+
+
+def test_each_mode_is_one_estimator_and_reports_what_it_counts():
+    """Direct counts L predictions per sample, split one; a noise-free draw is the plain gradient in every mode;
+    the local estimator refuses a weight-domain perturbation; an unknown mode is refused naming the field."""
+    from anvm_stats.training import ESTIMATORS, LocalGradient, plain_gradient
+
+    assert set(ESTIMATORS) == {"split", "direct", "local"}
+    net = make_mlp(bn=False).train()
+    x, y = make_data(n=12)
+    targets = perturb_targets(net)
+    noisy = draw_perturbations(net, devices.paper1(0.1), samples=3, seed=0, step=0, targets=targets)
+    zero = draw_perturbations(net, devices.paper1(0.0), samples=3, seed=0, step=0, targets=targets)
+    assert gradient_estimator("direct", 3).accumulate(net, x, y, noisy, targets)[2] == 12 * 3
+    assert gradient_estimator("split", 3).accumulate(net, x, y, noisy, targets)[2] == 12
+    net.zero_grad()
+    plain_gradient(net, x, y)
+    ref = [p.grad.clone() for p in net.parameters()]
+    for mode in ESTIMATORS:
+        net.zero_grad()
+        gradient_estimator(mode, 3).accumulate(net, x, y, zero, targets)
+        assert all(torch.equal(p.grad, r) for p, r in zip(net.parameters(), ref)), mode
+    with pytest.raises(ConfigError) as err:
+        LocalGradient(3).accumulate(net, x, y, noisy, targets)
+    assert err.value.field == "pert"
+    with pytest.raises(ConfigError) as err:
+        gradient_estimator("sideways", 3)
+    assert err.value.field == "mode"

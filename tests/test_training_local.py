@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from scipy import stats as sps
 from torch import nn
 
+from anvm_stats import devices
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.effects import ConductanceLevels, ProgrammingNoise
 from anvm_stats.hardware.mapping import BitSlicedMapping, DifferentialMapping
 from anvm_stats.hardware.spec import HardwareSpec
-from anvm_stats.training import accumulate_gradient, draw_perturbations, perturb_targets, train_hasgd
+from anvm_stats.training import draw_perturbations, gradient_estimator, perturb_targets, train_hasgd
 from anvm_stats.training.local import LayerMoments, draw_local, local_forward, weight_moments
 from conftest import make_data, make_mlp
 from test_training import plain_sgd
@@ -48,7 +49,7 @@ def test_linear_output_moments_match_paper1_closed_form():
     mean = x.double() @ W.T + b + rng * mu * (x.double().sum(1, keepdim=True) + s)
     var = (rng * sigma) ** 2 * ((x.double() ** 2).sum(1, keepdim=True) + s ** 2) * torch.ones(1, 5)
     net = nn.Sequential(lin)
-    lp = draw_local(net, HardwareSpec.paper1(sigma, mu), samples=1, seed=0, step=0)
+    lp = draw_local(net, devices.paper1(sigma, mu), samples=1, seed=0, step=0)
     with torch.no_grad(), local_forward(net, lp, [4 * N]):
         y = net(x.repeat(N, 1)).reshape(N, 4, 5).double()
     z, lo, hi = _bounds(20, N - 1)
@@ -57,8 +58,8 @@ def test_linear_output_moments_match_paper1_closed_form():
     assert ((ratio >= lo) & (ratio <= hi)).all(), ratio
 
 
-@pytest.mark.parametrize("spec,bn", [(HardwareSpec.paper1(0.1, 0.02), False), (DIFF_STATE, False),
-                                     (HardwareSpec.paper1(0.1), True), (BITSLICED, False)])
+@pytest.mark.parametrize("spec,bn", [(devices.paper1(0.1, 0.02), False), (DIFF_STATE, False),
+                                     (devices.paper1(0.1), True), (BITSLICED, False)])
 def test_weight_moments_are_those_of_the_hardware_draws(spec, bn):
     """Closed-form mean/variance per element against L draws of draw_perturbations (the Monte Carlo chips)."""
     net = make_mlp(sizes=(4, 6, 3), bn=bn)
@@ -92,7 +93,7 @@ def test_row_constant_variance_shortcut_equals_full_gemm(conv):
         m = nn.Conv2d(3, 4, 3, padding=1, stride=2) if conv else nn.Linear(7, 4)
     x = torch.randn(5, 3, 6, 6) if conv else torch.randn(5, 7)
     net = nn.Sequential(m)
-    lp = draw_local(net, HardwareSpec.paper1(0.1, 0.01), samples=1, seed=0, step=0, conv="local")
+    lp = draw_local(net, devices.paper1(0.1, 0.01), samples=1, seed=0, step=0, conv="local")
     mom = lp.moments["0"]
     assert mom.row_constant
     full = LayerMoments(weight_mean=mom.weight_mean.expand_as(m.weight).contiguous(),
@@ -100,7 +101,7 @@ def test_row_constant_variance_shortcut_equals_full_gemm(conv):
                         bias_var=mom.bias_var, bias_on=mom.bias_on)
     outs = []
     for moments in (mom, full):
-        lp2 = draw_local(net, HardwareSpec.paper1(0.1, 0.01), samples=1, seed=0, step=0, conv="local")
+        lp2 = draw_local(net, devices.paper1(0.1, 0.01), samples=1, seed=0, step=0, conv="local")
         object.__setattr__(lp2, "moments", {"0": moments})
         with local_forward(net, lp2, [5]):
             outs.append(net(x))
@@ -112,7 +113,7 @@ def _grads(net, x, y, pert_fn, mode, n):
     out = []
     for step in range(n):
         net.zero_grad()
-        accumulate_gradient(net, x, y, pert_fn(step, targets), targets, mode=mode)
+        gradient_estimator(mode, 1).accumulate(net, x, y, pert_fn(step, targets), targets)
         out.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]).double())
     return torch.stack(out)
 
@@ -126,11 +127,11 @@ def test_expected_gradient_equals_direct_hasgd():
         net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).train()
     x, y = make_data(n=16, shape=(5,), n_classes=3)
     n = 600
-    q, shifted = HardwareSpec.paper1(0.3), HardwareSpec.paper1(0.3, 0.3)
+    q, shifted = devices.paper1(0.3), devices.paper1(0.3, 0.3)
     loc = lambda spec: (lambda s, t: draw_local(net, spec, samples=1, seed=1, step=s, targets=t))  # noqa: E731
-    a = _grads(net, x, y, loc(q), "split", n)
+    a = _grads(net, x, y, loc(q), "local", n)
     b = _grads(net, x, y, lambda s, t: draw_perturbations(net, q, samples=1, seed=2, step=s, targets=t), "direct", n)
-    c = _grads(net, x, y, loc(shifted), "split", n)
+    c = _grads(net, x, y, loc(shifted), "local", n)
     proj = torch.randn(a.shape[1], 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z_crit = sps.norm.ppf(1 - FALSE_FAILURE / 12)
 
@@ -147,9 +148,9 @@ def test_sigma_zero_is_plain_sgd_and_noise_trains_differently():
     x, y = make_data(n=40)
     ref = plain_sgd(net, x, y, epochs=2, batch_size=8, lr=0.05, seed=5)
     kw = dict(samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode="local", progress=False)
-    res = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.0), **kw)
+    res = train_hasgd(net, devices.paper1(0.0), (x, y), **kw)
     assert all(torch.equal(a, b) for a, b in zip(res.model.state_dict().values(), ref.state_dict().values()))
-    noisy = train_hasgd(net, (x, y), q=HardwareSpec.paper1(0.1), **kw)
+    noisy = train_hasgd(net, devices.paper1(0.1), (x, y), **kw)
     assert not torch.equal(noisy.model[0].weight, ref[0].weight)
     assert np.isfinite(noisy.history.train_loss.values).all() and noisy.history.attrs["mode"] == "local"
 
@@ -164,31 +165,32 @@ def _conv_bn_net():
 def test_resume_is_bitwise_identical_with_conv_split_and_folded_bn(tmp_path):
     g = torch.Generator().manual_seed(0)
     data = (torch.randn(24, 1, 4, 4, generator=g), torch.randint(0, 4, (24,), generator=g))
-    kw = dict(q=HardwareSpec.paper1(0.1, 0.01), samples=3, epochs=3, batch_size=8, lr=0.05, seed=4, mode="local",
+    q = devices.paper1(0.1, 0.01)
+    kw = dict(samples=3, epochs=3, batch_size=8, lr=0.05, seed=4, mode="local",
               perturb_batchnorm=True, progress=False)
-    full = train_hasgd(_conv_bn_net(), data, **kw)
-    train_hasgd(_conv_bn_net(), data, checkpoint=tmp_path / "c.pt", stop_after_epoch=1, **kw)
-    resumed = train_hasgd(_conv_bn_net(), data, checkpoint=tmp_path / "c.pt", **kw)
+    full = train_hasgd(_conv_bn_net(), q, data, **kw)
+    train_hasgd(_conv_bn_net(), q, data, checkpoint=tmp_path / "c.pt", stop_after_epoch=1, **kw)
+    resumed = train_hasgd(_conv_bn_net(), q, data, checkpoint=tmp_path / "c.pt", **kw)
     assert all(torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
                                                  resumed.model.state_dict().values()))
-    lp = draw_local(_conv_bn_net(), kw["q"], samples=3, seed=0, step=0,
+    lp = draw_local(_conv_bn_net(), q, samples=3, seed=0, step=0,
                     targets=perturb_targets(_conv_bn_net(), perturb_batchnorm=True))
     assert [t.name for t in lp.conv_targets] == ["0"] and set(lp.moments) == {"4", "7"}
     assert lp.moments["4"].bias_on == "5" and "1.bias" in lp.conv.deltas
 
 
 @pytest.mark.parametrize("spec,field", [
-    (HardwareSpec.xiao(0.1, adc_bits=None), "q.effects[0]"),                      # clipped
-    (HardwareSpec.rram_charan(), "q.effects[0]"),                                 # levels, faults
-    (HardwareSpec(effects=(ProgrammingNoise(sigma=0.1, clip=False, distribution="uniform"),)), "q.effects[0]"),
+    (devices.xiao_state_independent(0.1, adc_bits=None), "spec.effects[0]"),                      # clipped
+    (devices.rram_charan(), "spec.effects[0]"),                                 # levels, faults
+    (HardwareSpec(effects=(ProgrammingNoise(sigma=0.1, clip=False, distribution="uniform"),)), "spec.effects[0]"),
     (HardwareSpec(effects=(ProgrammingNoise(sigma=0.1, clip=False),
-                           ProgrammingNoise(sigma=0.1, clip=False, relative_to="state"))), "q.effects[1]"),
-    (HardwareSpec(effects=(ProgrammingNoise(sigma=0.1, clip=False), ConductanceLevels(levels=8))), "q.effects[1]"),
+                           ProgrammingNoise(sigma=0.1, clip=False, relative_to="state"))), "spec.effects[1]"),
+    (HardwareSpec(effects=(ProgrammingNoise(sigma=0.1, clip=False), ConductanceLevels(levels=8))), "spec.effects[1]"),
 ])
 def test_noise_without_closed_form_is_refused(spec, field):
     net, data = make_mlp(), make_data()
     with pytest.raises(ConfigError) as err:
-        train_hasgd(net, data, q=spec, mode="local", progress=False)
+        train_hasgd(net, spec, data, mode="local", progress=False)
     assert err.value.field == field and "split" in str(err.value)
     with pytest.raises(ConfigError):
         draw_local(net, spec, samples=2, seed=0, step=0)

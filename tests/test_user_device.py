@@ -16,6 +16,7 @@ import anvm_stats as av
 from anvm_stats.devices import effect_from_function
 from anvm_stats.hardware import HardwareSpec, ProgrammingNoise, register
 from anvm_stats.testing import check_device
+from anvm_stats.fragility import sensitivity
 from conftest import make_data, make_mlp
 
 
@@ -133,27 +134,23 @@ def test_hasgd_with_a_user_device(setup):
     training = pytest.importorskip("anvm_stats.training")
     net, data = setup
     kw = dict(samples=2, epochs=1, batch_size=16, lr=0.05, seed=0, progress=False, eval_instances=0)
-    ref = training.train_hasgd(net, data, q=BUILTIN, **kw)
+    ref = training.train_hasgd(net, BUILTIN, data, **kw)
     for spec in (USER, FUNCTION):
-        res = training.train_hasgd(net, data, q=spec, **kw)
+        res = training.train_hasgd(net, spec, data, **kw)
         # the built-in unclipped Gaussian takes HA-SGD's weight-domain shortcut, the user device the general
         # conductance-domain path: equal up to float32 rounding, not bit for bit
         for (name, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    res = training.train_hasgd(net, data, q=spec_of(Telegraph(amplitude=0.1)), **kw)
+    res = training.train_hasgd(net, spec_of(Telegraph(amplitude=0.1)), data, **kw)
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(res.model.parameters(), net.parameters()))
 
 
 def test_sensitivity_with_a_user_device(setup):
-    fragility = pytest.importorskip("anvm_stats.fragility")
-    sensitivity = getattr(fragility, "sensitivity", None)
-    if sensitivity is None:
-        pytest.skip("anvm_stats.fragility.sensitivity not available yet")
     net, data = setup
     kw = dict(seed=0, n_draws=32, n_instances=8, per_layer_monte_carlo=False, eigen=False, max_probes=10)
-    ref = sensitivity(net, data, spec=BUILTIN, **kw)
-    out = sensitivity(net, data, spec=USER, **kw)
+    ref = sensitivity(net, BUILTIN, data, **kw)
+    out = sensitivity(net, USER, data, **kw)
     np.testing.assert_array_equal(out["predicted_total"].values, ref["predicted_total"].values)
-    tel = sensitivity(net, data, spec=spec_of(Telegraph(amplitude=0.1)), **kw)
+    tel = sensitivity(net, spec_of(Telegraph(amplitude=0.1)), data, **kw)
     assert np.all(np.isfinite(tel["predicted_total"].values))

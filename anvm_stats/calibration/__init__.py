@@ -13,7 +13,8 @@ from .. import dims
 from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike
-from .adapt import CalibrationOptions, calibrate
+from .adapt import calibrate
+from .options import CalibrationOptions
 from .distill import DistillConfig, DistillResult, train_distilled, weight_perturbation
 from .drift import DEFAULT_TIMES, GlobalCompensation, drift_sweep, plot_drift, reference_read
 
@@ -26,7 +27,7 @@ __all__ = ["CalibrationOptions", "calibrate", "DistillConfig", "DistillResult", 
            "reference_read", "compare_recovery", "METHOD"]
 
 
-def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: HardwareSpec, *, calib, test,
+def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: HardwareSpec, data, *, recovery_data,
                      params: Sequence[str | tuple[str, dict]] = ("column_affine", "sparse"),
                      n_instances: int = 32, seed: SeedLike = 0, ci: float = 0.95, baseline: str | None = None,
                      progress: bool = False, **calibrate_kw) -> xr.Dataset:
@@ -40,15 +41,15 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     models : nn.Module or dict of name -> nn.Module
         E.g. ``{"naive": plain, "hasgd": robust, "distilled": student}``; a single module is named ``"naive"``.
     spec : HardwareSpec
-    calib, test
-        Calibration and held-out data (see :func:`calibrate`).
+    data, recovery_data
+        Held-out evaluation data and the samples each chip is adapted on (see :func:`calibrate`).
     params : sequence of {"column_affine", "batchnorm", "sparse"} or of (label, dict of calibrate kwargs)
         Calibrations applied after programming; method ``"<model>+<label>"`` for each, e.g.
         ``("sparse-sens", {"params": "sparse", "sparse_select": "sensitivity"})``.
     baseline : str, optional
         Method the gains are measured against (default: the first model, uncalibrated).
     **calibrate_kw
-        Passed to :func:`calibrate` (steps, lr, n_calib, sparse_select, ...).
+        Passed to :func:`calibrate` (steps, lr, n_recovery, sparse_select, ...).
 
     Returns
     -------
@@ -68,11 +69,11 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     for name, model in models.items():
         if not params:
             from ..montecarlo import evaluate
-            ds = evaluate(model, spec, test, n_instances=n_instances, seed=seed, progress=progress)
+            ds = evaluate(model, spec, data, n_instances=n_instances, seed=seed, progress=progress)
             acc[name], loss[name] = ds[dims.ACCURACY], ds[dims.LOSS]
         for p in params:
             label, kw = (p, {"params": p}) if isinstance(p, str) else (p[0], dict(p[1]))
-            ds = calibrate(model, spec, calib=calib, test=test, n_instances=n_instances, seed=seed,
+            ds = calibrate(model, spec, data, recovery_data=recovery_data, n_instances=n_instances, seed=seed,
                            progress=progress, **{**calibrate_kw, **kw})
             acc.setdefault(name, ds[f"{dims.ACCURACY}_before"])
             loss.setdefault(name, ds[f"{dims.LOSS}_before"])

@@ -1,8 +1,8 @@
 """Knowledge distillation under the device statistics (paper 2): a student learns from a float teacher while its
-weights are perturbed by chips drawn from a hardware model ``q``.
+weights are perturbed by chips drawn from a hardware model ``spec``.
 
-Each step draws ``samples`` chips from ``q`` (in the style of HA-SGD, paper 1): for every Linear/Conv layer the
-augmented weights ``W~ = [W, b/s]`` are encoded with ``q.mapping``, every device effect of ``q`` is applied to the
+Each step draws ``samples`` chips from ``spec`` (in the style of HA-SGD, paper 1): for every Linear/Conv layer the
+augmented weights ``W~ = [W, b/s]`` are encoded with ``spec.mapping``, every device effect of ``spec`` is applied to the
 conductances, and the decoded weights give a perturbation ``dW`` (computed without gradient). The loss
 
     alpha * T^2 * KL(softmax(t / T) || softmax(s(W + dW) / T)) + (1 - alpha) * CE(s(W + dW), y)
@@ -125,21 +125,22 @@ def _kd_terms(student_logits: Tensor, teacher_logits: Tensor, y: Tensor, T: floa
     return kd, F.cross_entropy(student_logits, y)
 
 
-def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: HardwareSpec, samples: int = 4,
+def train_distilled(student: nn.Module, spec: HardwareSpec, data, *, teacher: nn.Module, samples: int = 4,
                     temperature: float = 4.0, alpha: float = 0.9, epochs: int = 10, lr: float = 1e-3,
                     batch_size: int = 64, seed: SeedLike = 0, optimizer: str = "adam", momentum: float = 0.9,
                     weight_decay: float = 0.0) -> DistillResult:
-    """Train a copy of ``student`` to match ``teacher`` while its weights are perturbed by chips drawn from ``q``.
+    """Train a copy of ``student`` to match ``teacher`` while its weights are perturbed by chips drawn from ``spec``.
 
     Parameters
     ----------
     student : nn.Module
         Initial student (not modified; a copy is trained).
+    spec : HardwareSpec
+        Hardware model the perturbations come from (``devices.preset("ideal")``: plain distillation).
+    data : (x, y) tensors or Data (reshuffled every epoch) or an iterable of (x, y) batches (used as is)
+        Training data.
     teacher : nn.Module
         Float teacher (not modified; evaluated in eval mode, unperturbed).
-    data_train : (x, y) tensors or Data (reshuffled every epoch) or an iterable of (x, y) batches (used as is)
-    q : HardwareSpec
-        Hardware model the perturbations come from (``HardwareSpec.ideal()``: plain distillation).
     samples, temperature, alpha, epochs, lr, batch_size, optimizer, momentum, weight_decay
         See :class:`DistillConfig`; ``alpha`` weighs the KD term against cross-entropy on the labels.
     seed : int, SeedSequence or None
@@ -151,8 +152,8 @@ def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: Ha
     """
     cfg = DistillConfig(samples=samples, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
                         batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-    if not isinstance(q, HardwareSpec):
-        raise ConfigError("q", type(q).__name__, "an anvm_stats.HardwareSpec")
+    if not isinstance(spec, HardwareSpec):
+        raise ConfigError("spec", type(spec).__name__, "an anvm_stats.HardwareSpec")
     root = root_sequence(seed)
     gen = torch_generator(instance_seed(root, 0, Stream.TRAIN))
     shuffle = np.random.default_rng(instance_sequence(root, 1, Stream.TRAIN))
@@ -161,7 +162,7 @@ def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: Ha
     params = dict(net.named_parameters())
     opt = (torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay) if optimizer == "adam" else
            torch.optim.SGD(params.values(), lr=lr, momentum=momentum, weight_decay=weight_decay))
-    tensors = as_tensors(data_train)
+    tensors = as_tensors(data)
     hist = {k: np.zeros(epochs) for k in ("loss", "kd_loss", "ce_loss", "accuracy")}
     for ep in range(epochs):
         if tensors is not None:
@@ -169,7 +170,7 @@ def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: Ha
             batches = ((tensors[0][perm[i:i + batch_size]], tensors[1][perm[i:i + batch_size]])
                        for i in range(0, len(perm), batch_size))
         else:
-            batches = iter_batches(data_train)
+            batches = iter_batches(data)
         sums, n_steps = dict.fromkeys(hist, 0.0), 0
         for x, y in batches:
             x, y = x.float(), y.long()
@@ -177,7 +178,7 @@ def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: Ha
                 t_logits = teacher(x)
             opt.zero_grad(set_to_none=True)
             for _ in range(samples):
-                dw = weight_perturbation(net, q, gen)
+                dw = weight_perturbation(net, spec, gen)
                 noisy = {k: (p + dw[k] if k in dw else p) for k, p in params.items()}
                 logits = functional_call(net, noisy, (x,))
                 kd, ce = _kd_terms(logits, t_logits, y, temperature)
@@ -189,12 +190,12 @@ def train_distilled(student: nn.Module, teacher: nn.Module, data_train, *, q: Ha
             opt.step()
             n_steps += 1
         if n_steps == 0:
-            raise ConfigError("data_train", "empty", "at least one batch")
+            raise ConfigError("data", "empty", "at least one batch")
         for k in hist:
             hist[k][ep] = sums[k] / n_steps
     net.eval()
     history = xr.Dataset({k: (dims.EPOCH, v) for k, v in hist.items()},
                          coords={dims.EPOCH: np.arange(1, epochs + 1)},
-                         attrs={"hardware_spec": q.to_json(), "seed_entropy": str(root.entropy),
+                         attrs={"hardware_spec": spec.to_json(), "seed_entropy": str(root.entropy),
                                 **{k: str(getattr(cfg, k)) for k in cfg.__dataclass_fields__}})
     return DistillResult(model=net, history=history, config=cfg)

@@ -140,14 +140,14 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
 
 
 def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[float] = DEFAULT_TIMES,
-                n_instances: int | None = 256, seed: SeedLike = None, compensation: str | None = None,
-                instances: Sequence[int] | None = None, calibration=None, layers=None,
+                n_instances: int | None = 256, seed: SeedLike = 0, compensation: str | None = None,
+                instances: Sequence[int] | None = None, calibration_data=None, layers=None,
                 digital: Sequence[str] = (), device=None, **option_kw) -> xr.Dataset:
     """Accuracy of ``n_instances`` chips at every time in ``times`` (seconds after programming).
 
     Parameters
     ----------
-    model, data, n_instances, seed, instances, calibration, layers, digital, device
+    model, data, n_instances, seed, instances, calibration_data, layers, digital, device
         As in :func:`anvm_stats.sweep`.
     spec : HardwareSpec
         Must hold a :class:`~anvm_stats.hardware.Drift` effect (its ``t0`` is the reference read time).
@@ -177,7 +177,7 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     progress = option_kw.pop("progress", True)
     if compensation is None:
         ds = sweep(model, spec, data, grid={dims.T_INFERENCE: times}, n_instances=n_instances, seed=seed,
-                   instances=instances, calibration_data=calibration, layers=layers, digital=digital,
+                   instances=instances, calibration_data=calibration_data, layers=layers, digital=digital,
                    device=device, options=RunOptions(**option_kw), progress=progress)
         ds.attrs["drift_compensation"] = "none"
         return ds
@@ -185,8 +185,8 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     idx = instance_indices(n_instances, instances)
     if times.ndim != 1 or times.size == 0 or len(np.unique(times)) != times.size:
         raise ConfigError(f"grid.{dims.T_INFERENCE}", times, "a non-empty list of distinct values")
-    program = prepare(model, spec, calibration_data=calibration if calibration is not None else data, layers=layers,
-                      digital=digital, device=device)
+    program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
+                      layers=layers, digital=digital, device=device)
     out, gains, sampler, n_samples, n_classes = _compensated(program, spec, data, times, idx, seed, opts)
     T, I = dims.T_INFERENCE, dims.INSTANCE
     data_vars = {dims.ACCURACY: ((T, I), out["correct"] / n_samples), dims.LOSS: ((T, I), out["loss"] / n_samples),

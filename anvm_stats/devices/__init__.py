@@ -53,7 +53,7 @@ Or adapt a plain function ``fn(g, draws, bounds, **knobs) -> Tensor`` with :func
                                   kind="jitter", knobs={"noise_level": 0.05})
 
 Measured devices: :class:`EmpiricalDevice` (``from_table``, ``from_csv``, ``from_netcdf``). Literature presets:
-:mod:`anvm_stats.devices.presets` (``PRESETS``). PCM effects: :mod:`anvm_stats.devices.pcm`.
+:mod:`anvm_stats.devices.presets` (``PRESETS``, ``preset(name, **args)``; ``anvm-stats presets`` lists them). PCM effects: :mod:`anvm_stats.devices.pcm`.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ from ..hardware.registry import register
 from .empirical import LEVEL, EmpiricalDevice
 from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise
 from .presets import (
-    PRESETS, NeuRRAMNoise, charan_rram, neurram_rram, paper1, pcm_joshi2020, xiao_state_independent,
-    xiao_state_proportional,
+    PRESETS, NeuRRAMNoise, Preset, ideal, neurram_rram, paper1, pcm_joshi2020, preset, rram_charan,
+    xiao_state_independent, xiao_state_proportional,
 )
 
 _DRAW_KINDS = ("normal", "uniform")
@@ -172,6 +172,6 @@ def effect_from_function(fn: Callable, *, kind: str, phase: str = "program",
 
 __all__ = [
     "effect_from_function", "EmpiricalDevice", "LEVEL", "PCMProgrammingNoise", "PCMDrift", "PCMReadNoise",
-    "NeuRRAMNoise", "PRESETS", "paper1", "xiao_state_independent", "xiao_state_proportional", "charan_rram",
-    "pcm_joshi2020", "neurram_rram",
+    "NeuRRAMNoise", "PRESETS", "Preset", "preset", "ideal", "paper1", "xiao_state_independent",
+    "xiao_state_proportional", "rram_charan", "pcm_joshi2020", "neurram_rram",
 ]

@@ -1,11 +1,14 @@
-"""Device presets from the literature, each a function returning a :class:`~anvm_stats.hardware.HardwareSpec`.
+"""The one registry of device presets: each a function returning a :class:`~anvm_stats.hardware.HardwareSpec`,
+registered under a name with its literature source.
 
 Every docstring names its source and the parameters taken from it, and says plainly which values are assumed.
-``PRESETS`` maps a name to each function (all callable without arguments).
+``PRESETS`` maps a name to a :class:`Preset` (all callable without arguments); :func:`preset` builds one by name
+(as TOML study files and ``anvm-stats presets`` do).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar
@@ -13,9 +16,10 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from ..errors import check, check_number
-from ..hardware.effects import ONE_NORMAL, declared_draw
-from ..hardware.mapping import DifferentialMapping
+from ..errors import ConfigError, check, check_number
+from ..hardware.effects import ONE_NORMAL, ConductanceLevels, ProgrammingNoise, StuckAt, declared_draw
+from ..hardware.mapping import DifferentialMapping, OffsetMapping
+from ..hardware.periphery import Periphery, Quantizer
 from ..hardware.registry import register
 from ..hardware.spec import HardwareSpec
 from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise, polynomial, state_dependent_gaussian
@@ -112,15 +116,33 @@ class NeuRRAMNoise:
         return self.clip
 
 
+def ideal() -> HardwareSpec:
+    """No device effects and ideal periphery: the analog output equals the float output (a reference chip)."""
+    return HardwareSpec(name="ideal")
+
+
 def paper1(sigma: float = 0.05, mu: float = 0.0) -> HardwareSpec:
     """Wan, Wang, Zhou, Iyer, Roychowdhury, arXiv 2008.02400 (2020) / ACM JETC 2022 (doi 10.1145/3502721).
 
     ``W~ -> W~ + range_l (sigma N(0,1) + mu)`` on ``W~ = [W, b/s]``, ``range_l = (max W~ - min W~) / 2``,
-    unclipped, sampled once per chip (delegates to :meth:`HardwareSpec.paper1`). Published test points:
-    sigma in {0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2}; mu in {+-0.002, +-0.005, +-0.01, +-0.02, +-0.04}.
-    Sweep knob ``noise_level`` = sigma.
+    unclipped, sampled once per chip: implemented exactly as an asymmetric offset mapping of
+    ``[min W~, max W~]`` onto the device range with unclipped Gaussian noise in units of half the range, the bias
+    as an extra column. Published test points: sigma in {0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2}; mu in
+    {+-0.002, +-0.005, +-0.01, +-0.02, +-0.04}. Sweep knob ``noise_level`` = sigma.
     """
-    return HardwareSpec.paper1(sigma=sigma, mu=mu)
+    return HardwareSpec(name=f"paper1(sigma={sigma}, mu={mu})",
+                        mapping=OffsetMapping(granularity="layer", symmetric=False),
+                        effects=(ProgrammingNoise(sigma=sigma, mu=mu, relative_to="half_range", clip=False),),
+                        bias="column")
+
+
+def _xiao(sigma: float, *, proportional: bool, state_proportional: bool, adc_bits: int | None,
+          g_min: float) -> HardwareSpec:
+    return HardwareSpec(name=f"xiao(sigma={sigma}, {'differential' if proportional else 'offset'})",
+                        mapping=DifferentialMapping() if proportional else OffsetMapping(),
+                        effects=(ProgrammingNoise(sigma=sigma, relative_to="state" if state_proportional else "range"),),
+                        periphery=Periphery(adc=None if adc_bits is None else Quantizer(bits=adc_bits, percentile=99.99)),
+                        g_min=g_min)
 
 
 def xiao_state_independent(a_ind: float = 0.05, *, proportional: bool = True, adc_bits: int | None = 8,
@@ -133,8 +155,7 @@ def xiao_state_independent(a_ind: float = 0.05, *, proportional: bool = True, ad
     ``a_ind``; the default 0.05 is an illustrative point, not a published operating point. ``g_min`` (off/on
     ratio) is a free choice here (0 by default). Sweep knob ``noise_level`` = ``a_ind``.
     """
-    return HardwareSpec.xiao(sigma=a_ind, proportional=proportional, state_proportional=False, adc_bits=adc_bits,
-                             g_min=g_min)
+    return _xiao(a_ind, proportional=proportional, state_proportional=False, adc_bits=adc_bits, g_min=g_min)
 
 
 def xiao_state_proportional(a_prop: float = 0.05, *, proportional: bool = True, adc_bits: int | None = 8,
@@ -144,22 +165,22 @@ def xiao_state_proportional(a_prop: float = 0.05, *, proportional: bool = True, 
     As :func:`xiao_state_independent` otherwise (clipped, sampled once, 8-bit ADC over the inner 99.98 %). The
     default ``a_prop = 0.05`` is illustrative (the paper sweeps it). Sweep knob ``noise_level`` = ``a_prop``.
     """
-    return HardwareSpec.xiao(sigma=a_prop, proportional=proportional, state_proportional=True, adc_bits=adc_bits,
-                             g_min=g_min)
+    return _xiao(a_prop, proportional=proportional, state_proportional=True, adc_bits=adc_bits, g_min=g_min)
 
 
-def charan_rram(*, levels: int = 10, variation: float = 0.5, p_stuck_off: float = 0.01,
+def rram_charan(*, levels: int = 10, variation: float = 0.5, p_stuck_off: float = 0.01,
                 p_stuck_on: float = 0.01) -> HardwareSpec:
     """Charan et al., IEEE JXCDC 2020 (doi 10.1109/JXCDC.2020.2987605): measured 65 nm RRAM.
 
     Published: 10 conductance levels and 50 % device-to-device variation (read here as a state-proportional sd of
     0.5 G of the programmed level), plus stuck-at faults. ASSUMED: the stuck-at rates (1 % stuck at G_min and 1 %
-    at G_max; the rates are not given in this project's references) and the differential mapping. Delegates to
-    :meth:`HardwareSpec.rram_charan`.
+    at G_max; the rates are not given in this project's references) and the differential mapping.
     """
-    return HardwareSpec.rram_charan(levels=levels, variation=variation, p_stuck_off=p_stuck_off,
-                                    p_stuck_on=p_stuck_on)
-
+    return HardwareSpec(name=f"rram_charan(levels={levels}, variation={variation})",
+                        mapping=DifferentialMapping(),
+                        effects=(ConductanceLevels(levels=levels),
+                                 ProgrammingNoise(sigma=variation, relative_to="state"),
+                                 StuckAt(p_off=p_stuck_off, p_on=p_stuck_on)))
 
 def pcm_joshi2020(*, t_inference: float = 3600.0, drift_model: str = "constant", compensation: bool = True,
                   read_noise: bool = True, g_min: float = 0.0) -> HardwareSpec:
@@ -198,12 +219,48 @@ def neurram_rram(*, t_inference: float = 1.0, g_min: float = 1.0 / 40.0) -> Hard
                         effects=(NeuRRAMNoise(t_inference=t_inference),), g_min=g_min)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """One registered preset: ``factory(**args) -> HardwareSpec`` and the literature it comes from."""
+
+    name: str
+    factory: Callable[..., HardwareSpec]
+    source: str
+
+    def __call__(self, *args, **kwargs) -> HardwareSpec:
+        return self.factory(*args, **kwargs)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Keyword arguments the factory takes (the ``args`` a TOML preset table may give)."""
+        return tuple(inspect.signature(self.factory).parameters)
+
+
 #: every preset, by name (each callable without arguments)
-PRESETS: dict[str, Callable[..., HardwareSpec]] = {
-    "paper1": paper1,
-    "xiao_state_independent": xiao_state_independent,
-    "xiao_state_proportional": xiao_state_proportional,
-    "charan_rram": charan_rram,
-    "pcm_joshi2020": pcm_joshi2020,
-    "neurram_rram": neurram_rram,
-}
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("ideal", ideal, "no device effects (reference)"),
+    Preset("paper1", paper1, "Wan et al., arXiv 2008.02400 (2020) / ACM JETC 2022, doi 10.1145/3502721"),
+    Preset("xiao_state_independent", xiao_state_independent,
+           "Xiao et al., IEEE CAS Magazine 2022, arXiv 2109.01262 (state-independent error)"),
+    Preset("xiao_state_proportional", xiao_state_proportional,
+           "Xiao et al., IEEE CAS Magazine 2022, arXiv 2109.01262 (state-proportional error)"),
+    Preset("rram_charan", rram_charan, "Charan et al., IEEE JXCDC 2020, doi 10.1109/JXCDC.2020.2987605"),
+    Preset("pcm_joshi2020", pcm_joshi2020,
+           "Joshi et al., Nat. Commun. 11, 2473 (2020), doi 10.1038/s41467-020-16108-9; Nandakumar et al., "
+           "ICECS 2019"),
+    Preset("neurram_rram", neurram_rram,
+           "Wan et al., Nature 608, 504 (2022), doi 10.1038/s41586-022-04992-8 (aihwkit ReRamWan2022NoiseModel fit)"),
+)}
+
+
+def preset(name: str, *args, **kwargs) -> HardwareSpec:
+    """The spec of the preset ``name`` built with the factory's arguments, e.g. ``preset("paper1", sigma=0.05)``.
+
+    Raises
+    ------
+    ConfigError
+        For a name not in :data:`PRESETS` (the error lists them).
+    """
+    if name not in PRESETS:
+        raise ConfigError("preset", name, f"one of {sorted(PRESETS)}")
+    return PRESETS[name](*args, **kwargs)

@@ -1,4 +1,6 @@
-"""HardwareSpec: one frozen description of a CIM chip (mapping + device effects + periphery), with presets."""
+"""HardwareSpec: one frozen description of a CIM chip (mapping + device effects + periphery).
+
+Presets from the literature live in :mod:`anvm_stats.devices.presets`."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from typing import Any
 
 from ..errors import ConfigError, check, check_number
 from . import registry
-from .effects import Bounds, ConductanceLevels, DeviceEffect, ProgrammingNoise, ReadNoise, StuckAt, validate_effect
-from .mapping import DifferentialMapping, Mapping, OffsetMapping
+from .effects import Bounds, DeviceEffect, ReadNoise, validate_effect
+from .mapping import DifferentialMapping, Mapping
 from .periphery import Periphery
 
 _BIAS_MODES = ("column", "digital")
@@ -170,49 +172,5 @@ class HardwareSpec:
         text = path.read_text() if path is not None else str(text_or_path)
         return cls.from_dict(tomllib.loads(text))
 
-    # ------------------------------------------------------------------ presets
-    @classmethod
-    def ideal(cls) -> "HardwareSpec":
-        """No device effects and ideal periphery: analog output equals float output."""
-        return cls(name="ideal")
-
-    @classmethod
-    def paper1(cls, sigma: float = 0.05, mu: float = 0.0) -> "HardwareSpec":
-        """Wan et al. 2020 (paper 1): ``W~ -> W~ + range_l (sigma N(0,1) + mu)`` on ``W~ = [W, b/s]``.
-
-        ``range_l = (max W~ - min W~)/2`` per layer; implemented exactly as an asymmetric offset mapping of
-        ``[min W~, max W~]`` onto the device range with unclipped Gaussian noise in units of half the range.
-        The sweep knob ``noise_level`` is paper 1's sigma.
-        """
-        return cls(name=f"paper1(sigma={sigma}, mu={mu})",
-                   mapping=OffsetMapping(granularity="layer", symmetric=False),
-                   effects=(ProgrammingNoise(sigma=sigma, mu=mu, relative_to="half_range", clip=False),),
-                   bias="column")
-
-    @classmethod
-    def xiao(cls, sigma: float = 0.05, *, proportional: bool = True, state_proportional: bool = False,
-             adc_bits: int | None = 8, g_min: float = 0.0) -> "HardwareSpec":
-        """Xiao et al. 2022 (paper 3): differential (proportional) or offset mapping, programming error
-        ``N(0, a_ind Gmax)`` (state-independent) or ``N(0, a_prop G)`` (state-proportional), clipped, with an
-        ADC whose range covers the inner 99.98 % of calibration outputs."""
-        return cls(name=f"xiao(sigma={sigma}, {'differential' if proportional else 'offset'})",
-                   mapping=DifferentialMapping() if proportional else OffsetMapping(),
-                   effects=(ProgrammingNoise(sigma=sigma, relative_to="state" if state_proportional else "range"),),
-                   periphery=Periphery(adc=None if adc_bits is None else Quantizer(bits=adc_bits, percentile=99.99)),
-                   g_min=g_min)
-
-    @classmethod
-    def rram_charan(cls, *, levels: int = 10, variation: float = 0.5, p_stuck_off: float = 0.01,
-                    p_stuck_on: float = 0.01) -> "HardwareSpec":
-        """Charan et al. 2020 (paper 2): 65 nm RRAM with 10 conductance levels, 50 % variation
-        (state-proportional sigma = 0.5 of the level's conductance) and stuck-at faults."""
-        return cls(name=f"rram_charan(levels={levels}, variation={variation})",
-                   mapping=DifferentialMapping(),
-                   effects=(ConductanceLevels(levels=levels),
-                            ProgrammingNoise(sigma=variation, relative_to="state"),
-                            StuckAt(p_off=p_stuck_off, p_on=p_stuck_on)))
-
-
-from .periphery import Quantizer  # noqa: E402  (after the class to keep presets readable)
 
 __all__ = ["HardwareSpec", "KNOBS", "ReadNoise", "DeviceEffect"]

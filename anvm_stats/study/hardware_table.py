@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any
 
+from ..devices.presets import PRESETS
 from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
 from .config import Ctx
 
-PRESETS = {"ideal": HardwareSpec.ideal, "paper1": HardwareSpec.paper1, "xiao": HardwareSpec.xiao,
-           "rram_charan": HardwareSpec.rram_charan}
 SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
 
 
@@ -23,7 +21,7 @@ def resolve_hardware(c: Ctx, raw: Any, path: str) -> HardwareSpec:
     base: dict = {}
     if preset is not None:
         c.string(f"{path}.preset", preset, tuple(PRESETS))
-        args = c.table(args or {}, f"{path}.args", tuple(p for p in inspect.signature(PRESETS[preset]).parameters))
+        args = c.table(args or {}, f"{path}.args", PRESETS[preset].parameters)
         try:
             base = PRESETS[preset](**args).to_dict()
         except ConfigError as err:

@@ -172,8 +172,8 @@ def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
     points = [dict(zip(std, c)) for c in itertools.product(*std.values())] if std else [{}]
 
     def one(model, spec):
-        parts = [calibrate(model, apply_knobs(spec, pt), calib=calib, test=ctx.test, n_instances=n_instances,
-                           seed=ctx.study.seed, n_calib=rec.n_calibration, progress=ctx.progress,
+        parts = [calibrate(model, apply_knobs(spec, pt), ctx.test, recovery_data=calib, n_instances=n_instances,
+                           seed=ctx.study.seed, n_recovery=rec.n_calibration, progress=ctx.progress,
                            device=ctx.device, **rec.options).expand_dims({k: [v] for k, v in pt.items()})
                  for pt in points]
         ds = xr.combine_nested(_nest(parts, [len(v) for v in std.values()]), concat_dim=list(std),
@@ -185,7 +185,7 @@ def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
 
 
 def _sensitivity(ctx: _Ctx) -> xr.Dataset:
-    from ..sensitivity import layer_sensitivity
+    from ..hessian import layer_sensitivity
 
     data = ctx.test if ctx.test.n <= 512 else ctx.test.subset(512, seed=0)
     parts = []

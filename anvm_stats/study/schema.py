@@ -25,7 +25,7 @@ Tables and keys
 ``[hardware]``
     Either a :meth:`HardwareSpec.from_dict <anvm_stats.hardware.HardwareSpec.from_dict>` table (``mapping``,
     ``effects`` (array of tables with ``kind``), ``periphery``, ``g_min``, ``bias``, ``fold_batchnorm``,
-    ``name``), or ``preset`` = ideal | paper1 | xiao | rram_charan with ``args`` (the preset's keywords);
+    ``name``), or ``preset`` = a name of ``anvm_stats.devices.PRESETS`` with ``args`` (the preset's keywords);
     spec keys next to a preset override the preset's. ``variants``: table of named tables overriding the base
     (``args`` merged key by key, other keys replaced): one chip each, a ``hardware`` dim in the results.
 ``[sweep]``
@@ -128,7 +128,7 @@ def _data(c: Ctx, raw: dict) -> DataConfig:
 
 
 #: keywords of train_hasgd() the runner sets itself or that a TOML file cannot express
-_TRAIN_SET = ("model", "data_train", "q", "samples", "epochs", "lr", "batch_size", "seed", "progress", "checkpoint",
+_TRAIN_SET = ("model", "spec", "data", "samples", "epochs", "lr", "batch_size", "seed", "progress", "checkpoint",
               "loss_fn", "eval_data", "stop_after_epoch")
 
 
@@ -271,7 +271,7 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
 
 
 #: keywords of calibrate() the runner sets itself
-_RECOVERY_SET = ("model", "spec", "calib", "test", "n_instances", "instances", "seed", "n_calib", "progress",
+_RECOVERY_SET = ("model", "spec", "data", "recovery_data", "n_instances", "instances", "seed", "n_recovery", "progress",
                  "device")
 
 

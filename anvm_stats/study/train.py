@@ -121,14 +121,14 @@ def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: Da
         log(f"[{training.label}] trained weights from cache {path}")
         return model.to(device or "cpu").eval(), dict(blob.get("history", {})), True
     fn = trainer()
-    kw = dict(q=training.q, samples=training.samples, epochs=training.epochs, batch_size=training.batch_size,
+    kw = dict(samples=training.samples, epochs=training.epochs, batch_size=training.batch_size,
               seed=seed, progress=progress, **training.options)
     if training.lr is not None:
         kw["lr"] = training.lr
     log(f"[{training.label}] training: {training.method}, {training.epochs} epochs")
     if device is not None:
         model, train_data = model.to(device), train_data.to(device)
-    result = fn(model, train_data, **kw)
+    result = fn(model, training.q, train_data, **kw)
     trained = getattr(result, "model", result)
     history = history_dict(getattr(result, "history", None))
     if path is not None:

@@ -8,15 +8,13 @@ loss is taken at ``w + dw_g``.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from .perturb import Perturbation, PerturbTarget
+from .perturb import Perturbation, PerturbTarget
 
 Tensor = torch.Tensor
 

@@ -5,21 +5,10 @@ Each optimiser step draws ``L`` weight perturbations ``dw_l ~ q`` from the hardw
 mean to a torch optimiser, which updates ``w``. This minimises ``E_q[J(w + dw)] ~ J(w) + 1/2 sum_l sigma_l^2
 range_l^2 tr(H_l)`` (plus mean-shift terms): a Hessian-trace penalty.
 
-Two forms of the step:
-
-``mode="direct"``
-    L full forward/backward passes over the mini-batch, one per draw: exactly Algorithm 1. Lowest gradient variance
-    per step, at L times the cost of plain SGD. Right for small L, batches smaller than L, or train-mode
-    BatchNorm statistics taken per draw over the whole batch.
-``mode="split"`` (default)
-    The mini-batch is split into L contiguous groups, group g sees draw g, in one forward/backward of the whole
-    batch (BatchNorm statistics over the whole batch). Same expected gradient (each sample's loss at an independent
-    draw of q) at a cost near plain SGD's, higher variance per step (each draw sees B/L samples). Needs
-    ``batch_size >= L``. Right for long runs where many steps average the noise.
-``mode="local"``
-    Local reparameterisation (:mod:`anvm_stats.training.local`), only for q of unclipped additive Gaussian noise:
-    each Linear pre-activation gets its own closed-form Gaussian noise per sample (``B x O`` normals per layer, not
-    ``L x P``), HA-SGD with ``L = batch size``; conv layers are treated as in ``split``.
+Three gradient estimators (``mode``; :mod:`anvm_stats.training.estimators`): ``"split"`` (default: the mini-batch
+split into L groups, group g at draw g, one pass: cost near plain SGD's, needs ``batch_size >= L``), ``"direct"``
+(L full passes, one per draw: exactly Algorithm 1, L times the cost) and ``"local"`` (local reparameterisation for
+unclipped additive Gaussian q: per-sample closed-form pre-activation noise on Linear layers, convs as in split).
 
 A noise-free q (``sigma=0``) or ``q=None`` gives plain SGD bit for bit. A mean shift in q
 (``ProgrammingNoise.mu``) is a prior: the net learns weights that are right once the shift is added (paper 1,
@@ -38,7 +27,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,17 +40,17 @@ from ..analog.program import LayerFilter
 from ..data_source import as_tensors, describe, first_samples, iter_batches
 from ..errors import check, check_number
 from ..hardware.spec import HardwareSpec
+from ..montecarlo import evaluate
 from ..provenance import model_label
 from ..rng import SeedLike, root_sequence, seed_entropy
 from .adc import ADCInTheLoop, adc_points
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from .estimators import ESTIMATORS, GradientEstimator, gradient_estimator, n_correct
 from .history import training_history
-from .local import LocalPerturbation, draw_local, gaussian_effects, local_forward
-from .perturb import (DATA_KEY, EVAL_KEY, TORCH_KEY, Perturbation, PerturbTarget, draw_perturbations, group_sizes,
-                      perturb_targets, perturbed_forward, step_root)
+from .perturb import DATA_KEY, EVAL_KEY, TORCH_KEY, PerturbTarget, perturb_targets, step_root
 
 Tensor = torch.Tensor
-MODES = ("split", "direct", "local")
+MODES = tuple(ESTIMATORS)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -164,72 +153,74 @@ def _make_optimizer(cfg: HASGDConfig, params, lr0: float) -> torch.optim.Optimiz
     return cls(params, lr=lr0, weight_decay=cfg.weight_decay)
 
 
-def _norm_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
-    return [(b, b.clone()) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in m.buffers()]
-
-
-def _correct(out: Tensor, y: Tensor) -> int:
-    return int((out.argmax(-1) == y).sum()) if out.dim() == 2 and y.dim() == 1 else 0
-
-
-def accumulate_gradient(model: nn.Module, x: Tensor, y: Tensor, pert: "Perturbation | LocalPerturbation | None",
-                        targets: Sequence[PerturbTarget], *, mode: str = "split",
-                        loss_fn: Callable = F.cross_entropy) -> tuple[float, int]:
-    """Add the HA-SGD gradient of one mini-batch to the parameters' ``.grad``.
-
-    ``direct``: ``mean_l grad J(w + dw_l; x)`` over ``L = pert.samples`` passes (BatchNorm running statistics are
-    updated by the first pass only). ``split``: group g of ``G = min(L, N)`` contiguous groups of ``x`` ``[N, ...]``
-    runs at ``w + dw_g``, one pass, gradient of the mean loss over the batch. ``pert`` a
-    :class:`~anvm_stats.training.local.LocalPerturbation` (any ``mode``): the local-reparameterisation forward.
-    ``pert`` None or noise-free: the plain gradient (identical to plain SGD).
-
-    Returns
-    -------
-    (loss, n_correct) : (float, int)
-        Mean loss (over draws in direct mode) and correct predictions (summed over draws in direct mode).
-    """
-    N = x.shape[0]
-    if pert is None or pert.is_zero:
-        out = model(x)
-        loss = loss_fn(out, y)
-        loss.backward()
-        return float(loss.detach()), _correct(out, y)
-    if mode == "split" or isinstance(pert, LocalPerturbation):
-        G = min(pert.samples, N)
-        with (local_forward(model, pert, group_sizes(N, G)) if isinstance(pert, LocalPerturbation) else
-              perturbed_forward(model, pert.select(slice(0, G)), targets, group_sizes(N, G))):
-            out = model(x)
-        loss = loss_fn(out, y)
-        loss.backward()
-        return float(loss.detach()), _correct(out, y)
-    L, total, correct, saved = pert.samples, 0.0, 0, None
-    for l in range(L):
-        if l == 1:
-            saved = _norm_buffers(model)
-        with perturbed_forward(model, pert.select(slice(l, l + 1)), targets, [N]):
-            out = model(x)
-        loss = loss_fn(out, y)
-        (loss if L == 1 else loss / L).backward()
-        total += float(loss.detach())
-        correct += _correct(out, y)
-    for buf, old in saved or ():
-        buf.copy_(old)
-    return total / L, correct
-
-
 @torch.no_grad()
 def _float_accuracy(model: nn.Module, data, device) -> float:
     was, correct, n = model.training, 0, 0
     model.eval()
     for x, y in iter_batches(data, 1024):
-        correct += _correct(model(x.to(device)), y.to(device))
+        correct += n_correct(model(x.to(device)), y.to(device))
         n += int(y.shape[0])
     model.train(was)
     return correct / max(n, 1)
 
 
-def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples: int = 8, epochs: int = 10,
+def _evaluate_epoch(net: nn.Module, spec: HardwareSpec | None, data, *, n_instances: int, root, layers,
+                    device) -> tuple[float, float]:
+    """Accuracy of the float weights on ``data`` and the mean accuracy of ``n_instances`` chips of ``spec`` (the
+    same chips every epoch; NaN without a spec or chips)."""
+    acc_q = math.nan
+    acc = _float_accuracy(net, data, device)
+    if spec is not None and n_instances > 0:
+        ds = evaluate(net, spec, data, n_instances=n_instances, seed=step_root(root, EVAL_KEY), layers=layers,
+                      progress=False)
+        acc_q = float(ds[dims.ACCURACY].mean())
+    return acc, acc_q
+
+
+def _run_fingerprint(cfg: HASGDConfig, *, spec, layers, model, data, loss_fn, sigma_schedule, root) -> str:
+    """What a checkpoint must have been written with to be resumed (every argument that changes the run)."""
+    args = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in asdict(cfg).items()
+            if k not in ("epochs", "eval_instances")}
+    args.update(q=None if spec is None else spec.to_dict(), layers=repr(layers), model=model_label(model),
+                data=describe(data), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
+                sigma_schedule=sigma_schedule if not callable(sigma_schedule) else sigma_schedule.__qualname__)
+    args["seed_entropy"] = seed_entropy(root)
+    return fingerprint(args)
+
+
+def _epoch_batches(data, tensors, root, epoch: int, batch_size: int, device) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches of ``epoch``: tensors in the order :func:`epoch_order`, an iterable as given."""
+    if tensors is None:
+        return ((x.to(device), y.to(device)) for x, y in iter_batches(data))
+    x_all, y_all = tensors
+    order = torch.as_tensor(epoch_order(root, epoch, x_all.shape[0]), device=device)
+    return ((x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
+            for i in range(0, x_all.shape[0], batch_size))
+
+
+def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, estimator: GradientEstimator, spec: HardwareSpec | None,
+                 batches, *, targets: Sequence[PerturbTarget], adc: ADCInTheLoop | None, root, step: int,
+                 loss_fn: Callable) -> tuple[dict, int]:
+    """One pass over ``batches``, one optimiser step each; returns the epoch's sums and the next step index."""
+    sums = {"loss": 0.0, "correct": 0, "samples": 0, "predictions": 0, "steps": 0}
+    for x, y in batches:
+        pert = None
+        if spec is not None:
+            pert = estimator.draw(net, spec, seed=root, step=step, targets=targets, batch=x.shape[0])
+        opt.zero_grad()
+        with adc if adc is not None else contextlib.nullcontext():
+            loss, correct, predictions = estimator.accumulate(net, x, y, pert, targets, loss_fn)
+        opt.step()
+        sums["loss"] += loss * x.shape[0]
+        sums["correct"] += correct
+        sums["samples"] += x.shape[0]
+        sums["predictions"] += predictions
+        sums["steps"] += 1
+        step += 1
+    return sums, step
+
+
+def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
                 sigma_schedule: Sequence[float] | Callable | None = None, adc_levels: int | None = None,
@@ -237,17 +228,17 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
                 loss_fn: Callable | None = None, checkpoint=None, stop_after_epoch: int | None = None,
                 eval_data=None, eval_instances: int = 8, n_calibration: int = 512,
                 progress: bool = True) -> TrainResult:
-    """Train a copy of ``model`` with HA-SGD under the device model ``q``.
+    """Train a copy of ``model`` with HA-SGD under the device model ``spec`` (paper 1's training distribution q).
 
     Parameters
     ----------
     model : nn.Module
         Initial network (never modified; a deep copy is trained on the device of its parameters).
-    data_train : (x, y) tensors, Data, or iterable of (x, y) batches
-        Tensors are reshuffled every epoch by :func:`epoch_order`; an iterable is used as given (exact resume
-        then needs it to yield the same batches every epoch).
-    q : HardwareSpec or None
-        Training distribution (may be wider or mean-shifted against the test chip). None: plain SGD.
+    spec : HardwareSpec or None
+        Training distribution q (may be wider or mean-shifted against the test chip). None: plain SGD.
+    data : (x, y) tensors, Data, or iterable of (x, y) batches
+        Training data. Tensors are reshuffled every epoch by :func:`epoch_order`; an iterable is used as given
+        (exact resume then needs it to yield the same batches every epoch).
     samples : int
         L, draws per step.
     epochs : int
@@ -263,7 +254,7 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     mode : {"split", "direct", "local"}
         See the module docstring; ``samples`` is the number of conv draws (groups) in ``local`` mode.
     sigma_schedule : list of float (per epoch) or callable(epoch) -> float, optional
-        ``q.with_knobs(noise_level=sigma)`` per epoch.
+        ``spec.with_knobs(noise_level=sigma)`` per epoch.
     adc_levels : int, optional
         Quantise analog layer outputs to this many levels in the loop (STE), ranges from an observer on the first
         ``n_calibration`` training samples, recalibrated every epoch; ``adc_percentile=100`` is min-max.
@@ -278,8 +269,8 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     stop_after_epoch : int, optional
         Stop once this many epochs are complete (to interrupt a run on purpose, e.g. in tests).
     eval_data : data, optional
-        Per-epoch ``eval_accuracy`` (float weights) and, with q and ``eval_instances > 0``, ``eval_accuracy_q``
-        (mean accuracy over ``eval_instances`` chips of the epoch's q, the same chips every epoch).
+        Per-epoch ``eval_accuracy`` (float weights) and, with spec and ``eval_instances > 0``, ``eval_accuracy_q``
+        (mean accuracy over ``eval_instances`` chips of the epoch's spec, the same chips every epoch).
 
     Returns
     -------
@@ -289,40 +280,35 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     ------
     ConfigError
         For invalid options, ``mode="split"`` or ``"local"`` with ``batch_size < samples``, ``mode="local"`` with
-        a q that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule`` without q, or a
-        checkpoint written with other arguments.
+        a spec that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule``
+        without a spec, or a checkpoint written with other arguments.
     """
     cfg = HASGDConfig(samples=samples, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       batch_size=batch_size, optimizer=optimizer, mode=mode, adc_levels=adc_levels,
                       adc_percentile=adc_percentile, perturb_batchnorm=perturb_batchnorm,
                       eval_instances=eval_instances, n_calibration=n_calibration)
     check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
-    check(q is None or isinstance(q, HardwareSpec), "q", type(q).__name__, "an anvm_stats.HardwareSpec or None")
-    check(q is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when q is None")
-    if q is not None and mode == "local":
-        gaussian_effects(q)                    # refuses effects without a closed form, naming them
-    if q is not None and mode in ("split", "local"):
-        check(batch_size >= samples, "batch_size", batch_size, f"at least samples={samples} in split mode")
+    check(spec is None or isinstance(spec, HardwareSpec), "spec", type(spec).__name__,
+          "an anvm_stats.HardwareSpec or None")
+    check(spec is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when spec is None")
+    estimator = gradient_estimator(mode, samples)
+    if spec is not None:
+        estimator.check(spec, batch_size)
     if stop_after_epoch is not None:
         check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
     loss_fn = loss_fn or F.cross_entropy
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    args = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in asdict(cfg).items()
-            if k not in ("epochs", "eval_instances")}
-    args.update(q=None if q is None else q.to_dict(), layers=repr(layers), model=model_label(model),
-                data=describe(data_train), loss=getattr(loss_fn, "__qualname__", repr(loss_fn)),
-                sigma_schedule=sigma_schedule if not callable(sigma_schedule) else sigma_schedule.__qualname__)
     state = load_checkpoint(checkpoint) if checkpoint is not None else None
     if seed is None and state is not None:
         seed = int(state["seed_entropy"])
     root = root_sequence(seed)
-    args["seed_entropy"] = seed_entropy(root)
-    fp = fingerprint(args)
+    fp = _run_fingerprint(cfg, spec=spec, layers=layers, model=model, data=data, loss_fn=loss_fn,
+                          sigma_schedule=sigma_schedule, root=root)
     if state is not None and state["fingerprint"] != fp:
         load_checkpoint(checkpoint, fingerprint=fp)   # raises the ConfigError naming the mismatch
     targets = perturb_targets(net, layers=layers, perturb_batchnorm=perturb_batchnorm) \
-        if (q is not None or adc_levels is not None) else ()
+        if (spec is not None or adc_levels is not None) else ()
     opt = _make_optimizer(cfg, net.parameters(), _per_epoch(lr, 0, "lr"))
     epoch0, step, rows = 0, 0, []
     if state is not None:
@@ -332,65 +318,39 @@ def train_hasgd(model: nn.Module, data_train, *, q: HardwareSpec | None, samples
     adc = None
     if adc_levels is not None:
         adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), adc_levels, adc_percentile)
-        calib_x = first_samples(data_train, n_calibration).to(device)
-    tensors = as_tensors(data_train)
+        calib_x = first_samples(data, n_calibration).to(device)
+    tensors = as_tensors(data)
     if tensors is not None:
-        x_all, y_all = tensors[0].to(device), tensors[1].to(device)
+        tensors = tensors[0].to(device), tensors[1].to(device)
     last = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
     from tqdm.auto import tqdm
     for epoch in tqdm(range(epoch0, last), desc="HA-SGD", disable=not progress):
         t0 = time.perf_counter()
-        q_e = q if (q is None or sigma_schedule is None) else q.with_knobs(
+        spec_e = spec if (spec is None or sigma_schedule is None) else spec.with_knobs(
             noise_level=_per_epoch(sigma_schedule, epoch, "sigma_schedule"))
         lr_e = _per_epoch(lr, epoch, "lr")
         for group in opt.param_groups:
             group["lr"] = lr_e
-        if tensors is not None:
-            order = torch.as_tensor(epoch_order(root, epoch, x_all.shape[0]), device=device)
-            batches = ((x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
-                       for i in range(0, x_all.shape[0], batch_size))
-        else:
-            batches = ((x.to(device), y.to(device)) for x, y in iter_batches(data_train))
-        loss_sum, correct, n_samples, n_pred, n_steps = 0.0, 0, 0, 0, 0
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        batches = _epoch_batches(data, tensors, root, epoch, batch_size, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.random.manual_seed(int(step_root(root, TORCH_KEY, epoch).generate_state(1, np.uint32)[0]))
             if adc is not None:
                 adc.calibrate(calib_x)    # train mode (dropout draws from the forked, seeded RNG)
-            for x, y in batches:
-                pert = None
-                if q_e is not None:
-                    L = cfg.samples if mode == "direct" else min(cfg.samples, x.shape[0])
-                    draw = draw_local if mode == "local" else draw_perturbations
-                    pert = draw(net, q_e, samples=L, seed=root, step=step, targets=targets)
-                opt.zero_grad()
-                with adc if adc is not None else contextlib.nullcontext():
-                    loss, c = accumulate_gradient(net, x, y, pert, targets, mode=mode, loss_fn=loss_fn)
-                opt.step()
-                direct = mode == "direct" and pert is not None and not pert.is_zero
-                loss_sum += loss * x.shape[0]
-                correct += c
-                n_samples += x.shape[0]
-                n_pred += x.shape[0] * (pert.samples if direct else 1)
-                step += 1
-                n_steps += 1
-        row = {"train_loss": loss_sum / n_samples if n_samples else math.nan,
-               "train_accuracy": correct / n_pred if n_pred else math.nan,
-               "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(q_e),
-               "epoch_time_s": 0.0, "steps": n_steps}
+            sums, step = _train_epoch(net, opt, estimator, spec_e, batches, targets=targets, adc=adc, root=root,
+                                      step=step, loss_fn=loss_fn)
+        row = {"train_loss": sums["loss"] / sums["samples"] if sums["samples"] else math.nan,
+               "train_accuracy": sums["correct"] / sums["predictions"] if sums["predictions"] else math.nan,
+               "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
+               "epoch_time_s": 0.0, "steps": sums["steps"]}
         if eval_data is not None:
-            row["eval_accuracy"] = _float_accuracy(net, eval_data, device)
-            if q_e is not None and eval_instances > 0:
-                from ..montecarlo import evaluate
-                ds = evaluate(net, q_e, eval_data, n_instances=eval_instances, seed=step_root(root, EVAL_KEY),
-                              layers=layers, progress=False)
-                row["eval_accuracy_q"] = float(ds[dims.ACCURACY].mean())
+            row["eval_accuracy"], row["eval_accuracy_q"] = _evaluate_epoch(
+                net, spec_e, eval_data, n_instances=eval_instances, root=root, layers=layers, device=device)
         row["epoch_time_s"] = time.perf_counter() - t0
         rows.append(row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
                             epoch=epoch + 1, step=step, history=rows, seed_entropy=seed_entropy(root))
     done = len(rows)
-    history = training_history(rows, model=model, q=q, data=data_train, root=root, device=device, cfg=cfg, mode=mode)
+    history = training_history(rows, model=model, spec=spec, data=data, root=root, device=device, cfg=cfg, mode=mode)
     return TrainResult(model=net.eval(), history=history, optimizer_state=opt.state_dict(), epoch=done, step=step,
                        completed=done >= epochs, seed_entropy=seed_entropy(root))

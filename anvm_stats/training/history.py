@@ -7,21 +7,21 @@ import xarray as xr
 
 from .. import dims
 from ..data_source import describe
-from ..hardware.spec import HardwareSpec
+from ..devices.presets import ideal
 from ..provenance import provenance
 from ..rng import seed_entropy
 
 
-def training_history(rows: list[dict], *, model, q, data, root, device, cfg, mode: str) -> xr.Dataset:
+def training_history(rows: list[dict], *, model, spec, data, root, device, cfg, mode: str) -> xr.Dataset:
     """Per-epoch rows of :func:`~anvm_stats.training.train_hasgd` as a Dataset (dim ``epoch``) with provenance
     and the training configuration (``cfg``: a HASGDConfig) in attrs."""
     names = ("train_loss", "train_accuracy", "eval_accuracy", "eval_accuracy_q", "lr", "sigma_train",
              "epoch_time_s", "steps")
     data_vars = {k: (dims.EPOCH, np.asarray([r[k] for r in rows], dtype=np.int64 if k == "steps" else np.float64))
                  for k in names}
-    attrs = provenance(model=model, spec=q or HardwareSpec.ideal(), dataset=describe(data),
+    attrs = provenance(model=model, spec=spec or ideal(), dataset=describe(data),
                        seed_entropy=seed_entropy(root), device=device)
-    if q is None:
+    if spec is None:
         attrs["hardware_spec"] = "none (plain SGD)"
     attrs.update(algorithm="HA-SGD", mode=mode, samples=cfg.samples, batch_size=cfg.batch_size,
                  optimizer=cfg.optimizer if isinstance(cfg.optimizer, str) else repr(cfg.optimizer),

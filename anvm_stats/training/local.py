@@ -44,8 +44,9 @@ from ..hardware.effects import Bounds, ProgrammingNoise
 from ..hardware.mapping import DifferentialMapping, LayerEncoding, OffsetMapping
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike, Stream, instance_generators
-from .perturb import (ROUNDOFF_ULPS, Perturbation, PerturbTarget, _folded, draw_perturbations, perturb_targets,
-                      perturbed_forward, step_root)
+from .grouped import perturbed_forward
+from .perturb import (ROUNDOFF_ULPS, Perturbation, PerturbTarget, draw_perturbations, folded_weights,
+                      perturb_targets, step_root)
 
 Tensor = torch.Tensor
 #: spawn-key prefix of the per-sample noise stream of ``mode="local"`` below a run's root SeedSequence
@@ -59,7 +60,7 @@ def gaussian_effects(spec: HardwareSpec) -> tuple[ProgrammingNoise, ...]:
     Raises
     ------
     ConfigError
-        Naming the first effect (``q.effects[i]``) that is not ``ProgrammingNoise(distribution="gaussian",
+        Naming the first effect (``spec.effects[i]``) that is not ``ProgrammingNoise(distribution="gaussian",
         clip=False)``, and suggesting ``mode="split"``.
     """
     out, random = [], False
@@ -74,7 +75,7 @@ def gaussian_effects(spec: HardwareSpec) -> tuple[ProgrammingNoise, ...]:
             ok, why = False, ("state-proportional noise only before any other random effect (its unit would be "
                               "random); use mode='split' or 'direct'")
         if not ok:
-            raise ConfigError(f"q.effects[{i}]", getattr(e, "kind", type(e).__name__) + f" {e!r}", why)
+            raise ConfigError(f"spec.effects[{i}]", getattr(e, "kind", type(e).__name__) + f" {e!r}", why)
         random |= e.sigma > 0
         out.append(e)
     return tuple(out)
@@ -180,7 +181,7 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
     out, is_zero = {}, True
     for t in targets:
         m = model.get_submodule(t.name)
-        w, b, k = _folded(model, t)
+        w, b, k = folded_weights(model, t)
         if proxy:
             w = torch.stack([w.amin(1), w.amax(1)], 1)
         w_aug, s, mode = augmented_weights(w.float(), None if b is None else b.float(), spec.bias)

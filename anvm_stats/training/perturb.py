@@ -154,8 +154,15 @@ def _base_draws(effects: Sequence, n: int, gens: list, device, dtype) -> list[di
     return bufs
 
 
-def _folded(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(w [out, in], b [out] or None, k [out] or None)`` of the layer as the chip holds it."""
+def folded_weights(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The layer of ``t`` as the chip holds it (BatchNorm folded when ``t.bn`` is set).
+
+    Returns
+    -------
+    (w, b, k)
+        ``w`` ``[out, in]`` (the weight flattened per output), ``b`` ``[out]`` or None, ``k`` ``[out]`` the
+        BatchNorm scale ``gamma / sqrt(running_var + eps)`` (None without a BatchNorm).
+    """
     m = model.get_submodule(t.name)
     w = m.weight.detach().reshape(m.weight.shape[0], -1)
     b = None if m.bias is None else m.bias.detach()
@@ -207,7 +214,7 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     L = len(gens)
     layers_info, chunks, offset = [], [], 0
     for t in targets:
-        w, b, k = _folded(model, t)
+        w, b, k = folded_weights(model, t)
         w_aug, s, mode = augmented_weights(w.float(), None if b is None else b.float(), spec.bias)
         enc = spec.mapping.encode(w_aug, spec.bounds)
         A, O, n_in = enc.g.shape[0], w.shape[0], w.shape[1]
@@ -314,6 +321,3 @@ def _draw_weight_domain(model: nn.Module, plan: list, layers_info: list, n_effec
         if ob is not None:
             deltas[f"{t.bn}.bias" if t.bn is not None else f"{t.name}.bias"] = ob.to(m.weight.dtype)
     return Perturbation(deltas=deltas, samples=L, is_zero=False)
-
-
-from .grouped import group_sizes, perturbed_forward  # noqa: E402,F401  (re-exported)

@@ -26,7 +26,7 @@ __all__ = ["HessianOperator", "hutchinson_trace", "top_eigenvalue", "top_eigenva
            "resolve_layers", "DEFAULT_LAYER_TYPES"]
 
 
-def layer_sensitivity(model: nn.Module, data, layers=None, *, seed: int, rel_tol: float = 0.05,
+def layer_sensitivity(model: nn.Module, data, layers=None, *, seed: int = 0, rel_tol: float = 0.05,
                       max_probes: int = 200, min_probes: int = 10, eigen: bool = True,
                       loss_fn: Callable = F.cross_entropy, batch_size: int | None = None) -> xr.Dataset:
     """Which layers are fragile: per-layer Hessian trace (Hutchinson), top eigenvalue, and a ranking.
@@ -38,7 +38,7 @@ def layer_sensitivity(model: nn.Module, data, layers=None, *, seed: int, rel_tol
     data : (x, y) tensors, Data, or iterable of (x, y) batches
     layers : None, sequence of module names, or mapping layer -> parameter names
         Default: every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (its weight and bias).
-    seed : int
+    seed : int, default 0
         Root seed; the trace probes and the Lanczos start vectors use independent children of it.
     rel_tol, max_probes, min_probes
         Hutchinson stopping rule (see :func:`hutchinson_trace`).

@@ -1,4 +1,4 @@
-"""Benchmarks printed as JSON by ``anvm-stats bench``: ratios measured inside one run, never wall-clock asserts.
+"""Engine benchmarks: ratios measured inside one run, never wall-clock asserts.
 
 * ``engine``: the K-instance engine against (a) the simplest fast loop a user would write (one model copy; per
   instance, copy nominal + noise into it and evaluate) on the same draws, (b) a 10-line ``torch.func.vmap``
@@ -12,38 +12,23 @@
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
-from .analog.program import prepare
-from .hardware.effects import ProgrammingNoise
-from .hardware.spec import HardwareSpec
-from .montecarlo import RunOptions, sweep
-from .counter_rng import counter_draws_default, fill_counter, run_key
-from .rng import Stream, instance_generators, root_sequence
+from anvm_stats.analog.program import prepare
+from anvm_stats.counter_rng import counter_draws_default, fill_counter, run_key
+from anvm_stats.devices.presets import paper1
+from anvm_stats.hardware.effects import ProgrammingNoise
+from anvm_stats.hardware.spec import HardwareSpec
+from anvm_stats.models import wide_resnet
+from anvm_stats.montecarlo import RunOptions, sweep
+from anvm_stats.rng import Stream, instance_generators, root_sequence
+
+from .common import best_time
+from .common import digits_mlp
 
 SIGMAS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _best(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def measure_gemm_rates(device: torch.device, n: int = 2048) -> dict[str, float]:
@@ -61,13 +46,13 @@ def measure_gemm_rates(device: torch.device, n: int = 2048) -> dict[str, float]:
         for _ in range(2000):
             a @ b
         repeats = 50
-    rates = {"torch_matmul": 2 * n ** 3 / _best(lambda: a @ b, device, repeats)}
+    rates = {"torch_matmul": 2 * n ** 3 / best_time(lambda: a @ b, device, repeats)}
     if device.type == "cpu":
         import torch.nn.functional as F
         x = torch.randn(1, n, n // 64, 64, device=device, generator=g).contiguous(memory_format=torch.channels_last)
         w = b.reshape(n, n, 1, 1)
         F.conv2d(x, w)
-        rates["onednn_conv1x1"] = 2 * n ** 3 / _best(lambda: F.conv2d(x, w), device, 5)
+        rates["onednn_conv1x1"] = 2 * n ** 3 / best_time(lambda: F.conv2d(x, w), device, 5)
     return rates
 
 
@@ -75,7 +60,7 @@ def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
     """Standard normal draws per second from one seeded generator (what the engine and a user's loop both use)."""
     g = torch.Generator(device=device).manual_seed(0)
     torch.randn(n, generator=g, device=device)
-    return n / _best(lambda: torch.randn(n, generator=g, device=device), device, 5)
+    return n / best_time(lambda: torch.randn(n, generator=g, device=device), device, 5)
 
 
 def instance_normals(root, indices, n: int, device: torch.device) -> torch.Tensor:
@@ -94,15 +79,6 @@ def _allow_tf32(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def _digits_mlp(device: torch.device, seed: int = 0):
-    from .data import digits
-    from .models import MLP
-
-    test = digits("test")
-    net = MLP(in_features=64, hidden=(256, 256), n_classes=10, generator=torch.Generator().manual_seed(seed))
-    return net.to(device).eval(), test.x.to(device), test.y.to(device)
 
 
 def _mlp_cost(net: nn.Module, n_samples: int) -> tuple[float, int]:
@@ -173,19 +149,19 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
     dev = torch.device(device)
     _allow_tf32(dev)
     n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
-    net, x, y = _digits_mlp(dev, seed)
-    spec = HardwareSpec.paper1(0.05)
+    net, x, y = digits_mlp(dev, seed)
+    spec = paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
     gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
     matmul_rate = max(gemm.values())
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
     limit_mm_s = n_instances * (flops / gemm["torch_matmul"] + draws / sampling_rate)
-    engine_s = _best(lambda: sweep(net, spec, (x, y), n_instances=n_instances, seed=seed, progress=False,
+    engine_s = best_time(lambda: sweep(net, spec, (x, y), n_instances=n_instances, seed=seed, progress=False,
                                    program=program), dev, 2)
     n_simple = min(n_instances, 256 if dev.type == "cpu" else 1024)
-    simple_s = _best(lambda: simple_loop(net, x, y, [0.05], n_simple, seed), dev, 1) * n_instances / n_simple
-    vmap_s = _best(lambda: vmap_loop(net, x, y, 0.05, n_simple, seed), dev, 1) * n_instances / n_simple
+    simple_s = best_time(lambda: simple_loop(net, x, y, [0.05], n_simple, seed), dev, 1) * n_instances / n_simple
+    vmap_s = best_time(lambda: vmap_loop(net, x, y, 0.05, n_simple, seed), dev, 1) * n_instances / n_simple
     eng = sweep(net, spec, (x, y), n_instances=n_simple, seed=seed, progress=False, program=program)
     ref = simple_loop(net, x, y, [0.05], n_simple, seed)[0]
     return {
@@ -204,8 +180,8 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     """8 noise levels x n_instances: the CRN sweep vs the per-point simple loop and vs its own limit."""
     dev = torch.device(device)
     _allow_tf32(dev)
-    net, x, y = _digits_mlp(dev, seed)
-    spec = HardwareSpec.paper1(0.05)
+    net, x, y = digits_mlp(dev, seed)
+    spec = paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
     flops, draws = _mlp_cost(net, x.shape[0])
     gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
@@ -215,9 +191,9 @@ def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> d
     limit_mm_s = n_instances * (n_pts * flops / gemm["torch_matmul"] + draws / sampling_rate)
     grid = {"noise_level": list(SIGMAS)}
     # best of several runs for both (this machine is shared: the limit's GEMM rate is also a best of 5)
-    sweep_s = _best(lambda: sweep(net, spec, (x, y), grid=grid, n_instances=n_instances, seed=seed,
+    sweep_s = best_time(lambda: sweep(net, spec, (x, y), grid=grid, n_instances=n_instances, seed=seed,
                                   progress=False, program=program), dev, 5)
-    loop_s = _best(lambda: simple_loop(net, x, y, SIGMAS, n_instances, seed), dev, 3)
+    loop_s = best_time(lambda: simple_loop(net, x, y, SIGMAS, n_instances, seed), dev, 3)
     return {
         "job": f"{n_pts} noise levels x {n_instances} instances, MLP 64-256-256-10",
         "device": str(dev), "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s": limit_s,
@@ -275,7 +251,6 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     """WideResNet on random CIFAR-shaped inputs: engine vs the per-instance simple loop vs the limit (FLOPs at
     the measured matmul rate + draws at the sampling rate). Defaults: WRN-28-10 on 10,000 inputs on CUDA (the
     issue's compute-bound case, TF32 allowed), WRN-16-2 on 500 inputs on the CPU."""
-    from .models import wide_resnet
 
     dev = torch.device(device)
     gpu = dev.type == "cuda"
@@ -299,58 +274,11 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
                                                                      instances_per_chunk=chunk_size))
     run_loop = lambda n: _conv_simple_loop(net, x, y, 0.05, n, seed, batch_size)  # noqa: E731
     run_engine(1), run_loop(1)    # warm both (convolution primitives, allocator) before timing
-    engine_s = _best(lambda: run_engine(n_instances), dev, 1)
-    simple_s = _best(lambda: run_loop(n_instances), dev, 1)
+    engine_s = best_time(lambda: run_engine(n_instances), dev, 1)
+    simple_s = best_time(lambda: run_loop(n_instances), dev, 1)
     return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances"
                    + (f", chunks of {chunk_size}" if chunk_size else ""),
             "device": str(dev), "matmul_gflops": matmul_rate / 1e9,
             "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s_per_instance": limit_s / n_instances,
             "engine_s_per_instance": engine_s / n_instances, "simple_loop_s_per_instance": simple_s / n_instances,
             "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s}
-
-
-BENCHMARKS = {
-    "engine": ("anvm_stats.bench", "bench_engine"),
-    "sweep": ("anvm_stats.bench", "bench_sweep"),
-    "convnet": ("anvm_stats.bench", "bench_convnet"),
-    "sensitivity": ("anvm_stats.sensitivity.bench", "bench_hutchinson"),
-    "hasgd": ("anvm_stats.training.bench", "bench_hasgd"),
-    "distributed": ("anvm_stats.parallel.bench", "bench_distributed"),
-}
-
-
-def run_benchmarks(device: str = "cpu", which: tuple[str, ...] | None = None) -> dict:
-    """Run the named benchmarks (default: all) and return a JSON-able dict. Benchmarks that take a ``device`` run
-    on ``device``; the others run on the CPU and say so (``"device": "cpu"``). A benchmark whose module or a
-    package it needs is missing is reported as skipped, never silently dropped."""
-    import importlib
-    import inspect
-
-    from ._omp import omp_settings
-
-    out: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "device": device,
-                 "openmp": omp_settings()}
-    for name in which or tuple(BENCHMARKS):
-        if name not in BENCHMARKS:
-            from .errors import ConfigError
-            raise ConfigError("benchmark", name, f"one of {sorted(BENCHMARKS)}")
-        mod, fn = BENCHMARKS[name]
-        try:
-            func = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as err:
-            out[name] = {"skipped": f"{mod}.{fn} unavailable: {err}"}
-            continue
-        on_device = "device" in inspect.signature(func).parameters
-        try:
-            result = func(device=device) if on_device else func()
-        except ImportError as err:
-            out[name] = {"skipped": f"{mod}.{fn} needs a missing package: {err}"}
-            continue
-        if not on_device and isinstance(result, dict):
-            result.setdefault("device", "cpu")
-        out[name] = result
-    return out
-
-
-if __name__ == "__main__":
-    print(json.dumps(run_benchmarks(), indent=2))

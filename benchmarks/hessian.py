@@ -6,22 +6,16 @@ import time
 
 import torch
 
-from .hvp import HessianOperator
-from .trace import hutchinson_trace
+from anvm_stats.hessian import HessianOperator, hutchinson_trace
 
-
-def _digits_mlp(seed: int = 0):
-    from ..data import digits
-    from ..models import build_model
-
-    data = digits("test")
-    return build_model("mlp", seed=seed).eval(), (data.x, data.y)
+from .common import digits_mlp
 
 
 def bench_hutchinson(n_probes: int = 32, repeats: int = 3, seed: int = 0) -> dict:
     """Time ``n_probes`` Hutchinson probes (batched ``probes_per_pass`` at a time, the default) and one full
     gradient of the mean loss, for the digits MLP on the 360 test samples. Returns a JSON-able dict."""
-    model, data = _digits_mlp(seed)
+    model, x, y = digits_mlp("cpu", seed)
+    data = (x, y)
     op = HessianOperator(model, data)
     op.gradient()
     t_grad = min(_timed(op.gradient) for _ in range(repeats))

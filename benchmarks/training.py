@@ -1,6 +1,7 @@
 """Benchmark: one epoch of HA-SGD in each mode (split, direct, local) against plain SGD, same model, data and loop.
 
-Every run goes through :func:`train_hasgd` (plain SGD is ``q=None``), so a ratio measures what HA-SGD adds.
+Every run goes through :func:`~anvm_stats.training.train_hasgd` (plain SGD is ``spec=None``), so a ratio measures
+what HA-SGD adds.
 ``split`` and ``direct`` draw ``L x P`` base normals per step (P analog devices) and map them to weights; that
 part does not depend on the batch size while the plain step grows with it, so their ratio falls with larger
 batches and with layers that reuse each weight many times per sample (convolutions). ``direct`` also runs ``L``
@@ -20,12 +21,11 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, check, check_number
-from ..hardware.spec import HardwareSpec
-from ..models import build_model
-from .hasgd import train_hasgd
-from .local import draw_local
-from .perturb import draw_perturbations, perturb_targets
+from anvm_stats.data import digits
+from anvm_stats.devices.presets import paper1
+from anvm_stats.errors import ConfigError, check, check_number
+from anvm_stats.models import build_model
+from anvm_stats.training import draw_local, draw_perturbations, perturb_targets, train_hasgd
 
 #: target of the issue: vectorised HA-SGD with L=8 costs at most this many plain-SGD epochs
 TARGET_RATIO = 1.5
@@ -44,14 +44,8 @@ def _data(model_name: str, seed: int):
         return (torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g),
                 f"random CIFAR-shaped 3x32x32 (n={n})")
     image = model_name not in ("mlp",)
-    try:
-        from ..data import digits
-        d = digits("train", seed=seed, image=image)
-        return d.x, d.y, d.name
-    except Exception:  # noqa: BLE001 - the data module is optional for the benchmark
-        g = torch.Generator().manual_seed(seed)
-        shape = (1, 8, 8) if image else (64,)
-        return torch.rand(1437, *shape, generator=g), torch.randint(0, 10, (1437,), generator=g), "random"
+    d = digits("train", seed=seed, image=image)
+    return d.x, d.y, d.name
 
 
 def _model(model_name: str, seed: int) -> torch.nn.Module:
@@ -92,15 +86,15 @@ def _bench_model(model_name: str, modes: Sequence[str], *, samples: int, epochs:
     x, y, name = _data(model_name, seed)
     x, y = x.to(dev), y.to(dev)
     net = _model(model_name, seed).to(dev)
-    q = HardwareSpec.paper1(sigma)
+    q = paper1(sigma)
     common = dict(batch_size=batch_size, seed=seed, progress=False, lr=0.01)
-    runs = {m: (dict(q=None) if m == "plain" else dict(q=q, samples=samples, mode=m)) for m in modes}
+    runs = {m: (dict(spec=None) if m == "plain" else dict(spec=q, samples=samples, mode=m)) for m in modes}
     for m, kw in runs.items():                                              # warm-up (one step each)
-        train_hasgd(net, (x[:batch_size], y[:batch_size]), epochs=1, **common, **kw)
+        train_hasgd(net, data=(x[:batch_size], y[:batch_size]), epochs=1, **common, **kw)
     times = {m: float("inf") for m in modes}
     for _ in range(repeats):
         for m, kw in runs.items():
-            res = train_hasgd(net, (x, y), epochs=epochs, **common, **kw)
+            res = train_hasgd(net, data=(x, y), epochs=epochs, **common, **kw)
             times[m] = min(times[m], float(res.history["epoch_time_s"].sum()) / epochs)
     targets = perturb_targets(net)
     draw = {"split": _step_time(lambda s: draw_perturbations(net, q, samples=samples, seed=seed, step=s,
@@ -126,12 +120,12 @@ def bench_hasgd(model_name: str | Sequence[str] = ("mlp", "resnet20-cifar"), sam
     Parameters
     ----------
     model_name : str or sequence of str, each in :data:`MODEL_NAMES`
-        Zoo model(s) sized for the 8x8 digits (``anvm_stats.data.digits``; random tensors of that shape if
-        absent), or ``"resnet20-cifar"``: ResNet-20 on 512 random CIFAR-shaped inputs, the compute-bound regime of
-        the paper's CIFAR experiments (``"wrn28-10-cifar"``: WideResNet-28-10 on 1,024, for GPUs). The default ``("mlp", "resnet20-cifar")`` takes about a minute on two
-        cores. The digits MLP is the overhead-bound extreme: one plain step is ~0.6 ms of small ops, so the
-        fixed per-step work of HA-SGD (moments or ``L x P`` draws, per-sample noise) weighs 2-3 plain steps;
-        with ResNet-20 on 32x32 inputs the same work is a small fraction of a step.
+        Zoo model(s) sized for the 8x8 digits (``anvm_stats.data.digits``), or ``"resnet20-cifar"``: ResNet-20 on
+        512 random CIFAR-shaped inputs, the compute-bound regime of the paper's CIFAR experiments
+        (``"wrn28-10-cifar"``: WideResNet-28-10 on 1,024, for GPUs). The digits MLP is the overhead-bound
+        extreme (a plain step is a few small ops, so the fixed per-step work of HA-SGD - moments or ``L x P``
+        draws, per-sample noise - weighs several plain steps); with ResNet-20 on 32x32 inputs the same work is a
+        small fraction of a step (measurements: ``reports/bench/``).
     modes : sequence of {"plain", "split", "direct", "local"}
         Ratios need ``"plain"``.
     repeats : int

@@ -1,12 +1,8 @@
 """Benchmark of distributed sweeps: throughput of a LocalCluster against the in-process engine, and the
-per-task overhead (so users can pick ``DaskExecutor.task_size``).
-
-``python -m anvm_stats.parallel.bench`` prints the JSON of :func:`bench_distributed`.
-"""
+per-task overhead (so users can pick ``DaskExecutor.task_size``)."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -15,31 +11,20 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .. import dims
-from ..analog.program import prepare
-from ..hardware.spec import HardwareSpec
-from ..models import MLP
-from ..montecarlo import sweep
-from .executor import DaskExecutor, local_cluster
+from anvm_stats import dims
+from anvm_stats.analog.program import prepare
+from anvm_stats.devices.presets import paper1
+from anvm_stats.montecarlo import sweep
+from anvm_stats.parallel.executor import DaskExecutor, local_cluster
+
+from .common import best_time, digits_mlp
 
 DEFAULT_GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1, 0.2]}
 
 
 def _job(seed: int):
-    from ..data import digits
-
-    data = digits("test")
-    net = MLP(64, (256, 256), 10, generator=torch.Generator().manual_seed(seed))
-    return net, HardwareSpec.paper1(sigma=0.05), (data.x, data.y)
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    net, x, y = digits_mlp("cpu", seed)
+    return net, paper1(sigma=0.05), (x, y)
 
 
 def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | None = None, n_workers: int = 2,
@@ -70,7 +55,7 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
     threads = torch.get_num_threads()
     kw = dict(grid=grid, n_instances=n_instances, seed=seed, progress=False)
     program = prepare(net, spec, calibration_data=data)
-    local_s = _best(lambda: sweep(net, spec, data, program=program, **kw), repeats)
+    local_s = best_time(lambda: sweep(net, spec, data, program=program, **kw), repeats=repeats)
     x, y = data[0][:8], data[1][:8]
     tiny_kw = dict(grid={k: list(v)[:1] for k, v in grid.items()}, seed=seed, progress=False)
     t0 = time.perf_counter()
@@ -78,22 +63,22 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
         client.wait_for_workers(n_workers)
         startup_s = time.perf_counter() - t0
         on = DaskExecutor(client, task_size=task_size)
-        first_s = _best(lambda: sweep(net, spec, data, executor=on, **kw), 1)
-        dist_s = _best(lambda: sweep(net, spec, data, executor=on, **kw), repeats)
+        first_s = best_time(lambda: sweep(net, spec, data, executor=on, **kw), repeats=1)
+        dist_s = best_time(lambda: sweep(net, spec, data, executor=on, **kw), repeats=repeats)
         tiny = dict(n_instances=n_tiny, executor=DaskExecutor(client, task_size=1), **tiny_kw)
         sweep(net, spec, (x, y), **{**tiny, "n_instances": 2 * n_workers})  # warm the caches
-        tiny_s = _best(lambda: sweep(net, spec, (x, y), **tiny), repeats)
+        tiny_s = best_time(lambda: sweep(net, spec, (x, y), **tiny), repeats=repeats)
         with tempfile.TemporaryDirectory() as tmp:
             runs = iter(range(repeats))
-            store_s = _best(lambda: sweep(net, spec, (x, y), **{
+            store_s = best_time(lambda: sweep(net, spec, (x, y), **{
                 **tiny, "executor": DaskExecutor(client, task_size=1, store=Path(tmp) / f"{next(runs)}.zarr")}),
-                repeats)
+                repeats=repeats)
     torch.set_num_threads(1)
     try:
-        local1_s = _best(lambda: sweep(net, spec, data, program=program, **kw), 1)
+        local1_s = best_time(lambda: sweep(net, spec, data, program=program, **kw), repeats=1)
         tprog = prepare(net, spec, calibration_data=(x, y))
-        compute_s = _best(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
-                                   for i in range(n_tiny)], repeats)
+        compute_s = best_time(lambda: [sweep(net, spec, (x, y), program=tprog, instances=[i], **tiny_kw)
+                                       for i in range(n_tiny)], repeats=repeats)
     finally:
         torch.set_num_threads(threads)
     work = n_instances * n_pts
@@ -109,7 +94,3 @@ def bench_distributed(n_instances: int = 512, grid: Mapping[str, Sequence] | Non
         "client_ms_per_task": 1e3 * tiny_s / n_tiny,
         "store_write_ms": 1e3 * max(0.0, store_s - tiny_s) / n_tiny,
     }
-
-
-if __name__ == "__main__":
-    print(json.dumps(bench_distributed(), indent=2))
