@@ -91,7 +91,8 @@ class Estimate:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _check_ci(ci: Any) -> float:
+def check_ci(ci: Any) -> float:
+    """Validate a two-sided confidence level in (0, 1) and return it as a float (ConfigError naming ``ci``)."""
     if isinstance(ci, np.generic) and not isinstance(ci, np.bool_):
         ci = ci.item()
     check_number("ci", ci, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -128,7 +129,8 @@ def _short(x: Any) -> str:
     return r if len(r) <= 120 else r[:117] + "..."
 
 
-def _pack(estimate, lower, upper, ci: float, method: str, n) -> Estimate:
+def pack(estimate, lower, upper, ci: float, method: str, n) -> Estimate:
+    """An :class:`Estimate` with ``lower``, ``upper`` and ``n`` broadcast to the shape of ``estimate``."""
     estimate = np.asarray(estimate, dtype=float)
     lower = np.broadcast_to(np.asarray(lower, dtype=float), estimate.shape).copy()
     upper = np.broadcast_to(np.asarray(upper, dtype=float), estimate.shape).copy()
@@ -217,7 +219,7 @@ def mean_ci(x: Any, axis: int = -1, ci: float = 0.95, method: str = "student-t",
         ``x`` holds NaN/inf or fewer than 2 samples; ``ci`` outside (0, 1); bad ``axis``, ``method`` or
         ``bounds``.
     """
-    ci = _check_ci(ci)
+    ci = check_ci(ci)
     rng_bounds = _check_method(method, MEAN_METHODS, bounds)
     arr = _samples(x, axis, "x", finite=True, min_n=2)
     n = arr.shape[-1]
@@ -225,10 +227,10 @@ def mean_ci(x: Any, axis: int = -1, ci: float = 0.95, method: str = "student-t",
     if rng_bounds is not None:
         _inside(arr, rng_bounds, "x")
         lo, hi = betting_bounds(arr, 1.0 - ci, rng_bounds, horizon=n)
-        return _pack(mean, np.minimum(lo, mean), np.maximum(hi, mean), ci, "betting", n)
+        return pack(mean, np.minimum(lo, mean), np.maximum(hi, mean), ci, "betting", n)
     se = arr.std(axis=-1, ddof=1) / math.sqrt(n)
     lo, hi = _t_interval(mean, se, n - 1, ci)
-    return _pack(mean, lo, hi, ci, "student-t", n)
+    return pack(mean, lo, hi, ci, "student-t", n)
 
 
 # -------------------------------------------------------------------------------------------- quantiles
@@ -279,8 +281,8 @@ def quantile_ci(x: Any, q: Any, axis: int = -1, ci: float = 0.95) -> Estimate:
     ci : float
         Two-sided confidence level in (0, 1).
     """
-    ci = _check_ci(ci)
-    q_arr = _check_q(q)
+    ci = check_ci(ci)
+    q_arr = check_q(q)
     arr = _samples(x, axis, "x", finite=True)
     n = arr.shape[-1]
     qs = np.atleast_1d(q_arr)
@@ -296,10 +298,11 @@ def quantile_ci(x: Any, q: Any, axis: int = -1, ci: float = 0.95) -> Estimate:
     upper = np.maximum(upper, est)
     if q_arr.ndim == 0:
         est, lower, upper = est[0], lower[0], upper[0]
-    return _pack(est, lower, upper, ci, "order-statistic", n)
+    return pack(est, lower, upper, ci, "order-statistic", n)
 
 
-def _check_q(q: Any) -> np.ndarray:
+def check_q(q: Any) -> np.ndarray:
+    """Validate quantile level(s): a number or non-empty 1-d array in (0, 1) (ConfigError naming ``q``)."""
     try:
         q_arr = np.asarray(q, dtype=float)
     except (TypeError, ValueError):
@@ -344,7 +347,7 @@ def proportion_ci(k: Any, n: Any, ci: float = 0.95, method: str = "clopper-pears
     ConfigError
         Non-integer counts, ``n < 1``, ``k`` outside ``[0, n]``, ``ci`` outside (0, 1) or an unknown ``method``.
     """
-    ci = _check_ci(ci)
+    ci = check_ci(ci)
     if method not in PROPORTION_METHODS:
         raise ConfigError("method", method, f"one of {PROPORTION_METHODS}")
     k_arr = _integer_array(k, "k")
@@ -372,7 +375,7 @@ def proportion_ci(k: Any, n: Any, ci: float = 0.95, method: str = "clopper-pears
         hi = np.where(k_arr == n_arr, 1.0, center + delta)
     lo = np.clip(lo, 0.0, 1.0)
     hi = np.clip(hi, 0.0, 1.0)
-    return _pack(phat, lo, hi, ci, method, n_arr)
+    return pack(phat, lo, hi, ci, method, n_arr)
 
 
 def yield_(values: Any, threshold: Any, axis: int = -1, ci: float = 0.95,
@@ -383,7 +386,7 @@ def yield_(values: Any, threshold: Any, axis: int = -1, ci: float = 0.95,
     :func:`proportion_ci` ``(k, n, ci, method)``.  ``threshold`` is a number or an array broadcastable against
     ``values`` with ``axis`` removed.
     """
-    ci = _check_ci(ci)
+    ci = check_ci(ci)
     if method not in PROPORTION_METHODS:
         raise ConfigError("method", method, f"one of {PROPORTION_METHODS}")
     if threshold is None:
@@ -420,7 +423,7 @@ def paired_difference(a: Any, b: Any, axis: int = -1, ci: float = 0.95, method: 
     :func:`mean_ci`'s betting interval on the differences in ``[lo - hi, hi - lo]``: coverage >= ``ci`` for every
     joint distribution.
     """
-    ci = _check_ci(ci)
+    ci = check_ci(ci)
     rng_bounds = _check_method(method, PAIRED_METHODS, bounds)
     a_arr = _samples(a, axis, "a", finite=True, min_n=2)
     b_arr = _samples(b, axis, "b", finite=True, min_n=2)
@@ -444,7 +447,7 @@ def unpaired_difference(a: Any, b: Any, axis: int = -1, ci: float = 0.95) -> Est
     ``Estimate.n`` is the total sample count ``n_a + n_b``.  Ignores any pairing, so on common-random-number
     data it is wider than :func:`paired_difference`; provided for comparison.
     """
-    ci = _check_ci(ci)
+    ci = check_ci(ci)
     a_arr = _samples(a, axis, "a", finite=True, min_n=2)
     b_arr = _samples(b, axis, "b", finite=True, min_n=2)
     na, nb = a_arr.shape[-1], b_arr.shape[-1]
@@ -465,4 +468,4 @@ def unpaired_difference(a: Any, b: Any, axis: int = -1, ci: float = 0.95) -> Est
         df = 1.0 / ((va / safe) ** 2 / (na - 1) + (vb / safe) ** 2 / (nb - 1))
     df = np.where(var > 0, df, float(na + nb - 2))
     lo, hi = _t_interval(diff, se, df, ci)
-    return _pack(diff, lo, hi, ci, "welch-t", na + nb)
+    return pack(diff, lo, hi, ci, "welch-t", na + nb)

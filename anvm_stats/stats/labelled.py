@@ -109,7 +109,7 @@ def quantiles(da: xr.DataArray, q: Any, dim: str = D.INSTANCE, ci: float = 0.95)
     ``-inf`` / ``+inf`` where there are too few instances for the requested coverage
     (:func:`anvm_stats.stats.arrays.quantile_ci`).
     """
-    q_arr = np.atleast_1d(arrays._check_q(q))
+    q_arr = np.atleast_1d(arrays.check_q(q))
     return _reduce_one(da, dim, "da", lambda v: arrays.quantile_ci(v, q_arr, axis=-1, ci=ci), "quantile",
                        lead=(D.QUANTILE, q_arr))
 
