@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from anvm_stats.errors import ConfigError
+from anvm_stats.stats import arrays as A
 from anvm_stats.stats import sequential_estimate
 from anvm_stats.stats.betting import betting_bounds
 
@@ -195,3 +196,16 @@ def test_bad_draw_output_raises():
     with pytest.raises(ConfigError) as e:
         sequential_estimate("not callable", target_width=0.1)  # type: ignore[arg-type]
     assert e.value.field == "draw"
+
+
+def test_vector_q_on_several_metrics_keeps_the_shapes_of_the_one_shot_estimate():
+    vals = np.random.default_rng(4).beta(20, 2, size=(3000, 2))
+    draw = Pool(vals)
+    res = sequential_estimate(draw, statistic="quantile", q=[0.1, 0.5], target_width=0.05, instances_per_round=50,
+                              max_n=3000)
+    one_shot = A.quantile_ci(vals[:res.n], [0.1, 0.5], axis=0)
+    assert res.estimate.estimate.shape == res.estimate.lower.shape == one_shot.estimate.shape == (2, 2)
+    np.testing.assert_array_equal(res.estimate.estimate, one_shot.estimate)
+    assert np.all(res.estimate.lower <= res.estimate.estimate) and np.all(res.estimate.estimate <= res.estimate.upper)
+    assert np.all(res.estimate.upper - res.estimate.lower <= 0.05)
+    assert res.estimate.method == "order-statistic-sequence"
