@@ -27,6 +27,7 @@ catastrophic (accuracy near chance) and a small sample holds none of them.  For 
 (:mod:`anvm_stats.stats.betting`) covers the mean with probability >= ``ci`` for **every** distribution on the
 bounds, at the price of width when the chips are tightly clustered.  Student-t stays the default so that
 existing reports keep their numbers.
+
 All validation errors are :class:`anvm_stats.errors.ConfigError` naming the offending argument.
 """
 
@@ -192,7 +193,7 @@ def mean_ci(x: Any, axis: int = -1, ci: float = 0.95, method: str = "student-t",
         approximate (central limit theorem) otherwise.  It can badly under-cover on the data a chip study sees:
         a sample of tied values gives a zero-width interval, and with rare catastrophic chips (a few percent at
         chance accuracy) a small sample often holds none of them (measured in tests/stats/test_coverage.py:
-        coverage ~0.5 at n=16 with 3 % such chips).
+        coverage ~0.4 at n=16 with 3 % such chips).
     ``"betting"``
         Requires ``bounds``, the known range of every value (``(0, 1)`` for accuracy).  The betting interval of
         :func:`anvm_stats.stats.betting.betting_bounds` tuned for this ``n``: coverage >= ``ci`` for every
