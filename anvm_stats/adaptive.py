@@ -36,7 +36,8 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     statistic : {"mean", "yield", "quantile"}
         Of ``variable`` over instances; ``threshold`` for yield (P(variable >= threshold)), ``q`` for quantile.
     grid : dict, optional
-        Sweep grid; every grid point must reach the target.
+        Sweep grid; every grid point must reach the target.  Each grid point's interval keeps level ``ci`` on its
+        own (not jointly over the grid).
     instances_per_round : int
         Chips evaluated between two looks at the interval (>= 2).
     bounds : (float, float)
