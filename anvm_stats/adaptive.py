@@ -1,8 +1,10 @@
 """Sequential Monte Carlo: keep drawing chips until a confidence interval is narrow enough.
 
-``evaluate_until`` prepares the program once and evaluates instances ``0, 1, 2, ...`` in batches (instance ``i``
+``evaluate_until`` prepares the program once and evaluates instances ``0, 1, 2, ...`` in rounds (instance ``i``
 is the same chip it would be in any other run with the same seed) until the interval of the chosen statistic of
-``variable`` is at most ``target_width`` wide at every grid point, or ``max_instances`` is reached.
+``variable`` is at most ``target_width`` wide at every grid point, or ``max_instances`` is reached.  The intervals
+are those of :func:`anvm_stats.stats.sequential_estimate`: they keep their level after this data-dependent
+stop (an anytime-valid confidence sequence for the mean).
 """
 
 from __future__ import annotations
@@ -23,23 +25,33 @@ from .stats import sequential_estimate
 
 def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: float, statistic: str = "mean",
                    variable: str = dims.ACCURACY, threshold: float | None = None, q: float | None = None,
-                   grid: Mapping[str, Sequence] | None = None, batch_size: int = 64, max_instances: int = 4096,
-                   ci: float = 0.95, seed: SeedLike = None, calibration=None, layers=None, device=None,
-                   progress: bool = True, **options) -> tuple[xr.Dataset, object]:
-    """Evaluate chips in batches until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
+                   grid: Mapping[str, Sequence] | None = None, instances_per_round: int = 64,
+                   max_instances: int = 4096, ci: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
+                   seed: SeedLike = None, calibration=None, layers=None, device=None, progress: bool = True,
+                   **options) -> tuple[xr.Dataset, object]:
+    """Evaluate chips in rounds until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
 
     Parameters
     ----------
     statistic : {"mean", "yield", "quantile"}
         Of ``variable`` over instances; ``threshold`` for yield (P(variable >= threshold)), ``q`` for quantile.
     grid : dict, optional
-        Sweep grid; every grid point must reach the target.
+        Sweep grid; every grid point must reach the target.  Each grid point's interval keeps level ``ci`` on its
+        own (not jointly over the grid).
+    instances_per_round : int
+        Chips evaluated between two looks at the interval (>= 2).
+    bounds : (float, float)
+        Range of ``variable`` for ``statistic="mean"`` (default ``(0, 1)``, right for accuracy); the mean's
+        guarantee holds for any distribution inside it.
+    seed : int, SeedSequence or None
+        As in :func:`anvm_stats.montecarlo.sweep`: instance ``i`` depends only on ``(seed, i)``; ``None`` draws
+        fresh entropy, recorded in attrs.
 
     Returns
     -------
     (xr.Dataset, SequentialResult)
         The Dataset of every instance drawn (dims ``instance`` + grid), and the stopping record
-        (``n``, ``stopped_by`` = "width" or "cap", final estimate, width history).
+        (``n``, ``stopped_by`` = "width" or "cap", final estimate with its sequential interval, width history).
     """
     root = root_sequence(seed)
     program = prepare(model, spec, calibration_data=calibration if calibration is not None else data, layers=layers,
@@ -53,8 +65,9 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
         da = ds[variable].transpose(dims.INSTANCE, ...)
         return da.values
 
-    result = sequential_estimate(draw, statistic=statistic, target_width=target_width, batch_size=batch_size,
-                                 max_n=max_instances, ci=ci, threshold=threshold, q=q, progress=progress)
+    result = sequential_estimate(draw, statistic=statistic, target_width=target_width,
+                                 instances_per_round=instances_per_round, max_n=max_instances, ci=ci,
+                                 threshold=threshold, q=q, bounds=bounds, progress=progress)
     ds = xr.concat(parts, dim=dims.INSTANCE)
     ds.attrs.update(parts[0].attrs)
     ds.attrs.update(seed_entropy=seed_entropy(root), stopped_by=result.stopped_by, target_width=target_width,

@@ -2,6 +2,7 @@
 are the same chips as a fixed-size run with the same seed."""
 
 import numpy as np
+import pytest
 import xarray as xr
 
 import anvm_stats as av
@@ -12,7 +13,7 @@ def test_stops_at_target_width_with_the_same_chips():
     net = make_mlp(sizes=(8, 16, 16, 4))
     data = make_data(n=40)
     spec = av.devices.paper1(0.3)
-    ds, res = av.evaluate_until(net, spec, data, target_width=0.04, batch_size=8, max_instances=400, seed=4,
+    ds, res = av.evaluate_until(net, spec, data, target_width=0.04, instances_per_round=8, max_instances=400, seed=4,
                                 progress=False)
     assert res.stopped_by == "width" and res.width <= 0.04
     assert ds.sizes["instance"] == res.n and res.n % 8 == 0 and res.n < 400
@@ -24,6 +25,26 @@ def test_stops_at_target_width_with_the_same_chips():
 def test_cap_is_reported():
     net = make_mlp(sizes=(8, 16, 16, 4))
     ds, res = av.evaluate_until(net, av.devices.paper1(0.3), make_data(n=40), statistic="yield",
-                                threshold=0.3, target_width=1e-4, batch_size=4, max_instances=12, seed=0,
+                                threshold=0.3, target_width=1e-4, instances_per_round=4, max_instances=12, seed=0,
                                 progress=False)
     assert res.stopped_by == "cap" and res.n == 12 and ds.sizes["instance"] == 12
+
+
+@pytest.mark.slow
+def test_tied_first_round_no_longer_stops_on_a_zero_width_interval():
+    """Issue 21's reproduction, small: at sigma 0.06 the first 64 chips of this net all score 103/360, a few later
+    chips differ.  The t interval of the old rule had zero width after the first round and stopped at n=64; the
+    sequential interval keeps drawing and covers the mean of 2048 other chips."""
+    net = make_mlp(sizes=(8, 16, 16, 4))
+    data = make_data(n=360)
+    spec = av.devices.paper1(0.06)
+    ds, res = av.evaluate_until(net, spec, data, target_width=0.002, instances_per_round=64, max_instances=512,
+                                seed=0, progress=False)
+    first = ds.accuracy.values[:64]
+    assert np.all(first == first[0])                      # the tied first round of the reproduction
+    assert res.n > 64 and min(res.history_width) > 0
+    other = av.sweep(net, spec, data, instances=range(512, 2560), seed=0, progress=False).accuracy.values
+    assert np.unique(other).size > 1                      # the chips are not all alike
+    # reference mean's own sampling error: 4.4 standard errors (two-sided false-failure rate 1e-5)
+    tol = 4.4 * other.std(ddof=1) / np.sqrt(other.size)
+    assert res.estimate.lower - tol <= other.mean() <= res.estimate.upper + tol

@@ -217,3 +217,18 @@ def test_package_exports():
                  "arrays"):
         assert hasattr(stats, name)
     assert stats.yield_ is not A.yield_
+
+
+def test_mean_and_paired_difference_pass_method_and_bounds_through():
+    rng = np.random.default_rng(5)
+    a = xr.DataArray(rng.beta(20, 2, size=(3, 40)), dims=("noise_level", "instance"),
+                     coords={"noise_level": [0.01, 0.02, 0.03]}, name="accuracy")
+    b = a - 0.01 * xr.ones_like(a)
+    m = stats.mean(a, method="betting", bounds=(0, 1))
+    ref = A.mean_ci(a.values, method="betting", bounds=(0, 1))
+    np.testing.assert_array_equal(m.interval.sel(ci_bound="lower").values, ref.lower)
+    assert m.attrs["method"] == "betting"
+    d = stats.paired_difference(a, b, method="betting", bounds=(0, 1))
+    ref = A.paired_difference(a.values, b.values, method="betting", bounds=(0, 1))
+    np.testing.assert_array_equal(d.interval.sel(ci_bound="upper").values, ref.upper)
+    assert d.attrs["method"] == "betting"

@@ -7,8 +7,10 @@ The top-level functions work on labelled xarray data and reduce the ``instance``
     y.estimate, y.interval.sel(ci_bound="lower")
 
 :mod:`anvm_stats.stats.arrays` holds the same estimators on plain numpy arrays (``axis=``), returning
-:class:`~anvm_stats.stats.arrays.Estimate`; :func:`sequential_estimate` draws instances in batches until an
-interval is narrow enough.
+:class:`~anvm_stats.stats.arrays.Estimate`; :mod:`anvm_stats.stats.betting` the distribution-free interval on the
+mean of a bounded metric (``method="betting"``); :func:`sequential_estimate` draws instances in rounds until an
+interval that keeps its level under this optional stopping is narrow enough.  README's "Statistics" section says
+what each interval guarantees.
 """
 
 from . import arrays

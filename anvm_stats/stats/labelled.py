@@ -93,9 +93,13 @@ def _reduce_one(da: xr.DataArray, dim: str, field: str, fn: Callable[[np.ndarray
 # ---------------------------------------------------------------------------------------------- public
 
 
-def mean(da: xr.DataArray, dim: str = D.INSTANCE, ci: float = 0.95) -> xr.Dataset:
-    """Mean over ``dim`` with a Student-t interval (:func:`anvm_stats.stats.arrays.mean_ci`)."""
-    return _reduce_one(da, dim, "da", lambda v: arrays.mean_ci(v, axis=-1, ci=ci), "mean")
+def mean(da: xr.DataArray, dim: str = D.INSTANCE, ci: float = 0.95, method: str = "student-t",
+         bounds: tuple[float, float] | None = None) -> xr.Dataset:
+    """Mean over ``dim`` with a Student-t (default, approximate) or betting interval (``method="betting"`` with
+    the metric's ``bounds``, e.g. ``(0, 1)`` for accuracy: guaranteed coverage); see
+    :func:`anvm_stats.stats.arrays.mean_ci` for when each holds."""
+    return _reduce_one(da, dim, "da", lambda v: arrays.mean_ci(v, axis=-1, ci=ci, method=method, bounds=bounds),
+                       "mean")
 
 
 def quantiles(da: xr.DataArray, q: Any, dim: str = D.INSTANCE, ci: float = 0.95) -> xr.Dataset:
@@ -105,7 +109,7 @@ def quantiles(da: xr.DataArray, q: Any, dim: str = D.INSTANCE, ci: float = 0.95)
     ``-inf`` / ``+inf`` where there are too few instances for the requested coverage
     (:func:`anvm_stats.stats.arrays.quantile_ci`).
     """
-    q_arr = np.atleast_1d(arrays._check_q(q))
+    q_arr = np.atleast_1d(arrays.check_q(q))
     return _reduce_one(da, dim, "da", lambda v: arrays.quantile_ci(v, q_arr, axis=-1, ci=ci), "quantile",
                        lead=(D.QUANTILE, q_arr))
 
@@ -160,10 +164,10 @@ def _pair(a: Any, b: Any, dim: str, *, paired: bool) -> tuple[xr.DataArray, xr.D
     return a.transpose(*other, dim), b.transpose(*other, dim), other
 
 
-def _difference(a, b, dim, ci, *, paired: bool) -> xr.DataArray | xr.Dataset:
+def _difference(a, b, dim, ci, *, paired: bool, **kw) -> xr.DataArray | xr.Dataset:
     a, b, other = _pair(a, b, dim, paired=paired)
     fn = arrays.paired_difference if paired else arrays.unpaired_difference
-    est = fn(a.values, b.values, axis=-1, ci=ci)
+    est = fn(a.values, b.values, axis=-1, ci=ci, **kw)
     coords = _kept_coords(a, dim)
     for name, c in _kept_coords(b, dim).items():
         coords.setdefault(name, c)
@@ -174,13 +178,15 @@ def _difference(a, b, dim, ci, *, paired: bool) -> xr.DataArray | xr.Dataset:
                       sample_dim=dim, extra_attrs={"variable": names})
 
 
-def paired_difference(a: xr.DataArray, b: xr.DataArray, dim: str = D.INSTANCE, ci: float = 0.95) -> xr.Dataset:
-    """Mean of ``a - b`` over ``dim`` with a paired-t interval.
+def paired_difference(a: xr.DataArray, b: xr.DataArray, dim: str = D.INSTANCE, ci: float = 0.95,
+                      method: str = "paired-t", bounds: tuple[float, float] | None = None) -> xr.Dataset:
+    """Mean of ``a - b`` over ``dim`` with a paired-t (default) or betting interval (``method="betting"`` with the
+    range ``bounds`` of ``a`` and ``b``; see :func:`anvm_stats.stats.arrays.paired_difference`).
 
     ``a`` and ``b`` must share the coordinates of ``dim`` (instance ``i`` of both is the same chip, as in a sweep
     with common random numbers); other dims are broadcast against each other.
     """
-    return _difference(a, b, dim, ci, paired=True)
+    return _difference(a, b, dim, ci, paired=True, method=method, bounds=bounds)
 
 
 def unpaired_difference(a: xr.DataArray, b: xr.DataArray, dim: str = D.INSTANCE, ci: float = 0.95) -> xr.Dataset:

@@ -146,7 +146,7 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
         return acc.transpose(dims.INSTANCE, ...).values.reshape(m, -1)
 
     res = sequential_estimate(draw, statistic="mean", target_width=sw.target_ci_width, ci=ctx.study.outputs.ci,
-                              batch_size=sw.batch_instances, max_n=sw.max_instances)
+                              instances_per_round=sw.batch_instances, max_n=sw.max_instances)
     ds = xr.concat(chunks, dim=dims.INSTANCE, combine_attrs="override")
     ds.attrs.update(sequential_stopped_by=res.stopped_by, sequential_target_width=sw.target_ci_width,
                     sequential_width=float(res.width))
