@@ -27,10 +27,12 @@ import torch
 import xarray as xr
 
 from .. import dims
+from ..checks import NONFINITE_ATTR, flag_nonfinite
 from ..errors import ConfigError
 from ..hardware.spec import KNOBS, HardwareSpec
 from .config import Study
-from .train import DEFAULT_CACHE, load_data, load_weights, train_or_load
+from .preflight import check_data, check_folders, check_name, check_size
+from .train import DEFAULT_CACHE, build, load_data, load_weights, train_or_load
 
 MODEL_DIM = "model"
 HARDWARE_DIM = "hardware"
@@ -93,6 +95,7 @@ class _Ctx:
     test: object
     device: object
     progress: bool
+    calibration: object = None                      # data that calibrates converter ranges (the training split)
     executor: dict = field(default_factory=dict)   # e.g. {"executor": "dask", "client": client}
     store_dir: Path | None = None                   # resumable zarr stores, one per sweep call
 
@@ -105,7 +108,8 @@ class _Ctx:
         from ..parallel.tasks import hash_json
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
-                         "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()}})
+                         "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
+                         "calibration": getattr(self.calibration, "name", None)})
         return {**self.executor, "store": self.store_dir / f"sweep-{key[:16]}.zarr"}
 
     @property
@@ -135,7 +139,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, progress=ctx.progress, batch_size=sw.eval_batch_size, chunk_size=sw.chunk_size,
-        **ctx.sweep_kwargs(model, spec, instances)))
+        calibration=ctx.calibration, **ctx.sweep_kwargs(model, spec, instances)))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -281,8 +285,12 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
 
     t0 = time.perf_counter()
     device = resolve_device(device) if device is not None else None   # CUDA asked, none there: CPU + warning
+    check_name(study)
     out_dir = Path(out) if out is not None else Path("reports") / study.name
+    check_folders({"out": out_dir, "cache_dir": cache_dir, "store": store})
+    check_size(study, len(study.training) + (study.model.weights is not None))
     train, test = load_data(study.data, device)
+    check_data(study, build(study.model, study.seed), (train, test))
     models, histories = {}, {}
     if study.model.weights is not None:
         models["model"] = load_weights(study.model, study.seed, device)
@@ -291,7 +299,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
             study.model, t, study.data, train, seed=study.seed, cache_dir=cache_dir, device=device,
             progress=progress, log=log)
     t1 = time.perf_counter()
-    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress)
+    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress, calibration=train)
     log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
         + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
            else f"until the mean CI is {study.sweep.target_ci_width} wide"))
@@ -306,6 +314,9 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     else:
         ds = run_sweep(ctx)
     t2 = time.perf_counter()
+    ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
+    if flag_nonfinite(ds, what=f"study {study.name}"):
+        log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
     if ctx.keep_model:
         sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
             if len(study.training) == len(models) else None
