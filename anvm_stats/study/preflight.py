@@ -82,11 +82,17 @@ def check_name(study: Study) -> None:
                                       "letter, digit or '_' (no path separators, not '.' or '..')")
 
 
-def check_data(study: Study, model, datasets) -> None:
-    """Refuse data the (untrained) model of ``study`` cannot score: inputs of another size, labels outside its
-    outputs. The error names the data field and points at ``[model]``'s line."""
-    from ..checks import check_model_data
+def check_data(study: Study, datasets) -> None:
+    """Refuse data the model of ``study`` cannot score: inputs of another size, labels outside its outputs. The
+    model is built on the meta device (shapes only: nothing is allocated or computed). The error names the data
+    field and points at ``[data]``'s line."""
+    import torch
 
+    from ..checks import check_model_data
+    from .train import build
+
+    with torch.device("meta"):
+        model = build(study.model, study.seed)
     c = Ctx(study.text, study.source)
     for d in datasets:
         try:

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..hardware.spec import KNOBS, HardwareSpec
 from .config import Study
 from .preflight import check_data, check_folders, check_name, check_size
-from .train import DEFAULT_CACHE, build, load_data, load_weights, train_or_load
+from .train import DEFAULT_CACHE, load_data, load_weights, train_or_load
 
 MODEL_DIM = "model"
 HARDWARE_DIM = "hardware"
@@ -248,13 +248,14 @@ def save_results(ds: xr.Dataset, path: Path) -> Path:
 def load_results(path: str | Path) -> xr.Dataset:
     """Load a results file written by :func:`save_results` (``FileNotFoundError`` if missing)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no results file {path}")
     try:
         from ..io import load
-        return load(path)
     except ImportError:
-        pass
+        load = None
+    if load is not None:   # finishes a save of path that was killed mid-replace; FileNotFoundError if none
+        return load(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path}")
     if path.suffix == ".zarr" or path.is_dir():
         return xr.open_zarr(path).load()
     return xr.load_dataset(path)
@@ -290,7 +291,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     check_folders({"out": out_dir, "cache_dir": cache_dir, "store": store})
     check_size(study, len(study.training) + (study.model.weights is not None))
     train, test = load_data(study.data, device)
-    check_data(study, build(study.model, study.seed), (train, test))
+    check_data(study, (train, test))
     models, histories = {}, {}
     if study.model.weights is not None:
         models["model"] = load_weights(study.model, study.seed, device)
