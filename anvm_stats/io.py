@@ -149,8 +149,12 @@ def stale_leftovers(path: Path) -> list[tuple[str, str, Path]]:
             continue
         pid = int(m["pid"]) if m["pid"] else None
         if not _alive(pid):
-            out.append((m["tag"], f"{m['pid'] or ''}-{m['hex']}", sib))
-    return sorted(out, key=lambda t: t[2].lstat().st_mtime)
+            try:
+                mtime = sib.lstat().st_mtime
+            except FileNotFoundError:   # gone meanwhile
+                continue
+            out.append((mtime, m["tag"], f"{m['pid'] or ''}-{m['hex']}", sib))
+    return [t[1:] for t in sorted(out, key=lambda t: t[0])]
 
 
 def recover(path: str | os.PathLike) -> bool:

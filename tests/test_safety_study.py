@@ -240,3 +240,10 @@ def test_sweep_is_calibrated_on_the_training_split(tmp_path, trainer, monkeypatc
     monkeypatch.setattr(mc, "sweep", spy)
     run_study(load_study(_write(tmp_path)), out=tmp_path / "o", progress=False, log=lambda s: None, cache_dir=None)
     assert seen == [("digits-test-subset60-seed0", "digits-train-subset200-seed0")]
+
+
+def test_huge_values_are_cut_so_the_message_stays_short(tmp_path, capsys):
+    text = STUDY.format(name="s", seed=0, features=64, classes=10, sigma=0.05, grid="{ noise_level = [0.05] }",
+                        n=4).replace('seed = 0', 'seed = 0\ndescription = ' + "[" * 300 + "]" * 300)
+    err = _refused(capsys, ["run", str(_write(tmp_path, raw=text)), "--quiet"], "study.description", "characters")
+    assert len(err) < 600

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 from ..hardware.spec import HardwareSpec
 from .lines import find_line, key_lines
 
@@ -23,7 +23,7 @@ class StudyError(ConfigError):
         self.source = source
         super().__init__(field, value, allowed)
         where = f"{source or 'study'}:{line}: " if line else (f"{source}: " if source else "")
-        self.args = (f"{where}{field}={value!r} is not allowed: expected {allowed}",)
+        self.args = (f"{where}{field}={short_repr(value)} is not allowed: expected {allowed}",)
 
     def __str__(self) -> str:
         return self.args[0]

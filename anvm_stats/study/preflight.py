@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .config import Ctx, Study
-from .values import SAFE_NAME
+from .values import NAME_ALLOWED, SAFE_NAME
 
 #: bytes of result per chip and grid point (accuracy, loss, correct count and one more float64 variable)
 RESULT_BYTES_PER_CELL = 4 * 8
@@ -77,9 +77,7 @@ def check_size(study: Study, n_models: int, memory: int | None = None) -> None:
 def check_name(study: Study) -> None:
     """Refuse a study name that is not one safe path component (it names the report folder)."""
     if not isinstance(study.name, str) or not SAFE_NAME.fullmatch(study.name):
-        raise Ctx(study.text, study.source).error(
-            "study.name", study.name, "a single folder name: letters, digits, '_', '.' and '-', starting with a "
-                                      "letter, digit or '_' (no path separators, not '.' or '..')")
+        raise Ctx(study.text, study.source).error("study.name", study.name, NAME_ALLOWED)
 
 
 def check_data(study: Study, datasets) -> None:

@@ -12,6 +12,8 @@ from .config import Ctx
 
 #: a name that is one safe path component: no separator, not "." or "..", not hidden, not an option
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+NAME_ALLOWED = ("a single folder name: letters, digits, '_', '.' and '-', starting with a letter, digit or '_' "
+                "(no path separators, not '.' or '..')")
 INTEGER_KNOBS = ("adc_bits", "dac_bits", "adc_levels", "dac_levels")
 
 
@@ -19,8 +21,7 @@ def safe_name(c: Ctx, path: str, name: Any) -> str:
     """``name`` if it is a single safe path component (it names a report folder), else a StudyError."""
     name = c.string(path, name)
     if not SAFE_NAME.fullmatch(name):
-        raise c.error(path, name, "a single folder name: letters, digits, '_', '.' and '-', starting with a "
-                                  "letter, digit or '_' (no path separators, not '.' or '..')")
+        raise c.error(path, name, NAME_ALLOWED)
     return name
 
 
