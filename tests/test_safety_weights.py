@@ -134,3 +134,21 @@ def test_load_weights_file_round_trip_and_refusals(tmp_path):
         load_weights_file(build_model("lenet5"), tmp_path / "list.pt")
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_weights_file(build_model("lenet5"), tmp_path / "nope.pt")
+
+
+def test_stale_temporaries_of_a_cache_entry_are_deleted_when_it_is_rewritten(tmp_path, trainer):
+    import subprocess
+
+    cache = tmp_path / "cache"
+    _run(tmp_path, cache, [], "a")
+    (entry,) = cache.glob("*.pt")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = [entry.with_name(f"{entry.name}.tmp-{dead}-0123456789ab"),
+             entry.with_name(f"{entry.name}.sha256.tmp-{dead}-ba9876543210")]
+    for p in stale:
+        p.write_bytes(b"half a write")
+    entry.with_name(entry.name + ".sha256").unlink()              # forces a rewrite
+    _run(tmp_path, cache, [], "b")
+    assert trainer == [1, 1]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, entry.name + ".sha256"])

@@ -143,17 +143,23 @@ def read_cached(path: Path, key: str, model: nn.Module) -> tuple[dict | None, st
 
 def write_cached(path: Path, key: str, trained: nn.Module, history: dict) -> None:
     """Write a cache entry and its SHA-256 sidecar, each atomically (entry first: an entry without a matching
-    sidecar is never used)."""
+    sidecar is never used). Temporaries left by killed writers of the same entry are deleted first."""
+    from ..io import recover, temporary_sibling
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
-    torch.save({"state_dict": state, "history": history, "key": key}, tmp)
-    digest = file_sha256(tmp)
     side = sidecar(path)
-    side_tmp = side.with_name(f"{side.name}.tmp{os.getpid()}")
-    side_tmp.write_text(digest + "\n")
-    os.replace(tmp, path)
-    os.replace(side_tmp, side)
+    recover(path)
+    recover(side)
+    tmp, side_tmp = temporary_sibling(path), temporary_sibling(side)
+    try:
+        state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
+        torch.save({"state_dict": state, "history": history, "key": key}, tmp)
+        side_tmp.write_text(file_sha256(tmp) + "\n")
+        os.replace(tmp, path)
+        os.replace(side_tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
 
 
 def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: DataConfig, train_data, *,
