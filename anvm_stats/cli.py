@@ -43,6 +43,8 @@ def _parse_set(items: list[str]) -> dict:
             out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             out[key.strip()] = value
+        except RecursionError:
+            raise ConfigError("--set", item, "KEY=VALUE with a value nested a few levels deep") from None
     return out
 
 
@@ -106,15 +108,10 @@ def _apply_cli(data: dict, args) -> dict:
 
 
 def _load(path: Path, args):
-    from .study.schema import StudyError, apply_overrides, parse_study
+    from .study.schema import apply_overrides, parse_study
+    from .study.source import read_study
 
-    if not path.exists():
-        raise FileNotFoundError(f"no study file {path}")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise StudyError("toml", path.name, f"valid TOML ({err})", source=str(path)) from None
+    text, data = read_study(path)
     data = _apply_cli(apply_overrides(data, _overrides(args)), args)
     return parse_study(data, text=text, source=str(path))
 
@@ -129,6 +126,9 @@ def cmd_run(args, study_path: Path, default_out: Path | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         from .study.schema import StudyError
         raise StudyError("--workers", args.workers, "a positive number of workers")
+    from .study.preflight import check_folders
+
+    check_folders({"--out": out, "--cache": None if args.no_cache else args.cache, "--store": args.store})
     res = run_study(study, out=out, device=args.device, progress=not args.quiet,
                     cache_dir=None if args.no_cache else args.cache, log=log,
                     scheduler=args.scheduler, workers=args.workers, store=args.store)

@@ -3,6 +3,23 @@
 from __future__ import annotations
 
 
+#: longest repr of a value quoted in an error message (longer ones are cut in the middle)
+REPR_LIMIT = 200
+
+
+def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)``, cut in the middle to at most about ``limit`` characters (a message stays one short line
+    even for a huge or deeply nested value)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deeply to show>"
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...({len(text) - 2 * half} characters)...{text[-half:]}"
+
+
 class AnvmError(Exception):
     """Base class of every error anvm_stats raises on purpose."""
 
@@ -24,7 +41,7 @@ class ConfigError(AnvmError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field}={value!r} is not allowed: expected {allowed}")
+        super().__init__(f"{field}={short_repr(value)} is not allowed: expected {allowed}")
 
 
 class UnsupportedLayerError(AnvmError, TypeError):

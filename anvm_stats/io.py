@@ -5,12 +5,19 @@ values that netCDF cannot hold (bools, ``None``, dicts, empty or mixed lists) ar
 load. Writes are atomic: the Dataset is written to a temporary sibling of ``path`` (same directory, so the final
 rename never crosses a filesystem) and moved into place only once complete, so a crash mid-write never leaves
 anything at ``path`` that loads as if complete; a failed write removes its temporary.
+
+A process killed mid-save cannot remove its temporaries. Their names carry the writer's process id
+(``<name>.tmp-<pid>-<hex>``; a zarr replace moves the old store to ``<name>.old-<pid>-<hex>`` with the same tag),
+so the next :func:`save` or :func:`load` of the same path recognises those of dead writers: :func:`recover` finishes
+a zarr replace killed between its two renames (the new store was complete: it is moved into place) and deletes
+every other stale temporary of that path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -103,20 +110,92 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+#: ``<name>.<tag>-<pid>-<hex>`` (``<pid>-`` absent in names written before the pid was recorded)
+_LEFTOVER = re.compile(r"^(?P<name>.+)\.(?P<tag>tmp|old)-(?:(?P<pid>\d+)-)?(?P<hex>[0-9a-f]{12})$")
+
+
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A fresh name ``<name>.<tag>-<random>`` in the directory of ``path``."""
-    return path.with_name(f"{path.name}.{tag}-{secrets.token_hex(6)}")
+    """A fresh name ``<name>.<tag>-<pid>-<random>`` in the directory of ``path`` (the pid tells a later
+    :func:`recover` whether its writer is still running)."""
+    return path.with_name(f"{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(6)}")
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # e.g. PermissionError: a process of another user holds that pid
+        return True
+    return True
+
+
+def stale_leftovers(path: Path) -> list[tuple[str, str, Path]]:
+    """``(tag, token, sibling)`` for every temporary of ``path`` (``tmp`` or ``old``) whose writer is not
+    running, oldest first; ``token`` is ``<pid>-<hex>``, shared by the two temporaries of one replace."""
+    path = Path(path)
+    out = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for sib in siblings:
+        m = _LEFTOVER.match(sib.name)
+        if m is None or m["name"] != path.name:
+            continue
+        pid = int(m["pid"]) if m["pid"] else None
+        if not _alive(pid):
+            try:
+                mtime = sib.lstat().st_mtime
+            except FileNotFoundError:   # gone meanwhile
+                continue
+            out.append((mtime, m["tag"], f"{m['pid'] or ''}-{m['hex']}", sib))
+    return [t[1:] for t in sorted(out, key=lambda t: t[0])]
+
+
+def recover(path: str | os.PathLike) -> bool:
+    """Clean up after saves of ``path`` that were killed: if nothing is at ``path`` but a killed zarr replace
+    left the old store aside, finish that replace (its new store was complete before the old one was moved, so it
+    is moved into place; without it, the old store is moved back). Then delete every remaining stale temporary of
+    ``path``. Temporaries of running writers are never touched.
+
+    Returns
+    -------
+    bool
+        Whether something was moved back to ``path``.
+    """
+    path = Path(path)
+    stale = stale_leftovers(path)
+    recovered = False
+    if not (path.exists() or path.is_symlink()):
+        tmps = {tok: p for tag, tok, p in stale if tag == "tmp"}
+        olds = [(tok, p) for tag, tok, p in stale if tag == "old"]
+        if olds:
+            tok, old = olds[-1]                       # the most recent interrupted replace
+            os.rename(tmps.get(tok, old), path)
+            recovered = True
+    for _, _, p in stale:
+        if p.exists() or p.is_symlink():
+            _remove(p)
+    return recovered
 
 
 def replace_atomically(tmp: Path, path: Path) -> None:
     """Move the complete ``tmp`` to ``path``: ``os.replace`` for a file; for a directory, move any old one
-    aside, rename ``tmp`` into place, then delete the old one (``path`` never holds a partial write)."""
+    aside (``<name>.old-<token of tmp>``), rename ``tmp`` into place, then delete the old one (``path`` never holds
+    a partial write; a kill between the renames is finished by :func:`recover`)."""
     if not tmp.is_dir():
         os.replace(tmp, path)
         return
     old = None
     if path.exists() or path.is_symlink():
-        old = temporary_sibling(path, "old")
+        m = _LEFTOVER.match(tmp.name)
+        old = path.with_name(f"{path.name}.old-{m['pid']}-{m['hex']}") if m and m["pid"] \
+            else temporary_sibling(path, "old")
         os.rename(path, old)
     try:
         os.rename(tmp, path)
@@ -151,7 +230,8 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
         Any Dataset (dims and attrs are kept as they are).
     path : str or PathLike
         ``*.nc`` (netCDF4 through h5netcdf) or ``*.zarr`` (a zarr directory). An existing file or store at
-        ``path`` is replaced only once the new one is complete.
+        ``path`` is replaced only once the new one is complete. Stale temporaries of ``path`` left by killed
+        saves are deleted first (:func:`recover`).
 
     Returns
     -------
@@ -165,6 +245,7 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     fmt = _format(path)
+    recover(path)
     enc = _encode_attrs(ds)
     tmp = temporary_sibling(path)
     try:
@@ -176,9 +257,17 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     return path
 
 
+def _recover_missing(path: Path) -> None:
+    """If nothing is at ``path``, finish a replace of it that was killed between its renames (with a warning)."""
+    if not (path.exists() or path.is_symlink()) and recover(path):
+        warnings.warn(f"{path}: a save of it was killed while replacing the old store; the replace was finished "
+                      f"(the new store was complete) before loading", RuntimeWarning, stacklevel=3)
+
+
 def open_lazy(path: str | os.PathLike) -> xr.Dataset:
     """Open ``path`` without reading its data (the caller closes it); attrs are decoded as in :func:`load`."""
     path = Path(path)
+    _recover_missing(path)
     if _format(path) == "netcdf":
         ds = xr.open_dataset(path, engine="h5netcdf")
     else:
@@ -205,12 +294,13 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> xr.Dataset:
     Raises
     ------
     FileNotFoundError
-        If nothing is at ``path``.
+        If nothing is at ``path`` (after :func:`recover` found no interrupted replace to finish).
     ConfigError
         If the suffix is neither ``.nc`` nor ``.zarr``.
     """
     path = Path(path)
     _format(path)
+    _recover_missing(path)
     if not path.exists():
         raise FileNotFoundError(f"no results at {path}")
     with open_lazy(path) as lazy:

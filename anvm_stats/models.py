@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,7 +27,8 @@ from .errors import ConfigError, check, check_number
 Tensor = torch.Tensor
 
 __all__ = ["MLP", "LeNet5", "BasicBlock", "ResNet", "resnet20", "resnet32", "WideBasicBlock", "WideResNet",
-           "wide_resnet", "build_model", "model_summary", "MODELS"]
+           "wide_resnet", "build_model", "model_summary", "load_weights_file", "apply_state_dict",
+           "MODELS"]
 
 
 # --- initialisation ---------------------------------------------------------------------------------------
@@ -348,3 +351,75 @@ def model_summary(model: nn.Module) -> dict:
         "n_analog_layers": len(analog),
         "n_analog_weights": sum(m.weight.numel() for m in analog),
     }
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" (+{len(names) - most} more)" if len(names) > most else "")
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, field: str = "weights") -> nn.Module:
+    """Load the state dict saved at ``path`` into ``model`` (in place), refusing anything that is not one.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network to load into; its architecture decides which tensors (names and shapes) are expected.
+    path : path
+        A file written by ``torch.save(model.state_dict())``, or by ``torch.save({"state_dict": ...})``.
+        Read with ``weights_only=True`` (tensors and plain containers only; no code runs).
+    field : str
+        The name the errors give the file (e.g. ``"model.weights"``).
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is at ``path``.
+    ConfigError
+        On one line, naming ``field`` and the path: for a file that is not a torch save (e.g. text), a save that
+        holds no state dict, or a state dict of another architecture (missing and unexpected tensor names and
+        shape mismatches, the first few of each).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{field}: no file {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises KeyError, UnpicklingError, RuntimeError... for non-saves
+        first = (str(err).splitlines() or [""])[0][:160]
+        raise ConfigError(field, str(path), f"a file written by torch.save(model.state_dict()) (this one is not: "
+                                            f"{type(err).__name__}: {first})") from None
+    return apply_state_dict(model, blob, field, str(path))
+
+
+def apply_state_dict(model: nn.Module, blob: object, field: str = "weights", source: str = "") -> nn.Module:
+    """Load ``blob`` (a state dict, or a dict with key ``"state_dict"``) into ``model`` in place, after checking
+    that it holds exactly the tensors (names and shapes) the architecture has.
+
+    Raises
+    ------
+    ConfigError
+        On one line, naming ``field`` and ``source``: no state dict, or one of another architecture.
+    """
+    state = blob.get("state_dict", blob) if isinstance(blob, Mapping) else blob
+    if not (isinstance(state, Mapping) and state
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())):
+        raise ConfigError(field, source, f"a state dict (names -> tensors); the file holds a {type(blob).__name__}")
+    expected = model.state_dict()
+    arch = getattr(model, "arch", None) or type(model).__name__
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{what}: {_listed(names)}" for what, names in
+                 (("missing", missing), ("unexpected", unexpected), ("shape in file vs model", shapes)) if names]
+        raise ConfigError(field, source, f"weights of this {arch} ({len(expected)} tensors); the file is of "
+                                         f"another architecture ({'; '.join(parts)})")
+    model.load_state_dict(state)
+    return model

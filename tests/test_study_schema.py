@@ -8,7 +8,7 @@ from anvm_stats import devices
 from anvm_stats.cli import main
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
-from anvm_stats.study import StudyError, apply_knobs, builtin_study, load_study
+from anvm_stats.study import StudyError, builtin_study, load_study
 from anvm_stats.study.lines import find_line, key_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,12 +179,12 @@ def test_key_lines_scans_tables_inline_and_arrays():
     assert find_line(lines, "nothing") is None
 
 
-def test_apply_knobs_extra_axes():
+def test_with_knobs_extra_axes():
     spec = HardwareSpec.from_dict({**devices.paper1(0.1).to_dict(), "periphery": {"adc": {"bits": 4}}})
-    s = apply_knobs(spec, {"adc_levels": 7, "mean_shift": 0.02, "noise_level": 0.2})
+    s = spec.with_knobs(adc_levels=7, mean_shift=0.02, noise_level=0.2)
     assert s.periphery.adc.n_levels == 7
     assert s.effects[0].mu == 0.02 and s.effects[0].sigma == 0.2
     with pytest.raises(ConfigError, match="adc_levels"):
-        apply_knobs(devices.paper1(0.1), {"adc_levels": 4})
+        devices.paper1(0.1).with_knobs(adc_levels=4)
     with pytest.raises(ConfigError, match="mean_shift"):
-        apply_knobs(devices.ideal(), {"mean_shift": 0.1})
+        devices.ideal().with_knobs(mean_shift=0.1)

@@ -57,12 +57,56 @@ def _missing(dataset: str, split: str, expected: Sequence[str], folders: Sequenc
 
 
 # --- CIFAR --------------------------------------------------------------------------------------------------
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR batch may name: numpy array reconstruction (under numpy 1's and numpy 2's module
+    names, pickle protocols 0-5) and ``_codecs.encode`` (Python 3's protocol-2 pickling of bytes)."""
+    import codecs
+    import importlib
+
+    core = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    reconstruct = importlib.import_module(f"{core}.multiarray")._reconstruct
+    frombuffer = importlib.import_module(f"{core}.numeric")._frombuffer
+    out: dict[tuple[str, str], object] = {("_codecs", "encode"): codecs.encode, ("numpy", "ndarray"): np.ndarray,
+                                          ("numpy", "dtype"): np.dtype}
+    for mod in ("numpy.core", "numpy._core"):
+        out[(f"{mod}.multiarray", "_reconstruct")] = reconstruct
+        out[(f"{mod}.numeric", "_frombuffer")] = frombuffer
+    return out
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR "python version" batch holds: dicts, lists, bytes, str, numbers and numpy
+    arrays. Any other global (a function or class a crafted file names to run code) is refused before it is
+    called."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+        self.allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(
+                f"CIFAR batch file {self.path} names the global {module}.{name}, which a CIFAR batch never holds "
+                f"(allowed: dict, list, bytes, str, int and numpy arrays); refused, nothing was run")
+        return obj
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError(f"CIFAR batch file {self.path} holds a persistent id, which a CIFAR batch "
+                                     f"never holds; refused")
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError,
-            TypeError, struct.error) as err:
+            obj = _CifarUnpickler(f, path).load()
+    except pickle.UnpicklingError as err:
+        if str(path) in str(err):
+            raise ValueError(str(err)) from None
+        raise ValueError(f"CIFAR batch file {path} is not a readable pickle (UnpicklingError: {err})") from None
+    except (EOFError, AttributeError, ImportError, IndexError, ValueError, TypeError, KeyError,
+            struct.error) as err:
         raise ValueError(f"CIFAR batch file {path} is not a readable pickle ({type(err).__name__}: {err})") \
             from None
     if not isinstance(obj, dict):
@@ -134,12 +178,14 @@ def cifar10(root: PathLike, split: str = "train", *, normalize: bool = False) ->
     FileNotFoundError
         Naming every expected file and the folders searched.
     ValueError
-        Naming the file, if a batch is not a CIFAR pickle.
+        Naming the file, if a batch is not a CIFAR pickle or names a global other than numpy array
+        reconstruction.
 
     Notes
     -----
-    The batches are Python pickles (the data set's own format); unpickling runs code the file names, so read only
-    files from a source you trust.
+    The batches are Python pickles (the data set's own format). They are read with a restricted unpickler that
+    accepts only dicts, lists, bytes, str, numbers and numpy arrays; a file naming any other global (as a crafted
+    pickle does to run code) is refused with a ValueError naming the file, and nothing it names is run.
     """
     _check_split(split)
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]

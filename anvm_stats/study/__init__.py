@@ -2,10 +2,10 @@
 then :func:`run_study` trains (with a content-hash cache of weights), sweeps, saves and reports it."""
 
 from .config import Study, StudyError
-from .runner import RunResult, apply_knobs, load_results, run_study, save_results
+from .runner import RunResult, load_results, run_study, save_results
 from .schema import load_study, parse_study
 
-__all__ = ["Study", "StudyError", "load_study", "parse_study", "run_study", "RunResult", "apply_knobs",
+__all__ = ["Study", "StudyError", "load_study", "parse_study", "run_study", "RunResult",
            "load_results", "save_results", "builtin_study"]
 
 

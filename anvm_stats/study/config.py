@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 from ..hardware.spec import HardwareSpec
 from .lines import find_line, key_lines
 
+#: the largest integer a study key takes (seeds and counts are stored as int64)
+MAX_INT = 2**63 - 1
 PLOTS = ("distribution", "mean_quantiles", "yield", "sensitivity", "training")
 
 
@@ -21,7 +23,7 @@ class StudyError(ConfigError):
         self.source = source
         super().__init__(field, value, allowed)
         where = f"{source or 'study'}:{line}: " if line else (f"{source}: " if source else "")
-        self.args = (f"{where}{field}={value!r} is not allowed: expected {allowed}",)
+        self.args = (f"{where}{field}={short_repr(value)} is not allowed: expected {allowed}",)
 
     def __str__(self) -> str:
         return self.args[0]
@@ -134,6 +136,10 @@ class Ctx:
 
     def number(self, path: str, v: Any, *, low=None, high=None, low_open=False, high_open=False,
                integer=False) -> Any:
+        """``v`` if it is a finite number (an int with ``integer``; at most :data:`MAX_INT` then, as seeds and
+        counts are stored as int64) inside the interval, else a StudyError."""
+        if integer and high is None:
+            high = MAX_INT
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (not integer or isinstance(v, int))
         ok = ok and v == v and abs(v) != float("inf")
         ok = ok and (low is None or (v > low if low_open else v >= low))

@@ -27,9 +27,18 @@ import torch
 import xarray as xr
 
 from .. import dims
+from ..analog.program import resolve_device
+from ..calibration import calibrate
+from ..checks import NONFINITE_ATTR, flag_nonfinite
 from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
+from ..hessian import layer_sensitivity
+from ..io import load, save
+from ..montecarlo import RunOptions, sweep
+from ..report import write_report
+from ..stats import sequential_estimate
 from .config import Study
+from .preflight import check_data, check_folders, check_name, check_size
 from .train import DEFAULT_CACHE, load_data, load_weights, train_or_load
 
 MODEL_DIM = "model"
@@ -39,11 +48,6 @@ HARDWARE_DIM = "hardware"
 #: knobs a study sweeps by preparing (and calibrating the converter ranges of) one program per value, the results
 #: stacked along them; the other knobs are grid dims of one engine sweep
 STACKED_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
-
-
-def apply_knobs(spec: HardwareSpec, knobs: dict) -> HardwareSpec:
-    """``spec.with_knobs(**knobs)``."""
-    return spec.with_knobs(**knobs)
 
 
 def _nest(items: list, shape: list[int]):
@@ -60,7 +64,7 @@ def _over_extra(fn: Callable[[HardwareSpec], xr.Dataset], spec: HardwareSpec, ex
     keys = list(extra)
     parts = []
     for combo in itertools.product(*extra.values()):
-        ds = fn(apply_knobs(spec, dict(zip(keys, combo))))
+        ds = fn(spec.with_knobs(**dict(zip(keys, combo))))
         parts.append(ds.expand_dims({k: [v] for k, v in zip(keys, combo)}))
     return xr.combine_nested(_nest(parts, [len(v) for v in extra.values()]), concat_dim=keys,
                              combine_attrs="override")
@@ -81,6 +85,7 @@ class _Ctx:
     device: object
     progress: bool
     client: object = None                           # a distributed.Client: sweeps run on Dask
+    calibration: object = None                      # data that calibrates converter ranges (the training split)
     store_dir: Path | None = None                   # resumable zarr stores, one per sweep call
 
     def executor(self, model, spec, instances):
@@ -96,7 +101,8 @@ class _Ctx:
         from ..parallel.tasks import hash_json
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
-                         "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()}})
+                         "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
+                         "calibration": getattr(self.calibration, "name", None)})
         return DaskExecutor(self.client, store=self.store_dir / f"sweep-{key[:16]}.zarr")
 
     @property
@@ -119,14 +125,13 @@ class _Ctx:
 
 
 def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
-    from ..montecarlo import RunOptions, sweep
 
     std, _ = ctx.grids()
     sw = ctx.study.sweep
     options = RunOptions(samples_per_batch=sw.eval_batch_size, instances_per_chunk=sw.chunk_size)
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
-        device=ctx.device, options=options, progress=ctx.progress,
+        device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
         executor=ctx.executor(model, spec, instances)))
 
 
@@ -135,7 +140,6 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
     sw = ctx.study.sweep
     if sw.target_ci_width is None:
         return _sweep_instances(ctx, np.arange(sw.n_instances))
-    from ..stats import sequential_estimate
 
     chunks: list[xr.Dataset] = []
 
@@ -162,17 +166,15 @@ def float_accuracy(model, data, batch: int = 1024) -> float:
     return correct / data.n
 
 
-def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
-    try:
-        from ..calibration import calibrate
-    except ImportError:
-        return None
+def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset:
+
     rec = ctx.study.recovery
     std, _ = ctx.grids()
     points = [dict(zip(std, c)) for c in itertools.product(*std.values())] if std else [{}]
 
     def one(model, spec):
-        parts = [calibrate(model, apply_knobs(spec, pt), ctx.test, recovery_data=calib, n_instances=n_instances,
+        parts = [calibrate(model, spec.with_knobs(**pt), ctx.test, recovery_data=calib, calibration_data=ctx.calibration,
+                           n_instances=n_instances,
                            seed=ctx.study.seed, n_recovery=rec.n_calibration, progress=ctx.progress,
                            device=ctx.device, **rec.options).expand_dims({k: [v] for k, v in pt.items()})
                  for pt in points]
@@ -185,7 +187,6 @@ def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset | None:
 
 
 def _sensitivity(ctx: _Ctx) -> xr.Dataset:
-    from ..hessian import layer_sensitivity
 
     data = ctx.test if ctx.test.n <= 512 else ctx.test.subset(512, seed=0)
     parts = []
@@ -212,40 +213,15 @@ def _histories(ctx: _Ctx, histories: dict) -> xr.Dataset:
 
 
 def save_results(ds: xr.Dataset, path: Path) -> Path:
-    """Save with :func:`anvm_stats.io.save` when present, else atomically with xarray (netCDF or zarr)."""
-    try:
-        from ..io import save
-    except ImportError:
-        save = None
-    if save is not None:
-        save(ds, path)
-        return path
-    if path.suffix == ".zarr":
-        ds.to_zarr(path, mode="w")
-        return path
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-    except ImportError:  # h5netcdf without h5py: netCDF3 through scipy
-        tmp.unlink(missing_ok=True)
-        ds.to_netcdf(tmp, engine="scipy")
-    os.replace(tmp, path)
+    """Save atomically with :func:`anvm_stats.io.save` (netCDF or zarr)."""
+    save(ds, path)
+    return path
     return path
 
 
 def load_results(path: str | Path) -> xr.Dataset:
     """Load a results file written by :func:`save_results` (``FileNotFoundError`` if missing)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no results file {path}")
-    try:
-        from ..io import load
-        return load(path)
-    except ImportError:
-        pass
-    if path.suffix == ".zarr" or path.is_dir():
-        return xr.open_zarr(path).load()
-    return xr.load_dataset(path)
+    return load(Path(path))   # finishes a save of path that was killed mid-replace; FileNotFoundError if none
 
 
 @dataclass(frozen=True)
@@ -269,12 +245,15 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     the sweeps on Dask distributed; the results are identical to the in-process run. ``store`` (a folder) makes
     every sweep stream into a resumable zarr store there (Dask executor; 2 local workers unless told otherwise):
     re-running a killed study computes only the missing tasks."""
-    from ..analog.program import resolve_device
 
     t0 = time.perf_counter()
     device = resolve_device(device) if device is not None else None   # CUDA asked, none there: CPU + warning
+    check_name(study)
     out_dir = Path(out) if out is not None else Path("reports") / study.name
+    check_folders({"out": out_dir, "cache_dir": cache_dir, "store": store})
+    check_size(study, len(study.training) + (study.model.weights is not None))
     train, test = load_data(study.data, device)
+    check_data(study, (train, test))
     models, histories = {}, {}
     if study.model.weights is not None:
         models["model"] = load_weights(study.model, study.seed, device)
@@ -283,7 +262,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
             study.model, t, study.data, train, seed=study.seed, cache_dir=cache_dir, device=device,
             progress=progress, log=log)
     t1 = time.perf_counter()
-    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress)
+    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress, calibration=train)
     log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
         + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
            else f"until the mean CI is {study.sweep.target_ci_width} wide"))
@@ -298,6 +277,9 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     else:
         ds = run_sweep(ctx)
     t2 = time.perf_counter()
+    ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
+    if flag_nonfinite(ds, what=f"study {study.name}"):
+        log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
     if ctx.keep_model:
         sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
             if len(study.training) == len(models) else None
@@ -311,12 +293,8 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
         ds = xr.merge([ds, _sensitivity(ctx)], combine_attrs="override")
     if study.recovery is not None:
         rec = _recovery(ctx, train, study.recovery.n_instances or ds.sizes[dims.INSTANCE])
-        if rec is None:
-            log("recovery skipped: anvm_stats.calibration is not available")
-            ds.attrs["recovery"] = "skipped (anvm_stats.calibration not available)"
-        else:
-            ds = xr.merge([ds, rec], join="outer", combine_attrs="override")
-            ds.attrs["recovery"] = json.dumps(dataclasses.asdict(study.recovery), sort_keys=True)
+        ds = xr.merge([ds, rec], join="outer", combine_attrs="override")
+        ds.attrs["recovery"] = json.dumps(dataclasses.asdict(study.recovery), sort_keys=True)
     t3 = time.perf_counter()
     o = study.outputs
     ds.attrs.update(study=study.name, study_description=study.description, study_toml=study.text,
@@ -327,7 +305,6 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     ds.attrs["hardware_spec"] = json.dumps(specs if study.hardware_variants else specs["base"], sort_keys=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_results(ds, out_dir / f"results.{o.format}")
-    from ..report import write_report
 
     report = write_report(ds, out_dir, log=log)
     t4 = time.perf_counter()

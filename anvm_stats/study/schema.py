@@ -49,16 +49,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..calibration import CalibrationOptions, calibrate
 from ..errors import ConfigError
 from ..hardware.spec import KNOBS, HardwareSpec
+from ..training import HASGDConfig, train_hasgd
 from .config import (PLOTS, Ctx, DataConfig, ModelConfig, OutputsConfig, RecoveryConfig, Study, StudyError,
                      SweepConfig, TrainingConfig)
 from .hardware_table import PRESETS, hardware_tables, resolve_hardware
+from .source import read_study
+from .values import check_knobs, distinct, grid_values, safe_name
 
 EXTRA_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
 ALL_KNOBS = tuple(KNOBS) + EXTRA_KNOBS
@@ -133,10 +135,6 @@ _TRAIN_SET = ("model", "spec", "data", "samples", "epochs", "lr", "batch_size", 
 
 
 def _trainer_options(opts) -> tuple[str, ...]:
-    try:
-        from ..training import train_hasgd
-    except ImportError:  # checked by the trainer at run time
-        return tuple(opts) if isinstance(opts, dict) else ()
     params = inspect.signature(train_hasgd).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return tuple(opts) if isinstance(opts, dict) else ()
@@ -153,14 +151,9 @@ def _one_training(c: Ctx, t: dict, path: str, label: str, hw_raw: dict) -> Train
         kw["lr"] = c.number(f"{path}.lr", t["lr"], low=0, low_open=True)
     kw["options"] = dict(c.table(t.get("options", {}), f"{path}.options", _trainer_options(t.get("options"))))
     try:
-        from ..training import HASGDConfig
-    except ImportError:
-        HASGDConfig = None
-    if HASGDConfig is not None:
-        try:
-            HASGDConfig(**{k: v for k, v in kw["options"].items() if k in HASGDConfig.__dataclass_fields__})
-        except ConfigError as err:
-            raise c.wrap(f"{path}.options", err) from None
+        HASGDConfig(**{k: v for k, v in kw["options"].items() if k in HASGDConfig.__dataclass_fields__})
+    except ConfigError as err:
+        raise c.wrap(f"{path}.options", err) from None
     sigma = t.get("sigma_train")
     if sigma is not None:
         sigma = c.number(f"{path}.sigma_train", sigma, low=0)
@@ -192,11 +185,13 @@ def _training(c: Ctx, raw: dict, hw_raw: dict) -> tuple[TrainingConfig, ...]:
     if isinstance(sig, list):
         if variants is not None:
             raise c.error("training.sigma_train", sig, "a single number when [training.variants] is given")
-        if not sig or len(set(map(repr, sig))) != len(sig):
+        if not sig:
             raise c.error("training.sigma_train", sig, "a non-empty list of distinct numbers")
-        out = []
         for i, s in enumerate(sig):
             c.number(f"training.sigma_train[{i}]", s, low=0)
+        distinct(c, "training.sigma_train", sig)
+        out = []
+        for s in sig:
             out.append(_one_training(c, {**base, "sigma_train": s}, "training", f"sigma_train={s:g}", hw_raw))
         return tuple(out)
     if variants is None:
@@ -211,48 +206,13 @@ def _training(c: Ctx, raw: dict, hw_raw: dict) -> tuple[TrainingConfig, ...]:
     return tuple(out)
 
 
-def _grid_values(c: Ctx, knob: str, values: Any) -> tuple:
-    path = f"sweep.grid.{knob}"
-    if not isinstance(values, list) or not values:
-        raise c.error(path, values, "a non-empty list of values")
-    if len(set(map(repr, values))) != len(values):
-        raise c.error(path, values, "distinct values")
-    for i, v in enumerate(values):
-        p = f"{path}[{i}]"
-        if knob in ("adc_bits", "dac_bits"):
-            c.number(p, v, low=1, high=24, integer=True)
-        elif knob in ("adc_levels", "dac_levels"):
-            c.number(p, v, low=2, integer=True)
-        elif knob == "stuck_at_rate":
-            c.number(p, v, low=0, high=1)
-        elif knob == "t_inference":
-            c.number(p, v, low=0, low_open=True)
-        elif knob == "mean_shift":
-            c.number(p, v)
-        else:
-            c.number(p, v, low=0)
-    return tuple(values)
-
-
-def _check_knobs(c: Ctx, grid: dict, hardware: dict[str, HardwareSpec]) -> None:
-    from .runner import apply_knobs  # the same code the run uses
-
-    for label, spec in hardware.items():
-        for knob, values in grid.items():
-            for v in (values[0], values[-1]):
-                try:
-                    apply_knobs(spec, {knob: v})
-                except ConfigError as err:
-                    raise c.error(f"sweep.grid.{knob}", v, f"a knob of hardware {label!r}: {err.allowed}") from None
-
-
 def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
     c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "batch_instances",
                            "eval_batch_size", "chunk_size"))
     grid_raw = raw.get("grid", {})
     c.table(grid_raw, "sweep.grid", ALL_KNOBS)
-    grid = {k: _grid_values(c, k, v) for k, v in grid_raw.items()}
-    _check_knobs(c, grid, hardware)
+    grid = {k: grid_values(c, k, v) for k, v in grid_raw.items()}
+    check_knobs(c, grid, hardware)
     kw: dict[str, Any] = {"grid": grid}
     if "n_instances" in raw and "target_ci_width" in raw:
         raise c.error("sweep.target_ci_width", raw["target_ci_width"], "either n_instances or target_ci_width")
@@ -282,19 +242,13 @@ def _recovery(c: Ctx, raw: dict) -> RecoveryConfig:
         if k in raw:
             kw[k] = c.number(f"recovery.{k}", raw[k], low=1, integer=True)
     opts = raw.get("options", {})
-    try:  # checked against calibrate() when the module is there (else at run time: skipped with a note)
-        from ..calibration import CalibrationOptions, calibrate
-
-        allowed = tuple(p for p in inspect.signature(calibrate).parameters if p not in _RECOVERY_SET)
-    except ImportError:
-        CalibrationOptions, allowed = None, tuple(opts) if isinstance(opts, dict) else ()
+    allowed = tuple(p for p in inspect.signature(calibrate).parameters if p not in _RECOVERY_SET)
     kw["options"] = dict(c.table(opts, "recovery.options", allowed))
-    if CalibrationOptions is not None:
-        fields = {k: v for k, v in kw["options"].items() if k in CalibrationOptions.__dataclass_fields__}
-        try:
-            CalibrationOptions(**fields)
-        except ConfigError as err:
-            raise c.wrap("recovery.options", err) from None
+    fields = {k: v for k, v in kw["options"].items() if k in CalibrationOptions.__dataclass_fields__}
+    try:
+        CalibrationOptions(**fields)
+    except ConfigError as err:
+        raise c.wrap("recovery.options", err) from None
     return RecoveryConfig(**kw)
 
 
@@ -335,9 +289,7 @@ def parse_study(data: dict, *, text: str = "", source: str | None = None) -> Stu
     st = c.table(data.get("study", {}), "study", ("name", "description", "seed"))
     if "name" not in st:
         raise c.error("study.name", None, "a name for the study (required; letters, digits, _ . -)")
-    name = c.string("study.name", st["name"])
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise c.error("study.name", name, "letters, digits, '_', '.' and '-' only (it names the report folder)")
+    name = safe_name(c, "study.name", st["name"])
     desc = c.string("study.description", st.get("description", ""))
     seed = c.number("study.seed", st.get("seed", 0), low=0, integer=True)
     if "model" not in data:
@@ -383,14 +335,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     StudyError
         For invalid TOML or any invalid key (the message names key, value, allowed values and line).
     """
-    path = Path(path)
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        m = re.search(r"line (\d+)", str(err))
-        raise StudyError("toml", path.name, f"valid TOML ({err})", line=int(m.group(1)) if m else None,
-                         source=str(path)) from None
+    text, data = read_study(path)
     if overrides:
         data = apply_overrides(data, overrides)
     return parse_study(data, text=text, source=str(path))

@@ -2,7 +2,9 @@
 
 The cache key is the SHA-256 of the model config, the training config (method, epochs, lr, batch size, L, the
 training spec q), the study seed and the bytes of the training data; a hit loads ``<cache>/<key>.pt`` (state dict
-plus training history) instead of training. Entries are written atomically.
+plus training history) instead of training. Entries are written atomically, each with a sidecar
+``<key>.pt.sha256`` holding the SHA-256 of its bytes; an entry whose bytes do not match (corrupt, tampered, or
+written without a sidecar) is reported with its path and retrained, never used.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +22,7 @@ import xarray as xr
 from torch import nn
 
 from .. import dims
+from ..training import train_hasgd
 from .config import DataConfig, ModelConfig, StudyError, TrainingConfig
 
 DEFAULT_CACHE = ".anvm_cache"
@@ -73,16 +77,6 @@ def cache_key(model: ModelConfig, training: TrainingConfig, data: DataConfig, se
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def trainer() -> Callable:
-    """``anvm_stats.training.train_hasgd`` (imported when needed)."""
-    try:
-        from ..training import train_hasgd
-    except ImportError as err:
-        raise RuntimeError(f"training needs anvm_stats.training.train_hasgd, which is not available ({err}); "
-                           f"give model.weights to evaluate a trained network instead") from None
-    return train_hasgd
-
-
 def history_dict(history) -> dict[str, list[float]]:
     """Per-epoch curves of a TrainResult.history (Dataset with an ``epoch`` dim, or dict of lists)."""
     if history is None:
@@ -101,6 +95,64 @@ def history_dict(history) -> dict[str, list[float]]:
     return out
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the bytes of ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+    """The file recording the SHA-256 of cache entry ``path``."""
+    return path.with_name(path.name + ".sha256")
+
+
+def read_cached(path: Path, key: str, model: nn.Module) -> tuple[dict | None, str]:
+    """``(history, "")`` after loading a verified cache entry into ``model``, or ``(None, why)`` if the entry must
+    not be used (its recorded SHA-256 is missing or differs from its bytes, or it does not load)."""
+    from ..errors import ConfigError
+    from ..models import apply_state_dict
+
+    try:
+        recorded = sidecar(path).read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None, f"no valid SHA-256 recorded in {sidecar(path)}"
+    actual = file_sha256(path)
+    if actual != recorded:
+        return None, f"SHA-256 {actual[:16]}... differs from the recorded {recorded[:16]}..."
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("key") != key:
+            return None, "it was written for another cache key"
+        apply_state_dict(model, blob, field="cache entry", source=str(path))
+    except (ConfigError, RuntimeError, OSError, pickle.UnpicklingError) as err:
+        return None, str(err)
+    return dict(blob.get("history", {})), ""
+
+
+def write_cached(path: Path, key: str, trained: nn.Module, history: dict) -> None:
+    """Write a cache entry and its SHA-256 sidecar, each atomically (entry first: an entry without a matching
+    sidecar is never used). Temporaries left by killed writers of the same entry are deleted first."""
+    from ..io import recover, temporary_sibling
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    side = sidecar(path)
+    recover(path)
+    recover(side)
+    tmp, side_tmp = temporary_sibling(path), temporary_sibling(side)
+    try:
+        state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
+        torch.save({"state_dict": state, "history": history, "key": key}, tmp)
+        side_tmp.write_text(file_sha256(tmp) + "\n")
+        os.replace(tmp, path)
+        os.replace(side_tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
+
+
 def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: DataConfig, train_data, *,
                   seed: int, cache_dir: str | Path | None = DEFAULT_CACHE, device=None, progress: bool = True,
                   log: Callable[[str], None] = lambda s: None) -> tuple[nn.Module, dict, bool]:
@@ -110,17 +162,20 @@ def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: Da
     -------
     (model, history, cached)
         The trained network in eval mode on ``device``, its per-epoch curves ``{name: [epochs]}``, and whether it
-        came from the cache. ``cache_dir=None`` disables the cache.
+        came from the cache. ``cache_dir=None`` disables the cache. A cache entry that fails its SHA-256 check
+        is logged with its path and retrained (then overwritten).
     """
     model = build(model_cfg, seed)
     key = cache_key(model_cfg, training, data_cfg, seed, data_digest(train_data))
     path = Path(cache_dir) / f"{key}.pt" if cache_dir is not None else None
     if path is not None and path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        log(f"[{training.label}] trained weights from cache {path}")
-        return model.to(device or "cpu").eval(), dict(blob.get("history", {})), True
-    fn = trainer()
+        history, why = read_cached(path, key, model)
+        if history is not None:
+            log(f"[{training.label}] trained weights from cache {path} (SHA-256 verified)")
+            return model.to(device or "cpu").eval(), history, True
+        log(f"[{training.label}] cache entry {path} is not used ({why}); retraining")
+        model = build(model_cfg, seed)   # the failed load may have touched the weights
+    fn = train_hasgd
     kw = dict(samples=training.samples, epochs=training.epochs, batch_size=training.batch_size,
               seed=seed, progress=progress, **training.options)
     if training.lr is not None:
@@ -132,20 +187,21 @@ def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: Da
     trained = getattr(result, "model", result)
     history = history_dict(getattr(result, "history", None))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
-        torch.save({"state_dict": state, "history": history, "key": key}, tmp)
-        os.replace(tmp, path)
+        write_cached(path, key, trained, history)
     return trained.eval(), history, False
 
 
 def load_weights(model_cfg: ModelConfig, seed: int, device=None) -> nn.Module:
-    """The zoo model with the state dict at ``model_cfg.weights`` (a file or a cache entry with ``state_dict``)."""
-    model = build(model_cfg, seed)
-    path = Path(model_cfg.weights)
-    if not path.exists():
-        raise FileNotFoundError(f"model.weights: no file {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob.get("state_dict", blob) if isinstance(blob, dict) else blob)
-    return model.to(device or "cpu").eval()
+    """The zoo model with the state dict at ``model_cfg.weights`` (a file or a cache entry with ``state_dict``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ConfigError
+        Naming ``model.weights``, for a file that is not a state dict (e.g. text) or is of another architecture.
+    """
+    from ..models import load_weights_file
+
+    return load_weights_file(build(model_cfg, seed), model_cfg.weights, field="model.weights").to(
+        device or "cpu").eval()
