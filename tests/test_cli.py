@@ -53,7 +53,7 @@ def fake_trainer(monkeypatch):
 
     def train_hasgd(model, spec, data, *, samples=8, epochs=1, lr=0.01, batch_size=64, seed=0, progress=False,
                     **kw):
-        calls.append(dict(q=spec, epochs=epochs, seed=seed, **kw))
+        calls.append(dict(spec=spec, epochs=epochs, seed=seed, **kw))
         g = torch.Generator().manual_seed(int(seed))
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         hist = {"train_loss": []}
@@ -70,11 +70,8 @@ def fake_trainer(monkeypatch):
             hist["train_loss"].append(total / data.n)
         return _Result(model.eval(), hist)
 
-    mod = types.ModuleType("anvm_stats.training")
-    mod.train_hasgd = train_hasgd
-    monkeypatch.setitem(sys.modules, "anvm_stats.training", mod)
-    import anvm_stats
-    monkeypatch.setattr(anvm_stats, "training", mod, raising=False)
+    import anvm_stats.study.train
+    monkeypatch.setattr(anvm_stats.study.train, "train_hasgd", train_hasgd)
     return calls
 
 
@@ -87,7 +84,7 @@ def test_quickstart_end_to_end_reduced(tmp_path, capsys, fake_trainer, monkeypat
     for name in ("results.nc", "report.md", "report.html", "accuracy_distribution.png", "accuracy_bands.png",
                  "yield.png", "layer_sensitivity.png", "training_curves.png"):
         assert (out / name).is_file(), name
-    assert len(fake_trainer) == 1 and fake_trainer[0]["q"] is None and fake_trainer[0]["epochs"] == 1
+    assert len(fake_trainer) == 1 and fake_trainer[0]["spec"] is None and fake_trainer[0]["epochs"] == 1
     ds = load_results(out / "results.nc")
     assert ds.sizes[dims.INSTANCE] == 8 and ds.sizes[dims.NOISE_LEVEL] == 6
     assert ds.attrs["study"] == "quickstart" and "sensitivity_trace" in ds and "history_train_loss" in ds
@@ -168,9 +165,8 @@ def test_failure_exits_1_with_one_line(tmp_path, capsys, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("trainer exploded")
 
-    mod = types.ModuleType("anvm_stats.training")
-    mod.train_hasgd = boom
-    monkeypatch.setitem(sys.modules, "anvm_stats.training", mod)
+    import anvm_stats.study.train
+    monkeypatch.setattr(anvm_stats.study.train, "train_hasgd", boom)
     path = _small(tmp_path)
     assert main(["run", str(path), "--quiet", "--no-cache", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()

@@ -35,4 +35,4 @@ def test_dask_notes_trust_and_main_guard():
     assert not top_calls
     funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     called = {c.func.id for c in ast.walk(guards[0]) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
-    assert called & funcs and "executor=\"dask\"" in code
+    assert called & funcs and "DaskExecutor(" in code

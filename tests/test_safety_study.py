@@ -57,13 +57,12 @@ def trainer(monkeypatch):
     """Counts training calls (a run refused up front must never reach the trainer)."""
     calls = []
 
-    def train_hasgd(model, data, *, epochs=1, seed=0, **kw):
+    def train_hasgd(model, spec, data, *, epochs=1, seed=0, **kw):
         calls.append(epochs)
         return types.SimpleNamespace(model=model.eval(), history={})
 
-    mod = types.ModuleType("anvm_stats.training")
-    mod.train_hasgd = train_hasgd
-    monkeypatch.setitem(sys.modules, "anvm_stats.training", mod)
+    import anvm_stats.study.train
+    monkeypatch.setattr(anvm_stats.study.train, "train_hasgd", train_hasgd)
     return calls
 
 
@@ -228,16 +227,16 @@ def test_finite_results_carry_no_flag_and_no_warning(tmp_path, trainer):
 
 
 def test_sweep_is_calibrated_on_the_training_split(tmp_path, trainer, monkeypatch):
-    import anvm_stats.montecarlo as mc
+    import anvm_stats.study.runner as runner
 
     seen = []
-    real = mc.sweep
+    real = runner.sweep
 
     def spy(model, spec, data, **kw):
-        seen.append((data.name, getattr(kw.get("calibration"), "name", None)))
+        seen.append((data.name, getattr(kw.get("calibration_data"), "name", None)))
         return real(model, spec, data, **kw)
 
-    monkeypatch.setattr(mc, "sweep", spy)
+    monkeypatch.setattr(runner, "sweep", spy)
     run_study(load_study(_write(tmp_path)), out=tmp_path / "o", progress=False, log=lambda s: None, cache_dir=None)
     assert seen == [("digits-test-subset60-seed0", "digits-train-subset200-seed0")]
 

@@ -42,7 +42,7 @@ def trainer(monkeypatch):
     """A seeded stand-in trainer (one SGD step per batch) that counts its calls."""
     calls = []
 
-    def train_hasgd(model, data, *, seed=0, lr=0.05, **kw):
+    def train_hasgd(model, spec, data, *, seed=0, lr=0.05, **kw):
         calls.append(seed)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         for x, y in data.batches(32):
@@ -52,9 +52,8 @@ def trainer(monkeypatch):
             opt.step()
         return types.SimpleNamespace(model=model.eval(), history={"train_loss": [float(loss.detach())]})
 
-    mod = types.ModuleType("anvm_stats.training")
-    mod.train_hasgd = train_hasgd
-    monkeypatch.setitem(sys.modules, "anvm_stats.training", mod)
+    import anvm_stats.study.train
+    monkeypatch.setattr(anvm_stats.study.train, "train_hasgd", train_hasgd)
     return calls
 
 
