@@ -3,7 +3,6 @@ are the same chips as a fixed-size run with the same seed."""
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import anvm_stats as av
 from conftest import make_data, make_mlp

@@ -12,7 +12,7 @@ from anvm_stats import dims
 from anvm_stats.calibration import CalibrationOptions, calibrate, compare_recovery
 from anvm_stats.data import digits
 from anvm_stats.errors import ConfigError
-from anvm_stats.hardware import HardwareSpec, ReadNoise
+from anvm_stats.hardware import ReadNoise
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import evaluate
 from anvm_stats.stats import paired_difference

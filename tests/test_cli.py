@@ -1,8 +1,6 @@
 """The anvm-stats command in-process: quickstart end to end at a reduced size, show, report, cache, exit codes."""
 
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -10,7 +10,6 @@ from anvm_stats.analog.program import augmented_weights
 from anvm_stats.calibration import train_distilled, weight_perturbation
 from anvm_stats.data import digits
 from anvm_stats.errors import ConfigError
-from anvm_stats.hardware import HardwareSpec
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import evaluate
 from anvm_stats.stats import paired_difference

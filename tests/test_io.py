@@ -10,7 +10,6 @@ import xarray as xr
 from anvm_stats import devices
 from anvm_stats import dims, io
 from anvm_stats.errors import ConfigError
-from anvm_stats.hardware import HardwareSpec
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import sweep
 

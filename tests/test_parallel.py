@@ -13,7 +13,6 @@ import xarray as xr
 from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
-from anvm_stats.hardware import HardwareSpec
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import RunOptions, sweep
 from anvm_stats.parallel import DaskExecutor, plan_tasks, tasks

@@ -2,7 +2,6 @@
 before the sweep (exit 2, one line naming the option or key, with the study file's line); non-finite results
 are flagged; converter ranges are calibrated on the training split."""
 
-import sys
 import types
 import warnings
 

@@ -3,7 +3,6 @@ minimal example; the Hypothesis strategies generate valid objects.
 
 check_device's statistical checks run at a false-failure rate alpha = 1e-6 per call (its default)."""
 
-import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 

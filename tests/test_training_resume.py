@@ -10,7 +10,6 @@ from torch import nn
 from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
-from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.training import load_checkpoint, train_hasgd
 from conftest import make_data
 

@@ -155,7 +155,6 @@ def cached_inputs(cache_key: str, payload: bytes) -> dict[str, Any]:
     prepared (and calibrated) on first use only."""
     import pickle
 
-    from ..analog.program import prepare
 
     cache = _programs()
     if cache_key in cache:

@@ -16,7 +16,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from .. import dims
 from ..analog.program import resolve_device
 from ..calibration import calibrate
 from ..checks import NONFINITE_ATTR, flag_nonfinite
-from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
 from ..hessian import layer_sensitivity
 from ..io import load, save

@@ -58,7 +58,7 @@ from ..hardware.spec import KNOBS, HardwareSpec
 from ..training import HASGDConfig, train_hasgd
 from .config import (PLOTS, Ctx, DataConfig, ModelConfig, OutputsConfig, RecoveryConfig, Study, StudyError,
                      SweepConfig, TrainingConfig)
-from .hardware_table import PRESETS, hardware_tables, resolve_hardware
+from .hardware_table import hardware_tables, resolve_hardware
 from .source import read_study
 from .values import check_knobs, distinct, grid_values, safe_name
 
