@@ -13,11 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "anvm_stats"
 
-#: cycles known at the time of writing, owned by another change; each entry is a set of modules forming one cycle.
-#: TO BE EMPTIED after the merge of the training/ refactor (training/perturb <-> training/local, grouped).
-KNOWN_CYCLES_TO_REMOVE: list[frozenset[str]] = [
-    frozenset({"anvm_stats.training.perturb", "anvm_stats.training.local", "anvm_stats.training.grouped"}),
-]
 
 
 def modules(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -125,7 +120,7 @@ def test_no_import_cycles():
     inward = sorted(m for m, deps in graph.items() if PACKAGE in deps and m != PACKAGE)
     assert not inward, f"modules importing the package root: {inward}"
     del graph[PACKAGE]
-    found = [c for c in cycles(graph) if c not in KNOWN_CYCLES_TO_REMOVE]
+    found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
 
 

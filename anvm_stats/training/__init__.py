@@ -13,7 +13,8 @@ from .estimators import (ESTIMATORS, DirectGradient, GradientEstimator, LocalGra
                          gradient_estimator, plain_gradient)
 from .hasgd import HASGDConfig, TrainResult, epoch_order, train_hasgd
 from .grouped import group_sizes, perturbed_forward
-from .local import LayerMoments, LocalPerturbation, draw_local, gaussian_effects, local_forward, weight_moments
+from .gaussian_form import gaussian_effects
+from .local import LayerMoments, LocalPerturbation, draw_local, local_forward, weight_moments
 from .perturb import Perturbation, PerturbTarget, draw_perturbations, folded_weights, perturb_targets, step_generators
 
 __all__ = ["train_hasgd", "TrainResult", "HASGDConfig", "epoch_order", "GradientEstimator",

@@ -27,7 +27,8 @@ from ..errors import ConfigError, check, check_number
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike
 from .grouped import group_sizes, perturbed_forward
-from .local import LocalPerturbation, draw_local, gaussian_effects, local_forward
+from .gaussian_form import gaussian_effects
+from .local import LocalPerturbation, draw_local, local_forward
 from .perturb import Perturbation, PerturbTarget, draw_perturbations
 
 Tensor = torch.Tensor

@@ -42,6 +42,7 @@ from ..analog.selection import select_layers
 from ..errors import ConfigError, check_number
 from ..hardware.spec import HardwareSpec
 from ..rng import SeedLike, Stream, instance_generators, root_sequence
+from .gaussian_form import gaussian_effects, layer_noise, mapping_error
 
 Tensor = torch.Tensor
 
@@ -196,7 +197,7 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     weight_domain : bool
         When every program effect is unclipped additive Gaussian noise with some ``sigma > 0``, skip the
         conductance domain: ``dW~ = shift + sum c_a unit sigma Z_a`` straight from the same base draws
-        (:func:`anvm_stats.training.local.layer_noise`), one fused pass per layer and draw, drawn and mapped in
+        (:func:`anvm_stats.training.gaussian_form.layer_noise`), one fused pass per layer and draw, drawn and mapped in
         parallel threads over ``l``. Equal to the conductance-domain path (``False``) up to float round-off
         (a few ulps of ``max|W~|``; the direct form avoids the cancellation in ``decode(g) - W~``).
 
@@ -261,7 +262,6 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
 def _weight_domain_plan(spec: HardwareSpec, layers_info: list) -> list | None:
     """Per layer ``(shift_w [O, in], terms_w, shift_b [O] or None, terms_b)`` of the weight-domain form (row
     scales ``1/k`` and the bias scale ``s`` folded in), or None when q is not Gaussian-additive or noise-free."""
-    from .local import gaussian_effects, layer_noise, mapping_error
     try:
         effects = gaussian_effects(spec)
     except ConfigError:
