@@ -107,18 +107,29 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
     prov = {k: ds.attrs[k] for k in ("created_at", "anvm_stats_version", "torch_version", "device",
                                      "seed_entropy", "dataset", "train_s", "sweep_s") if k in ds.attrs}
     out.append(("h2", "Provenance"))
-    out.append(("pre", json.dumps(prov, indent=1, default=str)))
+    out.append(("table", (["attribute", "value"], [[k, str(v)] for k, v in prov.items()])))
     if ds.attrs.get("hardware_spec"):
-        out.append(("p", "Hardware spec:"))
+        out.append(("p", "Hardware spec (each field of the spec's JSON, by its path):"))
         try:
-            spec_text = json.dumps(json.loads(ds.attrs["hardware_spec"]), indent=1)
+            spec = json.loads(ds.attrs["hardware_spec"])
         except (TypeError, ValueError):
-            spec_text = str(ds.attrs["hardware_spec"])
-        out.append(("pre", spec_text))
+            out.append(("pre", str(ds.attrs["hardware_spec"])))
+        else:
+            out.append(("table", (["field", "value"], [[k, v] for k, v in flat_fields(spec)])))
     if ds.attrs.get("study_toml"):
         out.append(("p", "Study file:"))
         out.append(("pre", str(ds.attrs["study_toml"])))
     return out
+
+
+def flat_fields(obj, prefix: str = "") -> list[tuple[str, str]]:
+    """``(path, value)`` rows of a JSON object: nested keys joined with ``.``, list items as ``[i]``, leaves as
+    JSON (``[]``/``{}`` for empty containers)."""
+    if isinstance(obj, dict) and obj:
+        return [row for k in sorted(obj) for row in flat_fields(obj[k], f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, list) and obj:
+        return [row for i, v in enumerate(obj) for row in flat_fields(v, f"{prefix}[{i}]")]
+    return [(prefix, json.dumps(obj, default=str))]
 
 
 def sensitivity_table(ds: xr.Dataset) -> tuple[list[str], list[list[str]]]:
