@@ -125,7 +125,7 @@ class HardwareSpec:
         which = name.split("_")[0]
         q = getattr(self.periphery, which)
         if q is None:
-            raise ConfigError(name, value, f"a spec whose periphery has a {which.upper()} (it has none)")
+            raise ConfigError(name, value, f"a spec whose periphery has an {which.upper()} (it has none)")
         check_number(name, value, low=2, integer=True)
         return replace(self, periphery=replace(self.periphery, **{which: replace(q, bits=None, levels=int(value))}))
 
