@@ -10,7 +10,7 @@ import torch
 import anvm_stats as av
 from anvm_stats.analog.affine import affine_layers, affine_weights
 from anvm_stats.hardware import Periphery, ProgrammingNoise, Quantizer, ReadNoise
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 AFFINE = {
     "paper1": av.devices.paper1(0.1, mu=0.03),

@@ -10,7 +10,7 @@ from torch import nn
 import anvm_stats as av
 from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.errors import ConfigError, InvalidWeightsError, UnsupportedLayerError
-from conftest import make_data, make_mlp, make_resnet
+from tests.helpers import make_data, make_mlp, make_resnet
 
 IDEAL_SPECS = [
     av.devices.ideal(),

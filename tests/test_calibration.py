@@ -4,8 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from anvm_stats import devices
 from anvm_stats import dims
@@ -13,27 +11,9 @@ from anvm_stats.calibration import CalibrationOptions, calibrate, compare_recove
 from anvm_stats.data import digits
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import ReadNoise
-from anvm_stats.models import MLP
 from anvm_stats.montecarlo import evaluate
 from anvm_stats.stats import paired_difference
-from conftest import make_data, make_mlp, make_resnet
-
-
-def train_digits_mlp(seed=0, hidden=(64,), epochs=30):
-    """A digits MLP trained with a plain seeded Adam loop (never touches the global RNG)."""
-    tr = digits("train")
-    g = torch.Generator().manual_seed(seed)
-    net = MLP(64, hidden, 10, generator=g)
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(epochs):
-        perm = torch.randperm(len(tr.y), generator=g)
-        for i in range(0, len(perm), 128):
-            b = perm[i:i + 128]
-            loss = F.cross_entropy(net(tr.x[b]), tr.y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
+from tests.helpers import make_data, make_mlp, make_resnet, train_digits_mlp
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from anvm_stats.counter_rng import fill_counter, philox4x32, run_key
 from anvm_stats.errors import ConfigError
 from anvm_stats.rng import Stream, root_sequence
 from anvm_stats.sampler import ChipSampler
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 ALPHA = 1e-5   # false-failure rate of each statistical assertion
 
@@ -141,7 +141,7 @@ def test_sampler_draws_from_counters_and_records_it(counter_on_cpu):
 def test_per_forward_noise_from_counters_is_chunk_invariant(net_kind):
     """Read noise and ADC output noise drawn from a CounterStream: the same whatever the chunking, and fresh
     per forward (two batches of the same samples score differently)."""
-    from conftest import make_resnet
+    from tests.helpers import make_resnet
 
     net = make_mlp() if net_kind == "mlp" else make_resnet()
     x, y = make_data(n=16) if net_kind == "mlp" else make_data(n=8, shape=(1, 8, 8))

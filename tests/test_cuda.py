@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import anvm_stats as av
-from conftest import make_data, make_mlp, make_resnet
+from tests.helpers import make_data, make_mlp, make_resnet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

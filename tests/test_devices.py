@@ -19,7 +19,7 @@ from anvm_stats.devices import (
 )
 from anvm_stats.hardware import Bounds, HardwareSpec
 from anvm_stats.testing import check_device
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 G_UNIT = 25e-6            # the synthetic table is in siemens: 25 uS window
 LEVELS = np.linspace(0.1, 0.9, 8)

@@ -13,8 +13,8 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import evaluate
 from anvm_stats.stats import paired_difference
-from conftest import make_mlp
-from test_calibration import train_digits_mlp
+from tests.helpers import make_mlp
+from tests.helpers import train_digits_mlp
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

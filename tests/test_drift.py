@@ -13,8 +13,8 @@ from anvm_stats.data import digits
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import DifferentialMapping, Drift, HardwareSpec, ProgrammingNoise
 from anvm_stats.montecarlo import evaluate
-from conftest import make_data, make_resnet
-from test_calibration import train_digits_mlp
+from tests.helpers import make_data, make_resnet
+from tests.helpers import train_digits_mlp
 
 TIMES = [1.0, 1e3, 1e6, 3.15e8]
 

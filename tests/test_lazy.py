@@ -13,7 +13,7 @@ import anvm_stats.analog.lazy as lazy
 import anvm_stats.montecarlo as mc
 from anvm_stats.analog.program import AnalogProgram
 from anvm_stats.hardware import Periphery, ProgrammingNoise, Quantizer
-from conftest import make_data, make_mlp, make_resnet
+from tests.helpers import make_data, make_mlp, make_resnet
 
 
 def data_vars(ds):

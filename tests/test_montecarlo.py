@@ -9,7 +9,7 @@ import anvm_stats as av
 from anvm_stats import chunking
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
-from conftest import make_data, make_mlp, make_resnet
+from tests.helpers import make_data, make_mlp, make_resnet
 
 
 def data_vars(ds):

@@ -16,8 +16,8 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.fragility import sensitivity
 from anvm_stats.hessian import (HessianOperator, LayerNoiseMoments, hutchinson_trace, layer_sensitivity,
                                     predict_loss_increase)
-from conftest import make_mlp
-from test_sensitivity_hvp import (QUAD_LAYERS, assert_unchanged, exact_hessian, make_quadratic, quad_loss, snapshot,
+from tests.helpers import make_mlp
+from tests.helpers import (QUAD_LAYERS, assert_unchanged, exact_hessian, make_quadratic, quad_loss, snapshot,
                                   tiny_conv, tiny_data, tiny_mlp)
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards

@@ -9,7 +9,7 @@ import torch
 
 from anvm_stats.errors import ConfigError
 from anvm_stats.hessian import HessianOperator, exact_diagonal, hutchinson_trace, top_eigenvalue, top_eigenvalues
-from test_sensitivity_hvp import (QUAD_LAYERS, exact_hessian, make_quadratic, quad_loss, snapshot, assert_unchanged,
+from tests.helpers import (QUAD_LAYERS, exact_hessian, make_quadratic, quad_loss, snapshot, assert_unchanged,
                                   tiny_conv, tiny_data, tiny_mlp)
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards

@@ -16,9 +16,9 @@ from anvm_stats.analog.program import prepare
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.sampler import ChipSampler
-from anvm_stats.training import (ADCInTheLoop, adc_points, draw_perturbations, epoch_order, gradient_estimator,
+from anvm_stats.training import (ADCInTheLoop, adc_points, draw_perturbations, gradient_estimator,
                                  group_sizes, perturb_targets, step_generators, train_hasgd)
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp, plain_sgd
 
 FAMILY_FALSE_FAILURE = 1e-6   # per statistical assertion (two-sided)
 
@@ -85,19 +85,6 @@ def test_split_conv_grouped_equals_hand():
     hand = [sum(t) / 12 for t in zip(*[hand_grads(net, xg, yg, pert.deltas, i) for i, (xg, yg) in enumerate(parts)])]
     for p, h in zip(net.parameters(), hand):
         torch.testing.assert_close(p.grad, h, rtol=1e-4, atol=1e-5)
-
-
-def plain_sgd(net, x, y, *, epochs, batch_size, lr, seed, momentum=0.9, weight_decay=5e-4):
-    net = copy.deepcopy(net).train()
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for e in range(epochs):
-        order = torch.as_tensor(epoch_order(seed, e, len(x)))
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad()
-            F.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    return net
 
 
 @pytest.mark.parametrize("q,mode", [(None, "split"), (devices.paper1(0.0), "split"),

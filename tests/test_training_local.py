@@ -16,8 +16,8 @@ from anvm_stats.hardware.mapping import BitSlicedMapping, DifferentialMapping
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.training import draw_perturbations, gradient_estimator, perturb_targets, train_hasgd
 from anvm_stats.training.local import LayerMoments, draw_local, local_forward, weight_moments
-from conftest import make_data, make_mlp
-from test_training import plain_sgd
+from tests.helpers import make_data, make_mlp
+from tests.helpers import plain_sgd
 
 FALSE_FAILURE = 1e-5   # per test (Bonferroni over the elements / projections it checks), two-sided
 

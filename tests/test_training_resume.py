@@ -11,7 +11,7 @@ from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
 from anvm_stats.training import load_checkpoint, train_hasgd
-from conftest import make_data
+from tests.helpers import make_data
 
 
 def net_with_dropout_and_bn():

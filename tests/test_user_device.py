@@ -17,7 +17,7 @@ from anvm_stats.devices import effect_from_function
 from anvm_stats.hardware import HardwareSpec, ProgrammingNoise, register
 from anvm_stats.testing import check_device
 from anvm_stats.fragility import sensitivity
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 
 @register("effect")
