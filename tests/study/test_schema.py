@@ -11,7 +11,7 @@ from anvm_stats.hardware import HardwareSpec
 from anvm_stats.study import StudyError, builtin_study, load_study
 from anvm_stats.study.lines import find_line, key_lines
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted((ROOT / "studies").glob("*.toml"))
 
 GOOD = """\
