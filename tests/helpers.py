@@ -3,12 +3,19 @@ from explicit generators, never touching the global RNG), a plain training loop,
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from torch import nn
 from torch.func import functional_call
 
+import anvm_stats as av
+from anvm_stats import devices
+from anvm_stats import dims
+from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.data import digits
+from anvm_stats.hessian import HessianOperator
 from anvm_stats.models import MLP
 from anvm_stats.training import epoch_order
 
@@ -208,3 +215,105 @@ def assert_unchanged(model, snap):
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert [m.training for m in model.modules()] == flags
+
+
+# -- analog programs: logits of every chip, and the float network of one chip -----------------------------------------
+
+def logits(program, g, x):
+    K = g.shape[0]
+    program.load(g, B=x.shape[0])
+    try:
+        with torch.no_grad():
+            return program.module(x).view(K, x.shape[0], -1)
+    finally:
+        program.unload()
+
+
+def reference_net(net, program, g_one):
+    """A plain float copy of ``net`` (BN folded) whose analog layers hold the decoded weights of one chip."""
+    ref = copy.deepcopy(net).eval()
+    fold_batchnorm(ref)
+    weights = program.weights(g_one[None])
+    with torch.no_grad():
+        for plan in program.plans:
+            mod = ref.get_submodule(plan.name)
+            w = weights[plan.name][0]
+            mod.weight.copy_(w[:, :plan.in_features].reshape(mod.weight.shape))
+            if plan.bias_mode == "column":
+                mod.bias.copy_(w[:, -1] * plan.bias_scale)
+    return ref
+
+
+# -- CUDA engine runs (skipped without a CUDA device) -----------------------------------------------------------------
+
+CUDA_SPECS = {
+    "paper1": av.devices.paper1(0.1),
+    "faults_adc": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.StuckAt(p_off=0.02, p_on=0.01)),
+                                  periphery=av.Periphery(dac=av.Quantizer(bits=6), adc=av.Quantizer(bits=8))),
+    "read_noise": av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
+                                  periphery=av.Periphery(output_noise=0.01)),
+}
+
+
+def cuda_data(net_kind):
+    if net_kind == "resnet_large":     # 4 x 48 x 48 activations: runs channels-last
+        return make_data(n=6, shape=(1, 48, 48))
+    return make_data(n=40) if net_kind == "mlp" else make_data(n=12, shape=(1, 8, 8))
+
+
+# -- Hessian blocks of the tiny nets ----------------------------------------------------------------------------------
+
+def hessian_case(kind):
+    if kind == "mlp":
+        model, (x, y) = tiny_mlp(), tiny_data()
+    else:
+        model, (x, y) = tiny_conv(), tiny_data(n=7, shape=(1, 5, 5))
+    op = HessianOperator(model, (x, y))
+    h, _, _ = exact_hessian(model, x, y, op.names)
+    return model, op, h
+
+
+def layer_blocks(op, h):
+    """Layer -> (start, stop) in the flattened order."""
+    out, i = {}, 0
+    for layer in op.layers:
+        out[layer] = (i, i + op.numel(layer))
+        i += op.numel(layer)
+    return out
+
+
+# -- a seeded MLP, spec and data for the scale-out tests --------------------------------------------------------------
+
+def small_job(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    net = MLP(16, (24,), 7, generator=gen)
+    x = torch.randn(40, 16, generator=gen)
+    y = torch.randint(0, 7, (40,), generator=gen)
+    return net, devices.paper1(sigma=0.05), (x, y)
+
+
+# -- a synthetic study result Dataset (report tests) ------------------------------------------------------------------
+
+N, LEVELS, MODELS, LAYERS = 40, [0.02, 0.1, 0.2], ["plain", "robust"], ["fc1", "fc2", "fc3"]
+
+
+def synthetic(seed=0, with_model=True) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    shape = (len(MODELS), len(LEVELS), N) if with_model else (len(LEVELS), N)
+    base = 0.95 - 0.8 * np.asarray(LEVELS)[:, None]
+    acc = np.clip(base + 0.03 * rng.standard_normal(shape), 0, 1)
+    d = (["model"] if with_model else []) + [dims.NOISE_LEVEL, dims.INSTANCE]
+    ds = xr.Dataset({dims.ACCURACY: (d, acc)},
+                    coords={dims.NOISE_LEVEL: LEVELS, dims.INSTANCE: np.arange(N),
+                            **({"model": MODELS} if with_model else {})})
+    ds["sensitivity_trace"] = (("model", dims.LAYER) if with_model else (dims.LAYER,),
+                               rng.uniform(1, 5, (len(MODELS), 3) if with_model else 3))
+    ds["sensitivity_trace_se"] = ds["sensitivity_trace"] * 0.1
+    ds = ds.assign_coords({dims.LAYER: LAYERS})
+    ep = np.arange(1, 6)
+    ds["history_loss"] = (("model", dims.EPOCH) if with_model else (dims.EPOCH,),
+                          np.exp(-ep / 3) * (np.ones((2, 1)) if with_model else 1))
+    ds["history_accuracy"] = ds["history_loss"] * 0 + 0.9
+    ds = ds.assign_coords({dims.EPOCH: ep})
+    ds.attrs.update(study="synthetic", report_yield_threshold=0.8, report_ci=0.95, report_quantiles=[0.05, 0.5, 0.95])
+    return ds

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import anvm_stats as av
-from anvm_stats.analog.fold import fold_batchnorm
-from anvm_stats.errors import ConfigError, InvalidWeightsError, UnsupportedLayerError
-from tests.helpers import make_data, make_mlp, make_resnet
+from anvm_stats.errors import ConfigError
+from tests.helpers import logits, make_data, make_mlp, make_resnet, reference_net
+
 
 IDEAL_SPECS = [
     av.devices.ideal(),
@@ -19,16 +19,6 @@ IDEAL_SPECS = [
     av.HardwareSpec(mapping=av.DifferentialMapping(granularity="column"), bias="digital", g_min=0.05),
     av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=6, bits_per_slice=4)),
 ]
-
-
-def logits(program, g, x):
-    K = g.shape[0]
-    program.load(g, B=x.shape[0])
-    try:
-        with torch.no_grad():
-            return program.module(x).view(K, x.shape[0], -1)
-    finally:
-        program.unload()
 
 
 @pytest.mark.parametrize("spec", IDEAL_SPECS, ids=lambda s: s.name + s.mapping.kind)
@@ -41,21 +31,6 @@ def test_ideal_hardware_is_identity(spec, maker, shape):
     ref = net(x)
     tol = 2e-3 if spec.mapping.kind == "bit_sliced" else 1e-5
     assert torch.allclose(out, ref.expand_as(out), atol=tol, rtol=tol)
-
-
-def reference_net(net, program, g_one):
-    """A plain float copy of ``net`` (BN folded) whose analog layers hold the decoded weights of one chip."""
-    ref = copy.deepcopy(net).eval()
-    fold_batchnorm(ref)
-    weights = program.weights(g_one[None])
-    with torch.no_grad():
-        for plan in program.plans:
-            mod = ref.get_submodule(plan.name)
-            w = weights[plan.name][0]
-            mod.weight.copy_(w[:, :plan.in_features].reshape(mod.weight.shape))
-            if plan.bias_mode == "column":
-                mod.bias.copy_(w[:, -1] * plan.bias_scale)
-    return ref
 
 
 @pytest.mark.parametrize("spec", [av.devices.paper1(0.1, 0.02), av.devices.xiao_state_independent(0.1, adc_bits=None),
@@ -170,138 +145,3 @@ def test_user_model_is_never_mutated():
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert isinstance(net.bn1, nn.BatchNorm2d) and isinstance(net.conv1, nn.Conv2d)
-
-
-def test_nan_weights_are_refused():
-    net = make_mlp()
-    with torch.no_grad():
-        net[0].weight[0, 0] = float("nan")
-    with pytest.raises(InvalidWeightsError, match=r"'0.weight'.*NaN"):
-        av.prepare(net, av.devices.ideal())
-
-
-def test_unsupported_layers_are_refused():
-    class WithLSTM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.LSTM(4, 4)
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, x):
-            return self.fc(x)
-
-    with pytest.raises(UnsupportedLayerError, match="'rnn' \\(LSTM\\)"):
-        av.prepare(WithLSTM(), av.devices.ideal())
-    prog = av.prepare(WithLSTM(), av.devices.ideal(), digital=["rnn"])
-    assert prog.layer_names == ["fc"]
-    with pytest.raises(UnsupportedLayerError, match="ReLU"):
-        av.prepare(make_mlp(), av.devices.ideal(), layers=["2"])
-    with pytest.raises(ConfigError, match="layers"):
-        av.prepare(make_mlp(), av.devices.ideal(), layers=["nope"])
-
-
-def test_layer_filter_keeps_other_layers_digital():
-    net = make_mlp(bn=False)
-    x, _ = make_data(n=5)
-    prog = av.prepare(net, av.devices.paper1(0.2), layers=lambda name, m: name == "2")
-    assert prog.layer_names == ["2"]
-    g = av.ChipSampler(prog, 0).chips([0])
-    out = logits(prog, g, x)[0]
-    ref = reference_net(net, prog, g[0])(x)
-    assert torch.allclose(out, ref, atol=1e-5)
-
-
-def test_batchnorm_is_folded():
-    prog = av.prepare(make_resnet(), av.devices.ideal())
-    assert ("conv1", "bn1") in prog.folded and ("conv2", "bn2") in prog.folded
-    assert isinstance(prog.module.bn1, nn.Identity)
-    prog2 = av.prepare(make_resnet(), av.HardwareSpec(fold_batchnorm=False))
-    assert prog2.folded == () and isinstance(prog2.module.bn1, nn.BatchNorm2d)
-
-
-def test_cuda_request_falls_back_to_cpu_when_absent():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: nothing to fall back from")
-    net = make_mlp()
-    x, y = make_data(n=6)
-    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        ds = av.evaluate(net, av.devices.paper1(0.1), (x, y), n_instances=2, seed=0, device="cuda",
-                         progress=False)
-    ref = av.evaluate(net, av.devices.paper1(0.1), (x, y), n_instances=2, seed=0, progress=False)
-    assert ds.attrs["device"] == "cpu"
-    assert (ds.accuracy.values == ref.accuracy.values).all()
-    with pytest.raises(ConfigError, match="device"):
-        av.prepare(net, av.devices.ideal(), device="gpu0")
-
-
-@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["loop-over-instances", "grouped"])
-def test_both_convolution_strategies_agree_with_float_networks(threshold):
-    from anvm_stats.analog.kernels import OneDNNKernel
-
-    net = make_resnet()
-    x, _ = make_data(n=5, shape=(1, 6, 6))
-    prog = av.prepare(net, av.devices.paper1(0.1), kernel=OneDNNKernel(conv_loop_elements=threshold))
-    g = av.ChipSampler(prog, seed=2).chips(range(3))
-    out = logits(prog, g, x)
-    for k in range(3):
-        assert torch.allclose(out[k], reference_net(net, prog, g[k])(x), atol=1e-4, rtol=1e-4)
-
-
-def test_fused_relu_is_bit_identical_and_only_fuses_private_relus():
-    class SharedReLU(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            return self.c(self.act(self.b(self.act(self.a(x)))))
-
-    x, _ = make_data(n=9)
-    spec = av.devices.paper1(0.2, 0.01)
-    net = make_mlp()            # Linear -> BatchNorm (folded to Identity) -> ReLU, twice
-    for model, n_fused in ((net, 2), (SharedReLU(), 0)):
-        plain, fused = av.prepare(model, spec), av.prepare(model, spec, fuse_relu=True)
-        assert sum(m.relu_after for m in fused.analog_modules()) == n_fused
-        g = av.ChipSampler(plain, seed=1).chips(range(3))
-        assert torch.equal(logits(plain, g, x), logits(fused, g, x))
-    ds = av.sweep(net, spec, (x, torch.zeros(9, dtype=torch.long)), n_instances=3, seed=1, progress=False,
-                  program=av.prepare(net, spec))
-    ds_fused = av.sweep(net, spec, (x, torch.zeros(9, dtype=torch.long)), n_instances=3, seed=1, progress=False)
-    assert (ds.loss.values == ds_fused.loss.values).all()
-
-
-def test_fused_bias_relu_off_gpu_is_add_and_relu():
-    from anvm_stats.analog.fused import bias_relu_
-
-    g = torch.Generator().manual_seed(0)
-    y, b = torch.randn(2, 4, 3, generator=g), torch.randn(2, 3, generator=g)
-    assert torch.equal(bias_relu_(y.clone(), b), torch.relu(y + b[:, None, :]))
-    with pytest.raises(ValueError, match="bias_relu_"):
-        bias_relu_(y.clone(), torch.randn(3, 2))
-    with pytest.raises(ValueError, match="bias_relu_"):
-        bias_relu_(y.transpose(1, 2), b)
-
-
-def test_kernels_are_chosen_once_per_program_and_agree():
-    """A program runs the kernel of its device (oneDNN on CPU) unless given one; every kernel gives the same
-    logits to round-off; moving a program picks the new device's kernel; a non-kernel is refused."""
-    from anvm_stats.analog.kernels import CudaFusedKernel, GenericKernel, OneDNNKernel, select_kernel
-
-    net = make_mlp()
-    x, _ = make_data(n=12)
-    spec = av.devices.paper1(0.1)
-    prog = av.prepare(net, spec)
-    assert isinstance(prog.kernel, OneDNNKernel) and prog.sample_major_ok
-    assert all(m.kernel is prog.kernel for m in prog.analog_modules())
-    assert isinstance(select_kernel("cuda"), CudaFusedKernel) and type(select_kernel("meta")) is GenericKernel
-    g = av.ChipSampler(prog, seed=1).chips(range(3))
-    ref = logits(prog, g, x)
-    generic = av.prepare(net, spec, kernel=GenericKernel())
-    assert not generic.sample_major_ok
-    torch.testing.assert_close(logits(generic, g, x), ref, rtol=1e-5, atol=1e-5)
-    generic.use_kernel(OneDNNKernel())
-    assert torch.equal(logits(generic, g, x), ref)
-    assert isinstance(generic.to("cpu").kernel, OneDNNKernel)
-    with pytest.raises(ConfigError, match="kernel"):
-        av.prepare(net, spec, kernel="onednn")

@@ -15,15 +15,21 @@ import xarray as xr
 
 import anvm_stats as av
 from anvm_stats.devices import (
-    PRESETS, EmpiricalDevice, NeuRRAMNoise, PCMDrift, PCMProgrammingNoise, PCMReadNoise, neurram_rram, pcm_joshi2020,
+    EmpiricalDevice,
 )
 from anvm_stats.hardware import Bounds, HardwareSpec
 from anvm_stats.testing import check_device
-from tests.helpers import make_data, make_mlp
+
 
 G_UNIT = 25e-6            # the synthetic table is in siemens: 25 uS window
+
+
 LEVELS = np.linspace(0.1, 0.9, 8)
+
+
 PER_LEVEL = 4000
+
+
 P_OFF, P_ON = 0.006, 0.004  # 1 % stuck cells in all
 
 
@@ -151,120 +157,3 @@ def test_empirical_keeps_the_device_contract(fitted):
     check_device(dev, zero_noise=ideal, n=5000, bounds=Bounds(g_min=0.0))
     check_device(dev, n=5000)   # in a spec window other than its own (mapped linearly)
     assert dev.with_knob("stuck_at_rate", 0.02).p_off == pytest.approx(0.02 * dev.p_off / (dev.p_off + dev.p_on))
-
-
-def test_pcm_formulas():
-    prog = PCMProgrammingNoise()
-    g = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
-    c0, c1, c2 = 0.26348, 1.9650, -1.1731   # Nandakumar 2019 fit (uS at G_max = 25 uS)
-    expected = torch.tensor([c0, c0 + c1 / 2 + c2 / 4, c0 + c1 + c2], dtype=torch.float64) / 25.0
-    torch.testing.assert_close(prog.sigma(g), expected)
-    read = PCMReadNoise(t_inference=3600.0)
-    assert float(read.relative_sd(torch.tensor([1.0]))) == pytest.approx(
-        0.0088 * math.sqrt(math.log((3600 + 250e-9) / 500e-9)))
-    assert float(PCMReadNoise(t_inference=1e6).relative_sd(torch.tensor([0.5]))) > float(read.relative_sd(
-        torch.tensor([0.5])))
-    nd = PCMDrift(model="nandakumar")
-    nu = nd.exponent(torch.tensor([1.0, 1e-4]), torch.zeros(2))
-    torch.testing.assert_close(nu, torch.tensor([0.049, min(0.1, -0.0155 * math.log(1e-4) + 0.0244)]))
-
-
-def drift_moments(d: PCMDrift):
-    """E and sd of G0 (t/t0)^-nu for nu ~ N(m, s) (the clamp at 0 has probability Phi(-m/s) < 1e-4 here)."""
-    L = math.log(d.t_inference / d.t0)
-    comp = math.exp(d.nu_mean * L) if d.compensation else 1.0
-    m1 = math.exp(-d.nu_mean * L + 0.5 * (d.nu_std * L) ** 2)
-    m2 = math.exp(-2 * d.nu_mean * L + 2 * (d.nu_std * L) ** 2)
-    return (lambda g: g * comp * m1), (lambda g: g * comp * math.sqrt(m2 - m1 * m1))
-
-
-@pytest.mark.parametrize("compensation", [False, True])
-def test_pcm_effects_keep_contract_with_declared_moments(compensation):
-    prog = PCMProgrammingNoise()
-    check_device(prog, declared_mean=lambda g: g, declared_std=prog.sigma, zero_noise={"noise_level": 0.0},
-                 levels=(0.15, 0.5), n=20_000)
-    drift = PCMDrift(t_inference=86400.0, compensation=compensation)
-    mean, sd = drift_moments(drift)
-    check_device(drift, declared_mean=mean, declared_std=sd, zero_noise={"t_inference": drift.t0}, n=20_000)
-    read = PCMReadNoise(t_inference=3600.0)
-    check_device(read, declared_mean=lambda g: g, declared_std=lambda g: g * read.relative_sd(g),
-                 zero_noise=replace(read, scale=0.0), n=20_000)
-
-
-def test_neurram_sigma_and_time_interpolation():
-    eff = NeuRRAMNoise()
-    g = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(eff.sigma(g), torch.tensor([0.348, 1.103], dtype=torch.float64) / 40.0)
-    day = NeuRRAMNoise(t_inference=86400.0).sigma(g)
-    half = NeuRRAMNoise(t_inference=math.sqrt(86400.0)).sigma(g)   # halfway in log t between 1 s and 1 day
-    torch.testing.assert_close(half, 0.5 * (eff.sigma(g) + day))
-    check_device(eff, declared_mean=lambda x: x, declared_std=eff.sigma, zero_noise={"noise_level": 0.0},
-                 levels=(0.2, 0.5), n=20_000)
-
-
-def declared(spec):
-    """Closed-form moments of the presets' single Gaussian effects (else None: contract only)."""
-    e = spec.effects[0]
-    if isinstance(e, av.ProgrammingNoise) and len(spec.effects) == 1 and e.relative_to == "half_range":
-        return dict(declared_mean=lambda g: g + 0.45 * e.mu, declared_std=0.45 * e.sigma)
-    return {}
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_keep_the_device_contract(name):
-    spec = PRESETS[name]()
-    bounds = Bounds(g_min=0.1)
-    for e in spec.effects:
-        kw = declared(spec) if e is spec.effects[0] else {}
-        check_device(e, n=5000, bounds=bounds, **kw)
-    assert HardwareSpec.from_dict(spec.to_dict()) == spec
-    assert PRESETS[name].factory.__doc__ and PRESETS[name].source and PRESETS[name].name == name
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return make_mlp(sizes=(8, 12, 5)), make_data(n=32, n_classes=5)
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_runs_through_evaluate(name, tiny):
-    net, data = tiny
-    spec = PRESETS[name]()
-    a = av.evaluate(net, spec, data, n_instances=6, seed=3, progress=False)
-    b = av.evaluate(net, spec, data, n_instances=6, seed=3, progress=False)
-    assert a.sizes["instance"] == 6
-    assert np.all((a.accuracy.values >= 0) & (a.accuracy.values <= 1)) and np.all(np.isfinite(a.loss.values))
-    np.testing.assert_array_equal(a.correct_count.values, b.correct_count.values)
-
-
-def test_time_knobs_sweep_through_pcm_and_neurram(tiny):
-    net, data = tiny
-    for spec, times in ((pcm_joshi2020(), [20.0, 3600.0, 1e6]), (neurram_rram(), [1.0, 86400.0])):
-        ds = av.sweep(net, spec, data, grid={"t_inference": times}, n_instances=4, seed=0, progress=False)
-        assert ds.sizes == {"t_inference": len(times), "instance": 4}
-
-
-def test_one_registry_reaches_python_toml_and_the_cli(tmp_path, capsys):
-    """Every preset by name from Python, from a study file's [hardware] table (PCM and NeuRRAM included), and in
-    ``anvm-stats presets``; an unknown name is refused naming the known ones."""
-    from anvm_stats.cli import main
-    from anvm_stats.errors import ConfigError
-    from anvm_stats.study import load_study
-
-    assert av.devices.preset("paper1", sigma=0.07) == av.devices.paper1(0.07)
-    assert av.devices.preset("pcm_joshi2020", t_inference=20.0) == pcm_joshi2020(t_inference=20.0)
-    with pytest.raises(ConfigError) as err:
-        av.devices.preset("charan_rram")
-    assert err.value.field == "preset" and "rram_charan" in str(err.value)
-    for name, args in (("pcm_joshi2020", "{ t_inference = 86400.0 }"), ("neurram_rram", "{ t_inference = 1.0 }"),
-                       ("rram_charan", "{ levels = 8 }")):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f"""[study]\nname = "p"\n[model]\nname = "mlp"\n[data]\nname = "digits"\n[training]
-method = "plain"\nepochs = 1\n[hardware]\npreset = "{name}"\nargs = {args}\n[sweep]\nn_instances = 2\n""")
-        (spec,) = load_study(path).hardware.values()
-        import tomllib
-        assert spec == av.devices.preset(name, **tomllib.loads(f"a = {args}")["a"])
-    assert main(["presets"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[0] for ln in lines] == list(PRESETS)
-    assert all(PRESETS[ln.split()[0]].source in ln for ln in lines)

@@ -8,45 +8,31 @@ import pytest
 import torch
 
 from anvm_stats.errors import ConfigError
-from anvm_stats.hessian import HessianOperator, exact_diagonal, hutchinson_trace, top_eigenvalue, top_eigenvalues
-from tests.helpers import (QUAD_LAYERS, exact_hessian, make_quadratic, quad_loss, snapshot, assert_unchanged,
-                                  tiny_conv, tiny_data, tiny_mlp)
+from anvm_stats.hessian import HessianOperator, exact_diagonal, hutchinson_trace
+from tests.helpers import (QUAD_LAYERS, make_quadratic, quad_loss, snapshot, assert_unchanged)
+from tests.helpers import hessian_case, layer_blocks
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny problems: one thread, restored afterwards
+
+
 Z = 4.9
+
+
 Z_PER_ELEMENT = 5.5   # Bonferroni over <= 100 diagonal elements: 100 * P(|N| > 5.5) ~ 4e-6
+
+
 N = 400
-
-
-
-
-def setup(kind):
-    if kind == "mlp":
-        model, (x, y) = tiny_mlp(), tiny_data()
-    else:
-        model, (x, y) = tiny_conv(), tiny_data(n=7, shape=(1, 5, 5))
-    op = HessianOperator(model, (x, y))
-    h, _, _ = exact_hessian(model, x, y, op.names)
-    return model, op, h
-
-
-def blocks(op, h):
-    """Layer -> (start, stop) in the flattened order."""
-    out, i = {}, 0
-    for layer in op.layers:
-        out[layer] = (i, i + op.numel(layer))
-        i += op.numel(layer)
-    return out
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_traces_agree_with_exact_within_their_error(kind):
-    model, op, h = setup(kind)
+    model, op, h = hessian_case(kind)
     snap = snapshot(model)
     est = hutchinson_trace(op, seed=11, min_probes=N, max_probes=N, diagonal=True)
     assert est.n_probes == N
     ds = est.to_dataset()
-    for layer, (a, b) in blocks(op, h).items():
+    for layer, (a, b) in layer_blocks(op, h).items():
         exact = float(torch.trace(h[a:b, a:b]))
         se = float(ds["trace_se"].sel(layer=layer))
         assert 0 < se < np.inf
@@ -65,19 +51,19 @@ def test_traces_agree_with_exact_within_their_error(kind):
 
 
 def test_scaled_probes_estimate_the_weighted_diagonal_sum():
-    model, op, h = setup("mlp")
+    model, op, h = hessian_case("mlp")
     g = torch.Generator().manual_seed(5)
     scale = {n: torch.rand(op.shapes[n], generator=g, dtype=torch.float64) for n in op.names}
     scale[op.names[-1]] = 0.7                                      # a scalar for one tensor
     est = hutchinson_trace(op, seed=2, min_probes=N, max_probes=N, scale=scale)
     s2 = op.flatten({n: torch.as_tensor(v, dtype=torch.float64).expand(op.shapes[n]) for n, v in scale.items()}) ** 2
-    for layer, (a, b) in blocks(op, h).items():
+    for layer, (a, b) in layer_blocks(op, h).items():
         exact = float((s2[a:b] * torch.diagonal(h)[a:b]).sum())
         assert abs(est.trace[layer] - exact) <= Z * est.se[layer], layer
 
 
 def test_probes_do_not_depend_on_chunking_and_seeds_repeat():
-    _, op, _ = setup("conv")
+    _, op, _ = hessian_case("conv")
     runs = [hutchinson_trace(op, seed=3, min_probes=20, max_probes=20, probes_per_pass=k) for k in (1, 7, 20)]
     for r in runs[1:]:
         for n in op.names:
@@ -90,7 +76,7 @@ def test_probes_do_not_depend_on_chunking_and_seeds_repeat():
 
 
 def test_sequential_stopping():
-    _, op, _ = setup("mlp")
+    _, op, _ = hessian_case("mlp")
     assert hutchinson_trace(op, seed=0, rel_tol=0.0, min_probes=5, max_probes=13, probes_per_pass=4).n_probes == 13
     assert hutchinson_trace(op, seed=0, rel_tol=1e9, min_probes=6, max_probes=50, probes_per_pass=1).n_probes == 6
     est = hutchinson_trace(op, seed=0, rel_tol=0.1, min_probes=5, max_probes=2000, probes_per_pass=1)
@@ -115,7 +101,7 @@ def test_diagonal_hessian_is_exact_with_rademacher_probes():
 
 
 def test_trace_errors_name_the_field():
-    _, op, _ = setup("mlp")
+    _, op, _ = hessian_case("mlp")
     for kwargs, field in [(dict(min_probes=1), "min_probes"), (dict(min_probes=10, max_probes=5), "max_probes"),
                           (dict(rel_tol=-1.0), "rel_tol"), (dict(scale={"0.weight": -1.0}), "scale"),
                           (dict(scale={"nope": 1.0}), "scale"), (dict(probes_per_pass=0), "probes_per_pass")]:
@@ -123,34 +109,3 @@ def test_trace_errors_name_the_field():
             hutchinson_trace(op, seed=0, **kwargs)
     with pytest.raises(ConfigError, match="seed"):
         hutchinson_trace(op, seed=-1)
-
-
-@pytest.mark.parametrize("kind", ["mlp", "conv"])
-def test_top_eigenvalue_matches_eigvalsh(kind):
-    model, op, h = setup(kind)
-    snap = snapshot(model)
-    hn = h.numpy()
-    for layer, (a, b) in blocks(op, h).items():
-        exact = np.linalg.eigvalsh(hn[a:b, a:b])[-1]
-        for method in ("lanczos", "dense", "auto"):
-            got = top_eigenvalue(op, layer, seed=1, method=method, tol=0)
-            assert got == pytest.approx(exact, rel=1e-8, abs=1e-10), (layer, method)
-    whole = np.linalg.eigvalsh(hn)[-1]
-    assert top_eigenvalue(op, seed=2, method="lanczos", tol=0) == pytest.approx(whole, rel=1e-8, abs=1e-10)
-    tops = top_eigenvalues(op, seed=0, tol=0)
-    assert set(tops) == set(op.layers) | {None}
-    assert tops[None] == pytest.approx(whole, rel=1e-8, abs=1e-10)
-    assert_unchanged(model, snap)
-
-
-def test_top_eigenvalue_is_largest_algebraic_not_largest_magnitude():
-    model = make_quadratic(seed=1)
-    with torch.no_grad():
-        model.A.copy_(torch.diag(torch.tensor([-9.0, 1, 2, 3, 0.5, 0.1, -1, 0.2, 0.3, 2.5], dtype=torch.float64)))
-    op = HessianOperator(model, (torch.zeros(2, 1), torch.zeros(2)), quad_loss, param_names=QUAD_LAYERS)
-    assert top_eigenvalue(op, "first", seed=0, method="lanczos", tol=0) == pytest.approx(3.0, rel=1e-10)
-    assert top_eigenvalue(op, seed=0, method="lanczos", tol=0) == pytest.approx(3.0, rel=1e-10)
-    with pytest.raises(ConfigError, match="method"):
-        top_eigenvalue(op, seed=0, method="power")
-    with pytest.raises(ConfigError, match="layer"):
-        top_eigenvalue(op, "nope", seed=0)

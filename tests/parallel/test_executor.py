@@ -5,43 +5,26 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
-from anvm_stats.models import MLP
 from anvm_stats.montecarlo import RunOptions, sweep
-from anvm_stats.parallel import DaskExecutor, plan_tasks, tasks
+from anvm_stats.parallel import DaskExecutor, tasks
+from tests.helpers import small_job
+
 
 GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1]}
+
+
 N, CHUNK, SEED = 24, 6, 11
-
-
-def _setup(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    net = MLP(16, (24,), 7, generator=gen)
-    x = torch.randn(40, 16, generator=gen)
-    y = torch.randint(0, 7, (40,), generator=gen)
-    return net, devices.paper1(sigma=0.05), (x, y)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def worker_threads():
-    """Dask workers run torch on one thread (the nanny sets OMP_NUM_THREADS=1); oneDNN's reductions depend on
-    the thread count, so the in-process references of this module run on one thread too (identical results)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def job():
-    net, spec, data = _setup()
+    net, spec, data = small_job()
     ref = sweep(net, spec, data, grid=GRID, n_instances=N, seed=SEED, progress=False)
     return net, spec, data, ref
 
@@ -75,33 +58,6 @@ def assert_same(got: xr.Dataset, ref: xr.Dataset) -> None:
     skip = {"created_at"}
     assert {k: v for k, v in got.attrs.items() if k not in skip} == \
            {k: v for k, v in ref.attrs.items() if k not in skip}
-
-
-@pytest.mark.parametrize("split", [False, True])
-def test_plan_covers_every_cell_once(split):
-    values = [np.array([0.1, 0.2, 0.3]), np.array([4, 8])]
-    plan = plan_tasks(values, 23, 5, split)
-    count = np.zeros((3, 2, 23), int)
-    for t in plan:
-        r = t.region(["a", "b"])
-        count[r["a"], r["b"], r[dims.INSTANCE]] += 1
-    assert (count == 1).all()
-    assert [t.index for t in plan] == list(range(len(plan)))
-    assert len(plan) == 5 * (6 if split else 1)
-
-
-def test_hashes_see_weights_and_data():
-    net, _, (x, y) = _setup()
-    h = tasks.hash_model(net)
-    assert tasks.hash_model(_setup()[0]) == h
-    with torch.no_grad():
-        net.layers[0].weight[0, 0] += 1e-6
-    assert tasks.hash_model(net) != h
-    d = tasks.hash_data((x, y))
-    assert tasks.hash_data([(x[:20], y[:20]), (x[20:], y[20:])]) != d   # batch boundaries matter
-    y2 = y.clone()
-    y2[0] = (y2[0] + 1) % 7
-    assert tasks.hash_data((x, y2)) != d
 
 
 @pytest.mark.slow
@@ -169,7 +125,7 @@ def test_store_of_another_study_is_refused(job, client, tmp_path):
     with pytest.raises(ConfigError, match=r"differs in: spec "):
         dask(net, devices.paper1(sigma=0.05, mu=0.01), data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"differs in: model "):
-        dask(_setup(seed=1)[0], spec, data, seed=SEED, **kw)
+        dask(small_job(seed=1)[0], spec, data, seed=SEED, **kw)
     with pytest.raises(ConfigError, match=r"chunking .*; grid "):
         dask(net, spec, data, seed=SEED, **{**kw, "grid": {dims.NOISE_LEVEL: [0.02]}, "task_size": 6})
     (tmp_path / "other.zarr").mkdir()
@@ -223,7 +179,7 @@ def test_bad_executor_options(kw, field):
 
 @pytest.mark.slow
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(client):
-    net, spec, (x, y) = _setup(seed=2)
+    net, spec, (x, y) = small_job(seed=2)
     data = (x.repeat(8, 1), y.repeat(8))   # heavier tasks so that some are in flight when the worker dies
     n = 48
     ref = sweep(net, spec, data, grid=GRID, n_instances=n, seed=SEED, progress=False)
@@ -257,7 +213,7 @@ def test_last_worker_lost_inputs_are_scattered_again():
     distributed = pytest.importorskip("distributed")
     from anvm_stats.parallel import local_cluster
 
-    net, spec, (x, y) = _setup(seed=3)
+    net, spec, (x, y) = small_job(seed=3)
     data = (x.repeat(4, 1), y.repeat(4))
     ref = sweep(net, spec, data, grid=GRID, n_instances=16, seed=SEED, progress=False)
     with local_cluster(1, gpus=0) as cluster, distributed.Client(cluster) as c:

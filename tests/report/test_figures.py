@@ -2,38 +2,13 @@
 
 import numpy as np
 import pytest
-import scipy.stats
 import xarray as xr
 from matplotlib.figure import Figure
 
 from anvm_stats import dims
 from anvm_stats.report import (accuracy_distribution, layer_sensitivity, mean_quantile_bands, paired_tables,
-                               point_table, recovery_comparison, training_curves, write_report, yield_curve)
-from anvm_stats.report.summary import format_text
-
-N, LEVELS, MODELS, LAYERS = 40, [0.02, 0.1, 0.2], ["plain", "robust"], ["fc1", "fc2", "fc3"]
-
-
-def synthetic(seed=0, with_model=True) -> xr.Dataset:
-    rng = np.random.default_rng(seed)
-    shape = (len(MODELS), len(LEVELS), N) if with_model else (len(LEVELS), N)
-    base = 0.95 - 0.8 * np.asarray(LEVELS)[:, None]
-    acc = np.clip(base + 0.03 * rng.standard_normal(shape), 0, 1)
-    d = (["model"] if with_model else []) + [dims.NOISE_LEVEL, dims.INSTANCE]
-    ds = xr.Dataset({dims.ACCURACY: (d, acc)},
-                    coords={dims.NOISE_LEVEL: LEVELS, dims.INSTANCE: np.arange(N),
-                            **({"model": MODELS} if with_model else {})})
-    ds["sensitivity_trace"] = (("model", dims.LAYER) if with_model else (dims.LAYER,),
-                               rng.uniform(1, 5, (len(MODELS), 3) if with_model else 3))
-    ds["sensitivity_trace_se"] = ds["sensitivity_trace"] * 0.1
-    ds = ds.assign_coords({dims.LAYER: LAYERS})
-    ep = np.arange(1, 6)
-    ds["history_loss"] = (("model", dims.EPOCH) if with_model else (dims.EPOCH,),
-                          np.exp(-ep / 3) * (np.ones((2, 1)) if with_model else 1))
-    ds["history_accuracy"] = ds["history_loss"] * 0 + 0.9
-    ds = ds.assign_coords({dims.EPOCH: ep})
-    ds.attrs.update(study="synthetic", report_yield_threshold=0.8, report_ci=0.95, report_quantiles=[0.05, 0.5, 0.95])
-    return ds
+                               point_table, recovery_comparison, training_curves, yield_curve)
+from tests.helpers import LAYERS, LEVELS, MODELS, synthetic
 
 
 @pytest.mark.parametrize("with_model", [True, False])
@@ -81,38 +56,6 @@ def test_categorical_and_point_free_layouts():
     assert len(rows) == 1 and headers[0] == "n"
 
 
-def test_point_table_matches_scipy():
-    ds = synthetic()
-    headers, rows = point_table(ds, threshold=0.8, ci=0.95, quantiles=[0.5])
-    assert headers[:3] == ["model", dims.NOISE_LEVEL, "n"]
-    assert len(rows) == len(MODELS) * len(LEVELS)
-    row = rows[len(LEVELS) + 1]                      # robust, 0.1
-    x = ds[dims.ACCURACY].sel(model="robust", noise_level=0.1).values
-    assert row[0] == "robust" and row[1] == "0.1" and row[2] == str(N)
-    assert row[3] == f"{x.mean():.3f}"
-    t = scipy.stats.t.interval(0.95, N - 1, loc=x.mean(), scale=scipy.stats.sem(x))
-    assert row[4] == f"[{t[0]:.3f}, {t[1]:.3f}]"
-    k = int((x >= 0.8).sum())
-    cp = scipy.stats.binomtest(k, N).proportion_ci(0.95, method="exact")
-    assert row[-2] == f"{k / N:.3f}"
-    assert row[-1] == f"[{cp.low:.3f}, {cp.high:.3f}]"
-    text = format_text((headers, rows))
-    assert text.splitlines()[0].split()[0] == "model" and len(text.splitlines()) == 2 + len(rows)
-
-
-def test_paired_tables_use_the_same_chips():
-    ds = synthetic()
-    tables = paired_tables(ds, ci=0.95)
-    headers, rows = tables["model"]
-    assert headers[0] == "comparison" and len(rows) == len(LEVELS)
-    d = (ds[dims.ACCURACY].sel(model="robust") - ds[dims.ACCURACY].sel(model="plain")).sel(noise_level=0.2).values
-    row = rows[2]
-    assert row[0] == "robust - plain" and row[2] == f"{d.mean():.4f}"
-    t = scipy.stats.t.interval(0.95, N - 1, loc=d.mean(), scale=scipy.stats.sem(d))
-    assert row[3] == f"[{t[0]:.4f}, {t[1]:.4f}]"
-    assert "hardware" not in tables and "recovery" not in tables
-
-
 def test_recovery_table_and_figure():
     ds = synthetic(with_model=False)
     before = ds[dims.ACCURACY]
@@ -122,23 +65,3 @@ def test_recovery_table_and_figure():
     assert all(r[-1] == "higher" for r in rows)
     fig = recovery_comparison(ds)
     assert len(fig.axes[0].get_lines()) == 2
-
-
-@pytest.mark.parametrize("embed", ["base64", "link"])
-def test_write_report_md_and_html_share_figures(tmp_path, embed):
-    ds = synthetic()
-    out = write_report(ds, tmp_path, embed=embed)
-    md = out["markdown"].read_text()
-    html = out["html"].read_text()
-    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == sorted(["accuracy_distribution.png", "accuracy_bands.png", "yield.png", "layer_sensitivity.png",
-                           "training_curves.png"])
-    assert all(f"]({p})" in md for p in pngs)
-    assert html.count("<img ") == len(pngs)
-    if embed == "base64":
-        assert html.count("data:image/png;base64,") == len(pngs)
-    else:
-        assert all(f"src='{p}'" in html for p in pngs)
-    assert "robust - plain" in md and "robust - plain" in html
-    for p in tmp_path.glob("*.png"):
-        assert p.stat().st_size < 200_000

@@ -22,7 +22,7 @@ from scipy import stats as sps
 
 from anvm_stats.errors import ConfigError
 from anvm_stats.stats import arrays as A
-from anvm_stats.stats.betting import betting_bounds
+
 
 Z = 4.4  # two-sided false-failure rate 1.1e-5 per coverage check
 
@@ -30,9 +30,6 @@ Z = 4.4  # two-sided false-failure rate 1.1e-5 per coverage check
 def binom_tol(c: float, reps: int) -> float:
     """Allowed deviation of an observed coverage fraction from ``c`` over ``reps`` replicates."""
     return Z * math.sqrt(c * (1 - c) / reps)
-
-
-# ------------------------------------------------------------------------------------ exact answers vs scipy
 
 
 @pytest.mark.parametrize("ci", [0.8, 0.95, 0.99])
@@ -155,9 +152,6 @@ def test_yield_counts_threshold_inclusive():
     assert w.method == "wilson"
 
 
-# ------------------------------------------------------------------------------------------------ coverage
-
-
 @pytest.mark.parametrize("ci", [0.9, 0.95])
 @pytest.mark.parametrize("p", [0.02, 0.1, 0.3, 0.5, 0.8, 0.95])
 def test_clopper_pearson_coverage_is_conservative(p, ci):
@@ -261,9 +255,6 @@ def test_paired_and_welch_coverage_on_normal_data():
     assert abs(cover - ci) <= 0.005 + binom_tol(ci, reps), cover
 
 
-# ---------------------------------------------------------------------------------------------- differences
-
-
 def test_paired_interval_narrower_than_unpaired_on_correlated_data():
     reps, n = 500, 40
     rng = np.random.default_rng(17)
@@ -300,9 +291,6 @@ def test_unpaired_difference_equals_scipy_welch():
     assert u.lower == pytest.approx(ref.low, rel=1e-10)
     assert u.upper == pytest.approx(ref.high, rel=1e-10)
     assert int(u.n) == 42
-
-
-# --------------------------------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize("fn", [
@@ -359,45 +347,13 @@ def test_estimate_is_frozen():
         est.lower = 0  # type: ignore[misc]
 
 
-# ----------------------------------------------------------------------------------------------- hypothesis
-
 _finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
 _samples = hnp.arrays(np.float64, st.integers(2, 40), elements=_finite)
+
+
 _ci = st.floats(min_value=0.01, max_value=0.999)
-
-
-def _capital_by_loop(z, alpha, m, sign, horizon):
-    """log K+(m) (sign +1) or log K-(m) of the betting interval, written as a plain loop from its definition
-    (Waudby-Smith & Ramdas 2024, predictable plug-in bets), independent of the vectorised code."""
-    n, total, s_sum, sq_sum = len(z), 0.0, 0.0, 0.0
-    for i, zi in enumerate(z, start=1):
-        s2_prev = (0.25 + sq_sum) / i
-        scale = i * math.log(1 + i) if horizon is None else horizon
-        lam = math.sqrt(2 * math.log(2 / alpha) / (s2_prev * scale))
-        cap = 0.75 / m if sign > 0 else 0.75 / (1 - m)
-        total += math.log1p(sign * min(lam, cap) * (zi - m))
-        s_sum += zi
-        sq_sum += (zi - (0.5 + s_sum) / (i + 1)) ** 2
-    return total
-
-
-@settings(max_examples=150, deadline=None)
-@given(x=hnp.arrays(np.float64, st.integers(2, 30), elements=st.floats(0, 1)), ci=st.floats(0.5, 0.99),
-       fixed=st.booleans())
-def test_betting_bounds_are_where_the_capital_crosses_its_threshold(x, ci, fixed):
-    """Each bound is the candidate mean at which the corresponding capital process reaches 2/alpha."""
-    alpha, horizon = 1 - ci, (len(x) if fixed else None)
-    lower, upper = betting_bounds(x, alpha, (0.0, 1.0), horizon=horizon)
-    thresh, eps = math.log(2 / alpha), 1e-7
-    assert 0.0 <= lower <= upper <= 1.0
-    if lower > eps:
-        assert _capital_by_loop(x, alpha, float(lower) - eps, +1, horizon) >= thresh
-    if lower + eps < 1:
-        assert _capital_by_loop(x, alpha, float(lower) + eps, +1, horizon) < thresh
-    if upper < 1 - eps:
-        assert _capital_by_loop(x, alpha, float(upper) + eps, -1, horizon) >= thresh
-    if upper - eps > 0:
-        assert _capital_by_loop(x, alpha, float(upper) - eps, -1, horizon) < thresh
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from anvm_stats.cli import main
-from anvm_stats.errors import ConfigError
 from anvm_stats.models import build_model
 from anvm_stats.study import load_study, run_study
+
 
 STUDY = """\
 [study]
@@ -116,23 +116,6 @@ def test_weights_of_another_architecture_named_in_one_line(tmp_path, capsys):
     for word in ("model.weights", str(other), "another architecture", "unexpected: layers.4.weight",
                  "layers.0.weight [32, 64] vs [8, 64]"):
         assert word in err, (word, err)
-
-
-def test_load_weights_file_round_trip_and_refusals(tmp_path):
-    from anvm_stats.models import load_weights_file
-
-    net = build_model("lenet5", seed=3)
-    torch.save(net.state_dict(), tmp_path / "a.pt")
-    torch.save({"state_dict": net.state_dict(), "history": {}}, tmp_path / "b.pt")
-    for name in ("a.pt", "b.pt"):
-        fresh = load_weights_file(build_model("lenet5", seed=4), tmp_path / name)
-        for (k, v), w in zip(net.state_dict().items(), fresh.state_dict().values()):
-            assert torch.equal(v, w), k
-    torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(ConfigError, match="weights=.*list.pt.*a state dict.*list"):
-        load_weights_file(build_model("lenet5"), tmp_path / "list.pt")
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_weights_file(build_model("lenet5"), tmp_path / "nope.pt")
 
 
 def test_stale_temporaries_of_a_cache_entry_are_deleted_when_it_is_rewritten(tmp_path, trainer):
