@@ -1,5 +1,4 @@
-"""Issue 15 items 1, 4, 5 in the data layer: CIFAR batches are read with a restricted unpickler; bad labels and
-inputs are refused with a message naming the field."""
+"""anvm_stats.checks: model/data mismatches named by field; non-finite results counted exactly and recorded."""
 
 from __future__ import annotations
 

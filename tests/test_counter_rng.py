@@ -1,6 +1,5 @@
 """Counter-based draws (anvm_stats.counter_rng): Philox4x32-10 against Random123's known answers, per-instance
-streams independent of the chunking, distributions against scipy at a 1e-5 false-failure rate, the sampler and the
-Monte Carlo engine on this path, and the CUDA Triton kernel against the torch reference (on a GPU only)."""
+streams independent of the chunking, distributions against scipy at a 1e-5 false-failure rate."""
 
 import math
 

@@ -1,5 +1,4 @@
-"""anvm_stats.data: the embedded digits, the Data container, and the CIFAR / IDX readers on tiny files written
-in exactly the real on-disk formats."""
+"""anvm_stats.data_source: Data objects work as evaluation data (tensors and batch iteration)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.fold: BatchNorm folding, and ReLUs fused into the layer before them only where private."""
 
 import torch
 from torch import nn

@@ -1,5 +1,4 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.fused: the fused bias + ReLU epilogue equals add-then-ReLU (CPU fallback; CUDA on a GPU only)."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.kernels: the kernel is chosen once per program, every kernel gives the same logits, and the
+CUDA fused epilogue agrees with the generic path (on a GPU only)."""
 
 import numpy as np
 import pytest

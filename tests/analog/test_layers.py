@@ -1,5 +1,4 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.layers: both convolution strategies of AnalogModule agree with the float networks."""
 
 
 import pytest

@@ -1,5 +1,6 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.program (prepare, AnalogProgram): ideal hardware is the identity, K-instance evaluation
+equals a plain per-instance float network built from the same draws, converters behave, the user's model is never
+mutated."""
 
 import copy
 

@@ -1,5 +1,5 @@
-"""Analog evaluation: ideal hardware is the identity, K-instance evaluation equals a plain per-instance float
-network built from the same draws, converters behave, bad input is refused with a clear error."""
+"""anvm_stats.analog.selection: device resolution, non-finite weights and unsupported layers refused with a clear
+error, the layer filter keeps other layers digital."""
 
 
 import pytest

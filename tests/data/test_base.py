@@ -1,5 +1,4 @@
-"""anvm_stats.data: the embedded digits, the Data container, and the CIFAR / IDX readers on tiny files written
-in exactly the real on-disk formats."""
+"""anvm_stats.data.base: the embedded digits and the Data container (validation, coercion, batches)."""
 
 from __future__ import annotations
 

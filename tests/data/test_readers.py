@@ -1,5 +1,5 @@
-"""Issue 15 items 1, 4, 5 in the data layer: CIFAR batches are read with a restricted unpickler; bad labels and
-inputs are refused with a message naming the field."""
+"""anvm_stats.data.readers: the CIFAR / IDX readers on tiny files written in exactly the real on-disk formats;
+CIFAR batches are read with a restricted unpickler."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Device models: EmpiricalDevice recovers a known synthetic device, PCM / NeuRRAM formulas, presets keep the
-device contract and run through evaluate.
+"""anvm_stats.devices.empirical: EmpiricalDevice recovers a known synthetic device and keeps the device contract.
 
 False-failure rates: every statistical assertion states its own; tolerances are sampling errors times normal
 quantiles (Bonferroni over the assertions of one test)."""
@@ -14,9 +13,7 @@ import torch
 import xarray as xr
 
 import anvm_stats as av
-from anvm_stats.devices import (
-    EmpiricalDevice,
-)
+from anvm_stats.devices import EmpiricalDevice
 from anvm_stats.hardware import Bounds, HardwareSpec
 from anvm_stats.testing import check_device
 

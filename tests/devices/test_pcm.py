@@ -1,8 +1,4 @@
-"""Device models: EmpiricalDevice recovers a known synthetic device, PCM / NeuRRAM formulas, presets keep the
-device contract and run through evaluate.
-
-False-failure rates: every statistical assertion states its own; tolerances are sampling errors times normal
-quantiles (Bonferroni over the assertions of one test)."""
+"""anvm_stats.devices.pcm: the PCM formulas, and the PCM effects keep the device contract with declared moments."""
 
 import math
 from dataclasses import replace
@@ -10,9 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from anvm_stats.devices import (
-    PCMDrift, PCMProgrammingNoise, PCMReadNoise,
-)
+from anvm_stats.devices import PCMDrift, PCMProgrammingNoise, PCMReadNoise
 from anvm_stats.testing import check_device
 
 

@@ -1,8 +1,5 @@
-"""Device models: EmpiricalDevice recovers a known synthetic device, PCM / NeuRRAM formulas, presets keep the
-device contract and run through evaluate.
-
-False-failure rates: every statistical assertion states its own; tolerances are sampling errors times normal
-quantiles (Bonferroni over the assertions of one test)."""
+"""anvm_stats.devices.presets: NeuRRAM interpolation, every preset keeps the device contract and runs through
+evaluate, time knobs sweep, one registry reaches Python, TOML and the CLI."""
 
 import math
 
@@ -11,9 +8,7 @@ import pytest
 import torch
 
 import anvm_stats as av
-from anvm_stats.devices import (
-    PRESETS, NeuRRAMNoise, neurram_rram, pcm_joshi2020,
-)
+from anvm_stats.devices import PRESETS, NeuRRAMNoise, neurram_rram, pcm_joshi2020
 from anvm_stats.hardware import Bounds, HardwareSpec
 from anvm_stats.testing import check_device
 from tests.helpers import make_data, make_mlp

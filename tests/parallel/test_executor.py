@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+import torch
 import xarray as xr
 
 from anvm_stats import devices
@@ -17,6 +18,16 @@ from tests.helpers import small_job
 
 
 GRID = {dims.NOISE_LEVEL: [0.02, 0.05, 0.1]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker_threads():
+    """Dask workers run torch on one thread (the nanny sets OMP_NUM_THREADS=1); oneDNN's reductions depend on
+    the thread count, so the in-process references of this module run on one thread too (identical results)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 N, CHUNK, SEED = 24, 6, 11

@@ -1,4 +1,4 @@
-"""anvm_stats.parallel: Dask sweeps identical to the in-process engine, zarr stores that resume, worker loss."""
+"""anvm_stats.parallel.tasks: the task plan covers every cell once; model and data hashes see every change."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Report figures and tables on synthetic Datasets (exact numbers checked against numpy / scipy)."""
+"""anvm_stats.report.figures: figures label their axes and plot the exact numbers (synthetic Datasets)."""
 
 import numpy as np
 import pytest

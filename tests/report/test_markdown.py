@@ -1,4 +1,4 @@
-"""Report figures and tables on synthetic Datasets (exact numbers checked against numpy / scipy)."""
+"""anvm_stats.report (write_report, markdown): Markdown and HTML reports share their figures."""
 
 import pytest
 

@@ -1,10 +1,9 @@
-"""Report figures and tables on synthetic Datasets (exact numbers checked against numpy / scipy)."""
+"""anvm_stats.report.summary: point and paired tables match scipy on synthetic Datasets."""
 
 import scipy.stats
 
 from anvm_stats import dims
-from anvm_stats.report import (paired_tables,
-                               point_table)
+from anvm_stats.report import paired_tables, point_table
 from anvm_stats.report.summary import format_text
 from tests.helpers import LEVELS, MODELS, N, synthetic
 

@@ -1,13 +1,5 @@
-"""Tests of anvm_stats.stats.arrays: exact agreement with scipy, coverage on simulated data, invariants.
-
-Coverage tolerances
--------------------
-A coverage estimate from ``R`` independent replicates is a binomial count; its sd is ``sqrt(c (1 - c) / R)`` with
-``c`` the true coverage (the nominal level is used).  Each check allows ``Z = 4.4`` sd, a two-sided false-failure
-rate of ``2 * norm.sf(4.4) = 1.1e-5`` per check (one-sided checks are even safer), and all seeds are fixed so the
-tests are deterministic.  Where an interval's exact coverage is known to oscillate with the true parameter
-(Wilson), an explicit, documented allowance is added on top.
-"""
+"""anvm_stats.stats.betting: the betting bounds are where the capital crosses its threshold (checked against a
+plain loop)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The public test kit: check_device passes good devices and names the property a broken device violates, with a
-minimal example; the Hypothesis strategies generate valid objects.
+"""anvm_stats.testing (check_device): good devices pass, a broken device fails naming the property it violates,
+with a minimal example.
 
 check_device's statistical checks run at a false-failure rate alpha = 1e-6 per call (its default)."""
 
@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from anvm_stats.hardware import ConductanceLevels, Drift, ProgrammingNoise, ReadNoise, StuckAt
-from anvm_stats.testing import (
-    PROPERTIES, DeviceContractError, check_device,
-)
+from anvm_stats.testing import PROPERTIES, DeviceContractError, check_device
 
 
 @dataclass(frozen=True, kw_only=True)

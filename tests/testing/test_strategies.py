@@ -1,16 +1,12 @@
-"""The public test kit: check_device passes good devices and names the property a broken device violates, with a
-minimal example; the Hypothesis strategies generate valid objects.
-
-check_device's statistical checks run at a false-failure rate alpha = 1e-6 per call (its default)."""
+"""anvm_stats.testing.strategies: the Hypothesis strategies generate valid effects, specs, weights and
+conductances."""
 
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anvm_stats.hardware import Bounds, HardwareSpec
-from anvm_stats.testing import (
-    check_device, conductances, effects, specs, weights,
-)
+from anvm_stats.testing import check_device, conductances, effects, specs, weights
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

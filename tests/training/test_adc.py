@@ -1,5 +1,4 @@
-"""HA-SGD: gradients against hand computation, reduction to plain SGD, the hardware model's statistics, ADC in the
-loop, and an end-to-end robustness check on digits."""
+"""anvm_stats.training.adc: ADC in the loop quantises forward and passes gradients straight through."""
 
 import numpy as np
 import torch

@@ -1,5 +1,5 @@
-"""HA-SGD: gradients against hand computation, reduction to plain SGD, the hardware model's statistics, ADC in the
-loop, and an end-to-end robustness check on digits."""
+"""anvm_stats.training.estimators: HA-SGD gradients (direct, split, grouped conv) against hand computation; one
+estimator per mode."""
 
 import pytest
 import torch
@@ -8,8 +8,7 @@ from torch import nn
 
 from anvm_stats import devices
 from anvm_stats.errors import ConfigError
-from anvm_stats.training import (draw_perturbations, gradient_estimator,
-                                 group_sizes, perturb_targets)
+from anvm_stats.training import draw_perturbations, gradient_estimator, group_sizes, perturb_targets
 from tests.helpers import make_data, make_mlp
 
 

@@ -1,5 +1,5 @@
-"""HA-SGD: gradients against hand computation, reduction to plain SGD, the hardware model's statistics, ADC in the
-loop, and an end-to-end robustness check on digits."""
+"""anvm_stats.training.perturb: perturbation statistics follow the hardware model (paper 1), the perturbation is
+the Monte Carlo chip, weight-domain draws equal the conductance-domain path."""
 
 import copy
 
