@@ -1,5 +1,7 @@
-"""Helpers shared by several test modules: tiny seeded networks and data (built inside torch.random.fork_rng or
-from explicit generators, never touching the global RNG), a plain training loop, and exact Hessian references."""
+"""Helpers shared by several test modules (fixtures live in conftest.py): tiny seeded networks and data (built
+inside torch.random.fork_rng or from explicit generators, never touching the global RNG), a trained digits MLP, a
+plain SGD loop, exact Hessian references, the per-chip logits of an analog program, the CUDA engine cases, a small
+scale-out job and a synthetic study result."""
 
 import copy
 
