@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import anvm_stats as av
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 
 def test_stops_at_target_width_with_the_same_chips():

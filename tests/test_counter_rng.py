@@ -1,23 +1,19 @@
 """Counter-based draws (anvm_stats.counter_rng): Philox4x32-10 against Random123's known answers, per-instance
-streams independent of the chunking, distributions against scipy at a 1e-5 false-failure rate, the sampler and the
-Monte Carlo engine on this path, and the CUDA Triton kernel against the torch reference (on a GPU only)."""
+streams independent of the chunking, distributions against scipy at a 1e-5 false-failure rate."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-import anvm_stats as av
-import anvm_stats.sampler as sampler_mod
 from anvm_stats.counter_rng import fill_counter, philox4x32, run_key
 from anvm_stats.errors import ConfigError
 from anvm_stats.rng import Stream, root_sequence
-from anvm_stats.sampler import ChipSampler
-from conftest import make_data, make_mlp
+
 
 ALPHA = 1e-5   # false-failure rate of each statistical assertion
+
 
 # Random123 kat_vectors, "philox4x32 10": counter (4 words), key (2 words) -> output (4 words)
 KAT = [
@@ -97,126 +93,6 @@ def test_bad_arguments_name_the_field(kw, field):
     assert field in str(err.value)
 
 
-def test_triton_backend_off_cuda_is_the_reference():
-    key = (5, 6)
-    ref = fill_counter("normal", torch.empty(3, 50), key, range(3), Stream.PROGRAM, backend="torch")
-    assert torch.equal(fill_counter("normal", torch.empty(3, 50), key, range(3), Stream.PROGRAM,
-                                    backend="triton"), ref)
-
-
-@pytest.fixture()
-def counter_on_cpu(monkeypatch):
-    monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
-
-
-def test_sampler_draws_from_counters_and_records_it(counter_on_cpu):
-    net = make_mlp()
-    x, y = make_data()
-    spec = av.devices.paper1(0.1)
-    program = av.prepare(net, spec)
-    s = ChipSampler(program, seed=4)
-    assert s.counter and s.kind == "philox4x32-counter"
-    d = s.draw([5, 1])[0]["z"]
-    want = fill_counter("normal", torch.empty(2, program.n_devices), run_key(s.root), [5, 1], Stream.PROGRAM)
-    assert torch.equal(d, want)
-    ds = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4, progress=False)
-    assert ds.attrs["sampler"] == "philox4x32-counter"
-    # the run option picks the same sampler explicitly; "generator" draws other chips
-    chosen = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                      progress=False, options=av.RunOptions(sampler="counter"))
-    np.testing.assert_array_equal(chosen.loss.values, ds.loss.values)
-    other = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                     progress=False, options=av.RunOptions(sampler="generator"))
-    assert other.attrs["sampler"] == "per-instance-generator"
-    assert not np.array_equal(other.loss.values, ds.loss.values)
-    for chunk in (1, 3):
-        again = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, n_instances=7, seed=4,
-                         progress=False, options=av.RunOptions(instances_per_chunk=chunk))
-        np.testing.assert_array_equal(again.accuracy.values, ds.accuracy.values)
-    part = av.sweep(net, spec, (x, y), grid={"noise_level": [0.05, 0.2]}, instances=[6, 2], seed=4, progress=False)
-    np.testing.assert_array_equal(part.accuracy.values, ds.accuracy.sel(instance=[6, 2]).values)
-
-
-@pytest.mark.parametrize("net_kind", ["mlp", "resnet"])
-def test_per_forward_noise_from_counters_is_chunk_invariant(net_kind):
-    """Read noise and ADC output noise drawn from a CounterStream: the same whatever the chunking, and fresh
-    per forward (two batches of the same samples score differently)."""
-    from conftest import make_resnet
-
-    net = make_mlp() if net_kind == "mlp" else make_resnet()
-    x, y = make_data(n=16) if net_kind == "mlp" else make_data(n=8, shape=(1, 8, 8))
-    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.1)),
-                           periphery=av.Periphery(output_noise=0.05))
-    twice = [(x, y), (x, y)]
-    kw = dict(grid={"noise_level": [0.05, 0.1]}, n_instances=5, seed=2, progress=False)
-    ds = av.sweep(net, spec, twice, options=av.RunOptions(sampler="counter"), **kw)
-    for chunk in (1, 2):
-        chunked = av.RunOptions(sampler="counter", instances_per_chunk=chunk)
-        np.testing.assert_array_equal(av.sweep(net, spec, twice, options=chunked, **kw).loss.values,
-                                      ds.loss.values)
-    # were the noise the same at every forward, the two-batch mean would equal the one-batch loss
-    once = av.sweep(net, spec, [(x, y)], options=av.RunOptions(sampler="counter"), **kw).loss.values
-    assert not np.allclose(ds.loss.values, once)
-    # the third forward's loss (3 x mean of three - 2 x mean of two: runs repeat their first forwards) is not
-    # the first forward's
-    three = av.sweep(net, spec, [(x, y)] * 3, options=av.RunOptions(sampler="counter"), **kw).loss.values
-    assert np.abs(3 * three - 2 * ds.loss.values - once).max() > 1e-4
-
-
-def test_counter_and_generator_samplers_draw_the_same_distribution(counter_on_cpu):
-    net = make_mlp()
-    program = av.prepare(net, av.devices.paper1(0.1))
-    counter = ChipSampler(program, seed=0).draw(range(64))[0]["z"]
-    generator = ChipSampler(program, seed=0, counter=False).draw(range(64))[0]["z"]
-    assert not torch.equal(counter, generator)
-    assert stats.ks_2samp(counter.flatten().numpy(), generator.flatten().numpy()).pvalue > ALPHA
-
-
-def test_default_sampler_by_device_and_a_bad_choice():
-    program = av.prepare(make_mlp(), av.devices.paper1(0.1))
-    assert ChipSampler(program, seed=0).kind == "per-instance-generator"
-    with pytest.raises(ConfigError, match="RunOptions.sampler"):
-        av.evaluate(make_mlp(), av.devices.paper1(0.1), make_data(), n_instances=2, seed=0,
-                    options=av.RunOptions(sampler="philox"))
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda
-@pytest.mark.parametrize("join", [True, False])
-@pytest.mark.parametrize("kind", ["normal", "uniform", "centered_uniform"])
-def test_triton_kernel_matches_the_reference(kind, join, monkeypatch):
-    import anvm_stats.counter_rng_triton as tr
-    monkeypatch.setattr(tr, "_NO_JOIN", [] if join else ["strided stores"])
-    key = run_key(root_sequence(9))
-    idx = [0, 1, 2, 77, 5 + (1 << 33)]
-    for n in (1, 7, 4096 + 3):
-        ref = fill_counter(kind, torch.empty(len(idx), n), key, idx, Stream.READ, 3, backend="torch")
-        got = fill_counter(kind, torch.empty(len(idx), n, device="cuda"), key, idx, Stream.READ, 3).cpu()
-        assert not tr._BROKEN and len(tr._NO_JOIN) == (0 if join else 1), (tr._BROKEN, tr._NO_JOIN)
-        if kind == "uniform":
-            assert torch.equal(got, ref)
-        else:
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-5)
-
-
-@cuda
-def test_a_failing_triton_kernel_falls_back_to_the_reference(monkeypatch):
-    import anvm_stats.counter_rng_triton as tr
-
-    def broken():
-        raise RuntimeError("no compiler")
-
-    monkeypatch.setattr(tr, "_kernel", broken)
-    monkeypatch.setattr(tr, "_BROKEN", [])
-    key = (1, 2)
-    with pytest.warns(RuntimeWarning, match="Triton sampler failed"):
-        got = fill_counter("uniform", torch.empty(2, 9, device="cuda"), key, [0, 1], Stream.PROGRAM)
-    ref = fill_counter("uniform", torch.empty(2, 9), key, [0, 1], Stream.PROGRAM, backend="torch")
-    assert torch.equal(got.cpu(), ref) and not tr.triton_available()
-
-
 def test_counter_stream_checks_its_indices_once_and_advances_per_call():
     from anvm_stats.counter_rng import CounterStream
 
@@ -227,19 +103,3 @@ def test_counter_stream_checks_its_indices_once_and_advances_per_call():
     assert s.calls == 2 and not torch.equal(a, b)
     want = fill_counter("normal", torch.empty(2, 3), (1, 2), [4, 0], Stream.READ, slot=1)
     assert torch.equal(b, want)
-
-
-def test_two_samplers_under_one_base():
-    """ChipSampler builds the device's sampler (generators on CPU) or the one named; each class draws its way."""
-    from anvm_stats.sampler import CounterSampler, GeneratorSampler
-
-    program = av.prepare(make_mlp(), av.devices.paper1(0.1))
-    default = ChipSampler(program, seed=3)
-    assert type(default) is GeneratorSampler and default.kind == "per-instance-generator" and not default.counter
-    named = ChipSampler(program, seed=3, counter=True)
-    assert type(named) is CounterSampler and isinstance(named, ChipSampler)
-    assert torch.equal(named.draw([4, 0])[0]["z"], CounterSampler(program, 3).draw([4, 0])[0]["z"])
-    assert torch.equal(default.draw([4, 0])[0]["z"], GeneratorSampler(program, 3).draw([4, 0])[0]["z"])
-    assert not torch.equal(named.draw([4])[0]["z"], default.draw([4])[0]["z"])
-    with pytest.raises(ValueError, match="GeneratorSampler"):
-        GeneratorSampler(program, 3, counter=True)

@@ -7,7 +7,7 @@ import torch
 
 import anvm_stats as av
 from anvm_stats.fragility import sensitivity
-from conftest import make_mlp
+from tests.helpers import make_mlp
 
 CI = 1 - 1e-5      # Monte Carlo interval level: false-failure rate 1e-5 per comparison
 Z_PRED = 4.4       # prediction standard errors allowed (two-sided 1e-5)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "anvm_stats"
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+PACKAGE = "anvm_stats"
 
 
 def modules(root: Path = ROOT, package: str = PACKAGE) -> dict[str, Path]:
@@ -158,3 +160,50 @@ sys.exit(1 if failed else 0)
         pytest.skip("needs os.fork")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _module_imports(path, package):
+    """(module, names) imported by ``path``'s module-level code (``if`` blocks included, functions excluded)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            out.append((f"{base}.{node.module}" if node.module else base, [a.name for a in node.names]))
+    return out
+
+
+@pytest.mark.parametrize("sub", ["training", "calibration", "hessian", "devices", "testing"])
+def test_subpackage_modules_import_downwards_without_private_names(sub):
+    """No import cycle between the modules of a subpackage (also none hidden under TYPE_CHECKING or at the bottom
+    of a file), and no private ``_name`` imported from a sibling module."""
+    from pathlib import Path
+
+    import anvm_stats
+
+    root = Path(anvm_stats.__file__).parent / sub
+    package = f"anvm_stats.{sub}"
+    graph = {}
+    for path in root.glob("*.py"):
+        mod = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        imports = _module_imports(path, package)
+        private = [(m, n) for m, names in imports for n in names if n.startswith("_") and m.startswith(package)]
+        assert not private, (mod, private)
+        graph[mod] = {m for m, _ in imports if m.startswith(package + ".") and m != mod}
+    state = {}
+
+    def visit(m, stack):
+        assert state.get(m) != "open", " -> ".join(stack + [m])
+        if state.get(m) is None:
+            state[m] = "open"
+            for n in graph.get(m, ()):
+                visit(n, stack + [m])
+            state[m] = "done"
+
+    for m in graph:
+        visit(m, [])

@@ -191,3 +191,20 @@ def test_train_step_decreases_loss_on_digits():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_load_weights_file_round_trip_and_refusals(tmp_path):
+    from anvm_stats.models import load_weights_file
+
+    net = build_model("lenet5", seed=3)
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    torch.save({"state_dict": net.state_dict(), "history": {}}, tmp_path / "b.pt")
+    for name in ("a.pt", "b.pt"):
+        fresh = load_weights_file(build_model("lenet5", seed=4), tmp_path / name)
+        for (k, v), w in zip(net.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(v, w), k
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="weights=.*list.pt.*a state dict.*list"):
+        load_weights_file(build_model("lenet5"), tmp_path / "list.pt")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_weights_file(build_model("lenet5"), tmp_path / "nope.pt")

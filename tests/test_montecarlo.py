@@ -9,7 +9,7 @@ import anvm_stats as av
 from anvm_stats import chunking
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
-from conftest import make_data, make_mlp, make_resnet
+from tests.helpers import cuda_data, CUDA_SPECS, make_data, make_mlp, make_resnet
 
 
 def data_vars(ds):
@@ -376,3 +376,40 @@ def test_engine_layer_gives_the_sweep_counts(setup):
     np.testing.assert_array_equal(raw["loss"] / batches.n_samples, ds.loss.values)
     with pytest.raises(ConfigError, match="grid.sigma"):
         av.plan_grid({"sigma": [0.1]})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("exact_float32")
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
+@pytest.mark.parametrize("spec_name", list(CUDA_SPECS))
+def test_cuda_runs_are_chunk_invariant_and_use_counter_draws(net_kind, spec_name):
+    net = make_mlp() if net_kind == "mlp" else make_resnet()
+    x, y = cuda_data(net_kind)
+    kw = dict(grid={"noise_level": [0.05, 0.15]}, n_instances=9, seed=3, progress=False, device="cuda")
+    ds = av.sweep(net, CUDA_SPECS[spec_name], (x, y), **kw)
+    assert ds.attrs["device"].startswith("cuda") and ds.attrs["sampler"] == "philox4x32-counter"
+    again = av.sweep(net, CUDA_SPECS[spec_name], (x, y), options=av.RunOptions(instances_per_chunk=4), **kw)
+    np.testing.assert_array_equal(again.accuracy.values, ds.accuracy.values)
+    assert np.isfinite(ds.loss.values).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("exact_float32")
+@pytest.mark.parametrize("spec_name", ["paper1", "read_noise"])
+@pytest.mark.parametrize("net_kind", ["mlp", "resnet", "resnet_large"])
+def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
+    """With counter draws on both devices, the chips (and their read noise) are the same: losses agree to
+    float32 round-off."""
+    net = make_mlp() if net_kind == "mlp" else make_resnet()
+    x, y = cuda_data(net_kind)
+    kw = dict(n_instances=6, seed=1, progress=False, options=av.RunOptions(sampler="counter"))
+    spec = CUDA_SPECS[spec_name]
+    gpu = av.evaluate(net, spec, (x, y), device="cuda", **kw)
+    cpu = av.evaluate(net, spec, (x, y), device="cpu", **kw)
+    np.testing.assert_allclose(gpu.loss.values, cpu.loss.values, rtol=2e-4, atol=1e-5)
+    # accuracies may differ only where a logit margin is at round-off level: at most one sample per chip
+    assert np.abs(gpu.correct_count.values - cpu.correct_count.values).max() <= 1
+    if net_kind == "resnet_large":
+        program = av.prepare(net, spec, calibration_data=x.cuda(), device="cuda")
+        program.input(x.cuda())
+        assert program.channels_last

@@ -20,7 +20,7 @@ loss by ``~ sigma``: an ``O(sigma^2)`` contribution, the same order as the predi
 density of pre-activations near zero.  So the ratio of the Monte Carlo increase to the prediction tends to a
 constant above 1 as ``sigma -> 0``, and at larger ``sigma`` higher-order terms add to it.  Issue 21's audit on the
 digits MLP measured ``MC / predicted = 1.36, 1.26, 1.18, 1.16`` for ``sigma = 0.005 .. 0.04`` (about 16 % low at
-the largest, outside the MC interval); the test net of tests/test_sensitivity_predict.py gives about 1.5.  Use
+the largest, outside the MC interval); the test net of tests/hessian/test_predict.py gives about 1.5.  Use
 the prediction to **rank** layers and to locate the noise scale, and the Monte Carlo run
 (:func:`anvm_stats.fragility.sensitivity` reports both) for the size of the loss increase of a ReLU network.
 """

@@ -1,0 +1,117 @@
+"""Drift over time (anvm_stats.calibration.drift_sweep) and global drift compensation."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from anvm_stats import devices
+from anvm_stats import dims
+from anvm_stats.calibration import drift_sweep, plot_drift, reference_read
+from anvm_stats.analog import prepare
+from anvm_stats.data import digits
+from anvm_stats.errors import ConfigError
+from anvm_stats.hardware import DifferentialMapping, Drift, HardwareSpec, ProgrammingNoise
+from anvm_stats.montecarlo import evaluate
+from tests.helpers import make_data, make_resnet
+from tests.helpers import train_digits_mlp
+
+TIMES = [1.0, 1e3, 1e6, 3.15e8]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def net(one_thread):
+    return train_digits_mlp(hidden=(32,), epochs=20)
+
+
+@pytest.fixture(scope="module")
+def test_data():
+    return digits("test")
+
+
+def drift_spec(nu_mean, nu_std, sigma=0.05, **kw):
+    return HardwareSpec(mapping=DifferentialMapping(), effects=(ProgrammingNoise(sigma=sigma),
+                                                               Drift(nu_mean=nu_mean, nu_std=nu_std)), **kw)
+
+
+@pytest.mark.parametrize("compensation", [None, "global"])
+def test_zero_drift_is_identity(net, test_data, compensation):
+    ds = drift_sweep(net, drift_spec(0.0, 0.0), test_data, times=TIMES, n_instances=8, seed=0,
+                     compensation=compensation, progress=False)
+    for v in (dims.ACCURACY, dims.LOSS):
+        ref = ds[v].sel(t_inference=1.0)
+        np.testing.assert_array_equal(ds[v].values, np.broadcast_to(ref.values, ds[v].shape))
+    ev = evaluate(net, drift_spec(0.0, 0.0), test_data, n_instances=8, seed=0, progress=False)
+    np.testing.assert_array_equal(ds.accuracy.sel(t_inference=1.0).values, ev.accuracy.values)
+
+
+def test_compensation_cancels_uniform_drift(net, test_data):
+    nu = 0.06
+    spec = drift_spec(nu, 0.0)
+    raw = drift_sweep(net, spec, test_data, times=TIMES, n_instances=12, seed=1, progress=False)
+    comp = drift_sweep(net, spec, test_data, times=TIMES, n_instances=12, seed=1, compensation="global",
+                       progress=False)
+    t0 = comp.accuracy.sel(t_inference=1.0)
+    for t in TIMES:
+        np.testing.assert_array_equal(comp.accuracy.sel(t_inference=t).values, t0.values)
+        np.testing.assert_allclose(comp.loss.sel(t_inference=t).values, comp.loss.sel(t_inference=1.0).values,
+                                   rtol=1e-4)
+    # the gain is the closed form (t/t0)^nu for every chip and layer
+    expected = np.asarray(TIMES)[:, None, None] ** nu
+    np.testing.assert_allclose(comp.compensation_gain.values, np.broadcast_to(expected, comp.compensation_gain.shape),
+                               rtol=1e-5)
+    # at t0 compensation does nothing: equal to the plain sweep; later, uncompensated drift does hurt
+    np.testing.assert_array_equal(raw.accuracy.sel(t_inference=1.0).values, t0.values)
+    assert float(raw.loss.sel(t_inference=3.15e8).mean()) > float(raw.loss.sel(t_inference=1.0).mean()) + 0.05
+    dims.validate_dataset(comp)
+    assert comp.attrs["drift_compensation"] == "global" and raw.attrs["drift_compensation"] == "none"
+
+
+def test_compensation_conv_digital_bias():
+    """Convs (grouped per instance) and a digital bias, which does not drift and is not rescaled."""
+    net, data = make_resnet(), make_data(n=32, shape=(1, 8, 8), n_classes=5)
+    spec = drift_spec(0.1, 0.0, bias="digital")
+    ds = drift_sweep(net, spec, data, times=[1.0, 1e8], n_instances=4, seed=2, compensation="global",
+                     progress=False)
+    np.testing.assert_allclose(ds.loss.sel(t_inference=1e8).values, ds.loss.sel(t_inference=1.0).values, rtol=1e-4)
+
+
+def test_random_exponents_leave_a_residual(net, test_data):
+    spec = drift_spec(0.1, 0.04)
+    comp = drift_sweep(net, spec, test_data, times=[1.0, 1e8], n_instances=6, seed=3, compensation="global",
+                       progress=False)
+    g = comp.compensation_gain.sel(t_inference=1e8).values
+    assert np.ptp(g[:, 0]) > 0                         # per-chip gains
+    # nu is floored at 0: E[nu] > nu_mean is possible but the mean gain stays near (1e8)^0.1 ~ 6.3 (+-30 %)
+    assert 4.0 < g.mean() < 9.0
+
+
+def test_reference_read_scales_with_uniform_drift(net):
+    spec = drift_spec(0.05, 0.0, sigma=0.0)
+    prog = prepare(net, spec)
+    g0 = prog.g0[None]
+    r = reference_read(prog, torch.cat([g0, g0 * 0.5]))
+    np.testing.assert_allclose((r[0] / r[1]).numpy(), 2.0, rtol=1e-6)
+
+
+def test_errors(net, test_data):
+    with pytest.raises(ConfigError, match="Drift"):
+        drift_sweep(net, devices.paper1(0.05), test_data, n_instances=2, progress=False)
+    with pytest.raises(ConfigError, match="compensation"):
+        drift_sweep(net, drift_spec(0.1, 0.0), test_data, n_instances=2, compensation="local", progress=False)
+    with pytest.raises(ConfigError, match="t_inference"):
+        drift_sweep(net, drift_spec(0.1, 0.0), test_data, times=[0.5], n_instances=2, compensation="global",
+                    progress=False)
+
+
+def test_plot_drift(net, test_data, tmp_path):
+    spec = drift_spec(0.05, 0.02)
+    a = drift_sweep(net, spec, test_data, times=TIMES, n_instances=4, seed=0, progress=False)
+    b = drift_sweep(net, spec, test_data, times=TIMES, n_instances=4, seed=0, compensation="global", progress=False)
+    fig = plot_drift({"none": a, "global": b})
+    assert len(fig.axes[0].lines) == 2
+    fig.savefig(tmp_path / "drift.png")
+    assert (tmp_path / "drift.png").stat().st_size > 0

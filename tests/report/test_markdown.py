@@ -1,0 +1,26 @@
+"""anvm_stats.report (write_report, markdown): Markdown and HTML reports share their figures."""
+
+import pytest
+
+from anvm_stats.report import (write_report)
+from tests.helpers import synthetic
+
+
+@pytest.mark.parametrize("embed", ["base64", "link"])
+def test_write_report_md_and_html_share_figures(tmp_path, embed):
+    ds = synthetic()
+    out = write_report(ds, tmp_path, embed=embed)
+    md = out["markdown"].read_text()
+    html = out["html"].read_text()
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == sorted(["accuracy_distribution.png", "accuracy_bands.png", "yield.png", "layer_sensitivity.png",
+                           "training_curves.png"])
+    assert all(f"]({p})" in md for p in pngs)
+    assert html.count("<img ") == len(pngs)
+    if embed == "base64":
+        assert html.count("data:image/png;base64,") == len(pngs)
+    else:
+        assert all(f"src='{p}'" in html for p in pngs)
+    assert "robust - plain" in md and "robust - plain" in html
+    for p in tmp_path.glob("*.png"):
+        assert p.stat().st_size < 200_000

@@ -1,0 +1,190 @@
+"""Study files: every shipped study validates; broken ones fail with the key, value and line named."""
+
+from pathlib import Path
+
+import pytest
+
+from anvm_stats import devices
+from anvm_stats.cli import main
+from anvm_stats.errors import ConfigError
+from anvm_stats.hardware import HardwareSpec
+from anvm_stats.study import StudyError, builtin_study, load_study
+from anvm_stats.study.lines import find_line, key_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDIES = sorted((ROOT / "studies").glob("*.toml"))
+
+GOOD = """\
+[study]
+name = "tiny"
+seed = 1
+
+[model]
+name = "mlp"
+args = { in_features = 64, hidden = [8], n_classes = 10 }
+
+[data]
+name = "digits"
+
+[training]
+method = "plain"
+epochs = 1
+
+[hardware]
+preset = "paper1"
+args = { sigma = 0.05 }
+
+[sweep]
+grid = { noise_level = [0.05, 0.1] }
+n_instances = 4
+"""
+
+
+def test_studies_folder_is_not_empty():
+    names = {p.stem for p in STUDIES}
+    for required in ("quickstart", "paper1_fig7_digits", "paper1_fig8_digits", "paper1_fig9_digits",
+                     "paper1_fig7_wrn_cifar100", "paper1_fig8_wrn_cifar100", "paper1_fig9_wrn_cifar100",
+                     "rram_charan", "mapping_xiao"):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_shipped_study_validates(path):
+    study = load_study(path)
+    assert study.name == path.stem
+    assert study.training or study.model.weights
+    assert study.sweep.grid
+
+
+def test_builtin_quickstart_is_the_shipped_one():
+    assert Path(str(builtin_study("quickstart"))).read_text() == (ROOT / "studies" / "quickstart.toml").read_text()
+
+
+def test_paper_studies_have_the_required_shape():
+    fig7 = load_study(ROOT / "studies" / "paper1_fig7_digits.toml")
+    assert 0.0 in [t.sigma_train for t in fig7.training] and len(fig7.training) >= 3
+    assert set(fig7.sweep.grid["noise_level"]) == {0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2}
+    assert fig7.sweep.n_instances >= 100
+    fig9 = load_study(ROOT / "studies" / "paper1_fig9_digits.toml")
+    assert list(fig9.sweep.grid["adc_levels"]) == list(range(2, 19))
+    xiao = load_study(ROOT / "studies" / "mapping_xiao.toml")
+    assert {s.mapping.kind for s in xiao.hardware.values()} == {"differential", "offset", "bit_sliced"}
+    assert list(xiao.sweep.grid["adc_bits"]) == list(range(4, 11))
+    rram = load_study(ROOT / "studies" / "rram_charan.toml")
+    assert rram.recovery is not None
+    assert {e.kind for e in rram.hardware["base"].effects} >= {"levels", "stuck_at", "programming_noise"}
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+# (replace this, with this, the key the message must name, the text on the offending line)
+BROKEN = [
+    ("n_instances = 4", "n_instance = 4", "sweep.n_instance", "n_instance = 4"),
+    ("epochs = 1", 'epochs = "one"', "training.epochs", 'epochs = "one"'),
+    ("noise_level = [0.05, 0.1]", "noise_level = [-0.05, 0.1]", "sweep.grid.noise_level[0]", "noise_level = [-0.05"),
+    ("noise_level = [0.05, 0.1]", "stuck_at_rate = [0.5, 1.5]", "sweep.grid.stuck_at_rate[1]", "stuck_at_rate"),
+    ('args = { sigma = 0.05 }', 'args = { sigma = -0.05 }', "hardware.args", "args = { sigma = -0.05 }"),
+    ('name = "digits"', 'name = "imagenet"', "data.name", 'name = "imagenet"'),
+    ('method = "plain"', 'method = "adam"', "training.method", 'method = "adam"'),
+    ('name = "mlp"', 'name = "vgg"', "model.name", 'name = "vgg"'),
+    ("seed = 1", "seed = -1", "study.seed", "seed = -1"),
+    ("[sweep]", "[sweep]\nyield_threshold = 0.9", "sweep.yield_threshold", "yield_threshold"),
+]
+
+
+@pytest.mark.parametrize("old,new,key,line_text", BROKEN, ids=[b[2] for b in BROKEN])
+def test_broken_study_exits_2_naming_key_and_line(tmp_path, capsys, old, new, key, line_text):
+    text = GOOD.replace(old, new, 1)
+    assert text != GOOD
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    rc = main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert key in err
+    assert f":{_line_of(text, line_text)}:" in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(StudyError) as exc:
+        load_study(path)
+    assert isinstance(exc.value, ConfigError)
+    assert exc.value.line == _line_of(text, line_text)
+
+
+def test_missing_model_and_probability_above_one(tmp_path, capsys):
+    path = tmp_path / "nomodel.toml"
+    path.write_text(GOOD.replace('[model]\nname = "mlp"\nargs = { in_features = 64, hidden = [8], n_classes = 10 }\n',
+                                 ""))
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "model" in capsys.readouterr().err
+    text = GOOD.replace('preset = "paper1"\nargs = { sigma = 0.05 }',
+                        'preset = "rram_charan"\nargs = { p_stuck_off = 1.5 }').replace(
+        "noise_level = [0.05, 0.1]", "stuck_at_rate = [0.01]")
+    path.write_text(text)
+    assert main(["run", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "p_off" in err and "1.5" in err and f":{_line_of(text, 'p_stuck_off')}:" in err
+
+
+def test_array_of_tables_error_points_at_the_entry(tmp_path):
+    text = GOOD.replace('preset = "paper1"\nargs = { sigma = 0.05 }\n',
+                        '[[hardware.effects]]\nkind = "programming_noise"\nsigma = 0.05\n\n'
+                        '[[hardware.effects]]\nkind = "stuck_at"\np_off = 2.0\n')
+    path = tmp_path / "aot.toml"
+    path.write_text(text)
+    with pytest.raises(StudyError) as exc:
+        load_study(path)
+    assert "hardware.effects[1]" in exc.value.field
+    assert exc.value.line in (_line_of(text, "p_off = 2.0"), _line_of(text, 'kind = "stuck_at"') - 1)
+
+
+def test_invalid_toml_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD + "\n[sweep\n")
+    assert main(["run", str(path), "--quiet"]) == 2
+    assert "TOML" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.toml"), "--quiet"]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_unknown_knob_for_the_chip_is_rejected(tmp_path):
+    path = tmp_path / "knob.toml"
+    path.write_text(GOOD.replace("noise_level = [0.05, 0.1]", "adc_bits = [4, 6]"))
+    with pytest.raises(StudyError, match="sweep.grid.adc_bits"):
+        load_study(path)
+
+
+def test_training_variants_and_sigma_list(tmp_path):
+    text = GOOD.replace('method = "plain"\nepochs = 1', 'method = "hasgd"\nepochs = 1\nsigma_train = [0.0, 0.1]')
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    st = load_study(path)
+    assert [t.label for t in st.training] == ["sigma_train=0", "sigma_train=0.1"]
+    assert [t.q.effects[0].sigma for t in st.training] == [0.0, 0.1]
+    # plain training with a training noise is a contradiction
+    path.write_text(GOOD.replace('method = "plain"', 'method = "plain"\nsigma_train = 0.1'))
+    with pytest.raises(StudyError, match="training.sigma_train"):
+        load_study(path)
+
+
+def test_key_lines_scans_tables_inline_and_arrays():
+    text = '[a]\nx = 1\ny = { p = 2, q = 3 }\n\n[[a.e]]\nk = 1\n[[a.e]]\nk = 2\n[a.v.one]\nz = "s"\n'
+    lines = key_lines(text)
+    assert lines["a"] == 1 and lines["a.x"] == 2 and lines["a.y.q"] == 3
+    assert lines["a.e[0].k"] == 6 and lines["a.e[1].k"] == 8 and lines["a.v.one.z"] == 10
+    assert find_line(lines, "a.e[1].k.sub") == 8
+    assert find_line(lines, "a.missing") == 1
+    assert find_line(lines, "nothing") is None
+
+
+def test_with_knobs_extra_axes():
+    spec = HardwareSpec.from_dict({**devices.paper1(0.1).to_dict(), "periphery": {"adc": {"bits": 4}}})
+    s = spec.with_knobs(adc_levels=7, mean_shift=0.02, noise_level=0.2)
+    assert s.periphery.adc.n_levels == 7
+    assert s.effects[0].mu == 0.02 and s.effects[0].sigma == 0.2
+    with pytest.raises(ConfigError, match="adc_levels"):
+        devices.paper1(0.1).with_knobs(adc_levels=4)
+    with pytest.raises(ConfigError, match="mean_shift"):
+        devices.ideal().with_knobs(mean_shift=0.1)

@@ -1,0 +1,72 @@
+"""anvm_stats.training.hasgd: reduction to plain SGD, config errors, and an end-to-end robustness check on digits."""
+
+import numpy as np
+import pytest
+import torch
+
+from anvm_stats import devices
+from anvm_stats.errors import ConfigError
+from anvm_stats.training import (train_hasgd)
+from tests.helpers import make_data, make_mlp, plain_sgd
+
+
+@pytest.mark.parametrize("q,mode", [(None, "split"), (devices.paper1(0.0), "split"),
+                                    (devices.paper1(0.0), "direct")])
+def test_noise_free_is_plain_sgd_step_for_step(q, mode):
+    net = make_mlp(bn=True)
+    x, y = make_data(n=40)
+    ref = plain_sgd(net, x, y, epochs=2, batch_size=8, lr=0.05, seed=5)
+    res = train_hasgd(net, q, (x, y), samples=4, epochs=2, batch_size=8, lr=0.05, seed=5, mode=mode,
+                      progress=False)
+    assert res.step == 10
+    for (n, a), b in zip(res.model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(res.model[0].weight, net[0].weight)   # it trained; the user's model is untouched
+    assert torch.equal(net[0].weight, make_mlp(bn=True)[0].weight)
+
+
+def test_split_with_one_draw_equals_direct_and_schedule_zero_epoch_is_plain():
+    net = make_mlp(bn=True)
+    x, y = make_data(n=32)
+    q = devices.paper1(0.2)
+    kw = dict(samples=1, epochs=2, batch_size=8, lr=0.05, seed=2, progress=False)
+    a = train_hasgd(net, q, (x, y), mode="split", **kw).model.state_dict()
+    b = train_hasgd(net, q, (x, y), mode="direct", **kw).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sched = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=[0.0, 0.1], epochs=1, batch_size=8,
+                        lr=0.05, seed=2, samples=2, progress=False)
+    plain = plain_sgd(net, x, y, epochs=1, batch_size=8, lr=0.05, seed=2)
+    assert all(torch.equal(u, v) for u, v in zip(sched.model.state_dict().values(), plain.state_dict().values()))
+    full = train_hasgd(net, devices.paper1(0.3), (x, y), sigma_schedule=lambda e: 0.1 * e, epochs=2,
+                       batch_size=8, seed=2, samples=2, progress=False)
+    np.testing.assert_allclose(full.history.sigma_train.values, [0.0, 0.1])
+
+
+def test_config_errors_name_the_field():
+    net, data = make_mlp(), make_data()
+    for kw, field in [(dict(mode="sideways"), "mode"), (dict(samples=16, batch_size=8), "batch_size"),
+                      (dict(spec=None, sigma_schedule=[0.1]), "sigma_schedule"), (dict(optimizer="lbfgs"), "optimizer")]:
+        with pytest.raises(ConfigError) as err:
+            train_hasgd(net, data=data, **{"spec": devices.paper1(0.1), **kw}, progress=False)
+        assert err.value.field == field
+
+
+@pytest.mark.slow
+def test_hasgd_beats_plain_training_under_noise_on_digits():
+    from anvm_stats.data import digits
+    from anvm_stats.models import MLP
+    from anvm_stats.montecarlo import evaluate
+    from anvm_stats.stats import paired_difference
+
+    train, test = digits("train"), digits("test")
+    net = MLP(hidden=(64,), generator=torch.Generator().manual_seed(0))
+    kw = dict(epochs=25, lr=0.1, batch_size=64, seed=0, progress=False)
+    plain = train_hasgd(net, None, train, **kw).model
+    robust = train_hasgd(net, devices.paper1(0.1), train, samples=8, **kw).model
+    spec = devices.paper1(0.15)
+    a = evaluate(robust, spec, test, n_instances=100, seed=1, progress=False).accuracy
+    b = evaluate(plain, spec, test, n_instances=100, seed=1, progress=False).accuracy
+    diff = paired_difference(a, b, ci=0.99)
+    print("sigma_test=0.15 robust", float(a.mean()), "plain", float(b.mean()), "diff",
+          float(diff.estimate), diff.interval.values)
+    assert float(diff.interval.sel(ci_bound="lower")) > 0
