@@ -2,7 +2,8 @@
 
 import pytest
 
-from anvm_stats.report import (write_report)
+from anvm_stats.report import write_report
+from anvm_stats.report.markdown import flat_fields
 from tests.helpers import synthetic
 
 
@@ -24,3 +25,11 @@ def test_write_report_md_and_html_share_figures(tmp_path, embed):
     assert "robust - plain" in md and "robust - plain" in html
     for p in tmp_path.glob("*.png"):
         assert p.stat().st_size < 200_000
+
+
+def test_flat_fields_paths_and_leaves():
+    spec = {"mapping": {"kind": "differential", "n": 2}, "effects": [{"sigma": 0.05}, {"p": [0.1, 0.2]}],
+            "periphery": {}, "name": None}
+    assert flat_fields(spec) == [
+        ("effects[0].sigma", "0.05"), ("effects[1].p[0]", "0.1"), ("effects[1].p[1]", "0.2"),
+        ("mapping.kind", '"differential"'), ("mapping.n", "2"), ("name", "null"), ("periphery", "{}")]
