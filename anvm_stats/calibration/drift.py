@@ -34,6 +34,7 @@ from ..batches import evaluation_batches
 from ..montecarlo import RunOptions, run_points, sweep
 from ..provenance import provenance
 from ..rng import SeedLike, seed_entropy
+from ..checks import check_model_data, flag_nonfinite
 from ..sampler import ChipSampler, instance_indices
 
 Tensor = torch.Tensor
@@ -182,7 +183,8 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
         ds.attrs["drift_compensation"] = "none"
         return ds
     opts = RunOptions(**option_kw)
-    idx = instance_indices(n_instances, instances)
+    idx = instance_indices(n_instances, instances, points=max(times.size, 1))
+    check_model_data(model, data)
     if times.ndim != 1 or times.size == 0 or len(np.unique(times)) != times.size:
         raise ConfigError(f"grid.{dims.T_INFERENCE}", times, "a non-empty list of distinct values")
     program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
@@ -201,6 +203,7 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
                     drift_compensation="global")
     ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
     ds["compensation_gain"].attrs.update(long_name="global drift compensation gain mean|y(t0)|/mean|y(t)|")
+    flag_nonfinite(ds, what="drift_sweep")
     return ds
 
 

@@ -276,7 +276,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
         ds = run_sweep(ctx)
     t2 = time.perf_counter()
     ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
-    if flag_nonfinite(ds, what=f"study {study.name}"):
+    if flag_nonfinite(ds, warn=False):   # totals over the stacked sweeps (each sweep warned of its own cells)
         log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
     if ctx.keep_model:
         sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
