@@ -28,8 +28,8 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
                    variable: str = dims.ACCURACY, threshold: float | None = None, q: float | None = None,
                    grid: Mapping[str, Sequence] | None = None, instances_per_round: int = 64,
                    max_instances: int = 4096, ci: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
-                   seed: SeedLike = 0, calibration_data=None, layers=None, device=None, progress: bool = True,
-                   **options) -> tuple[xr.Dataset, object]:
+                   seed: SeedLike = 0, calibration_data=None, layers=None, device=None,
+                   options: RunOptions | None = None, progress: bool = True) -> tuple[xr.Dataset, object]:
     """Evaluate chips in rounds until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
 
     Parameters
@@ -50,8 +50,8 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     calibration_data : (x, y) tensors, Data, or batches, optional
         Data the DAC/ADC ranges are calibrated on (default: the evaluation ``data``), as in
         :func:`anvm_stats.montecarlo.sweep`.
-    layers, device, **options
-        As in :func:`anvm_stats.montecarlo.sweep` (``options``: :class:`~anvm_stats.montecarlo.RunOptions` fields).
+    layers, device, options
+        As in :func:`anvm_stats.montecarlo.sweep`.
 
     Returns
     -------
@@ -66,7 +66,6 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
         Before any work, for ``data`` the model cannot score (see :func:`anvm_stats.checks.check_model_data`).
     """
     check_model_data(model, data)
-    options = RunOptions(**options)
     root = root_sequence(seed)
     program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
                       layers=layers, device=device, fuse_relu=True)
