@@ -17,6 +17,7 @@ from torch import nn
 
 from . import dims
 from .analog.program import prepare
+from .checks import check_model_data, flag_nonfinite
 from .hardware.spec import HardwareSpec
 from .montecarlo import RunOptions, sweep
 from .rng import SeedLike, root_sequence, seed_entropy
@@ -27,8 +28,8 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
                    variable: str = dims.ACCURACY, threshold: float | None = None, q: float | None = None,
                    grid: Mapping[str, Sequence] | None = None, instances_per_round: int = 64,
                    max_instances: int = 4096, ci: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
-                   seed: SeedLike = None, calibration=None, layers=None, device=None, progress: bool = True,
-                   **options) -> tuple[xr.Dataset, object]:
+                   seed: SeedLike = 0, calibration_data=None, layers=None, device=None,
+                   options: RunOptions | None = None, progress: bool = True) -> tuple[xr.Dataset, object]:
     """Evaluate chips in rounds until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
 
     Parameters
@@ -44,23 +45,35 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
         Range of ``variable`` for ``statistic="mean"`` (default ``(0, 1)``, right for accuracy); the mean's
         guarantee holds for any distribution inside it.
     seed : int, SeedSequence or None
-        As in :func:`anvm_stats.montecarlo.sweep`: instance ``i`` depends only on ``(seed, i)``; ``None`` draws
-        fresh entropy, recorded in attrs.
+        As in :func:`anvm_stats.montecarlo.sweep`: instance ``i`` depends only on ``(seed, i)``; default 0 (as
+        every entry point); ``None`` draws fresh entropy, recorded in attrs.
+    calibration_data : (x, y) tensors, Data, or batches, optional
+        Data the DAC/ADC ranges are calibrated on (default: the evaluation ``data``), as in
+        :func:`anvm_stats.montecarlo.sweep`.
+    layers, device, options
+        As in :func:`anvm_stats.montecarlo.sweep`.
 
     Returns
     -------
     (xr.Dataset, SequentialResult)
         The Dataset of every instance drawn (dims ``instance`` + grid), and the stopping record
         (``n``, ``stopped_by`` = "width" or "cap", final estimate with its sequential interval, width history).
+        The Dataset's ``nonfinite_cells`` attr counts NaN/inf cells over all rounds (each round warns of its own).
+
+    Raises
+    ------
+    ConfigError
+        Before any work, for ``data`` the model cannot score (see :func:`anvm_stats.checks.check_model_data`).
     """
+    check_model_data(model, data)
     root = root_sequence(seed)
-    program = prepare(model, spec, calibration_data=calibration if calibration is not None else data, layers=layers,
-                      device=device, fuse_relu=True)
+    program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
+                      layers=layers, device=device, fuse_relu=True)
     parts: list[xr.Dataset] = []
 
     def draw(start: int, n: int) -> np.ndarray:
         ds = sweep(model, spec, data, grid=grid, instances=range(start, start + n), seed=root, program=program,
-                   options=RunOptions(**options), progress=False)
+                   options=options, progress=False)
         parts.append(ds)
         da = ds[variable].transpose(dims.INSTANCE, ...)
         return da.values
@@ -72,4 +85,5 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     ds.attrs.update(parts[0].attrs)
     ds.attrs.update(seed_entropy=seed_entropy(root), stopped_by=result.stopped_by, target_width=target_width,
                     sequential_statistic=statistic, confidence=ci)
+    flag_nonfinite(ds, warn=False)   # the total over the rounds (the first round's count was copied above)
     return ds, result

@@ -9,6 +9,7 @@ result Dataset, records the count in its attrs and warns.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -20,8 +21,18 @@ from . import dims
 from .data_source import as_tensors
 from .errors import ConfigError
 
+#: bytes of result per chip and grid point (accuracy, loss, correct count and one more float64 variable)
+RESULT_BYTES_PER_CELL = 4 * 8
 #: attr of a result Dataset: ``{variable: number of NaN/inf cells}`` for every variable that has any
 NONFINITE_ATTR = "nonfinite_cells"
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (``None`` where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_labels(y: torch.Tensor, n_classes: int, field: str = "data.y") -> None:
@@ -99,14 +110,16 @@ def check_model_data(model: nn.Module, data, field: str = "data") -> None:
     check_labels(y, int(out.shape[1]), f"{field}.y")
 
 
-def flag_nonfinite(ds: xr.Dataset, variables=(dims.ACCURACY, dims.LOSS), what: str = "result") -> dict[str, int]:
-    """Count NaN/inf cells of ``variables`` in ``ds``; record them in ``ds.attrs[NONFINITE_ATTR]`` and warn.
+def flag_nonfinite(ds: xr.Dataset, variables=(dims.ACCURACY, dims.LOSS), what: str = "result",
+                   warn: bool = True) -> dict[str, int]:
+    """Count NaN/inf cells of ``variables`` in ``ds``; record them in ``ds.attrs[NONFINITE_ATTR]`` and warn
+    (a ``RuntimeWarning``, unless ``warn`` is false: for totals of results whose parts warned already).
 
     Returns
     -------
     dict
         ``{variable: count}`` of the variables with at least one non-finite cell (empty if none; the attr is
-        then not set).
+        then removed).
     """
     counts = {}
     for v in variables:
@@ -116,6 +129,9 @@ def flag_nonfinite(ds: xr.Dataset, variables=(dims.ACCURACY, dims.LOSS), what: s
                 counts[v] = n
     if counts:
         ds.attrs[NONFINITE_ATTR] = dict(counts)
+    else:
+        ds.attrs.pop(NONFINITE_ATTR, None)   # a stale count (e.g. of one part of a concatenated result)
+    if counts and warn:
         total = {v: math.prod(ds[v].shape) for v in counts}
         warnings.warn(f"{what}: non-finite values in " + ", ".join(f"{v} ({n} of {total[v]} cells)"
                                                                       for v, n in counts.items())

@@ -28,6 +28,7 @@ from .analog.affine import affine_layers, affine_runtime, draw_views
 from .analog.lazy import NOMINAL_CACHE_BYTES, PRODUCT_CACHE_BYTES, ProductCache
 from .analog.program import AnalogProgram, LayerFilter, prepare
 from .batches import EvaluationBatches, evaluation_batches
+from .checks import check_model_data, flag_nonfinite
 from .chunking import draw_block, instances_per_chunk, instances_per_forward
 from .counter_rng import counter_draws_default
 from .data_source import describe
@@ -432,7 +433,15 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     xr.Dataset
         Dims ``(*grid, instance)``; variables ``accuracy``, ``loss`` (mean cross-entropy), ``correct_count``
         and ``top5_accuracy`` (more than 5 classes); provenance attrs; ``n_samples``, ``sampler`` and
-        ``calibration_data`` attrs.
+        ``calibration_data`` attrs; ``nonfinite_cells`` (:data:`anvm_stats.checks.NONFINITE_ATTR`) when a
+        variable holds NaN/inf cells (e.g. noise so large that the outputs overflow), with a ``RuntimeWarning``.
+
+    Raises
+    ------
+    ConfigError
+        Before any work, for ``data`` the model cannot score (inputs of another shape, NaN/inf inputs, labels
+        that are not integers in ``[0, n_classes)``: :func:`anvm_stats.checks.check_model_data`), and for
+        ``instances`` / ``n_instances`` that are not valid int64 indices or whose results cannot fit in memory.
     """
     if not isinstance(spec, HardwareSpec):
         raise ConfigError("spec", type(spec).__name__, "a HardwareSpec")
@@ -443,10 +452,13 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     if not callable(getattr(executor, "run", None)):
         raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
     plan = plan_grid(grid)
-    idx = instance_indices(n_instances, instances)
-    return executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
-                        layers=layers, digital=digital, device=device, options=options, program=program,
-                        progress=progress)
+    idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
+    check_model_data(model, data)
+    ds = executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
+                      layers=layers, digital=digital, device=device, options=options, program=program,
+                      progress=progress)
+    flag_nonfinite(ds, what="sweep")
+    return ds
 
 
 def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256, seed: SeedLike = 0,

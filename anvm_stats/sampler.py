@@ -19,13 +19,17 @@ import numpy as np
 import torch
 
 from .analog.program import AnalogProgram
+from .checks import RESULT_BYTES_PER_CELL, memory_bytes
 from .counter_rng import CounterStream, counter_draws_default, run_key
+from .errors import ConfigError, check_number
 from .hardware.spec import HardwareSpec
 from .hardware.effects import fill_standard
 from .rng import SeedLike, Stream, instance_generators, root_sequence
 
 Tensor = torch.Tensor
 Draws = list  # one dict[str, Tensor [K, P]] per program-phase effect
+#: largest instance index (indices are int64)
+INDEX_MAX = 2**63 - 1
 
 
 class ChipSampler:
@@ -246,14 +250,44 @@ def _buffers(layout: list[dict], K: int, n: int, dtype, device, reuse: Draws | N
     return [{k: torch.empty((K, n), dtype=dtype, device=device) for k in kinds} for kinds in layout]
 
 
-def instance_indices(n_instances: int | None, instances: Sequence[int] | None) -> np.ndarray:
-    """Instance indices of a run: ``range(n_instances)`` or the explicit ``instances``."""
-    from .errors import ConfigError, check_number
+def instance_indices(n_instances: int | None, instances: Sequence[int] | None, points: int = 1) -> np.ndarray:
+    """Instance indices of a run: ``range(n_instances)`` or the explicit ``instances``.
 
+    Parameters
+    ----------
+    n_instances : int or None
+        Number of chips (indices ``0..n-1``); ignored when ``instances`` is given.
+    instances : sequence of int, optional
+        Explicit distinct indices in ``[0, 2**63 - 1]``.
+    points : int
+        Grid points each chip is scored at: the results of ``n_instances x points`` cells must fit in memory.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``instances`` or ``n_instances``, before anything the size of the run is allocated.
+    """
     if instances is not None:
-        idx = np.asarray(list(instances), dtype=np.int64)
-        if idx.ndim != 1 or idx.size == 0 or (idx < 0).any() or len(np.unique(idx)) != idx.size:
-            raise ConfigError("instances", instances, "a non-empty sequence of distinct non-negative ints")
-        return idx
-    check_number("n_instances", n_instances, low=1, integer=True)
-    return np.arange(int(n_instances), dtype=np.int64)
+        allowed = "a non-empty sequence of distinct integers in [0, 2**63 - 1]"
+        try:
+            raw = instances if isinstance(instances, np.ndarray) else np.asarray(list(instances))
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError("instances", instances, allowed) from None
+        if raw.ndim != 1 or raw.size == 0 or raw.dtype.kind not in "iu" or (raw.dtype.kind == "u"
+                                                                               and raw.max() > INDEX_MAX):
+            raise ConfigError("instances", instances, allowed)
+        idx = raw.astype(np.int64)
+        if (idx < 0).any() or len(np.unique(idx)) != idx.size:
+            raise ConfigError("instances", instances, allowed)
+        n, field = idx.size, "instances"
+    else:
+        check_number("n_instances", n_instances, low=1, high=INDEX_MAX, integer=True)
+        n, field = int(n_instances), "n_instances"
+    memory = memory_bytes()
+    per_chip = RESULT_BYTES_PER_CELL * max(int(points), 1)
+    if memory is not None and n * per_chip > memory:
+        raise ConfigError(field, n if field == "n_instances" else f"{n} instances",
+                          f"at most {max(memory // per_chip, 1)} chips here: the results of {n} chips x {points} "
+                          f"grid point(s) need {n * per_chip / 2**30:.3g} GiB, this machine has "
+                          f"{memory / 2**30:.3g} GiB")
+    return idx if instances is not None else np.arange(n, dtype=np.int64)

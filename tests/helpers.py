@@ -17,8 +17,10 @@ from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.data import digits
+from anvm_stats.errors import ConfigError
+from anvm_stats.hardware import DifferentialMapping, Drift, HardwareSpec, ProgrammingNoise
 from anvm_stats.hessian import HessianOperator
-from anvm_stats.models import MLP
+from anvm_stats.models import MLP, build_model
 from anvm_stats.training import epoch_order
 
 
@@ -319,3 +321,32 @@ def synthetic(seed=0, with_model=True) -> xr.Dataset:
     ds = ds.assign_coords({dims.EPOCH: ep})
     ds.attrs.update(study="synthetic", report_yield_threshold=0.8, report_ci=0.95, report_quantiles=[0.05, 0.5, 0.95])
     return ds
+
+
+# --- a tiny 6-input, 10-class classifier and its data (engine input checks) ---
+TINY_CLASSES = 10
+
+
+def tiny_mlp10():
+    """MLP 6-5-10, seed 0."""
+    return build_model("mlp", seed=0, in_features=6, hidden=[5], n_classes=TINY_CLASSES)
+
+
+def tiny_data10(n=12):
+    """``n`` seeded Gaussian inputs ``[n, 6]`` and labels in ``[0, 10)``."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 6, generator=g), torch.randint(0, TINY_CLASSES, (n,), generator=g)
+
+
+def small_drift_spec():
+    """Differential mapping, 5 % programming noise and drift."""
+    return HardwareSpec(mapping=DifferentialMapping(), effects=(ProgrammingNoise(sigma=0.05),
+                                                               Drift(nu_mean=0.05, nu_std=0.01)))
+
+
+def assert_one_line_error(err: ConfigError, field: str, words) -> None:
+    """``err`` names ``field`` in one line that says what is allowed and holds every word of ``words``."""
+    msg = str(err)
+    assert err.field == field and "\n" not in msg and "not allowed" in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)

@@ -6,6 +6,15 @@ import pytest
 
 import anvm_stats as av
 from tests.helpers import make_data, make_mlp
+import dataclasses
+import inspect
+import warnings
+
+
+from anvm_stats import dims
+from anvm_stats.hardware import Periphery, Quantizer
+from tests.helpers import tiny_data10, tiny_mlp10
+
 
 
 def test_stops_at_target_width_with_the_same_chips():
@@ -47,3 +56,23 @@ def test_tied_first_round_no_longer_stops_on_a_zero_width_interval():
     # reference mean's own sampling error: 4.4 standard errors (two-sided false-failure rate 1e-5)
     tol = 4.4 * other.std(ddof=1) / np.sqrt(other.size)
     assert res.estimate.lower - tol <= other.mean() <= res.estimate.upper + tol
+
+
+# --- issue 16 vocabulary: evaluate_until ----------------------------------------------------------------------------
+def test_evaluate_until_takes_calibration_data_and_seed_0_by_default():
+    sig = inspect.signature(av.evaluate_until)
+    assert "calibration" not in sig.parameters
+    assert sig.parameters["seed"].default == 0 == inspect.signature(av.evaluate).parameters["seed"].default
+    x, y = tiny_data10()
+    cal = (x * 3, y)
+    spec = dataclasses.replace(av.devices.paper1(0.2), periphery=Periphery(dac=Quantizer(bits=4),
+                                                                           adc=Quantizer(bits=4)))
+    kw = dict(target_width=1e-9, instances_per_round=2, max_instances=4, progress=False)
+    ds, _ = av.evaluate_until(tiny_mlp10(), spec, (x, y), calibration_data=cal, **kw)
+    ref = av.evaluate(tiny_mlp10(), spec, (x, y), n_instances=4, calibration_data=cal, progress=False)
+    np.testing.assert_array_equal(ds[dims.LOSS].values, ref[dims.LOSS].values)    # same chips, same ranges
+    assert ds.attrs["seed_entropy"] == ref.attrs["seed_entropy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other = av.evaluate(tiny_mlp10(), spec, (x, y), n_instances=4, progress=False)
+    assert not np.array_equal(other[dims.LOSS].values, ref[dims.LOSS].values)   # calibration_data was used

@@ -137,13 +137,13 @@ def test_weights_file_and_sequential_stopping(tmp_path, capsys):
     net = build_model("mlp", seed=0, in_features=64, hidden=[16], n_classes=10)
     torch.save(net.state_dict(), tmp_path / "w.pt")
     wide = _small(tmp_path, weights=f'weights = "{tmp_path / "w.pt"}"',
-                  sweep="target_ci_width = 0.9\nbatch_instances = 4\nmax_instances = 12", training=False)
+                  sweep="target_ci_width = 0.9\ninstances_per_round = 4\nmax_instances = 12", training=False)
     assert main(["run", str(wide), "--quiet", "--out", str(tmp_path / "w")]) == 0
     ds = load_results(tmp_path / "w" / "results.nc")
     assert ds.sizes[dims.INSTANCE] == 4 and ds.attrs["sequential_stopped_by"] == "width"
     # a width no interval can reach stops at the cap, and instance i is the same chip in both runs
     narrow = _small(tmp_path, weights=f'weights = "{tmp_path / "w.pt"}"',
-                    sweep="target_ci_width = 1e-9\nbatch_instances = 4\nmax_instances = 12", training=False)
+                    sweep="target_ci_width = 1e-9\ninstances_per_round = 4\nmax_instances = 12", training=False)
     assert main(["run", str(narrow), "--quiet", "--out", str(tmp_path / "n")]) == 0
     dn = load_results(tmp_path / "n" / "results.nc")
     assert dn.sizes[dims.INSTANCE] == 12 and dn.attrs["sequential_stopped_by"] == "cap"

@@ -15,6 +15,10 @@ from anvm_stats.sampler import ChipSampler
 from tests.helpers import make_data, make_mlp
 
 
+from tests.helpers import assert_one_line_error, tiny_data10, tiny_mlp10
+
+
+
 ALPHA = 1e-5   # false-failure rate of each statistical assertion
 
 
@@ -108,3 +112,37 @@ def test_two_samplers_under_one_base():
     assert not torch.equal(named.draw([4])[0]["z"], default.draw([4])[0]["z"])
     with pytest.raises(ValueError, match="GeneratorSampler"):
         GeneratorSampler(program, 3, counter=True)
+
+
+# --- item 4: instance indices ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw, field, words", [
+    pytest.param({"instances": [2**64]}, "instances", ["2**63"], id="instance-2**64"),
+    pytest.param({"instances": [2**63]}, "instances", ["2**63"], id="instance-2**63"),
+    pytest.param({"instances": [3, -1]}, "instances", ["[0,"], id="negative-instance"),
+    pytest.param({"instances": [0, 1.5]}, "instances", ["integers"], id="float-instance"),
+    pytest.param({"instances": [1, 1]}, "instances", ["distinct"], id="duplicate-instance"),
+    pytest.param({"instances": []}, "instances", ["non-empty"], id="no-instance"),
+    pytest.param({"n_instances": 2**64}, "n_instances", ["9223372036854775807"], id="n-beyond-int64"),
+    pytest.param({"n_instances": 10**15}, "n_instances", ["at most", "GiB"], id="n-beyond-memory"),
+    pytest.param({"n_instances": 0}, "n_instances", ["[1,"], id="n-zero"),
+])
+def test_instance_indices_are_refused_with_one_line(kw, field, words, monkeypatch):
+    import anvm_stats.montecarlo as mc
+
+    monkeypatch.setattr(mc, "prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    kw = {"n_instances": None, **kw} if "instances" in kw else kw
+    with pytest.raises(ConfigError) as err:
+        av.evaluate(tiny_mlp10(), av.devices.paper1(0.1), tiny_data10(), progress=False, **kw)
+    assert_one_line_error(err.value, field, words)
+
+
+def test_memory_bound_counts_grid_points():
+    """A count that fits for one point is refused when the grid multiplies the results past the memory."""
+    from anvm_stats.checks import RESULT_BYTES_PER_CELL, memory_bytes
+    from anvm_stats.sampler import instance_indices
+
+    n = memory_bytes() // RESULT_BYTES_PER_CELL // 2
+    with pytest.raises(ConfigError, match="n_instances.*x 4 grid point"):
+        instance_indices(n, None, points=4)
+    assert instance_indices(5, None, points=4).tolist() == [0, 1, 2, 3, 4]
+    assert instance_indices(None, np.array([7, 2**63 - 1], dtype=np.uint64), points=4).tolist() == [7, 2**63 - 1]

@@ -47,6 +47,7 @@ from ..batches import EvaluationBatches, evaluation_batches
 from ..montecarlo import RunOptions, run_points
 from ..provenance import provenance
 from ..rng import SeedLike, Stream, instance_generators, seed_entropy
+from ..checks import check_model_data, flag_nonfinite
 from ..sampler import ChipSampler, instance_indices
 from .adapters import make_adapter
 from .options import CalibrationOptions
@@ -130,6 +131,8 @@ def calibrate(model: nn.Module, spec: HardwareSpec, data, *, recovery_data, n_in
                               steps=steps, lr=lr, n_recovery=n_recovery, objective=objective,
                               temperature=temperature, instances_per_chunk=instances_per_chunk)
     idx = instance_indices(n_instances, instances)
+    check_model_data(model, data)
+    check_model_data(model, recovery_data, field="recovery_data")
     program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
                       layers=layers, digital=digital, device=device)
     for p in program.module.parameters():
@@ -165,6 +168,8 @@ def calibrate(model: nn.Module, spec: HardwareSpec, data, *, recovery_data, n_in
                     analog_layers=",".join(program.layer_names),
                     options=json.dumps({k: getattr(opts, k) for k in opts.__dataclass_fields__}, sort_keys=True),
                     learning_rate=opts.learning_rate)
+    flag_nonfinite(ds, variables=[f"{v}_{when}" for v in (dims.ACCURACY, dims.LOSS) for when in ("before", "after")],
+                   what="calibrate")
     return ds
 
 

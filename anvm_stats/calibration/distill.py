@@ -125,15 +125,16 @@ def _kd_terms(student_logits: Tensor, teacher_logits: Tensor, y: Tensor, T: floa
     return kd, F.cross_entropy(student_logits, y)
 
 
-def train_distilled(student: nn.Module, spec: HardwareSpec, data, *, teacher: nn.Module, samples: int = 4,
+def train_distilled(model: nn.Module, spec: HardwareSpec, data, *, teacher: nn.Module, samples: int = 4,
                     temperature: float = 4.0, alpha: float = 0.9, epochs: int = 10, lr: float = 1e-3,
                     batch_size: int = 64, seed: SeedLike = 0, optimizer: str = "adam", momentum: float = 0.9,
                     weight_decay: float = 0.0) -> DistillResult:
-    """Train a copy of ``student`` to match ``teacher`` while its weights are perturbed by chips drawn from ``spec``.
+    """Train a copy of ``model`` (the student) to match ``teacher`` while its weights are perturbed by chips drawn
+    from ``spec``.
 
     Parameters
     ----------
-    student : nn.Module
+    model : nn.Module
         Initial student (not modified; a copy is trained).
     spec : HardwareSpec
         Hardware model the perturbations come from (``devices.preset("ideal")``: plain distillation).
@@ -157,7 +158,7 @@ def train_distilled(student: nn.Module, spec: HardwareSpec, data, *, teacher: nn
     root = root_sequence(seed)
     gen = torch_generator(instance_seed(root, 0, Stream.TRAIN))
     shuffle = np.random.default_rng(instance_sequence(root, 1, Stream.TRAIN))
-    net = copy.deepcopy(student).train()
+    net = copy.deepcopy(model).train()
     teacher = copy.deepcopy(teacher).eval()
     params = dict(net.named_parameters())
     opt = (torch.optim.Adam(params.values(), lr=lr, weight_decay=weight_decay) if optimizer == "adam" else

@@ -34,6 +34,7 @@ from ..batches import evaluation_batches
 from ..montecarlo import RunOptions, run_points, sweep
 from ..provenance import provenance
 from ..rng import SeedLike, seed_entropy
+from ..checks import check_model_data, flag_nonfinite
 from ..sampler import ChipSampler, instance_indices
 
 Tensor = torch.Tensor
@@ -142,7 +143,8 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
 def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[float] = DEFAULT_TIMES,
                 n_instances: int | None = 256, seed: SeedLike = 0, compensation: str | None = None,
                 instances: Sequence[int] | None = None, calibration_data=None, layers=None,
-                digital: Sequence[str] = (), device=None, **option_kw) -> xr.Dataset:
+                digital: Sequence[str] = (), device=None, options: RunOptions | None = None,
+                progress: bool = True) -> xr.Dataset:
     """Accuracy of ``n_instances`` chips at every time in ``times`` (seconds after programming).
 
     Parameters
@@ -155,9 +157,10 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
         Inference times (default 1 s .. 10 years, 10 log-spaced points).
     compensation : {None, "global"}
         ``"global"``: per-chip, per-layer digital gain from a reference read (see module docstring).
-    **option_kw
-        :class:`anvm_stats.montecarlo.RunOptions` fields (instances_per_chunk, samples_per_batch, memory_budget),
-        and ``progress``.
+    options : RunOptions, optional
+        As in :func:`anvm_stats.sweep` (instances per chunk, samples per batch, memory budget).
+    progress : bool
+        Show a progress bar.
 
     Returns
     -------
@@ -174,15 +177,17 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     if compensation not in COMPENSATIONS:
         raise ConfigError("compensation", compensation, f"one of {COMPENSATIONS}")
     times = np.atleast_1d(np.asarray(times, dtype=float))
-    progress = option_kw.pop("progress", True)
     if compensation is None:
         ds = sweep(model, spec, data, grid={dims.T_INFERENCE: times}, n_instances=n_instances, seed=seed,
                    instances=instances, calibration_data=calibration_data, layers=layers, digital=digital,
-                   device=device, options=RunOptions(**option_kw), progress=progress)
+                   device=device, options=options, progress=progress)
         ds.attrs["drift_compensation"] = "none"
         return ds
-    opts = RunOptions(**option_kw)
-    idx = instance_indices(n_instances, instances)
+    opts = RunOptions() if options is None else options
+    if not isinstance(opts, RunOptions):
+        raise ConfigError("options", type(opts).__name__, "a RunOptions")
+    idx = instance_indices(n_instances, instances, points=max(times.size, 1))
+    check_model_data(model, data)
     if times.ndim != 1 or times.size == 0 or len(np.unique(times)) != times.size:
         raise ConfigError(f"grid.{dims.T_INFERENCE}", times, "a non-empty list of distinct values")
     program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
@@ -201,6 +206,7 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
                     drift_compensation="global")
     ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
     ds["compensation_gain"].attrs.update(long_name="global drift compensation gain mean|y(t0)|/mean|y(t)|")
+    flag_nonfinite(ds, what="drift_sweep")
     return ds
 
 

@@ -198,11 +198,11 @@ class DaskExecutor:
 
         def sink_for(sampler: str, devices: str):
             fp = fingerprint(spec_json=spec.to_json(), keys=plan.keys, values=plan.values, instances=idx,
-                             seed_root=root, chunk_size=int(self.task_size), split_grid=self.split_grid,
+                             seed_root=root, task_size=int(self.task_size), split_grid=self.split_grid,
                              model_hash=model_hash, data_hash=data_hash, options_hash=opt_hash, sampler=sampler,
                              device=devices, samples_per_batch=options.samples_per_batch)
             return make_sink(self.store, tasks, plan.keys, plan.coords(idx), attrs, fingerprint=fp,
-                             chunk_size=int(self.task_size), split_grid=self.split_grid)
+                             task_size=int(self.task_size), split_grid=self.split_grid)
 
         stored = stored_fingerprint(self.store)
         if stored is not None and "sampler" in stored and "device" in stored:

@@ -31,7 +31,7 @@ STORE_VERSION = 2
 
 
 def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndarray], instances: np.ndarray,
-                seed_root: np.random.SeedSequence, chunk_size: int, split_grid: bool, model_hash: str,
+                seed_root: np.random.SeedSequence, task_size: int, split_grid: bool, model_hash: str,
                 data_hash: str, options_hash: str, sampler: str, device: str,
                 samples_per_batch: int | None) -> dict[str, str]:
     """What identifies a study's results, part by part (short readable values or SHA-256 hashes).
@@ -49,7 +49,7 @@ def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndar
         "grid": json.dumps({k: v.tolist() for k, v in zip(keys, values)}),
         "instances": f"range({n})" if contiguous else f"{n} instances, sha256 {hash_json(instances.tolist())}",
         "seed": f"entropy={seed_root.entropy} spawn_key={tuple(seed_root.spawn_key)}",
-        "chunking": f"chunk_size={chunk_size} split_grid={split_grid}",
+        "chunking": f"chunk_size={task_size} split_grid={split_grid}",   # old text: earlier stores still resume
         "model": model_hash,
         "data": data_hash,
         "options": options_hash,
@@ -170,20 +170,20 @@ class ZarrSink(MemorySink):
         A ``.zarr`` directory; created on the first result (atomically), reopened when it exists.
     fingerprint : dict
         From :func:`fingerprint`; must equal the one recorded in an existing store.
-    chunk_size : int
+    task_size : int
         Instances per task (the zarr chunk along ``instance``).
     split_grid : bool
         Whether tasks hold one grid point (zarr chunk 1 along each grid dim) or all of them.
     """
 
     def __init__(self, path, tasks, keys, coords, attrs=None, *, fingerprint: Mapping[str, str],
-                 chunk_size: int, split_grid: bool):
+                 task_size: int, split_grid: bool):
         super().__init__(tasks, keys, coords, attrs)
         self.path = Path(path)
         if self.path.suffix != ".zarr":
             raise ConfigError("store", str(path), "a path ending in .zarr")
         self.fingerprint = dict(fingerprint)
-        self.chunks = tuple([1 if split_grid else len(self.coords[k]) for k in self.keys] + [chunk_size])
+        self.chunks = tuple([1 if split_grid else len(self.coords[k]) for k in self.keys] + [task_size])
         if self.path.exists():
             self._reopen()
 

@@ -67,13 +67,13 @@ class Task:
         return {k: v[i:i + 1] for k, v, i in zip(keys, values, self.point)}
 
 
-def plan_tasks(values: Sequence[np.ndarray], n_instances: int, chunk_size: int, split_grid: bool) -> list[Task]:
+def plan_tasks(values: Sequence[np.ndarray], n_instances: int, task_size: int, split_grid: bool) -> list[Task]:
     """All tasks, instance chunk outermost, then grid points in C order."""
     points: list[tuple[int, ...] | None] = [None]
     if split_grid and values:
         points = [tuple(p) for p in np.ndindex(*[len(v) for v in values])]
-    return [Task(index=i, point=p, start=s, stop=min(s + chunk_size, n_instances))
-            for i, (s, p) in enumerate((s, p) for s in range(0, n_instances, chunk_size) for p in points)]
+    return [Task(index=i, point=p, start=s, stop=min(s + task_size, n_instances))
+            for i, (s, p) in enumerate((s, p) for s in range(0, n_instances, task_size) for p in points)]
 
 
 # --- content hashes ---------------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from typing import Callable
 
 import xarray as xr
 
-from .figures import (FIGURES, accuracy_distribution, layer_sensitivity, mean_quantile_bands, recovery_comparison,
+from .figures import (FIGURES, accuracy_distribution, layer_sensitivity_bars, mean_quantile_bands, recovery_comparison,
                       training_curves, yield_curve)
 from .markdown import blocks, to_html, to_markdown
 from .summary import format_text, paired_tables, point_table
 
 __all__ = ["write_report", "write_figures", "point_table", "paired_tables", "format_text", "accuracy_distribution",
-           "mean_quantile_bands", "yield_curve", "layer_sensitivity", "training_curves", "recovery_comparison"]
+           "mean_quantile_bands", "yield_curve", "layer_sensitivity_bars", "training_curves", "recovery_comparison"]
 
 
 def write_figures(ds: xr.Dataset, folder: str | Path, plots=None) -> dict[str, str]:

@@ -150,7 +150,7 @@ def yield_curve(ds: xr.Dataset, var: str = dims.ACCURACY, *, threshold: float | 
                    f"Yield with {int(c * 100)}% Clopper-Pearson intervals")
 
 
-def layer_sensitivity(ds: xr.Dataset, var: str = "sensitivity_trace") -> Figure:
+def layer_sensitivity_bars(ds: xr.Dataset, var: str = "sensitivity_trace") -> Figure:
     """Bars of the per-layer Hessian trace (error bars: +-2 standard errors), one group per model."""
     da = ds[var]
     se = ds.get(f"{var}_se")
@@ -225,7 +225,7 @@ FIGURES = {
     "distribution": (accuracy_distribution, "accuracy_distribution.png", lambda ds: dims.ACCURACY in ds),
     "mean_quantiles": (mean_quantile_bands, "accuracy_bands.png", lambda ds: dims.ACCURACY in ds),
     "yield": (yield_curve, "yield.png", lambda ds: dims.ACCURACY in ds),
-    "sensitivity": (layer_sensitivity, "layer_sensitivity.png",
+    "sensitivity": (layer_sensitivity_bars, "layer_sensitivity.png",
                     lambda ds: "sensitivity_trace" in ds and dims.LAYER in ds.dims),
     "training": (training_curves, "training_curves.png",
                  lambda ds: any(str(v).startswith("history_") for v in ds.data_vars)),

@@ -72,9 +72,9 @@ class SweepConfig:
     n_instances: int | None = 256
     target_ci_width: float | None = None
     max_instances: int = 4096
-    batch_instances: int = 64
-    eval_batch_size: int | None = None
-    chunk_size: int | None = None
+    instances_per_round: int = 64
+    samples_per_batch: int | None = None
+    instances_per_chunk: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,13 +7,10 @@ import math
 import os
 from pathlib import Path
 
+from ..checks import RESULT_BYTES_PER_CELL, memory_bytes
 from ..errors import ConfigError
 from .config import Ctx, Study
 from .values import NAME_ALLOWED, SAFE_NAME
-
-#: bytes of result per chip and grid point (accuracy, loss, correct count and one more float64 variable)
-RESULT_BYTES_PER_CELL = 4 * 8
-
 
 def check_folders(paths: dict[str, str | os.PathLike | None]) -> None:
     """Refuse folders that cannot be created or written: each ``{field: path}`` must be a folder, or a path
@@ -39,14 +36,6 @@ def check_folders(paths: dict[str, str | os.PathLike | None]) -> None:
             raise ConfigError(field, str(path), f"a folder that can be created ({anc} is a file)")
         if not os.access(anc, os.W_OK | os.X_OK):
             raise ConfigError(field, str(path), f"a writable folder (no write permission on {anc})")
-
-
-def memory_bytes() -> int | None:
-    """Physical memory of this machine in bytes (``None`` where the OS does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_size(study: Study, n_models: int, memory: int | None = None) -> None:

@@ -126,7 +126,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
 
     std, _ = ctx.grids()
     sw = ctx.study.sweep
-    options = RunOptions(samples_per_batch=sw.eval_batch_size, instances_per_chunk=sw.chunk_size)
+    options = RunOptions(samples_per_batch=sw.samples_per_batch, instances_per_chunk=sw.instances_per_chunk)
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
@@ -148,7 +148,7 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
         return acc.transpose(dims.INSTANCE, ...).values.reshape(m, -1)
 
     res = sequential_estimate(draw, statistic="mean", target_width=sw.target_ci_width, ci=ctx.study.outputs.ci,
-                              instances_per_round=sw.batch_instances, max_n=sw.max_instances)
+                              instances_per_round=sw.instances_per_round, max_n=sw.max_instances)
     ds = xr.concat(chunks, dim=dims.INSTANCE, combine_attrs="override")
     ds.attrs.update(sequential_stopped_by=res.stopped_by, sequential_target_width=sw.target_ci_width,
                     sequential_width=float(res.width))
@@ -276,7 +276,7 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
         ds = run_sweep(ctx)
     t2 = time.perf_counter()
     ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
-    if flag_nonfinite(ds, what=f"study {study.name}"):
+    if flag_nonfinite(ds, warn=False):   # totals over the stacked sweeps (each sweep warned of its own cells)
         log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
     if ctx.keep_model:
         sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \

@@ -33,7 +33,13 @@ Tables and keys
     (:meth:`HardwareSpec.with_knobs`), and adc_levels, dac_levels, mean_shift (set by the study runner on the
     spec's converters / programming-noise mean). ``n_instances`` (chips per point, default 256) or
     ``target_ci_width`` (stop once every point's mean-accuracy interval is this narrow) with ``max_instances``
-    (default 4096) and ``batch_instances`` (default 64); ``eval_batch_size``, ``chunk_size`` (speed only).
+    (default 4096) and ``instances_per_round`` (chips drawn between two looks at the intervals, default 64);
+    the engine's :class:`~anvm_stats.montecarlo.RunOptions` ``instances_per_chunk`` (chips evaluated together:
+    speed and memory only, it never changes a result) and ``samples_per_batch`` (evaluation samples per forward,
+    default up to 1024: it changes the per-chip ``loss`` at float32 round-off, ~1e-7, as the sum over samples
+    is taken in another order; accuracy counts are unaffected in practice but not guaranteed to be, as a
+    round-off can flip an argmax tie). The old names ``batch_instances``, ``chunk_size`` and
+    ``eval_batch_size`` are refused with a message naming the new key.
 ``[recovery]`` (optional)
     Per-chip calibration after programming (``anvm_stats.calibration.calibrate``, used when it exists):
     ``n_calibration`` (samples from the training split, default 64), ``n_instances`` (default: the sweep's),
@@ -206,9 +212,17 @@ def _training(c: Ctx, raw: dict, hw_raw: dict) -> tuple[TrainingConfig, ...]:
     return tuple(out)
 
 
+#: old ``[sweep]`` keys -> the engine's names (refused, naming the new key)
+RENAMED_SWEEP_KEYS = {"batch_instances": "instances_per_round", "chunk_size": "instances_per_chunk",
+                      "eval_batch_size": "samples_per_batch"}
+
+
 def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
-    c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "batch_instances",
-                           "eval_batch_size", "chunk_size"))
+    for old, new in RENAMED_SWEEP_KEYS.items():
+        if isinstance(raw, dict) and old in raw:
+            raise c.error(f"sweep.{old}", raw[old], f"the key sweep.{new} (sweep.{old} was renamed)")
+    c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "instances_per_round",
+                           "samples_per_batch", "instances_per_chunk"))
     grid_raw = raw.get("grid", {})
     c.table(grid_raw, "sweep.grid", ALL_KNOBS)
     grid = {k: grid_values(c, k, v) for k, v in grid_raw.items()}
@@ -216,17 +230,17 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
     kw: dict[str, Any] = {"grid": grid}
     if "n_instances" in raw and "target_ci_width" in raw:
         raise c.error("sweep.target_ci_width", raw["target_ci_width"], "either n_instances or target_ci_width")
-    for k, low in (("n_instances", 1), ("max_instances", 2), ("batch_instances", 2), ("eval_batch_size", 1),
-                   ("chunk_size", 1)):
+    for k, low in (("n_instances", 1), ("max_instances", 2), ("instances_per_round", 2), ("samples_per_batch", 1),
+                   ("instances_per_chunk", 1)):
         if k in raw:
             kw[k] = c.number(f"sweep.{k}", raw[k], low=low, integer=True)
     if "target_ci_width" in raw:
         kw["target_ci_width"] = c.number("sweep.target_ci_width", raw["target_ci_width"], low=0, high=1,
                                          low_open=True)
         kw["n_instances"] = None
-    mx, bt = kw.get("max_instances", 4096), kw.get("batch_instances", 64)
+    mx, bt = kw.get("max_instances", 4096), kw.get("instances_per_round", 64)
     if mx < bt:
-        raise c.error("sweep.max_instances", mx, f"at least batch_instances ({bt})")
+        raise c.error("sweep.max_instances", mx, f"at least instances_per_round ({bt})")
     return SweepConfig(**kw)
 
 

@@ -9,6 +9,10 @@ import torch
 from anvm_stats import dims
 from anvm_stats.parallel import plan_tasks, tasks
 from tests.helpers import small_job
+import inspect
+
+
+
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -36,3 +40,14 @@ def test_hashes_see_weights_and_data():
     y2 = y.clone()
     y2[0] = (y2[0] + 1) % 7
     assert tasks.hash_data((x, y2)) != d
+
+
+def test_dask_task_planning_says_task_size():
+    from anvm_stats.parallel import plan_tasks
+    from anvm_stats.parallel.store import ZarrSink, fingerprint
+
+    assert "task_size" in inspect.signature(plan_tasks).parameters
+    assert "task_size" in inspect.signature(fingerprint).parameters
+    assert "task_size" in inspect.signature(ZarrSink).parameters
+    tasks = plan_tasks([np.array([0.1, 0.2])], 5, task_size=2, split_grid=False)
+    assert [(t.start, t.stop) for t in tasks] == [(0, 2), (2, 4), (4, 5)]

@@ -6,7 +6,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from anvm_stats import dims
-from anvm_stats.report import (accuracy_distribution, layer_sensitivity, mean_quantile_bands, paired_tables,
+from anvm_stats.report import (accuracy_distribution, layer_sensitivity_bars, mean_quantile_bands, paired_tables,
                                point_table, recovery_comparison, training_curves, yield_curve)
 from tests.helpers import LAYERS, LEVELS, MODELS, synthetic
 
@@ -24,7 +24,7 @@ def test_figure_functions_label_their_axes(with_model):
         assert ax.get_ylabel() == ylabel
         legend = ax.get_legend()
         assert (len(legend.get_texts()) if legend else 0) == n_series
-    fig = layer_sensitivity(ds)
+    fig = layer_sensitivity_bars(ds)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
     assert ax.get_ylabel() == "Hessian trace" and ax.get_xlabel() == "layer"

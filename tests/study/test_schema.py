@@ -11,6 +11,10 @@ from anvm_stats.hardware import HardwareSpec
 from anvm_stats.study import StudyError, builtin_study, load_study
 from anvm_stats.study.lines import find_line, key_lines
 
+import numpy as np
+
+
+
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted((ROOT / "studies").glob("*.toml"))
 
@@ -188,3 +192,84 @@ def test_with_knobs_extra_axes():
         devices.paper1(0.1).with_knobs(adc_levels=4)
     with pytest.raises(ConfigError, match="mean_shift"):
         devices.ideal().with_knobs(mean_shift=0.1)
+
+
+# --- issue 15 item 9 + issue 16: study keys use the engine's names --------------------------------------------------
+STUDY = """\
+[study]
+name = "tiny"
+
+[model]
+name = "mlp"
+args = { in_features = 64, hidden = [8], n_classes = 10 }
+
+[data]
+name = "digits"
+
+[training]
+method = "plain"
+epochs = 1
+
+[hardware]
+preset = "paper1"
+args = { sigma = 0.05 }
+
+[sweep]
+grid = { noise_level = [0.05, 0.1] }
+"""
+
+
+@pytest.mark.parametrize("old, new, value", [("eval_batch_size", "samples_per_batch", 500),
+                                             ("chunk_size", "instances_per_chunk", 8),
+                                             ("batch_instances", "instances_per_round", 4)])
+def test_old_sweep_keys_are_refused_naming_the_new_key(tmp_path, old, new, value):
+    from anvm_stats.study import StudyError, load_study
+
+    extra = "target_ci_width = 0.5\n" if new == "instances_per_round" else "n_instances = 4\n"
+    path = tmp_path / "s.toml"
+    path.write_text(STUDY + extra + f"{old} = {value}\n")
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    msg = str(err.value)
+    assert f"sweep.{old}" in msg and f"sweep.{new}" in msg and msg.split(": ")[0].endswith("s.toml:22") and "\n" not in msg, msg
+    path.write_text(STUDY + extra + f"{new} = {value}\n")
+    assert getattr(load_study(path).sweep, new) == value
+
+
+def test_study_sweep_passes_the_engine_options_through(monkeypatch):
+    """The study's samples_per_batch / instances_per_chunk reach the engine's RunOptions."""
+    import tomllib
+
+    import anvm_stats.study.runner as runner
+    from anvm_stats.study.schema import parse_study
+
+    text = STUDY + "n_instances = 3\nsamples_per_batch = 7\ninstances_per_chunk = 2\n"
+    study = parse_study(tomllib.loads(text), text=text)
+    seen = []
+    monkeypatch.setattr(runner, "sweep", lambda *a, options, **k: seen.append(options))
+
+    class Ctx:
+        def __init__(self):
+            self.study, self.test, self.device, self.progress, self.calibration = study, None, None, False, None
+
+        def grids(self):
+            return {}, {}
+
+        def executor(self, *a):
+            return None
+
+        def over_all(self, fn):
+            return fn(None, None)
+
+    runner._sweep_instances(Ctx(), np.arange(3))
+    assert [(o.samples_per_batch, o.instances_per_chunk) for o in seen] == [(7, 2)]
+
+
+def test_shipped_studies_use_no_old_sweep_key():
+    from anvm_stats.study.schema import RENAMED_SWEEP_KEYS
+
+    files = STUDIES + sorted(ROOT.glob("anvm_stats/study/builtin/*.toml"))
+    assert files
+    for f in files:
+        for old in RENAMED_SWEEP_KEYS:
+            assert f"\n{old} =" not in f.read_text(), (f, old)
