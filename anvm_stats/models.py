@@ -74,6 +74,13 @@ def _int(field: str, value: object, low: int = 1) -> int:
     return int(value)
 
 
+def _stages_per_depth(arch: str, depth: object, offset: int, examples: str) -> int:
+    """Blocks per stage ``n`` of a CIFAR-style residual network of ``depth = 6 n + offset`` layers."""
+    depth = _int(f"{arch}.depth", depth, low=6 + offset)
+    check((depth - offset) % 6 == 0, f"{arch}.depth", depth, f"6n + {offset} ({examples}, ...)")
+    return (depth - offset) // 6
+
+
 # --- MLP --------------------------------------------------------------------------------------------------
 class MLP(nn.Module):
     """Fully connected ReLU network: ``in_features -> hidden[0] -> ... -> n_classes``.
@@ -179,12 +186,10 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 20, n_classes: int = 10, in_channels: int = 3, width: int = 16, *,
                  generator: torch.Generator | None = None):
         super().__init__()
-        depth = _int("ResNet.depth", depth, low=8)
-        check((depth - 2) % 6 == 0, "ResNet.depth", depth, "6n + 2 (20, 32, 44, 56, 110, ...)")
-        n_classes = _int("ResNet.n_classes", n_classes)
-        in_channels = _int("ResNet.in_channels", in_channels)
-        width = _int("ResNet.width", width)
-        n = (depth - 2) // 6
+        n = _stages_per_depth("ResNet", depth, 2, "20, 32, 44, 56, 110")
+        depth = 6 * n + 2
+        n_classes, in_channels, width = (_int(f"ResNet.{k}", v) for k, v in
+                                         (("n_classes", n_classes), ("in_channels", in_channels), ("width", width)))
         self.arch = f"resnet{depth}" + ("" if width == 16 else f"-w{width}")
         with _rng_guard(generator):
             self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -257,13 +262,11 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int = 28, widen: int = 10, n_classes: int = 100, in_channels: int = 3,
                  dropout: float = 0.0, *, generator: torch.Generator | None = None):
         super().__init__()
-        depth = _int("WideResNet.depth", depth, low=10)
-        check((depth - 4) % 6 == 0, "WideResNet.depth", depth, "6n + 4 (10, 16, 22, 28, 40, ...)")
-        widen = _int("WideResNet.widen", widen)
-        n_classes = _int("WideResNet.n_classes", n_classes)
-        in_channels = _int("WideResNet.in_channels", in_channels)
+        n = _stages_per_depth("WideResNet", depth, 4, "10, 16, 22, 28, 40")
+        depth = 6 * n + 4
+        widen, n_classes, in_channels = (_int(f"WideResNet.{k}", v) for k, v in
+                                         (("widen", widen), ("n_classes", n_classes), ("in_channels", in_channels)))
         check_number("WideResNet.dropout", dropout, low=0, high=1, high_open=True)
-        n = (depth - 4) // 6
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         self.arch = f"wrn-{depth}-{widen}"
         with _rng_guard(generator):

@@ -144,16 +144,22 @@ def vmap_loop(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, c
     return np.concatenate(out)
 
 
-def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int = 0) -> dict:
-    """Engine vs simple loop vs vmap vs limit, MLP 64-256-256-10 on the digits test split (360 samples)."""
+def _mlp_job(device: str, seed: int):
+    """The digits MLP job of the engine benchmarks and the machine's rates: ``(device, net, x, y, spec, program,
+    (flops, draws) per chip, GEMM rates, sampling rate)``."""
     dev = torch.device(device)
     _allow_tf32(dev)
-    n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
     net, x, y = digits_mlp(dev, seed)
     spec = paper1(0.05)
     program = prepare(net, spec, fuse_relu=True)
-    flops, draws = _mlp_cost(net, x.shape[0])
-    gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
+    return (dev, net, x, y, spec, program, _mlp_cost(net, x.shape[0]), measure_gemm_rates(dev),
+            measure_sampling_rate(dev))
+
+
+def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int = 0) -> dict:
+    """Engine vs simple loop vs vmap vs limit, MLP 64-256-256-10 on the digits test split (360 samples)."""
+    dev, net, x, y, spec, program, (flops, draws), gemm, sampling_rate = _mlp_job(device, seed)
+    n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
     matmul_rate = max(gemm.values())
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
     limit_mm_s = n_instances * (flops / gemm["torch_matmul"] + draws / sampling_rate)
@@ -178,13 +184,7 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
 
 def bench_sweep(device: str = "cpu", n_instances: int = 256, seed: int = 0) -> dict:
     """8 noise levels x n_instances: the CRN sweep vs the per-point simple loop and vs its own limit."""
-    dev = torch.device(device)
-    _allow_tf32(dev)
-    net, x, y = digits_mlp(dev, seed)
-    spec = paper1(0.05)
-    program = prepare(net, spec, fuse_relu=True)
-    flops, draws = _mlp_cost(net, x.shape[0])
-    gemm, sampling_rate = measure_gemm_rates(dev), measure_sampling_rate(dev)
+    dev, net, x, y, spec, program, (flops, draws), gemm, sampling_rate = _mlp_job(device, seed)
     matmul_rate = max(gemm.values())
     n_pts = len(SIGMAS)
     limit_s = n_instances * (n_pts * flops / matmul_rate + draws / sampling_rate)

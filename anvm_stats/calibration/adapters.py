@@ -8,6 +8,8 @@ on a per-chip mask of crossbar weights, chosen at random or by sensitivity in :f
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ class Adapter:
 
     def __init__(self, program, K: int):
         self.program, self.K, self.active = program, K, True
-        self._handles: list = []
+        self._hooks = contextlib.ExitStack()       # removes every hook on remove()
 
     def _on(self) -> int | None:
         """The batch size B of the current forward, or None when the hooks must pass (inactive, or a forward
@@ -59,9 +61,7 @@ class Adapter:
 
     def remove(self) -> None:
         """Detach every hook (the program runs as before)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.close()
 
 
 class AffineAdapter(Adapter):
@@ -74,7 +74,7 @@ class AffineAdapter(Adapter):
         self.offsets = [torch.zeros(K, c, device=dev, requires_grad=True) for c in channels]
         self._init = [p.detach().clone() for p in self.parameters()]
         for m, a, c in zip(targets, self.gains, self.offsets):
-            self._handles.append(m.register_forward_hook(self._hook(a, c)))
+            self._hooks.callback(m.register_forward_hook(self._hook(a, c)).remove)
 
     def parameters(self):
         return self.gains + self.offsets
@@ -103,7 +103,7 @@ class SparseAdapter(Adapter):
         self._init = [p.detach().clone() for p in self.deltas]
         for n, d in zip(self.names, self.deltas):
             m = program.module.get_submodule(n)
-            self._handles.append(m.register_forward_hook(self._hook(m, n, d)))
+            self._hooks.callback(m.register_forward_hook(self._hook(m, n, d)).remove)
 
     def parameters(self):
         return self.deltas

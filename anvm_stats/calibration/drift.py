@@ -17,6 +17,7 @@ bias (``HardwareSpec(bias="digital")``) does not drift and is not rescaled.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -80,7 +81,9 @@ class GlobalCompensation:
     def __init__(self, program: AnalogProgram):
         self.program = program
         self.alpha: Tensor | None = None
-        self._handles = [m.register_forward_hook(self._hook(j, m)) for j, m in enumerate(program.analog_modules())]
+        self._hooks = contextlib.ExitStack()       # removes every hook on close
+        for j, m in enumerate(program.analog_modules()):
+            self._hooks.callback(m.register_forward_hook(self._hook(j, m)).remove)
 
     def _hook(self, j: int, module):
         def hook(mod, inputs, y):
@@ -98,9 +101,8 @@ class GlobalCompensation:
         return hook
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Remove the hooks (the program runs as before)."""
+        self._hooks.close()
 
     def __enter__(self):
         return self

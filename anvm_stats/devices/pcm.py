@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import check, check_number
-from ..hardware.effects import ONE_NORMAL, declared_draw
+from ..hardware.effects import ONE_NORMAL, declared_draw, t_inference_knob
 from ..hardware.registry import register
 
 #: Nandakumar 2019 programming-noise polynomial (uS, ascending powers of G_T / G_max) at G_max = 25 uS
@@ -40,18 +40,18 @@ NANDAKUMAR_G_MAX_US = 25.0
 _DRIFT_MODELS = ("constant", "nandakumar")
 
 
-def state_dependent_gaussian(g: torch.Tensor, sd: torch.Tensor, z: torch.Tensor, bounds, clip: bool) -> torch.Tensor:
-    """``g + sd(g) * z``, clipped to the device window when ``clip``."""
-    out = g + sd * z
-    return out.clamp(bounds.g_min, bounds.g_max) if clip else out
-
-
 def polynomial(g, coeffs) -> torch.Tensor:
     """``sum_i coeffs[i] g^i`` (Horner), elementwise on a tensor ``g``."""
     out = torch.zeros_like(g) + coeffs[-1]
     for c in reversed(coeffs[:-1]):
         out = out * g + c
     return out
+
+
+def state_dependent_gaussian(g: torch.Tensor, sd: torch.Tensor, z: torch.Tensor, bounds, clip: bool) -> torch.Tensor:
+    """``g + sd(g) * z``, clipped to the device window when ``clip``."""
+    out = g + sd * z
+    return out.clamp(bounds.g_min, bounds.g_max) if clip else out
 
 
 @register("effect")
@@ -161,11 +161,7 @@ class PCMDrift:
         out = g * torch.exp(self.exponent(g, draws["z"]) * -log_ratio)
         return out * math.exp(self.nu_mean * log_ratio) if self.compensation else out
 
-    def with_knob(self, name, value):
-        if name != "t_inference":
-            return None
-        check_number("t_inference", value, low=self.t0)
-        return replace(self, t_inference=float(value))
+    with_knob = t_inference_knob
 
 
 @register("effect")

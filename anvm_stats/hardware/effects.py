@@ -234,6 +234,15 @@ class StuckAt:
         return replace(self, p_off=float(value) * frac_off, p_on=float(value) * (1.0 - frac_off))
 
 
+def t_inference_knob(effect, name: str, value):
+    """``with_knob`` of a drift effect: the sweep knob ``t_inference`` (seconds, >= the effect's ``t0``) gives a
+    copy read at that time; any other knob gives None (not this effect's)."""
+    if name != "t_inference":
+        return None
+    check_number("t_inference", value, low=effect.t0)
+    return replace(effect, t_inference=float(value))
+
+
 @register("effect")
 @dataclass(frozen=True, kw_only=True)
 class Drift:
@@ -275,11 +284,7 @@ class Drift:
         log_ratio = math.log(self.t_inference / self.t0)
         return g * torch.exp(self.exponent(draws) * -log_ratio)
 
-    def with_knob(self, name, value):
-        if name != "t_inference":
-            return None
-        check_number("t_inference", value, low=self.t0)
-        return replace(self, t_inference=float(value))
+    with_knob = t_inference_knob
 
 
 @register("effect")
