@@ -13,7 +13,7 @@ import xarray as xr
 
 from .figures import (FIGURES, accuracy_distribution, layer_sensitivity_bars, mean_quantile_bands, recovery_comparison,
                       training_curves, yield_curve)
-from .markdown import blocks, to_html, to_markdown
+from .markdown import STUDY_FILE, blocks, to_html, to_markdown
 from .summary import format_text, paired_tables, point_table
 
 __all__ = ["write_report", "write_figures", "point_table", "paired_tables", "format_text", "accuracy_distribution",
@@ -50,7 +50,8 @@ def write_report(ds: xr.Dataset, folder: str | Path, *, plots=None, threshold: f
     Returns
     -------
     dict
-        ``{"markdown": path, "html": path, "figures": {name: path}}``.
+        ``{"markdown": path, "html": path, "figures": {name: path}}``; a study's results also get
+        ``study.toml`` (the study file) beside the report.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,8 @@ def write_report(ds: xr.Dataset, folder: str | Path, *, plots=None, threshold: f
     bl = blocks(ds, figs, threshold=threshold, ci=ci, quantiles=quantiles)
     md = folder / "report.md"
     md.write_text(to_markdown(bl))
+    if ds.attrs.get("study_toml"):
+        (folder / STUDY_FILE).write_text(str(ds.attrs["study_toml"]))
     out: dict = {"markdown": md, "figures": {k: folder / v for k, v in figs.items()}}
     if html if html is not None else bool(int(ds.attrs.get("report_html", 1))):
         page = folder / "report.html"

@@ -16,6 +16,9 @@ import xarray as xr
 from .. import dims
 from .summary import HARDWARE_DIM, MODEL_DIM, fmt, paired_tables, point_table, settings
 
+#: the study file a report was made from, written beside the report
+STUDY_FILE = "study.toml"
+
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
         "text-align:right}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em;"
@@ -118,7 +121,7 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
             out.append(("table", (["field", "value"], [[k, v] for k, v in flat_fields(spec)])))
     if ds.attrs.get("study_toml"):
         out.append(("p", "Study file:"))
-        out.append(("pre", str(ds.attrs["study_toml"])))
+        out.append(("file", STUDY_FILE, str(ds.attrs["study_toml"])))
     return out
 
 
@@ -176,6 +179,8 @@ def to_markdown(bl: list[tuple]) -> str:
             parts.append(f"![{b[2]}]({b[1]})\n\n*{b[2]}*")
         elif kind == "pre":
             parts.append(f"```\n{b[1].rstrip()}\n```")
+        elif kind == "file":
+            parts.append(f"`{b[1]}` (beside this report):\n\n```toml\n{b[2].rstrip()}\n```")
     return "\n\n".join(parts) + "\n"
 
 
@@ -203,5 +208,7 @@ def to_html(bl: list[tuple], folder: Path, *, embed: str = "base64", title: str 
             parts.append(f"<figure><img src='{src}' alt='{e(b[2])}'><figcaption>{e(b[2])}</figcaption></figure>")
         elif kind == "pre":
             parts.append(f"<pre>{e(b[1])}</pre>")
+        elif kind == "file":
+            parts.append(f"<p><a href='{e(b[1])}'>{e(b[1])}</a> (beside this report)</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

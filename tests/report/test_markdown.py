@@ -33,3 +33,12 @@ def test_flat_fields_paths_and_leaves():
     assert flat_fields(spec) == [
         ("effects[0].sigma", "0.05"), ("effects[1].p[0]", "0.1"), ("effects[1].p[1]", "0.2"),
         ("mapping.kind", '"differential"'), ("mapping.n", "2"), ("name", "null"), ("periphery", "{}")]
+
+
+def test_study_file_is_written_beside_the_report_and_linked(tmp_path):
+    ds = synthetic()
+    ds.attrs["study_toml"] = '[study]\nname = "synthetic"\n'
+    write_report(ds, tmp_path)
+    assert (tmp_path / "study.toml").read_text() == ds.attrs["study_toml"]
+    assert "<a href='study.toml'>" in (tmp_path / "report.html").read_text()
+    assert 'name = "synthetic"' in (tmp_path / "report.md").read_text()
