@@ -257,12 +257,12 @@ def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float,
     # word lines: w0 (voltages with the bit lines grounded) and P(rhs) = M_w^-1 rhs
     drive = g_d * V.unsqueeze(-1)                                            # [K|1, B, rows, 1]
     if wl_fixed:
-        w0 = V.unsqueeze(-1).expand(*V.shape, cols)
+        w0 = V.unsqueeze(-1).expand(-1, -1, -1, cols)
         p_wl = None
     elif r_wl == 0:
         total = G.sum(-1, keepdim=True) + g_d                                 # one node per word line
-        w0 = (drive / total).expand(*drive.shape[:-1], cols)
-        p_wl = lambda rhs: (rhs.sum(-1, keepdim=True) / total).expand_as(rhs)  # noqa: E731
+        w0 = (drive / total).expand(-1, -1, -1, cols)
+        p_wl = lambda rhs: (rhs.sum(-1, keepdim=True) / total).expand_as(rhs)
     else:
         gw = 1.0 / r_wl
         j = torch.arange(cols, device=g.device)

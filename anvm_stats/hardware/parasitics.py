@@ -132,7 +132,7 @@ class Parasitics:
                               f"Parasitics.max_exact_size >= {rows * cols} (now {self.max_exact_size}, at most "
                               f"{EXACT_SIZE_LIMIT})")
 
-    def with_knob(self, name: str, value) -> "Parasitics | None":
+    def with_knob(self, name: str, value) -> Parasitics | None:
         """A copy with sweep knob ``r_wire`` set (``None`` for any other knob)."""
         return replace(self, r_wire=value) if name == "r_wire" else None
 
@@ -141,7 +141,7 @@ class Parasitics:
         return {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "parasitics") -> "Parasitics":
+    def from_dict(cls, data: dict, where: str = "parasitics") -> Parasitics:
         """Build from plain data, refusing unknown keys by name (``where`` prefixes field names in errors)."""
         if not isinstance(data, dict):
             raise ConfigError(where, data, f"a table with optional keys {', '.join(_FIELDS)}")
