@@ -11,7 +11,11 @@ import torch
 from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import Parasitics
 from anvm_stats.hardware.nodal import solve_scipy, solve_torch
-from anvm_stats.hardware.parasitics import column_currents, effective_conductance, first_order_conductance
+from anvm_stats.hardware.parasitics import (
+    column_currents,
+    effective_conductance,
+    first_order_conductance,
+)
 
 # (r_wordline, r_bitline, r_driver): all wires, bit lines only (Xiao et al.), word lines only, collapsed word
 # lines behind a driver resistance, and mixed values
