@@ -225,7 +225,7 @@ class _Tridiagonal:
         return d * self.inv_diag
 
 
-def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float, *, rtol: float = 1e-12,
+def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float, *, rtol: float | None = None,
                 max_iter: int = 2000) -> Tensor:
     """Column currents of K tiles with wire resistance for B inputs each, by preconditioned CG.
 
@@ -237,8 +237,9 @@ def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float,
         Input voltages at the drivers.
     r_wl, r_bl, r_driver : float >= 0
         Segment and driver resistances (units of ``1 / G_max``).
-    rtol : float
-        Stop when every right-hand side's preconditioned residual norm is below ``rtol`` times its initial one.
+    rtol : float, optional
+        Stop when every right-hand side's preconditioned residual norm is below ``rtol`` times its initial one;
+        default ``1e-12`` in float64, ``1e-5`` otherwise.
     max_iter : int
         Raise :class:`RuntimeError` if CG has not converged after this many iterations.
 
@@ -249,6 +250,8 @@ def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float,
         round-off near 1e-12).
     """
     k, _, rows, cols = _broadcast_inputs(tuple(g.shape), tuple(v.shape))
+    if rtol is None:
+        rtol = 1e-12 if g.dtype == torch.float64 else 1e-5
     squeeze = k is None
     G = g.unsqueeze(-3) if g.dim() == 3 else g.unsqueeze(0).unsqueeze(0)     # [K|1, 1, rows, cols]
     V = v if v.dim() == 3 else v.unsqueeze(0)                                 # [K|1, B, rows]
