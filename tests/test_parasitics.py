@@ -285,3 +285,23 @@ def test_round_trip_and_knob():
         Parasitics.from_dict({"r_wires": 1e-3})
     with pytest.raises(ConfigError, match="parasitics.r_driver=-1"):
         Parasitics.from_dict({"r_driver": -1})
+
+
+def test_cg_that_does_not_converge_raises():
+    g = torch.rand(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    with pytest.raises(RuntimeError, match="did not converge in 1 iterations"):
+        solve_torch(g, torch.ones(2, 16, dtype=torch.float64), 0.1, 0.1, 0.0, max_iter=1)
+
+
+def test_accuracy_table_rows():
+    """The tabulation behind reports/ir_drop_accuracy: one row per (size, r_wire), error relative to the effect
+    growing with r_wire n^2."""
+    from benchmarks.ir_drop_accuracy import tabulate, to_markdown
+
+    rows = tabulate(sizes=(8, 16), r_wires=(1e-4, 1e-3), batch=4)
+    assert [(r["size"], r["r_wire"]) for r in rows] == [(8, 1e-4), (8, 1e-3), (16, 1e-4), (16, 1e-3)]
+    for r in rows:
+        assert r["r_n2"] == pytest.approx(r["r_wire"] * r["size"] ** 2)
+        assert 0 < r["first_order_error"] < r["effect"] < 1
+    assert rows[0]["relative_to_effect"] < rows[1]["relative_to_effect"] < rows[3]["relative_to_effect"]
+    assert to_markdown(rows).count("\n") == 2 + len(rows)
