@@ -96,7 +96,7 @@ def main(device: str = "cpu", out: str | None = None) -> dict:
         torch.set_num_threads(1)
     result = {"device": device, "torch": torch.__version__,
               "exact": exact_solvers(device) if device == "cuda" else
-              exact_solvers(device, cases=((32, 16), (32, 32), (8, 64))),
+              exact_solvers(device, cases=((32, 16), (32, 32), (8, 64), (1, 128))),
               "first_order": [first_order_cost(device, *c) for c in
                               ((1024, 256, 256), (4096, 64, 64)) if device == "cuda"] or
                              [first_order_cost(device, 64, 256, 256), first_order_cost(device, 64, 64, 360)]}

@@ -10,7 +10,7 @@ Two independent solvers of the same circuit:
     batched over K conductance matrices and B inputs: the bit-line node voltages solve the Schur complement
     ``(M_b - D M_w^-1 D) V_b = D w_0`` (``D = diag(G)``, ``M_w``/``M_b`` the word-/bit-line blocks, ``w_0`` the
     word-line voltages with the bit lines grounded) by conjugate gradients preconditioned with the bit-line
-    blocks; every block is a set of independent tridiagonal line systems solved by parallel cyclic reduction.
+    blocks; every block is a set of independent tridiagonal line systems (Thomas algorithm, vectorised).
 
 Resistances are plain floats here (units of the device's on-resistance, conductances normalised so ``G_max = 1``);
 a segment resistance of zero makes that line one node (a word line with zero driver resistance too is then held
@@ -188,41 +188,37 @@ def _shift(x: Tensor, s: int, dim: int, fill: float) -> Tensor:
 
 
 class _Tridiagonal:
-    """Symmetric tridiagonal systems along ``dim`` (independent along every other axis), solved by parallel
-    cyclic reduction: ``ceil(log2 n)`` vectorised elimination steps, the coefficients' part done once.
+    """Symmetric tridiagonal systems along ``dim`` (independent along every other axis) with a constant
+    off-diagonal ``off``: the Thomas algorithm, its elimination factors computed once, each solve one forward
+    and one backward sweep along the line (vectorised over lines, inputs and instances).
 
-    ``diag`` has the systems' full shape; ``off`` (the constant off-diagonal, a float) couples neighbours.
+    Stable without pivoting here: every line's matrix is diagonally dominant (a conductance Laplacian grounded
+    at one end, plus the non-negative cell conductances).
     """
 
     def __init__(self, diag: Tensor, off: float, dim: int):
         self.dim = dim % diag.dim()
-        n = diag.shape[self.dim]
-        b = diag
-        lower = self._edge(torch.full_like(diag, off), 1, 0.0)   # coupling to the previous node
-        upper = self._edge(torch.full_like(diag, off), -1, 0.0)  # coupling to the next node
-        self.steps: list[tuple[int, Tensor, Tensor]] = []
-        s = 1
-        while s < n:
-            k1 = lower / self._shift(b, s, 1.0)
-            k2 = upper / self._shift(b, -s, 1.0)
-            b = b - self._shift(upper, s, 0.0) * k1 - self._shift(lower, -s, 0.0) * k2
-            lower, upper = -self._shift(lower, s, 0.0) * k1, -self._shift(upper, -s, 0.0) * k2
-            self.steps.append((s, k1, k2))
-            s *= 2
-        self.inv_diag = 1.0 / b
-
-    def _shift(self, x: Tensor, s: int, fill: float) -> Tensor:
-        return _shift(x, s, self.dim, fill)
-
-    def _edge(self, x: Tensor, s: int, fill: float) -> Tensor:
-        """``x`` with the first (``s > 0``) or last (``s < 0``) entry along ``dim`` set to ``fill``."""
-        return x * self._shift(torch.ones_like(x), s, fill)
+        self.n = diag.shape[self.dim]
+        self.inv_pivot = torch.empty_like(diag)       # 1 / (b_k - off c_{k-1})
+        self.upper = torch.empty_like(diag)           # c_k = off / (b_k - off c_{k-1})
+        prev = None
+        for k in range(self.n):
+            b = diag.select(self.dim, k)
+            inv = 1.0 / (b if prev is None else b - off * prev)
+            self.inv_pivot.select(self.dim, k).copy_(inv)
+            prev = off * inv
+            self.upper.select(self.dim, k).copy_(prev)
+        self.lower = self.inv_pivot * off             # off / pivot_k, the forward sweep's factor
 
     def solve(self, d: Tensor) -> Tensor:
-        """Solve for right-hand sides ``d`` (broadcasting against the coefficients)."""
-        for s, k1, k2 in self.steps:
-            d = d - self._shift(d, s, 0.0) * k1 - self._shift(d, -s, 0.0) * k2
-        return d * self.inv_diag
+        """Solve for right-hand sides ``d`` (extra leading axes broadcast against the coefficients)."""
+        x = d * self.inv_pivot
+        dim = self.dim + (x.dim() - self.inv_pivot.dim())
+        for k in range(1, self.n):
+            x.select(dim, k).sub_(x.select(dim, k - 1) * self.lower.select(self.dim, k))
+        for k in range(self.n - 2, -1, -1):
+            x.select(dim, k).sub_(x.select(dim, k + 1) * self.upper.select(self.dim, k))
+        return x
 
 
 def solve_torch(g: Tensor, v: Tensor, r_wl: float, r_bl: float, r_driver: float, *, rtol: float | None = None,
