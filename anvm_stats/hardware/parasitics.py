@@ -205,7 +205,8 @@ def effective_conductance(g: Tensor, parasitics: Parasitics) -> Tensor:
     Returns
     -------
     Tensor, shape and dtype of ``g``
-        ``g`` itself when ``parasitics.is_ideal``; otherwise ``G_eff`` (exact mode computes in float64).
+        ``g`` itself when ``parasitics.is_ideal``; otherwise ``G_eff``. First order is differentiable in ``g``;
+        exact mode computes in float64 on a detached copy (no gradient).
 
     Raises
     ------
