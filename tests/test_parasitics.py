@@ -305,3 +305,9 @@ def test_accuracy_table_rows():
         assert 0 < r["first_order_error"] < r["effect"] < 1
     assert rows[0]["relative_to_effect"] < rows[1]["relative_to_effect"] < rows[3]["relative_to_effect"]
     assert to_markdown(rows).count("\n") == 2 + len(rows)
+
+
+def test_first_order_is_differentiable_in_the_conductances():
+    g = torch.rand(2, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    p = Parasitics(r_wire=1e-2, r_bitline=3e-2, r_driver=2e-2)
+    assert torch.autograd.gradcheck(lambda x: effective_conductance(x, p), (g,))
