@@ -2,6 +2,7 @@
 
 from .effects import Bounds, ConductanceLevels, DeviceEffect, Drift, ProgrammingNoise, ReadNoise, StuckAt
 from .mapping import BitSlicedMapping, DifferentialMapping, LayerEncoding, Mapping, OffsetMapping
+from .parasitics import Parasitics
 from .periphery import Periphery, Quantizer, calibrate_range, quantize
 from .registry import register
 from .spec import KNOBS, HardwareSpec
@@ -9,5 +10,5 @@ from .spec import KNOBS, HardwareSpec
 __all__ = [
     "Bounds", "ConductanceLevels", "DeviceEffect", "Drift", "ProgrammingNoise", "ReadNoise", "StuckAt",
     "BitSlicedMapping", "DifferentialMapping", "LayerEncoding", "Mapping", "OffsetMapping",
-    "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec",
+    "Parasitics", "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec",
 ]
