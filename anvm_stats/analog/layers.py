@@ -18,6 +18,7 @@ from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
 from .kernels import CONV, GenericKernel, select_kernel
 from .lazy import LazyAffine
+from .tiles import TileLayout, tiled_forward
 
 Tensor = torch.Tensor
 
@@ -46,6 +47,8 @@ class LayerPlan:
     w_slice, b_slice : slice
         Where this layer's weight devices ``[A, out, in]`` and bias-column devices ``[A, out]`` sit in the chip's
         flat device vector.
+    tiles : TileLayout or None
+        The layer's crossbar tiles (``HardwareSpec.tile``); None: one array per layer.
     """
 
     name: str
@@ -60,6 +63,7 @@ class LayerPlan:
     encoding: LayerEncoding
     w_slice: slice
     b_slice: slice | None
+    tiles: TileLayout | None = None
 
     @property
     def n_arrays(self) -> int:
@@ -99,6 +103,13 @@ class LayerRuntime:
     noise_sources: object = None          # per-instance torch.Generators or a CounterStream, for output noise
     calibrating: bool = False
     sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, kernels.onednn_linear)
+    # mode "tiles" (anvm_stats.analog.tiles): weight [K, S, R, O, rows], the layer's tile layout, per-MVM noise
+    layout: TileLayout | None = None
+    read_var: Tensor | None = None        # [K, S, R, O, rows] read-noise variances of the signals' devices
+    mvm_noise: object = None              # a SampleNoise: per-MVM normals keyed by sample index
+    first_sample: int = 0                 # index in the evaluation data of the batch's first sample
+    layer: int = 0                        # the layer's index in the program (part of the noise key)
+    parasitics: object = None             # HardwareSpec.parasitics (IR drop), routed through tiles.tile_mvm
 
 
 class AnalogModule(nn.Module):
@@ -175,6 +186,13 @@ class AnalogModule(nn.Module):
                 self.dac_range = calibrate_range(x, self.dac_percentile)
             x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
         p = self.plan
+        if rt.mode == "tiles":
+            y = tiled_forward(self, x, shared, K, B)
+            if p.digital_bias is not None:
+                y = y + self._channel_view(p.digital_bias, y.dim() - 3)
+            if self.relu_after:
+                y = y.relu_() if not y.requires_grad else torch.relu(y)
+            return self._out(y, K, B)
         lazy = rt.affine
         if lazy is not None and self.input_shared and len(lazy.coef) == 1:
             # names the input of cached products (before DAC quantisation, which makes a new tensor each call)

@@ -14,6 +14,7 @@ from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
 from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
+from .tiles import bias_first, encode_tiles, signal_blocks, single_tile, variance_blocks
 from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
 
 Tensor = torch.Tensor
@@ -92,7 +93,7 @@ class AnalogProgram:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
         analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook
         watches an analog layer (hooks, e.g. per-chip calibration, read layer outputs instance-major)."""
-        if not self.kernel.sample_major or any(p.op != "linear" for p in self.plans):
+        if not self.kernel.sample_major or any(p.op != "linear" or p.tiles is not None for p in self.plans):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
@@ -167,17 +168,36 @@ class AnalogProgram:
         periphery; the bias column holds ``b/s``)."""
         out = {}
         for p in self.plans:
+            if p.tiles is not None:
+                enc, bv = p.encoding, p.bias_view(g)
+                w = p.tiles.decode(bias_first(enc.signals(p.weight_view(g)), None if bv is None else enc.signals(bv)))
+                out[p.name] = torch.cat([w[..., 1:], w[..., :1]], dim=-1) if p.tiles.bias_row else w
+                continue
             w = p.encoding.decode(p.weight_view(g))
             bv = p.bias_view(g)
             out[p.name] = w if bv is None else torch.cat([w, p.encoding.decode(bv)], dim=-1)
         return out
 
+    @property
+    def n_tiles(self) -> dict[str, int]:
+        """Crossbar tiles of every analog layer (empty for an untiled program, ``HardwareSpec.tile`` None)."""
+        return {p.name: p.tiles.n_tiles for p in self.plans if p.tiles is not None}
+
     def load(self, g: Tensor, *, B: int, dac_levels=None, adc_levels=None, output_noise: float = 0.0,
-             noise_sources=None, ste: bool = False, calibrating: bool = False, sample_major: bool = False) -> None:
+             noise_sources=None, ste: bool = False, calibrating: bool = False, sample_major: bool = False,
+             mvm_noise=None, mvm_effects: tuple = (), parasitics=None) -> None:
         """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``.
 
-        ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`)."""
+        ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`).
+        ``mvm_noise`` (a :class:`~anvm_stats.sample_rng.SampleNoise`): draw output noise, and the read noise of
+        ``mvm_effects`` (read effects with ``read_sd``), per MVM keyed by sample index; tiled programs, and
+        ``mvm_noise`` or ``parasitics``, run every layer on tiles (:mod:`anvm_stats.analog.tiles`)."""
         K = g.shape[0]
+        if mvm_noise is not None or parasitics is not None or any(p.tiles is not None for p in self.plans):
+            self._load_tiles(g, B=B, dac_levels=dac_levels, adc_levels=adc_levels, output_noise=output_noise,
+                             ste=ste, calibrating=calibrating, mvm_noise=mvm_noise, mvm_effects=mvm_effects,
+                             parasitics=parasitics)
+            return
         signals = adc_levels is not None or output_noise > 0 or calibrating
         mats = []
         for p in self.plans:
@@ -191,6 +211,20 @@ class AnalogProgram:
         self._set_runtime(mats, B=B, mode="signals" if signals else "weights", dac_levels=dac_levels,
                           adc_levels=adc_levels, output_noise=output_noise, noise_sources=noise_sources, ste=ste,
                           calibrating=calibrating, sample_major=sample_major)
+
+    def _load_tiles(self, g: Tensor, *, B: int, mvm_effects: tuple, parasitics, **kw) -> None:
+        var = None
+        for eff in mvm_effects:
+            sd = eff.read_sd(g, self.spec.bounds)
+            v = sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2)
+            var = v if var is None else var + v
+        for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
+            layout = p.tiles if p.tiles is not None else single_tile(p)
+            wv, bv = p.weight_view(g), p.bias_view(g)
+            w = layout.blocks(bias_first(wv, bv)) if parasitics is not None else signal_blocks(p, layout, wv, bv)
+            rv = None if var is None else variance_blocks(p, layout, p.weight_view(var), p.bias_view(var))
+            _set(m, LayerRuntime(K=g.shape[0], B=B, mode="tiles", weight=w, bias=None, layout=layout, read_var=rv,
+                                 layer=i, parasitics=parasitics, **kw))
 
     def load_weights(self, weights, *, B: int, dac_levels=None, ste: bool = False, sample_major: bool = False,
                      ) -> None:
@@ -242,11 +276,12 @@ class AnalogProgram:
         for m, (w, b) in zip(self.analog_modules(), mats):
             _set(m, LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw))
 
-    def set_batch(self, B: int, batch: int) -> None:
-        """Tell the loaded layers the next forward reads evaluation batch number ``batch`` of ``B`` samples
-        (names the cached products of shared inputs, :mod:`anvm_stats.analog.lazy`)."""
+    def set_batch(self, B: int, batch: int, first_sample: int = 0) -> None:
+        """Tell the loaded layers the next forward reads evaluation batch number ``batch`` of ``B`` samples, the
+        first of them sample ``first_sample`` of the data (names the cached products of shared inputs,
+        :mod:`anvm_stats.analog.lazy`; keys per-MVM noise, :mod:`anvm_stats.analog.tiles`)."""
         for m in self.analog_modules():
-            m.runtime.B, m.runtime.batch = B, batch
+            m.runtime.B, m.runtime.batch, m.runtime.first_sample = B, batch, first_sample
 
     def unload(self) -> None:
         for m in self.analog_modules():
@@ -265,7 +300,8 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
     enc = type(enc)(g=enc.g.to(device), combine=enc.combine.to(device), gain=enc.gain.to(device),
                     offset=None if enc.offset is None else enc.offset.to(device))
     db = None if plan.digital_bias is None else plan.digital_bias.to(device)
-    return replace(plan, encoding=enc, digital_bias=db)
+    tiles = None if plan.tiles is None else plan.tiles.to(device)
+    return replace(plan, encoding=enc, digital_bias=db, tiles=tiles)
 
 
 @torch.no_grad()
@@ -333,8 +369,14 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
         b = None if mod.bias is None else mod.bias.detach()
         w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
-        enc = spec.mapping.encode(w_aug, spec.bounds)
         O, n_in = w.shape[0], w.shape[1]
+        if spec.tile is None:
+            enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
+        else:
+            if op != "linear" and (mod.groups != 1 or isinstance(mod.padding, str)):
+                raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 and numeric padding (got "
+                                            f"groups={mod.groups}, padding={mod.padding!r})")
+            enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
         g_w = enc.g[:, :, :n_in].reshape(-1)
         w_slice = slice(offset, offset + g_w.numel())
         offset += g_w.numel()
@@ -350,7 +392,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
                          kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
                          digital_bias=b if bias_mode == "digital" else None, encoding=enc,
-                         w_slice=w_slice, b_slice=b_slice)
+                         w_slice=w_slice, b_slice=b_slice, tiles=tiles)
         plans.append(plan)
         analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
                               adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel)

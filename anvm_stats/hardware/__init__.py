@@ -5,9 +5,10 @@ from .mapping import BitSlicedMapping, DifferentialMapping, LayerEncoding, Mappi
 from .periphery import Periphery, Quantizer, calibrate_range, quantize
 from .registry import register
 from .spec import KNOBS, HardwareSpec
+from .tile import Tile
 
 __all__ = [
     "Bounds", "ConductanceLevels", "DeviceEffect", "Drift", "ProgrammingNoise", "ReadNoise", "StuckAt",
     "BitSlicedMapping", "DifferentialMapping", "LayerEncoding", "Mapping", "OffsetMapping",
-    "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec",
+    "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec", "Tile",
 ]
