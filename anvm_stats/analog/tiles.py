@@ -176,10 +176,9 @@ def tile_mvm(g: Tensor, v: Tensor, parasitics=None) -> Tensor:
     return cur.flatten(-3, -2)[..., :O, :]
 
 
-def im2col(x: Tensor, plan) -> tuple[Tensor, tuple]:
-    """``[N0, in, L]`` columns of a layer's input and its output's spatial shape (``()`` for linear)."""
-    if plan.op == "linear":
-        return x.unsqueeze(-1), ()
+def _conv_geometry(plan, x: Tensor):
+    """``(x4 [N0, C, H, W], kernel, dilation, padding, stride, out (Ho, Wo))`` of a conv layer's input, conv1d as a
+    height-1 conv2d."""
     c = plan.conv
     if c["groups"] != 1 or isinstance(c["padding"], str):
         raise UnsupportedLayerError(f"layer {plan.name!r}: tiles and per-MVM noise need groups=1 and numeric "
@@ -188,10 +187,38 @@ def im2col(x: Tensor, plan) -> tuple[Tensor, tuple]:
         x4, k = x.unsqueeze(2), (1, plan.kernel[0])
         d, p, s = (1, c["dilation"][0]), (0, c["padding"][0]), (1, c["stride"][0])
     else:
-        x4, k, d, p, s = x, plan.kernel, c["dilation"], c["padding"], c["stride"]
+        x4, k, d, p, s = x, tuple(plan.kernel), tuple(c["dilation"]), tuple(c["padding"]), tuple(c["stride"])
     out = tuple((x4.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
-    cols = F.unfold(x4, k, dilation=d, padding=p, stride=s)
-    return cols, out[1:] if plan.op == "conv1d" else out
+    return x4, k, d, p, s, out
+
+
+def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, tuple]:
+    """The tiles' input vectors ``[Kx, R, rows, B * L]`` (``Kx`` 1 for a shared input, else K; im2col for
+    convolutions, the bias row first, zero rows padding the last block) and the output's spatial shape.
+
+    Built with one strided copy into the final layout (no ``unfold`` temporaries)."""
+    R, rows = layout.row_blocks, layout.tile.rows
+    first = int(layout.bias_row)
+    Kx = x.shape[0] // B
+    if plan.op == "linear":
+        spatial, L = (), 1
+        src = x.reshape(Kx, B, plan.in_features).transpose(1, 2)                         # [Kx, in, B]
+    else:
+        x4, k, d, p, s, spatial = _conv_geometry(plan, x)
+        xp = F.pad(x4, (p[1], p[1], p[0], p[0])) if any(p) else x4
+        C = xp.shape[1]
+        sN, sC, sH, sW = xp.stride()
+        view = xp.as_strided((Kx, B, C, k[0], k[1], spatial[0], spatial[1]),
+                             (B * sN, sN, sC, d[0] * sH, d[1] * sW, s[0] * sH, s[1] * sW), xp.storage_offset())
+        src = view.permute(0, 2, 3, 4, 1, 5, 6)                                          # [Kx, C, kh, kw, B, Ho, Wo]
+        L = spatial[0] * spatial[1]
+        spatial = spatial[1:] if plan.op == "conv1d" else spatial
+    buf = x.new_empty(Kx, R * rows, B * L)
+    if first:
+        buf[:, 0].fill_(plan.bias_scale)
+    buf[:, first + plan.in_features:].zero_()
+    buf[:, first:first + plan.in_features].view(src.shape).copy_(src)
+    return buf.view(Kx, R, rows, B * L), spatial
 
 
 def group_ranges(v: Tensor, percentile: float, minmax: bool) -> tuple[Tensor, Tensor]:
@@ -247,15 +274,10 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     ``[K, B, O, *spatial]`` before the digital bias (see the module docstring)."""
     p, rt = module.plan, module.runtime
     layout = rt.layout
-    cols, spatial = im2col(x, p)
-    L = cols.shape[-1]
-    Kx = cols.shape[0] // B
-    X = cols.reshape(Kx, B, p.in_features, L)
-    if layout.bias_row:
-        X = torch.cat([X.new_full((Kx, B, 1, L), p.bias_scale), X], dim=2)
-    R, rows = layout.row_blocks, layout.tile.rows
-    X = F.pad(X, (0, 0, 0, R * rows - layout.n_rows))
-    X = X.view(Kx, B, R, rows, L).permute(0, 2, 3, 1, 4).reshape(Kx, 1, R, rows, B * L)
+    X, spatial = tile_inputs(x, p, layout, B)
+    X = X.unsqueeze(1)                                              # [Kx, 1, R, rows, N]
+    R = layout.row_blocks
+    L = X.shape[-1] // B
     P = tile_mvm(rt.weight, X, rt.parasitics)                       # [K, S, R, O, B*L]
     if rt.parasitics is not None:                                   # per-array currents -> ADC signals
         P = torch.einsum("sa,karon->ksron", p.encoding.combine.to(P.dtype), P)
