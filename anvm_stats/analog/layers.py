@@ -105,7 +105,8 @@ class LayerRuntime:
     sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, kernels.onednn_linear)
     # mode "tiles" (anvm_stats.analog.tiles): weight [K, S, R, O, rows], the layer's tile layout, per-MVM noise
     layout: TileLayout | None = None
-    read_var: Tensor | None = None        # [K, S, R, O, rows] read-noise variances of the signals' devices
+    read_var: Tensor | None = None        # [K, S, R, O, rows] read-noise variances of the signals' devices, or
+    #                                       [S] when every device has the same variance
     mvm_noise: object = None              # a SampleNoise: per-MVM normals keyed by sample index
     first_sample: int = 0                 # index in the evaluation data of the batch's first sample
     layer: int = 0                        # the layer's index in the program (part of the noise key)

@@ -213,16 +213,21 @@ class AnalogProgram:
                           calibrating=calibrating, sample_major=sample_major)
 
     def _load_tiles(self, g: Tensor, *, B: int, mvm_effects: tuple, parasitics, **kw) -> None:
-        var = None
-        for eff in mvm_effects:
-            sd = eff.read_sd(g, self.spec.bounds)
-            v = sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2)
-            var = v if var is None else var + v
+        sds = [eff.read_sd(g, self.spec.bounds) for eff in mvm_effects]
+        # one variance for every device (e.g. ReadNoise relative to the range): per-signal coefficients suffice
+        const = all(not isinstance(sd, Tensor) for sd in sds)
+        var = sum(float(sd) ** 2 for sd in sds) if const else sum(
+            sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2) for sd in sds)
         for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
             layout = p.tiles if p.tiles is not None else single_tile(p)
             wv, bv = p.weight_view(g), p.bias_view(g)
             w = layout.blocks(bias_first(wv, bv)) if parasitics is not None else signal_blocks(p, layout, wv, bv)
-            rv = None if var is None else variance_blocks(p, layout, p.weight_view(var), p.bias_view(var))
+            if not sds:
+                rv = None
+            elif const:
+                rv = (p.encoding.combine.to(g.dtype) ** 2).sum(1) * var                      # [S]
+            else:
+                rv = variance_blocks(p, layout, p.weight_view(var), p.bias_view(var))
             _set(m, LayerRuntime(K=g.shape[0], B=B, mode="tiles", weight=w, bias=None, layout=layout, read_var=rv,
                                  layer=i, parasitics=parasitics, **kw))
 

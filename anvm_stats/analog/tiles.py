@@ -289,14 +289,25 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         lo, hi = lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
     if not rt.calibrating and rt.mvm_noise is not None:
         if rt.read_var is not None:
-            sd = torch.matmul(rt.read_var, X * X).sqrt_()
-            P = P + sd * noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L), P.device)
+            if rt.read_var.dim() == 1:      # the same variance for every device: [S] per signal
+                sd = (X * X).sum(3, keepdim=True).mul_(rt.read_var.view(1, -1, 1, 1, 1)).sqrt_()
+            else:
+                sd = torch.matmul(rt.read_var, X * X).sqrt_()
+            P = P.addcmul_(sd, noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L),
+                                             P.device))
         if rt.output_noise > 0:
             z = noise_normals(rt.mvm_noise, rt.layer, "output", rt.first_sample, B, (S, R, O, L), P.device)
-            P = P + z * ((hi - lo) * rt.output_noise)
-    if rt.adc_levels is not None:
-        P = quantize(P, lo, hi, rt.adc_levels, ste=rt.ste)
-    y = (P * layout.gain.unsqueeze(-1)).sum(dim=(1, 2))               # [K, O, B*L]
+            P = P.addcmul_(z, (hi - lo) * rt.output_noise)
+    gain = layout.gain.unsqueeze(-1)                                 # [S, R, O, 1]
+    if rt.adc_levels is not None and not (rt.ste or P.requires_grad):
+        # ADC codes in place, then gain * (lo + step * code) summed over signals and row blocks
+        step = (hi - lo) / (rt.adc_levels - 1)
+        P.sub_(lo).div_(step).round_().clamp_(0, rt.adc_levels - 1)
+        y = P.mul_(gain * step).sum(dim=(1, 2)).add_((gain * lo).sum(dim=(0, 1)))     # [K, O, B*L]
+    else:
+        if rt.adc_levels is not None:
+            P = quantize(P, lo, hi, rt.adc_levels, ste=rt.ste)
+        y = (P * gain).sum(dim=(1, 2))                               # [K, O, B*L]
     if layout.offset is not None:
         y = y + torch.matmul(layout.offset.t(), X.sum(dim=3)[:, 0])
     y = y.view(K, O, B, *spatial) if spatial else y.view(K, O, B)
