@@ -250,3 +250,19 @@ def test_bad_tile_in_a_study_exits_2_with_the_line(tmp_path, capsys, bad, key):
     assert len(err.strip().splitlines()) == 1
     with pytest.raises(StudyError):
         load_study(path)
+
+
+def test_tiled_output_noise_from_per_forward_sources():
+    """Callers that pass per-forward noise sources (per-chip calibration) keep their output noise on tiles."""
+    net = make_mlp()
+    x = torch.randn(10, 8)
+    spec = av.HardwareSpec(periphery=av.Periphery(adc=av.Quantizer(bits=8), output_noise=0.05),
+                           tile=av.Tile(rows=4, cols=4))
+    prog = av.prepare(net, spec, calibration_data=x)
+    s = av.ChipSampler(prog, seed=0)
+    g = prog.g0[None].repeat(2, 1)
+    prog.load(g, B=10, adc_levels=256, output_noise=0.05, noise_sources=s.read_generators([0, 1]))
+    a, b = prog.module(x), prog.module(x)
+    assert not torch.equal(a, b)
+    prog.load(g, B=10, adc_levels=256, output_noise=0.05, noise_sources=s.read_generators([0, 1]))
+    assert torch.equal(prog.module(x), a)

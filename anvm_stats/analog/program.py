@@ -196,7 +196,7 @@ class AnalogProgram:
         if mvm_noise is not None or parasitics is not None or any(p.tiles is not None for p in self.plans):
             self._load_tiles(g, B=B, dac_levels=dac_levels, adc_levels=adc_levels, output_noise=output_noise,
                              ste=ste, calibrating=calibrating, mvm_noise=mvm_noise, mvm_effects=mvm_effects,
-                             parasitics=parasitics)
+                             parasitics=parasitics, noise_sources=noise_sources)
             return
         signals = adc_levels is not None or output_noise > 0 or calibrating
         mats = []

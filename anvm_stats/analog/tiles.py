@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..counter_rng import CounterStream
 from ..errors import UnsupportedLayerError
 from ..hardware.effects import Bounds
 from ..hardware.periphery import MAX_CALIBRATION_VALUES, quantize
@@ -298,6 +299,12 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         if rt.output_noise > 0:
             z = noise_normals(rt.mvm_noise, rt.layer, "output", rt.first_sample, B, (S, R, O, L), P.device)
             P = P.addcmul_(z, (hi - lo) * rt.output_noise)
+    elif not rt.calibrating and rt.output_noise > 0 and rt.noise_sources is not None:
+        # callers that give per-forward sources (per-chip calibration): one draw per forward, as untiled layers
+        src = rt.noise_sources
+        z = src.normal(P.shape[1:], P.dtype) if isinstance(src, CounterStream) else torch.stack(
+            [torch.randn(P.shape[1:], generator=g, device=P.device, dtype=P.dtype) for g in src])
+        P = P.addcmul_(z, (hi - lo) * rt.output_noise)
     gain = layout.gain.unsqueeze(-1)                                 # [S, R, O, 1]
     if rt.adc_levels is not None and not (rt.ste or P.requires_grad):
         # ADC codes in place, then gain * (lo + step * code) summed over signals and row blocks
