@@ -118,6 +118,8 @@ class AnalogProgram:
             self.unload()
             for h in hooks:
                 h.remove()
+        # tiled layers hold every tile's partial sums (and im2col inputs): R times a layer's output, or more
+        sizes += [getattr(m, "tile_floats", 0) for m in self.analog_modules()]
         return max(sizes + [x[:1].numel()])
 
     @property
