@@ -54,7 +54,7 @@ def bench_tiles(device: str = "cpu", n_instances: int = 64, repeats: int = 2) ->
     for name, (net, x, y) in _jobs(dev).items():
         secs = {}
         for case, spec in specs.items():
-            def run():
+            def run(net=net, spec=spec, x=x, y=y):
                 return evaluate(net, spec, (x, y), n_instances=n_instances, seed=0, device=dev, options=opts,
                                 progress=False)
             run()                               # warm up (calibration, caches, thread pools)

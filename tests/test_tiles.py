@@ -1,11 +1,9 @@
 """Crossbar tiles (HardwareSpec.tile): validation, serialisation, exact ideal chips, per-tile ADCs against a plain
 reference loop, n_tiles, the parasitics hook, and study files."""
 
-import math
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -169,7 +169,7 @@ def tile_mvm(g: Tensor, v: Tensor, parasitics=None) -> Tensor:
         return torch.matmul(g, v)
     from ..hardware import parasitics as par   # the IR-drop solver (optional module)
 
-    *lead, R, O, rows = g.shape
+    O = g.shape[-2]
     cols = getattr(parasitics, "cols", None) or O
     C = -(-O // cols)
     gt = F.pad(g, (0, 0, 0, C * cols - O)).unflatten(-2, (C, cols)).transpose(-1, -2)   # [..., R, C, rows, cols]
