@@ -35,6 +35,8 @@ SPECS = {
     "tiled-output": av.HardwareSpec(mapping=av.OffsetMapping(), effects=(av.ProgrammingNoise(sigma=0.03),),
                                     periphery=av.Periphery(adc=av.Quantizer(bits=6), output_noise=0.02),
                                     tile=av.Tile(rows=7, cols=3)),
+    "bitsliced-read": av.HardwareSpec(mapping=av.BitSlicedMapping(n_slices=3), effects=(av.ReadNoise(sigma=0.02),),
+                                      periphery=av.Periphery(adc=av.Quantizer(bits=6))),
     "tiled-pcm": av.HardwareSpec(effects=(av.devices.PCMReadNoise(t_inference=3600.0),),
                                  periphery=av.Periphery(adc=av.Quantizer(bits=6)), tile=av.Tile(rows=16, cols=4)),
 }

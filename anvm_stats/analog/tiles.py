@@ -292,7 +292,7 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     if not rt.calibrating and rt.mvm_noise is not None:
         if rt.read_var is not None:
             if rt.read_var.dim() == 1:      # the same variance for every device: [S] per signal
-                sd = (X * X).sum(3, keepdim=True).mul_(rt.read_var.view(1, -1, 1, 1, 1)).sqrt_()
+                sd = ((X * X).sum(3, keepdim=True) * rt.read_var.view(1, -1, 1, 1, 1)).sqrt_()
             else:
                 sd = torch.matmul(rt.read_var, X * X).sqrt_()
             P = P.addcmul_(sd, noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L),
