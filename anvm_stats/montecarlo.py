@@ -232,8 +232,11 @@ class _Point:
         per = spec.periphery
         kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
                   adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
+        parasitics = getattr(spec, "parasitics", None)      # IR drop: every tile through analog.tiles.tile_mvm
+        if parasitics is not None:
+            kw["parasitics"] = parasitics
         affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping and spec.tile is None \
-            else None
+            and parasitics is None else None
         mvm_effects = tuple(e for e in spec.read_effects if callable(getattr(e, "read_sd", None)))
         other = tuple(e for e in spec.read_effects if e not in mvm_effects)
         read_spec = replace(spec, effects=spec.program_effects + other) if other else None

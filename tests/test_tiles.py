@@ -187,7 +187,7 @@ def test_parasitics_hook_receives_each_arrays_tiles(monkeypatch):
     g = prog.g0[None]
     prog.load(g, B=5)
     fast = prog.module(x)
-    prog.load(g, B=5, parasitics=types.SimpleNamespace(cols=2))
+    prog.load(g, B=5, parasitics=types.SimpleNamespace(r_wire=0.0))
     hooked = prog.module(x)
     torch.testing.assert_close(hooked, fast, atol=1e-5, rtol=1e-5)
     assert calls and all(gs[-2:] == (8, 2) for gs, _ in calls)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..counter_rng import CounterStream
 from ..errors import UnsupportedLayerError
 from ..hardware.effects import Bounds
+from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import MAX_CALIBRATION_VALUES, quantize
 from ..hardware.tile import Tile
 
@@ -101,8 +102,6 @@ def encode_tiles(mapping, w_aug: Tensor, n_in: int, bias_row: bool, tile: Tile, 
     Returns ``(encoding, layout)``: a :class:`~anvm_stats.hardware.mapping.LayerEncoding` whose ``g`` has the
     program's layout (bias column last), and the :class:`TileLayout` with the gains and offsets per row block.
     ``tile.scale == "tile"`` maps every (row block, column block) on its own."""
-    from ..hardware.mapping import LayerEncoding
-
     O = w_aug.shape[0]
     wb = bias_first(w_aug[:, :n_in], w_aug[:, n_in:] if bias_row else None)
     n_rows = wb.shape[1]
@@ -160,17 +159,20 @@ def variance_blocks(plan, layout: TileLayout, var: Tensor, bias_var: Tensor | No
     return layout.blocks(bias_first(v, vb))
 
 
-def tile_mvm(g: Tensor, v: Tensor, parasitics=None) -> Tensor:
+def tile_mvm(g: Tensor, v: Tensor, parasitics=None, cols: int | None = None) -> Tensor:
     """The analog product of every tile: ``[..., R, O, rows] @ [..., R, rows, N] -> [..., R, O, N]``.
 
-    The hook of the IR-drop model: with ``parasitics`` set, ``g`` holds one array's conductances and the currents
-    come from :func:`anvm_stats.hardware.parasitics.column_currents` on tiles ``[..., rows, cols]``."""
+    The hook of the IR-drop model (``HardwareSpec.parasitics``): with ``parasitics`` set, ``g`` holds one device
+    array's conductances (not a differential signal), the outputs are cut into tiles of ``cols`` columns, and the
+    column currents come from ``anvm_stats.hardware.parasitics.column_currents(g_tiles, v, parasitics)`` with
+    ``g_tiles`` ``[..., R, C, rows, cols]`` (crossbar orientation: word lines x bit lines) and ``v``
+    ``[..., R, 1, rows, N]``, returning ``[..., R, C, cols, N]``."""
     if parasitics is None:
         return torch.matmul(g, v)
-    from ..hardware import parasitics as par   # the IR-drop solver (optional module)
+    from ..hardware import parasitics as par   # the IR-drop solver (imported only when a spec has parasitics)
 
     O = g.shape[-2]
-    cols = getattr(parasitics, "cols", None) or O
+    cols = cols or O
     C = -(-O // cols)
     gt = F.pad(g, (0, 0, 0, C * cols - O)).unflatten(-2, (C, cols)).transpose(-1, -2)   # [..., R, C, rows, cols]
     cur = par.column_currents(gt, v.unsqueeze(-3), parasitics)                            # [..., R, C, cols, N]
@@ -279,7 +281,7 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     X = X.unsqueeze(1)                                              # [Kx, 1, R, rows, N]
     R = layout.row_blocks
     L = X.shape[-1] // B
-    P = tile_mvm(rt.weight, X, rt.parasitics)                       # [K, S, R, O, B*L]
+    P = tile_mvm(rt.weight, X, rt.parasitics, layout.tile.cols)                       # [K, S, R, O, B*L]
     if rt.parasitics is not None:                                   # per-array currents -> ADC signals
         P = torch.einsum("sa,karon->ksron", p.encoding.combine.to(P.dtype), P)
     S, O = P.shape[1], P.shape[3]
