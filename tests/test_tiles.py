@@ -4,6 +4,7 @@ reference loop, n_tiles, the parasitics hook, and study files."""
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -264,3 +265,35 @@ def test_tiled_output_noise_from_per_forward_sources():
     assert not torch.equal(a, b)
     prog.load(g, B=10, adc_levels=256, output_noise=0.05, noise_sources=s.read_generators([0, 1]))
     assert torch.equal(prog.module(x), a)
+
+
+def test_engine_routes_spec_parasitics_through_the_hook(monkeypatch):
+    """A spec with ``parasitics`` (field defined by the IR-drop model; a subclass here) runs every tile through
+    column_currents; with ideal wires the results are those of the spec without."""
+    from dataclasses import dataclass
+
+    calls = []
+
+    def column_currents(g, v, parasitics):
+        calls.append(parasitics)
+        return torch.matmul(g.transpose(-1, -2), v)
+
+    fake = types.ModuleType("anvm_stats.hardware.parasitics")
+    fake.column_currents = column_currents
+    monkeypatch.setitem(sys.modules, "anvm_stats.hardware.parasitics", fake)
+    monkeypatch.setattr(av.hardware, "parasitics", fake, raising=False)
+
+    @dataclass(frozen=True, kw_only=True)
+    class WiredSpec(av.HardwareSpec):
+        parasitics: object = None
+
+    model = make_mlp()
+    x, y = make_data(n=12, shape=(8,), n_classes=4)
+    kw = dict(effects=(av.ProgrammingNoise(sigma=0.05),), periphery=av.Periphery(adc=av.Quantizer(bits=6)),
+              tile=av.Tile(rows=4, cols=4))
+    plain = av.evaluate(model, av.HardwareSpec(**kw), (x, y), n_instances=3, progress=False, calibration_data=x)
+    wired = av.evaluate(model, WiredSpec(parasitics="ideal wires", **kw), (x, y), n_instances=3, progress=False,
+                        calibration_data=x)
+    assert calls and set(calls) == {"ideal wires"}
+    np.testing.assert_array_equal(wired.correct_count.values, plain.correct_count.values)
+    np.testing.assert_allclose(wired.loss.values, plain.loss.values, rtol=1e-5)
