@@ -14,7 +14,8 @@ from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
 from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
-from .tiles import bias_first, encode_tiles, signal_blocks, single_tile, variance_blocks
+from .tiles import (bias_first, encode_tiles, expand_groups, groups, signal_blocks, single_tile,
+                    variance_blocks)
 from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
 
 Tensor = torch.Tensor
@@ -222,14 +223,16 @@ class AnalogProgram:
             sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2) for sd in sds)
         for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
             layout = p.tiles if p.tiles is not None else single_tile(p)
-            wv, bv = p.weight_view(g), p.bias_view(g)
+            wv, bv = expand_groups(p, p.weight_view(g)), p.bias_view(g)
             w = layout.blocks(bias_first(wv, bv)) if parasitics is not None else signal_blocks(p, layout, wv, bv)
             if not sds:
                 rv = None
-            elif const:
+            elif const and groups(p) == 1:
                 rv = (p.encoding.combine.to(g.dtype) ** 2).sum(1) * var                      # [S]
             else:
-                rv = variance_blocks(p, layout, p.weight_view(var), p.bias_view(var))
+                vw = p.weight_view(torch.full_like(g[:1], var) if const else var)
+                vb = p.bias_view(torch.full_like(g[:1], var) if const else var)
+                rv = variance_blocks(p, layout, expand_groups(p, vw), vb)
             _set(m, LayerRuntime(K=g.shape[0], B=B, mode="tiles", weight=w, bias=None, layout=layout, read_var=rv,
                                  layer=i, parasitics=parasitics, **kw))
 
@@ -380,9 +383,8 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         if spec.tile is None:
             enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
         else:
-            if op != "linear" and (mod.groups != 1 or isinstance(mod.padding, str)):
-                raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 and numeric padding (got "
-                                            f"groups={mod.groups}, padding={mod.padding!r})")
+            if op != "linear" and mod.groups != 1:
+                raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={mod.groups})")
             enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
         g_w = enc.g[:, :, :n_in].reshape(-1)
         w_slice = slice(offset, offset + g_w.numel())

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from ..counter_rng import CounterStream
-from ..errors import UnsupportedLayerError
 from ..hardware.effects import Bounds
 from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import MAX_CALIBRATION_VALUES, quantize
@@ -133,11 +132,34 @@ def encode_tiles(mapping, w_aug: Tensor, n_in: int, bias_row: bool, tile: Tile, 
     return enc, TileLayout(tile, n_rows, bias_row, gain, offset)
 
 
+def groups(plan) -> int:
+    """Convolution groups of a layer (1 for linear layers)."""
+    return int(plan.conv.get("groups", 1)) if plan.op != "linear" else 1
+
+
+def full_inputs(plan) -> int:
+    """Inputs of a layer's crossbar rows: ``in_features`` times the groups (a grouped convolution's arrays are laid
+    out block-diagonally over all ``C * prod(kernel)`` im2col rows)."""
+    return plan.in_features * groups(plan)
+
+
+def expand_groups(plan, t: Tensor) -> Tensor:
+    """``[..., O, in]`` per-group values -> block-diagonal ``[..., O, groups * in]`` (zeros off the own group);
+    ``t`` itself for ungrouped layers."""
+    g = groups(plan)
+    if g == 1:
+        return t
+    *lead, O, n = t.shape
+    full = t.new_zeros(*lead, g, O // g, g, n)
+    full.diagonal(dim1=-4, dim2=-2).copy_(t.reshape(*lead, g, O // g, n).movedim(-3, -1))
+    return full.reshape(*lead, O, g * n)
+
+
 def single_tile(plan) -> TileLayout:
     """The layout of an untiled layer run per MVM: one tile of the layer's size, one ADC range per signal."""
     enc = plan.encoding
     bias_row = plan.bias_mode == "column"
-    n_rows = plan.in_features + int(bias_row)
+    n_rows = full_inputs(plan) + int(bias_row)
     tile = Tile(rows=max(1, n_rows), cols=max(1, plan.out_features), adc_ranges="layer")
     offset = None if enc.offset is None else enc.offset[None, :]
     return TileLayout(tile, n_rows, bias_row, enc.gain[:, None, :], offset)
@@ -180,19 +202,25 @@ def tile_mvm(g: Tensor, v: Tensor, parasitics=None, cols: int | None = None) -> 
 
 
 def _conv_geometry(plan, x: Tensor):
-    """``(x4 [N0, C, H, W], kernel, dilation, padding, stride, out (Ho, Wo))`` of a conv layer's input, conv1d as a
-    height-1 conv2d."""
+    """``(x4 [N0, C, H, W], kernel, dilation, pads (top, bottom, left, right), stride, out (Ho, Wo))`` of a conv
+    layer's input, conv1d as a height-1 conv2d; ``padding="same"``/``"valid"`` as numbers."""
     c = plan.conv
-    if c["groups"] != 1 or isinstance(c["padding"], str):
-        raise UnsupportedLayerError(f"layer {plan.name!r}: tiles and per-MVM noise need groups=1 and numeric "
-                                    f"padding (got groups={c['groups']}, padding={c['padding']!r})")
+    pad = c["padding"]
     if plan.op == "conv1d":
-        x4, k = x.unsqueeze(2), (1, plan.kernel[0])
-        d, p, s = (1, c["dilation"][0]), (0, c["padding"][0]), (1, c["stride"][0])
+        x4, k, d, s = x.unsqueeze(2), (1, plan.kernel[0]), (1, c["dilation"][0]), (1, c["stride"][0])
+        pad = pad if isinstance(pad, str) else (0, pad[0])
     else:
-        x4, k, d, p, s = x, tuple(plan.kernel), tuple(c["dilation"]), tuple(c["padding"]), tuple(c["stride"])
-    out = tuple((x4.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
-    return x4, k, d, p, s, out
+        x4, k, d, s = x, tuple(plan.kernel), tuple(c["dilation"]), tuple(c["stride"])
+    if pad == "valid":
+        pads = (0, 0, 0, 0)
+    elif pad == "same":            # torch's "same": total d (k - 1), the extra one at the end
+        tot = [d[i] * (k[i] - 1) for i in range(2)]
+        pads = (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
+    else:
+        pads = (pad[0], pad[0], pad[1], pad[1])
+    out = tuple((x4.shape[2 + i] + pads[2 * i] + pads[2 * i + 1] - d[i] * (k[i] - 1) - 1) // s[i] + 1
+                for i in range(2))
+    return x4, k, d, pads, s, out
 
 
 def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, tuple]:
@@ -202,13 +230,14 @@ def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, 
     Built with one strided copy into the final layout (no ``unfold`` temporaries)."""
     R, rows = layout.row_blocks, layout.tile.rows
     first = int(layout.bias_row)
+    n_in = full_inputs(plan)
     Kx = x.shape[0] // B
     if plan.op == "linear":
         spatial, L = (), 1
-        src = x.reshape(Kx, B, plan.in_features).transpose(1, 2)                         # [Kx, in, B]
+        src = x.reshape(Kx, B, n_in).transpose(1, 2)                                    # [Kx, in, B]
     else:
         x4, k, d, p, s, spatial = _conv_geometry(plan, x)
-        xp = F.pad(x4, (p[1], p[1], p[0], p[0])) if any(p) else x4
+        xp = F.pad(x4, (p[2], p[3], p[0], p[1])) if any(p) else x4
         C = xp.shape[1]
         sN, sC, sH, sW = xp.stride()
         view = xp.as_strided((Kx, B, C, k[0], k[1], spatial[0], spatial[1]),
@@ -219,8 +248,8 @@ def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, 
     buf = x.new_empty(Kx, R * rows, B * L)
     if first:
         buf[:, 0].fill_(plan.bias_scale)
-    buf[:, first + plan.in_features:].zero_()
-    buf[:, first:first + plan.in_features].view(src.shape).copy_(src)
+    buf[:, first + n_in:].zero_()
+    buf[:, first:first + n_in].view(src.shape).copy_(src)
     return buf.view(Kx, R, rows, B * L), spatial
 
 
@@ -318,7 +347,11 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         if rt.adc_levels is not None:
             P = quantize(P, lo, hi, rt.adc_levels, ste=rt.ste)
         y = (P * gain).sum(dim=(1, 2))                               # [K, O, B*L]
-    if layout.offset is not None:
+    if layout.offset is not None and groups(p) == 1:
         y = y + torch.matmul(layout.offset.t(), X.sum(dim=3)[:, 0])
+    elif layout.offset is not None:     # each output's offset times the sum of its own group's inputs
+        ones = X.new_ones(O, p.in_features)
+        mask = layout.blocks(bias_first(expand_groups(p, ones), X.new_ones(O, 1) if layout.bias_row else None))
+        y = y + torch.matmul(mask * layout.offset.unsqueeze(-1), X[:, 0]).sum(dim=1)
     y = y.view(K, O, B, *spatial) if spatial else y.view(K, O, B)
-    return y.movedim(2, 1)
+    return y.movedim(2, 1).contiguous()          # [K, B, O, *spatial] (one copy, plain strides for the next op)
