@@ -129,7 +129,7 @@ class AnalogModule(nn.Module):
         self.runtime: LayerRuntime | None = None
         self.relu_after = False   # an nn.ReLU that only takes this layer's output, fused (prepare(fuse_relu=True))
         self.input_shared = False  # reads a per-sample input shared by all instances (mark_shared_inputs)
-        self.tile_floats = 0       # floats per instance and sample of the last tiled forward (partial sums, inputs)
+        self.tile_floats = 0       # partial sums per instance and sample of the last tiled forward
 
     def extra_repr(self) -> str:
         p = self.plan

@@ -119,7 +119,7 @@ class AnalogProgram:
             self.unload()
             for h in hooks:
                 h.remove()
-        # tiled layers hold every tile's partial sums (and im2col inputs): R times a layer's output, or more
+        # tiled layers hold every tile's partial sums: R times a layer's output
         sizes += [getattr(m, "tile_floats", 0) for m in self.analog_modules()]
         return max(sizes + [x[:1].numel()])
 

@@ -314,7 +314,7 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     if rt.parasitics is not None:                                   # per-array currents -> ADC signals
         P = torch.einsum("sa,karon->ksron", p.encoding.combine.to(P.dtype), P)
     S, O = P.shape[1], P.shape[3]
-    module.tile_floats = (P.numel() // P.shape[0] + X.numel() // X.shape[0]) // B   # per instance and sample
+    module.tile_floats = P.numel() // (P.shape[0] * B)     # partial sums per instance and sample (chunk sizes)
     if rt.calibrating:
         module.signal_lo, module.signal_hi = calibrate_tiles(P, layout, module.adc_percentile)
     lo, hi = module.signal_lo, module.signal_hi
