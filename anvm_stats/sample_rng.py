@@ -29,13 +29,14 @@ KINDS = {"read": 0, "output": 1}
 
 def normals_from_words(words: np.ndarray) -> Tensor:
     """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``."""
-    w = torch.from_numpy(words.view(np.int64))
-    hi = (w >> 32) & 0xFFFFFFFF
-    lo = w & 0xFFFFFFFF
-    u1 = hi.to(torch.float32).mul_(2.0 ** -32).add_(2.0 ** -33)
-    theta = lo.to(torch.float32).mul_(2.0 * math.pi * 2.0 ** -32)
-    r = u1.log_().mul_(-2.0).sqrt_()
-    return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=-1).flatten(-2)
+    halves = torch.from_numpy(words.view(np.uint32).astype(np.float32)).view(*words.shape, 2)   # (lo, hi) pairs
+    lo, hi = halves[..., 0], halves[..., 1]
+    r = hi.mul(2.0 ** -32).add_(2.0 ** -33).log_().mul_(-2.0).sqrt_()
+    theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
+    out = torch.empty(halves.shape)
+    torch.cos(theta, out=out[..., 0])
+    torch.sin(theta, out=out[..., 1])
+    return out.mul_(r.unsqueeze(-1)).view(*words.shape[:-1], -1)
 
 
 @dataclass(eq=False)

@@ -295,10 +295,11 @@ def calibrate_tiles(P: Tensor, layout: TileLayout, percentile: float) -> tuple[T
 
 
 def noise_normals(noise, layer: int, kind: str, first: int, B: int, shape: tuple, device) -> Tensor:
-    """Per-MVM normals ``[K, S, R, O, B * L]`` (``shape = (S, R, O, L)``), keyed by each sample's index."""
+    """Per-MVM normals as a ``[K, S, R, O, B, L]`` view (``shape = (S, R, O, L)``), keyed by each sample's index
+    (drawn sample-major; the view adds them to partial sums ``[K, S, R, O, B*L]`` without a copy)."""
     S, R, O, L = shape
     z = noise.normal(layer, kind, first, B, S * R * O * L, device)
-    return z.view(-1, B, S, R, O, L).permute(0, 2, 3, 4, 1, 5).reshape(-1, S, R, O, B * L)
+    return z.view(-1, B, S, R, O, L).permute(0, 2, 3, 4, 1, 5)
 
 
 def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
@@ -321,16 +322,17 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     if lo is not None and lo.dim() == 1:                             # per-signal ranges of an untiled layer
         lo, hi = lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
     if not rt.calibrating and rt.mvm_noise is not None:
+        Pv = P.view(K, S, R, O, B, L)
         if rt.read_var is not None:
             if rt.read_var.dim() == 1:      # the same variance for every device: [S] per signal
                 sd = ((X * X).sum(3, keepdim=True) * rt.read_var.view(1, -1, 1, 1, 1)).sqrt_()
             else:
                 sd = torch.matmul(rt.read_var, X * X).sqrt_()
-            P = P.addcmul_(sd, noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L),
-                                             P.device))
+            z = noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L), P.device)
+            Pv.addcmul_(sd.view(*sd.shape[:-1], B, L), z)
         if rt.output_noise > 0:
             z = noise_normals(rt.mvm_noise, rt.layer, "output", rt.first_sample, B, (S, R, O, L), P.device)
-            P = P.addcmul_(z, (hi - lo) * rt.output_noise)
+            Pv.addcmul_(z, ((hi - lo) * rt.output_noise).unsqueeze(-1))
     elif not rt.calibrating and rt.output_noise > 0 and rt.noise_sources is not None:
         # callers that give per-forward sources (per-chip calibration): one draw per forward, as untiled layers
         src = rt.noise_sources
