@@ -214,7 +214,7 @@ class AnalogModule(nn.Module):
         nsp = y.dim() - 3
         enc = p.encoding
         if rt.mode == "signals":
-            y = self._digitise(y, rt, K, B)
+            y = self._digitise(y, rt, K, B, x, shared)
             S, O = enc.n_signals, p.out_features
             y = y.reshape(K, B, S, O, *y.shape[3:])
             y = (y * self._channel_view(enc.gain, nsp)).sum(dim=2)
@@ -235,8 +235,26 @@ class AnalogModule(nn.Module):
             return y.transpose(0, 1).reshape(B * K, *y.shape[2:])
         return y.reshape(K * B, *y.shape[2:])
 
-    def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int) -> Tensor:
-        """Output noise and ADC on the analog signals ``y`` ``[K, B, S*O, *spatial]``."""
+    def _read_variance(self, x: Tensor, rt: LayerRuntime, shared: bool, K: int, B: int) -> Tensor:
+        """Per-MVM read-noise variance of every signal, ``[K or 1, B, S*O, *spatial]``: ``sum_j x_j^2 var_j`` over
+        each output's inputs (and the bias row)."""
+        p, rv = self.plan, rt.read_var
+        S, O = p.encoding.n_signals, p.out_features
+        if isinstance(rv, Tensor):            # one variance per signal: the inputs' sums of squares
+            xs = self._input_sum(x * x, shared, K, B)
+            if p.bias_mode == "column":
+                xs = xs + p.bias_scale ** 2
+            nsp = xs.dim() - 3
+            if xs.shape[2] != 1 and S > 1:
+                xs = xs.repeat(1, 1, S, *([1] * nsp))
+            return xs * self._channel_view(rv.repeat_interleave(O), nsp)
+        w, b = rv
+        return self.matmul(x * x, w, None if b is None else b * p.bias_scale ** 2, shared, K, B)
+
+    def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int, x: Tensor | None = None,
+                  shared: bool = False) -> Tensor:
+        """Read noise per MVM (``rt.mvm_noise``), output noise and ADC on the analog signals ``y``
+        ``[K, B, S*O, *spatial]`` (``x``: the layer's input, for the read noise's variance)."""
         S, O = self.plan.encoding.n_signals, self.plan.out_features
         if rt.calibrating:
             sig = y.reshape(K, B, S, O, -1).transpose(0, 2).reshape(S, -1)
@@ -244,9 +262,20 @@ class AnalogModule(nn.Module):
             self.signal_lo = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
             self.signal_hi = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
         nsp = y.dim() - 3
-        lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
-        hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
-        if rt.output_noise > 0 and not rt.calibrating:
+        lo = hi = None                        # uncalibrated: read noise per MVM only (no ADC, no output noise)
+        if self.signal_lo is not None:
+            lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
+            hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
+        if rt.mvm_noise is not None and not rt.calibrating:
+            # keyed by (seed, instance, layer, sample): element order (signal, output, pixel) as on one tile
+            n = y[0, 0].numel()
+            if rt.read_var is not None:
+                z = rt.mvm_noise.normal(rt.layer, "read", rt.first_sample, B, n, y.device).view(y.shape)
+                y = torch.addcmul(y, self._read_variance(x, rt, shared, K, B).sqrt_(), z)
+            if rt.output_noise > 0:
+                z = rt.mvm_noise.normal(rt.layer, "output", rt.first_sample, B, n, y.device).view(y.shape)
+                y = torch.addcmul(y, z, (hi - lo) * rt.output_noise)
+        elif rt.output_noise > 0 and not rt.calibrating:
             src = rt.noise_sources
             noise = src.normal(y.shape[1:], y.dtype) if isinstance(src, CounterStream) else torch.stack(
                 [torch.randn(y.shape[1:], generator=g, device=y.device, dtype=y.dtype) for g in src])

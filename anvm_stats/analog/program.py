@@ -193,15 +193,15 @@ class AnalogProgram:
 
         ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`).
         ``mvm_noise`` (a :class:`~anvm_stats.sample_rng.SampleNoise`): draw output noise, and the read noise of
-        ``mvm_effects`` (read effects with ``read_sd``), per MVM keyed by sample index; tiled programs, and
-        ``mvm_noise`` or ``parasitics``, run every layer on tiles (:mod:`anvm_stats.analog.tiles`)."""
+        ``mvm_effects`` (read effects with ``read_sd``), per MVM keyed by sample index, in the output domain;
+        tiled programs, and ``parasitics``, run every layer on tiles (:mod:`anvm_stats.analog.tiles`)."""
         K = g.shape[0]
-        if mvm_noise is not None or parasitics is not None or any(p.tiles is not None for p in self.plans):
+        if parasitics is not None or any(p.tiles is not None for p in self.plans):
             self._load_tiles(g, B=B, dac_levels=dac_levels, adc_levels=adc_levels, output_noise=output_noise,
                              ste=ste, calibrating=calibrating, mvm_noise=mvm_noise, mvm_effects=mvm_effects,
                              parasitics=parasitics, noise_sources=noise_sources)
             return
-        signals = adc_levels is not None or output_noise > 0 or calibrating
+        signals = adc_levels is not None or output_noise > 0 or calibrating or mvm_noise is not None
         mats = []
         for p in self.plans:
             enc = p.encoding
@@ -214,13 +214,35 @@ class AnalogProgram:
         self._set_runtime(mats, B=B, mode="signals" if signals else "weights", dac_levels=dac_levels,
                           adc_levels=adc_levels, output_noise=output_noise, noise_sources=noise_sources, ste=ste,
                           calibrating=calibrating, sample_major=sample_major)
+        if mvm_noise is None:
+            return
+        # per-MVM noise on untiled layers: the signal matrices' read-noise variances, keyed draws per layer
+        sds, const, var = self._read_variance(g, mvm_effects)
+        for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
+            rt = m.runtime
+            rt.mvm_noise, rt.layer = mvm_noise, i
+            if not sds:
+                continue
+            c2 = p.encoding.combine.to(g.dtype) ** 2                                           # [S, A]
+            if const:
+                rt.read_var = c2.sum(1) * var                                                  # [S]
+                continue
+            vw = torch.einsum("sa,kaoi->ksoi", c2, p.weight_view(var)).reshape(K, -1, p.in_features)
+            bv = p.bias_view(var)
+            rt.read_var = (vw, None if bv is None else torch.einsum("sa,kaoi->ksoi", c2, bv).reshape(K, -1))
 
-    def _load_tiles(self, g: Tensor, *, B: int, mvm_effects: tuple, parasitics, **kw) -> None:
+    def _read_variance(self, g: Tensor, mvm_effects: tuple) -> tuple:
+        """``(sds, const, var)``: each effect's ``read_sd`` at ``g``; whether every device has the same variance;
+        the summed variance (a float when constant, else ``[K, P]``)."""
         sds = [eff.read_sd(g, self.spec.bounds) for eff in mvm_effects]
-        # one variance for every device (e.g. ReadNoise relative to the range): per-signal coefficients suffice
         const = all(not isinstance(sd, Tensor) for sd in sds)
         var = sum(float(sd) ** 2 for sd in sds) if const else sum(
             sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2) for sd in sds)
+        return sds, const, var
+
+    def _load_tiles(self, g: Tensor, *, B: int, mvm_effects: tuple, parasitics, **kw) -> None:
+        # one variance for every device (e.g. ReadNoise relative to the range): per-signal coefficients suffice
+        sds, const, var = self._read_variance(g, mvm_effects)
         for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
             layout = p.tiles if p.tiles is not None else single_tile(p)
             wv, bv = expand_groups(p, p.weight_view(g)), p.bias_view(g)
