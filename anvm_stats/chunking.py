@@ -68,8 +68,10 @@ def instances_per_forward(program: AnalogProgram, specs: list[HardwareSpec], mem
     (:func:`anvm_stats.analog.kernels.onednn_linear`). oneDNN picks its
     kernel from the call's shape, so every forward of the run has exactly :data:`SAMPLE_MAJOR_INSTANCES` instances (a
     short chunk is padded with copies of its last chip): results never depend on the chunking. Used when the
-    memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise)."""
-    if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0 for s in specs):
+    memory budget holds that many instances and no spec draws per-forward noise (read noise, output noise) or has
+    parasitics (tiles, :mod:`anvm_stats.analog.tiles`)."""
+    if not program.sample_major_ok or any(s.read_effects or s.periphery.output_noise > 0
+                                          or getattr(s, "parasitics", None) is not None for s in specs):
         return None
     room = instances_per_chunk(program, None, memory_budget, 1 << 40, batch, act, n_draw)
     return SAMPLE_MAJOR_INSTANCES if room >= SAMPLE_MAJOR_INSTANCES else None

@@ -14,7 +14,7 @@ Chunks are sized to a memory budget.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -36,6 +36,7 @@ from .errors import ConfigError, check_number
 from .hardware.spec import KNOBS, HardwareSpec
 from .provenance import provenance
 from .rng import SeedLike, seed_entropy
+from .sample_rng import SampleNoise
 from .sampler import ChipSampler, instance_indices
 
 Tensor = torch.Tensor
@@ -221,15 +222,26 @@ class _Point:
     spec: HardwareSpec
     affine: list | None
     kw: dict
-    per_forward_noise: bool
+    #: read effects with ``read_sd`` (drawn per MVM), and whether any noise is drawn per MVM (these or output noise)
+    mvm_effects: tuple
+    mvm: bool
+    #: the spec with only the read effects drawn per forward in the weight domain (those without ``read_sd``)
+    read_spec: HardwareSpec | None
 
     @classmethod
     def of(cls, program: AnalogProgram, spec: HardwareSpec) -> "_Point":
         per = spec.periphery
         kw = dict(dac_levels=per.dac.n_levels if per.dac else None,
                   adc_levels=per.adc.n_levels if per.adc else None, output_noise=per.output_noise)
-        affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping else None
-        return cls(spec, affine, kw, bool(spec.read_effects) or per.output_noise > 0)
+        parasitics = getattr(spec, "parasitics", None)      # IR drop: every tile through analog.tiles.tile_mvm
+        if parasitics is not None:
+            kw["parasitics"] = parasitics
+        affine = affine_layers(program, spec) if program.spec.mapping == spec.mapping and spec.tile is None \
+            and parasitics is None else None
+        mvm_effects = tuple(e for e in spec.read_effects if callable(getattr(e, "read_sd", None)))
+        other = tuple(e for e in spec.read_effects if e not in mvm_effects)
+        read_spec = replace(spec, effects=spec.program_effects + other) if other else None
+        return cls(spec, affine, kw, mvm_effects, bool(mvm_effects) or per.output_noise > 0, read_spec)
 
 
 def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub: list, views, idx: np.ndarray,
@@ -245,18 +257,22 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
         lazies = affine_runtime(program, point.affine, views, products=caches[0], nominal=caches[1])
     else:
         g = sampler.program_chips(sub, spec, K=rows)
-    gens = sampler.read_generators(idx, spec) if point.per_forward_noise else None
-    loaded = False
+    gens = sampler.read_generators(idx, point.read_spec) if point.read_spec is not None else None
+    if point.mvm:     # read and output noise per MVM, keyed by (seed, instance, layer, sample): anvm_stats.analog.tiles
+        keys = np.concatenate([idx, np.repeat(idx[-1:], rows - len(idx))])
+        kw = dict(kw, mvm_noise=SampleNoise(sampler.root, keys), mvm_effects=point.mvm_effects)
+    loaded, first = False, 0
     try:
         for b, (x, y) in enumerate(batches):
-            if spec.read_effects:
-                program.load(sampler.read(g, spec, gens), B=x.shape[0], noise_sources=gens, **kw)
+            if point.read_spec is not None:
+                program.load(sampler.read(g, point.read_spec, gens), B=x.shape[0], noise_sources=gens, **kw)
             elif not loaded and affine:
                 program.load_affine(lazies, B=x.shape[0], dac_levels=kw["dac_levels"], sample_major=sample_major)
             elif not loaded:
                 program.load(g, B=x.shape[0], noise_sources=gens, sample_major=sample_major, **kw)
             loaded = True
-            program.set_batch(x.shape[0], b)
+            program.set_batch(x.shape[0], b, first)
+            first += x.shape[0]
             logits = program.instances(program.module(x), rows, x.shape[0], sample_major)[:K]
             pending.add(off, b, logits, y, acc)
     finally:
@@ -386,6 +402,9 @@ class LocalExecutor:
                            device=program.device)
         attrs.update(n_samples=n, n_classes=batches.n_classes, analog_layers=",".join(program.layer_names),
                      sampler=sampler.kind, calibration_data=calibrated_on)
+        if program.n_tiles:
+            attrs.update(n_tiles=sum(program.n_tiles.values()),
+                         n_tiles_per_layer=",".join(f"{k}:{v}" for k, v in program.n_tiles.items()))
         ds = xr.Dataset(data_vars, coords=plan.coords(instances), attrs=attrs)
         ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
         ds[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")

@@ -7,7 +7,8 @@ assertion); machine measurements go to ``reports/bench/``.
 
 Modules: :mod:`.engine` (the K-instance engine and the sweep against simple loops and this machine's limit),
 :mod:`.hessian` (Hutchinson probes against a gradient), :mod:`.training` (HA-SGD modes against plain SGD),
-:mod:`.distributed` (a Dask LocalCluster against the in-process engine); :mod:`.common` (timing, the digits MLP).
+:mod:`.distributed` (a Dask LocalCluster against the in-process engine), :mod:`.tiles` (tiled chips and per-MVM read
+noise against the untiled, per-batch engine); :mod:`.common` (timing, the digits MLP).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "sensitivity": ("benchmarks.hessian", "bench_hutchinson"),
     "hasgd": ("benchmarks.training", "bench_hasgd"),
     "distributed": ("benchmarks.distributed", "bench_distributed"),
+    "tiles": ("benchmarks.tiles", "bench_tiles"),
 }
 
 

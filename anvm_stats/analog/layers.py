@@ -18,6 +18,7 @@ from ..hardware.mapping import LayerEncoding
 from ..hardware.periphery import calibrate_range, quantize
 from .kernels import CONV, GenericKernel, select_kernel
 from .lazy import LazyAffine
+from .tiles import TileLayout, tiled_forward
 
 Tensor = torch.Tensor
 
@@ -46,6 +47,8 @@ class LayerPlan:
     w_slice, b_slice : slice
         Where this layer's weight devices ``[A, out, in]`` and bias-column devices ``[A, out]`` sit in the chip's
         flat device vector.
+    tiles : TileLayout or None
+        The layer's crossbar tiles (``HardwareSpec.tile``); None: one array per layer.
     """
 
     name: str
@@ -60,6 +63,7 @@ class LayerPlan:
     encoding: LayerEncoding
     w_slice: slice
     b_slice: slice | None
+    tiles: TileLayout | None = None
 
     @property
     def n_arrays(self) -> int:
@@ -99,6 +103,14 @@ class LayerRuntime:
     noise_sources: object = None          # per-instance torch.Generators or a CounterStream, for output noise
     calibrating: bool = False
     sample_major: bool = False            # activations fold as [B*K, ...] (linear-only programs, kernels.onednn_linear)
+    # mode "tiles" (anvm_stats.analog.tiles): weight [K, S, R, O, rows], the layer's tile layout, per-MVM noise
+    layout: TileLayout | None = None
+    read_var: Tensor | None = None        # [K, S, R, O, rows] read-noise variances of the signals' devices, or
+    #                                       [S] when every device has the same variance
+    mvm_noise: object = None              # a SampleNoise: per-MVM normals keyed by sample index
+    first_sample: int = 0                 # index in the evaluation data of the batch's first sample
+    layer: int = 0                        # the layer's index in the program (part of the noise key)
+    parasitics: object = None             # HardwareSpec.parasitics (IR drop), routed through tiles.tile_mvm
 
 
 class AnalogModule(nn.Module):
@@ -117,6 +129,7 @@ class AnalogModule(nn.Module):
         self.runtime: LayerRuntime | None = None
         self.relu_after = False   # an nn.ReLU that only takes this layer's output, fused (prepare(fuse_relu=True))
         self.input_shared = False  # reads a per-sample input shared by all instances (mark_shared_inputs)
+        self.tile_floats = 0       # partial sums per instance and sample of the last tiled forward
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -175,6 +188,13 @@ class AnalogModule(nn.Module):
                 self.dac_range = calibrate_range(x, self.dac_percentile)
             x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
         p = self.plan
+        if rt.mode == "tiles":
+            y = tiled_forward(self, x, shared, K, B)
+            if p.digital_bias is not None:
+                y = y + self._channel_view(p.digital_bias, y.dim() - 3)
+            if self.relu_after:
+                y = y.relu_() if not y.requires_grad else torch.relu(y)
+            return self._out(y, K, B)
         lazy = rt.affine
         if lazy is not None and self.input_shared and len(lazy.coef) == 1:
             # names the input of cached products (before DAC quantisation, which makes a new tensor each call)
@@ -194,7 +214,7 @@ class AnalogModule(nn.Module):
         nsp = y.dim() - 3
         enc = p.encoding
         if rt.mode == "signals":
-            y = self._digitise(y, rt, K, B)
+            y = self._digitise(y, rt, K, B, x, shared)
             S, O = enc.n_signals, p.out_features
             y = y.reshape(K, B, S, O, *y.shape[3:])
             y = (y * self._channel_view(enc.gain, nsp)).sum(dim=2)
@@ -215,8 +235,26 @@ class AnalogModule(nn.Module):
             return y.transpose(0, 1).reshape(B * K, *y.shape[2:])
         return y.reshape(K * B, *y.shape[2:])
 
-    def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int) -> Tensor:
-        """Output noise and ADC on the analog signals ``y`` ``[K, B, S*O, *spatial]``."""
+    def _read_variance(self, x: Tensor, rt: LayerRuntime, shared: bool, K: int, B: int) -> Tensor:
+        """Per-MVM read-noise variance of every signal, ``[K or 1, B, S*O, *spatial]``: ``sum_j x_j^2 var_j`` over
+        each output's inputs (and the bias row)."""
+        p, rv = self.plan, rt.read_var
+        S, O = p.encoding.n_signals, p.out_features
+        if isinstance(rv, Tensor):            # one variance per signal: the inputs' sums of squares
+            xs = self._input_sum(x * x, shared, K, B)
+            if p.bias_mode == "column":
+                xs = xs + p.bias_scale ** 2
+            nsp = xs.dim() - 3
+            if xs.shape[2] != 1 and S > 1:
+                xs = xs.repeat(1, 1, S, *([1] * nsp))
+            return xs * self._channel_view(rv.repeat_interleave(O), nsp)
+        w, b = rv
+        return self.matmul(x * x, w, None if b is None else b * p.bias_scale ** 2, shared, K, B)
+
+    def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int, x: Tensor | None = None,
+                  shared: bool = False) -> Tensor:
+        """Read noise per MVM (``rt.mvm_noise``), output noise and ADC on the analog signals ``y``
+        ``[K, B, S*O, *spatial]`` (``x``: the layer's input, for the read noise's variance)."""
         S, O = self.plan.encoding.n_signals, self.plan.out_features
         if rt.calibrating:
             sig = y.reshape(K, B, S, O, -1).transpose(0, 2).reshape(S, -1)
@@ -224,9 +262,20 @@ class AnalogModule(nn.Module):
             self.signal_lo = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
             self.signal_hi = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
         nsp = y.dim() - 3
-        lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
-        hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
-        if rt.output_noise > 0 and not rt.calibrating:
+        lo = hi = None                        # uncalibrated: read noise per MVM only (no ADC, no output noise)
+        if self.signal_lo is not None:
+            lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
+            hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
+        if rt.mvm_noise is not None and not rt.calibrating:
+            # keyed by (seed, instance, layer, sample): element order (signal, output, pixel) as on one tile
+            n = y[0, 0].numel()
+            if rt.read_var is not None:
+                z = rt.mvm_noise.normal(rt.layer, "read", rt.first_sample, B, n, y.device).view(y.shape)
+                y = torch.addcmul(y, self._read_variance(x, rt, shared, K, B).sqrt_(), z)
+            if rt.output_noise > 0:
+                z = rt.mvm_noise.normal(rt.layer, "output", rt.first_sample, B, n, y.device).view(y.shape)
+                y = torch.addcmul(y, z, (hi - lo) * rt.output_noise)
+        elif rt.output_noise > 0 and not rt.calibrating:
             src = rt.noise_sources
             noise = src.normal(y.shape[1:], y.dtype) if isinstance(src, CounterStream) else torch.stack(
                 [torch.randn(y.shape[1:], generator=g, device=y.device, dtype=y.dtype) for g in src])

@@ -14,6 +14,8 @@ from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
 from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
+from .tiles import (bias_first, encode_tiles, expand_groups, groups, signal_blocks, single_tile,
+                    variance_blocks)
 from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
 
 Tensor = torch.Tensor
@@ -92,7 +94,7 @@ class AnalogProgram:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
         analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook
         watches an analog layer (hooks, e.g. per-chip calibration, read layer outputs instance-major)."""
-        if not self.kernel.sample_major or any(p.op != "linear" for p in self.plans):
+        if not self.kernel.sample_major or any(p.op != "linear" or p.tiles is not None for p in self.plans):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
@@ -117,6 +119,8 @@ class AnalogProgram:
             self.unload()
             for h in hooks:
                 h.remove()
+        # tiled layers hold every tile's partial sums: R times a layer's output
+        sizes += [getattr(m, "tile_floats", 0) for m in self.analog_modules()]
         return max(sizes + [x[:1].numel()])
 
     @property
@@ -167,18 +171,37 @@ class AnalogProgram:
         periphery; the bias column holds ``b/s``)."""
         out = {}
         for p in self.plans:
+            if p.tiles is not None:
+                enc, bv = p.encoding, p.bias_view(g)
+                w = p.tiles.decode(bias_first(enc.signals(p.weight_view(g)), None if bv is None else enc.signals(bv)))
+                out[p.name] = torch.cat([w[..., 1:], w[..., :1]], dim=-1) if p.tiles.bias_row else w
+                continue
             w = p.encoding.decode(p.weight_view(g))
             bv = p.bias_view(g)
             out[p.name] = w if bv is None else torch.cat([w, p.encoding.decode(bv)], dim=-1)
         return out
 
+    @property
+    def n_tiles(self) -> dict[str, int]:
+        """Crossbar tiles of every analog layer (empty for an untiled program, ``HardwareSpec.tile`` None)."""
+        return {p.name: p.tiles.n_tiles for p in self.plans if p.tiles is not None}
+
     def load(self, g: Tensor, *, B: int, dac_levels=None, adc_levels=None, output_noise: float = 0.0,
-             noise_sources=None, ste: bool = False, calibrating: bool = False, sample_major: bool = False) -> None:
+             noise_sources=None, ste: bool = False, calibrating: bool = False, sample_major: bool = False,
+             mvm_noise=None, mvm_effects: tuple = (), parasitics=None) -> None:
         """Set every analog layer's runtime for a forward of ``K = g.shape[0]`` instances on batches of ``B``.
 
-        ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`)."""
+        ``sample_major``: the network's output comes folded ``[B*K, ...]`` (see :attr:`sample_major_ok`).
+        ``mvm_noise`` (a :class:`~anvm_stats.sample_rng.SampleNoise`): draw output noise, and the read noise of
+        ``mvm_effects`` (read effects with ``read_sd``), per MVM keyed by sample index, in the output domain;
+        tiled programs, and ``parasitics``, run every layer on tiles (:mod:`anvm_stats.analog.tiles`)."""
         K = g.shape[0]
-        signals = adc_levels is not None or output_noise > 0 or calibrating
+        if parasitics is not None or any(p.tiles is not None for p in self.plans):
+            self._load_tiles(g, B=B, dac_levels=dac_levels, adc_levels=adc_levels, output_noise=output_noise,
+                             ste=ste, calibrating=calibrating, mvm_noise=mvm_noise, mvm_effects=mvm_effects,
+                             parasitics=parasitics, noise_sources=noise_sources)
+            return
+        signals = adc_levels is not None or output_noise > 0 or calibrating or mvm_noise is not None
         mats = []
         for p in self.plans:
             enc = p.encoding
@@ -191,6 +214,49 @@ class AnalogProgram:
         self._set_runtime(mats, B=B, mode="signals" if signals else "weights", dac_levels=dac_levels,
                           adc_levels=adc_levels, output_noise=output_noise, noise_sources=noise_sources, ste=ste,
                           calibrating=calibrating, sample_major=sample_major)
+        if mvm_noise is None:
+            return
+        # per-MVM noise on untiled layers: the signal matrices' read-noise variances, keyed draws per layer
+        sds, const, var = self._read_variance(g, mvm_effects)
+        for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
+            rt = m.runtime
+            rt.mvm_noise, rt.layer = mvm_noise, i
+            if not sds:
+                continue
+            c2 = p.encoding.combine.to(g.dtype) ** 2                                           # [S, A]
+            if const:
+                rt.read_var = c2.sum(1) * var                                                  # [S]
+                continue
+            vw = torch.einsum("sa,kaoi->ksoi", c2, p.weight_view(var)).reshape(K, -1, p.in_features)
+            bv = p.bias_view(var)
+            rt.read_var = (vw, None if bv is None else torch.einsum("sa,kaoi->ksoi", c2, bv).reshape(K, -1))
+
+    def _read_variance(self, g: Tensor, mvm_effects: tuple) -> tuple:
+        """``(sds, const, var)``: each effect's ``read_sd`` at ``g``; whether every device has the same variance;
+        the summed variance (a float when constant, else ``[K, P]``)."""
+        sds = [eff.read_sd(g, self.spec.bounds) for eff in mvm_effects]
+        const = all(not isinstance(sd, Tensor) for sd in sds)
+        var = sum(float(sd) ** 2 for sd in sds) if const else sum(
+            sd * sd if isinstance(sd, Tensor) else torch.full_like(g, float(sd) ** 2) for sd in sds)
+        return sds, const, var
+
+    def _load_tiles(self, g: Tensor, *, B: int, mvm_effects: tuple, parasitics, **kw) -> None:
+        # one variance for every device (e.g. ReadNoise relative to the range): per-signal coefficients suffice
+        sds, const, var = self._read_variance(g, mvm_effects)
+        for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
+            layout = p.tiles if p.tiles is not None else single_tile(p)
+            wv, bv = expand_groups(p, p.weight_view(g)), p.bias_view(g)
+            w = layout.blocks(bias_first(wv, bv)) if parasitics is not None else signal_blocks(p, layout, wv, bv)
+            if not sds:
+                rv = None
+            elif const and groups(p) == 1:
+                rv = (p.encoding.combine.to(g.dtype) ** 2).sum(1) * var                      # [S]
+            else:
+                vw = p.weight_view(torch.full_like(g[:1], var) if const else var)
+                vb = p.bias_view(torch.full_like(g[:1], var) if const else var)
+                rv = variance_blocks(p, layout, expand_groups(p, vw), vb)
+            _set(m, LayerRuntime(K=g.shape[0], B=B, mode="tiles", weight=w, bias=None, layout=layout, read_var=rv,
+                                 layer=i, parasitics=parasitics, **kw))
 
     def load_weights(self, weights, *, B: int, dac_levels=None, ste: bool = False, sample_major: bool = False,
                      ) -> None:
@@ -242,11 +308,12 @@ class AnalogProgram:
         for m, (w, b) in zip(self.analog_modules(), mats):
             _set(m, LayerRuntime(K=w.shape[0], B=B, mode=mode, weight=w, bias=b, **kw))
 
-    def set_batch(self, B: int, batch: int) -> None:
-        """Tell the loaded layers the next forward reads evaluation batch number ``batch`` of ``B`` samples
-        (names the cached products of shared inputs, :mod:`anvm_stats.analog.lazy`)."""
+    def set_batch(self, B: int, batch: int, first_sample: int = 0) -> None:
+        """Tell the loaded layers the next forward reads evaluation batch number ``batch`` of ``B`` samples, the
+        first of them sample ``first_sample`` of the data (names the cached products of shared inputs,
+        :mod:`anvm_stats.analog.lazy`; keys per-MVM noise, :mod:`anvm_stats.analog.tiles`)."""
         for m in self.analog_modules():
-            m.runtime.B, m.runtime.batch = B, batch
+            m.runtime.B, m.runtime.batch, m.runtime.first_sample = B, batch, first_sample
 
     def unload(self) -> None:
         for m in self.analog_modules():
@@ -265,7 +332,8 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
     enc = type(enc)(g=enc.g.to(device), combine=enc.combine.to(device), gain=enc.gain.to(device),
                     offset=None if enc.offset is None else enc.offset.to(device))
     db = None if plan.digital_bias is None else plan.digital_bias.to(device)
-    return replace(plan, encoding=enc, digital_bias=db)
+    tiles = None if plan.tiles is None else plan.tiles.to(device)
+    return replace(plan, encoding=enc, digital_bias=db, tiles=tiles)
 
 
 @torch.no_grad()
@@ -333,8 +401,13 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
         b = None if mod.bias is None else mod.bias.detach()
         w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
-        enc = spec.mapping.encode(w_aug, spec.bounds)
         O, n_in = w.shape[0], w.shape[1]
+        if spec.tile is None:
+            enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
+        else:
+            if op != "linear" and mod.groups != 1:
+                raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={mod.groups})")
+            enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
         g_w = enc.g[:, :, :n_in].reshape(-1)
         w_slice = slice(offset, offset + g_w.numel())
         offset += g_w.numel()
@@ -350,7 +423,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
                          kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
                          digital_bias=b if bias_mode == "digital" else None, encoding=enc,
-                         w_slice=w_slice, b_slice=b_slice)
+                         w_slice=w_slice, b_slice=b_slice, tiles=tiles)
         plans.append(plan)
         analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
                               adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel)

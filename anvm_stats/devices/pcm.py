@@ -201,6 +201,10 @@ class PCMReadNoise:
     def apply(self, g, draws, bounds):
         return g + g.abs() * self.relative_sd(g) * (self.scale * draws["z"])
 
+    def read_sd(self, g, bounds):
+        """Standard deviation of each device's Gaussian read fluctuation at conductance ``g`` (drawn per MVM)."""
+        return g.abs() * self.relative_sd(g) * self.scale
+
     def with_knob(self, name, value):
         if name != "t_inference":
             return None

@@ -6,9 +6,10 @@ from .parasitics import Parasitics
 from .periphery import Periphery, Quantizer, calibrate_range, quantize
 from .registry import register
 from .spec import KNOBS, HardwareSpec
+from .tile import Tile
 
 __all__ = [
     "Bounds", "ConductanceLevels", "DeviceEffect", "Drift", "ProgrammingNoise", "ReadNoise", "StuckAt",
     "BitSlicedMapping", "DifferentialMapping", "LayerEncoding", "Mapping", "OffsetMapping",
-    "Parasitics", "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec",
+    "Parasitics", "Periphery", "Quantizer", "calibrate_range", "quantize", "register", "KNOBS", "HardwareSpec", "Tile",
 ]

@@ -311,6 +311,12 @@ class ReadNoise:
     def apply(self, g, draws, bounds):
         return g + _unit(self.relative_to, g, bounds) * self.sigma * draws["z"]
 
+    def read_sd(self, g, bounds):
+        """Standard deviation of the zero-mean Gaussian fluctuation of each device read at conductance ``g``
+        (any shape; a float when it does not depend on ``g``): the engine draws it per MVM in the output domain."""
+        unit = _unit(self.relative_to, g, bounds)
+        return unit * self.sigma if isinstance(unit, float) else unit.abs() * self.sigma
+
     def with_knob(self, name, value):
         return None
 

@@ -16,9 +16,10 @@ from . import registry
 from .effects import Bounds, DeviceEffect, ReadNoise, validate_effect
 from .mapping import DifferentialMapping, Mapping
 from .periphery import Periphery
+from .tile import Tile
 
 _BIAS_MODES = ("column", "digital")
-_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
+_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile")
 #: sweep knobs (dims of a sweep Dataset): the effects' and periphery's own (noise_level, t_inference,
 #: stuck_at_rate, adc_bits, dac_bits), and those the spec sets itself: converter levels instead of bits
 #: (adc_levels, dac_levels) and the programming-noise mean (mean_shift, ``mu``)
@@ -50,6 +51,9 @@ class HardwareSpec:
         Fold a BatchNorm that directly follows a conv/linear into its weights and bias before mapping.
     name : str
         Label used in reports.
+    tile : Tile, optional
+        Split every analog layer over crossbar tiles of this size, each with its own ADC (partial sums digitised
+        before the digital accumulation, :mod:`anvm_stats.hardware.tile`); ``None``: one array per layer.
     """
 
     mapping: Mapping = field(default_factory=DifferentialMapping)
@@ -59,6 +63,7 @@ class HardwareSpec:
     bias: str = "column"
     fold_batchnorm: bool = True
     name: str = "custom"
+    tile: Tile | None = None
 
     def __post_init__(self):
         if not isinstance(self.effects, tuple):
@@ -70,6 +75,7 @@ class HardwareSpec:
         check_number("g_min", self.g_min, low=0.0, high=1.0, high_open=True)
         check(self.bias in _BIAS_MODES, "bias", self.bias, f"one of {_BIAS_MODES}")
         check(isinstance(self.fold_batchnorm, bool), "fold_batchnorm", self.fold_batchnorm, "true or false")
+        check(self.tile is None or isinstance(self.tile, Tile), "tile", self.tile, "a Tile or None")
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -131,12 +137,16 @@ class HardwareSpec:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Plain data (``tile`` only when set, so untiled specs serialise as before)."""
+        out = {
             "name": self.name, "g_min": self.g_min, "bias": self.bias, "fold_batchnorm": self.fold_batchnorm,
             "mapping": registry.to_dict(self.mapping),
             "effects": [registry.to_dict(e) for e in self.effects],
             "periphery": self.periphery.to_dict(),
         }
+        if self.tile is not None:
+            out["tile"] = self.tile.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HardwareSpec":
@@ -155,6 +165,8 @@ class HardwareSpec:
         kw["effects"] = tuple(registry.from_dict("effect", e, f"effects[{i}]") for i, e in enumerate(effects))
         if "periphery" in data:
             kw["periphery"] = Periphery.from_dict(data["periphery"])
+        if data.get("tile") is not None:
+            kw["tile"] = Tile.from_dict(data["tile"])
         return cls(**kw)
 
     def to_json(self) -> str:
@@ -173,4 +185,4 @@ class HardwareSpec:
         return cls.from_dict(tomllib.loads(text))
 
 
-__all__ = ["HardwareSpec", "KNOBS", "ReadNoise", "DeviceEffect"]
+__all__ = ["HardwareSpec", "KNOBS", "ReadNoise", "DeviceEffect", "Tile"]

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
 from .config import Ctx
 
-SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery")
+SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile")
 
 
 def resolve_hardware(c: Ctx, raw: Any, path: str) -> HardwareSpec:

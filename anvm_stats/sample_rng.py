@@ -1,0 +1,84 @@
+"""Noise keyed by sample: draws of one (seed, instance, layer, kind) at any sample index, in O(1).
+
+Read noise and ADC output noise are drawn per MVM: a fresh value for every input vector a chip reads. For a chip's
+result to be the same whatever the batch size, chunking or sampler, the value for sample ``n`` (its index in the
+evaluation data) must not depend on which forward pass reads it. Here every ``(seed, layer, kind)`` has a 64-bit
+key word ``k0`` (from the run's ``SeedSequence``), every instance ``i`` its own Philox4x64-10 stream with key
+``(k0, i)`` (NumPy's :class:`numpy.random.Philox`; distinct keys give independent streams), and sample ``n``
+starts at block ``n * blocks_per_sample`` of that stream, reached by setting the counter (no skipping through the
+samples before it). Each 64-bit word gives two normals by Box-Muller on its 32-bit halves
+(``u1 = hi * 2^-32 + 2^-33``, tails to 6.7 sigma; ``u2 = lo * 2^-32``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+Tensor = torch.Tensor
+#: spawn-key tag of per-MVM noise keys (distinct from every other stream of a run)
+SAMPLE_TAG = 0x5A3B1E
+#: kinds of per-MVM noise (part of the key)
+KINDS = {"read": 0, "output": 1}
+
+
+def normals_from_words(words: np.ndarray) -> Tensor:
+    """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``."""
+    halves = torch.from_numpy(words.view(np.uint32).astype(np.float32)).view(*words.shape, 2)   # (lo, hi) pairs
+    lo, hi = halves[..., 0], halves[..., 1]
+    r = hi.mul(2.0 ** -32).add_(2.0 ** -33).log_().mul_(-2.0).sqrt_()
+    theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
+    out = torch.empty(halves.shape)
+    torch.cos(theta, out=out[..., 0])
+    torch.sin(theta, out=out[..., 1])
+    return out.mul_(r.unsqueeze(-1)).view(*words.shape[:-1], -1)
+
+
+@dataclass(eq=False)
+class SampleNoise:
+    """Per-MVM standard normals of the chips ``indices`` of a run with root ``SeedSequence`` ``root``.
+
+    Parameters
+    ----------
+    root : numpy.random.SeedSequence
+        The run's root (``ChipSampler.root``).
+    indices : sequence of int
+        Instance indices, one per chip row of the chunk (padding rows may repeat an index).
+    """
+
+    root: np.random.SeedSequence
+    indices: np.ndarray
+    _keys: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.indices = np.asarray(self.indices, dtype=np.uint64).reshape(-1)
+
+    def key(self, layer: int, kind: str) -> int:
+        """The 64-bit key word of ``(seed, layer, kind)``."""
+        if (layer, kind) not in self._keys:
+            seq = np.random.SeedSequence(self.root.entropy, spawn_key=tuple(self.root.spawn_key) + (
+                SAMPLE_TAG, int(layer), KINDS[kind]))
+            self._keys[(layer, kind)] = int(seq.generate_state(1, dtype=np.uint64)[0])
+        return self._keys[(layer, kind)]
+
+    def normal(self, layer: int, kind: str, first: int, n_samples: int, per_sample: int,
+               device: torch.device | str = "cpu") -> Tensor:
+        """Standard normals ``[K, n_samples, per_sample]`` of samples ``first .. first + n_samples - 1``: entry
+        ``[r, b, j]`` depends only on (seed, ``indices[r]``, layer, kind, sample ``first + b``, ``j``)."""
+        if first < 0 or n_samples < 0 or per_sample < 1:
+            raise ConfigError("SampleNoise.normal", (first, n_samples, per_sample),
+                              "first >= 0, n_samples >= 0, per_sample >= 1")
+        words_per = 4 * -(-per_sample // 8)          # whole Philox blocks (4 words, 8 normals) per sample
+        k0 = self.key(layer, kind)
+        out = np.empty((len(self.indices), n_samples * words_per), dtype=np.uint64)
+        for r, i in enumerate(self.indices):
+            bg = np.random.Philox(key=np.array([k0, i], dtype=np.uint64),
+                                  counter=np.array([first * (words_per // 4), 0, 0, 0], dtype=np.uint64))
+            out[r] = bg.random_raw(out.shape[1])
+        z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]
+        return z.to(device)
