@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..counter_rng import CounterStream
 from ..hardware.effects import Bounds
 from ..hardware.mapping import LayerEncoding
+from ..hardware.parasitics import Parasitics, effective_conductance
 from ..hardware.periphery import MAX_CALIBRATION_VALUES, quantize
 from ..hardware.tile import Tile
 
@@ -181,23 +182,23 @@ def variance_blocks(plan, layout: TileLayout, var: Tensor, bias_var: Tensor | No
     return layout.blocks(bias_first(v, vb))
 
 
-def tile_mvm(g: Tensor, v: Tensor, parasitics=None, cols: int | None = None) -> Tensor:
+def tile_mvm(g: Tensor, v: Tensor, parasitics: Parasitics | None = None, cols: int | None = None) -> Tensor:
     """The analog product of every tile: ``[..., R, O, rows] @ [..., R, rows, N] -> [..., R, O, N]``.
 
-    The hook of the IR-drop model (``HardwareSpec.parasitics``): with ``parasitics`` set, ``g`` holds one device
-    array's conductances (not a differential signal), the outputs are cut into tiles of ``cols`` columns, and the
-    column currents come from ``anvm_stats.hardware.parasitics.column_currents(g_tiles, v, parasitics)`` with
-    ``g_tiles`` ``[..., R, C, rows, cols]`` (crossbar orientation: word lines x bit lines) and ``v``
-    ``[..., R, 1, rows, N]``, returning ``[..., R, C, cols, N]``."""
-    if parasitics is None:
+    With ``parasitics`` (``HardwareSpec.parasitics``, IR drop), ``g`` holds one device array's conductances (not a
+    differential signal); the outputs are cut into crossbars of ``cols`` columns (word lines x bit lines
+    ``[..., R, C, rows, cols]``), each replaced by its effective conductance
+    (:func:`anvm_stats.hardware.parasitics.effective_conductance`: the wires' voltage drops for any input), and
+    the product is taken with those."""
+    if parasitics is None or parasitics.is_ideal:
         return torch.matmul(g, v)
-    from ..hardware import parasitics as par   # the IR-drop solver (imported only when a spec has parasitics)
-
-    O = g.shape[-2]
+    O, rows = g.shape[-2], g.shape[-1]
     cols = cols or O
+    parasitics.check_tile(rows, cols)
     C = -(-O // cols)
     gt = F.pad(g, (0, 0, 0, C * cols - O)).unflatten(-2, (C, cols)).transpose(-1, -2)   # [..., R, C, rows, cols]
-    cur = par.column_currents(gt, v.unsqueeze(-3), parasitics)                            # [..., R, C, cols, N]
+    geff = effective_conductance(gt.reshape(-1, rows, cols), parasitics).reshape(gt.shape)
+    cur = torch.matmul(geff.transpose(-1, -2), v.unsqueeze(-3))                          # [..., R, C, cols, N]
     return cur.flatten(-3, -2)[..., :O, :]
 
 

@@ -15,16 +15,17 @@ from ..errors import ConfigError, check, check_number
 from . import registry
 from .effects import Bounds, DeviceEffect, ReadNoise, validate_effect
 from .mapping import DifferentialMapping, Mapping
+from .parasitics import Parasitics
 from .periphery import Periphery
 from .tile import Tile
 
 _BIAS_MODES = ("column", "digital")
-_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile")
+_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile", "parasitics")
 #: sweep knobs (dims of a sweep Dataset): the effects' and periphery's own (noise_level, t_inference,
 #: stuck_at_rate, adc_bits, dac_bits), and those the spec sets itself: converter levels instead of bits
 #: (adc_levels, dac_levels) and the programming-noise mean (mean_shift, ``mu``)
 KNOBS = ("noise_level", "t_inference", "adc_bits", "dac_bits", "stuck_at_rate", "adc_levels", "dac_levels",
-         "mean_shift")
+         "mean_shift", "r_wire")
 _SPEC_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
 
 
@@ -54,6 +55,9 @@ class HardwareSpec:
     tile : Tile, optional
         Split every analog layer over crossbar tiles of this size, each with its own ADC (partial sums digitised
         before the digital accumulation, :mod:`anvm_stats.hardware.tile`); ``None``: one array per layer.
+    parasitics : Parasitics, optional
+        Wire resistance of every array (IR drop, :mod:`anvm_stats.hardware.parasitics`; the sweep knob ``r_wire``);
+        ``None``: ideal wires. Each tile (or each layer's array when ``tile`` is None) is one crossbar.
     """
 
     mapping: Mapping = field(default_factory=DifferentialMapping)
@@ -64,6 +68,7 @@ class HardwareSpec:
     fold_batchnorm: bool = True
     name: str = "custom"
     tile: Tile | None = None
+    parasitics: Parasitics | None = None
 
     def __post_init__(self):
         if not isinstance(self.effects, tuple):
@@ -76,6 +81,8 @@ class HardwareSpec:
         check(self.bias in _BIAS_MODES, "bias", self.bias, f"one of {_BIAS_MODES}")
         check(isinstance(self.fold_batchnorm, bool), "fold_batchnorm", self.fold_batchnorm, "true or false")
         check(self.tile is None or isinstance(self.tile, Tile), "tile", self.tile, "a Tile or None")
+        check(self.parasitics is None or isinstance(self.parasitics, Parasitics), "parasitics", self.parasitics,
+              "a Parasitics or None")
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -115,10 +122,13 @@ class HardwareSpec:
                 effects.append(eff if new is None else new)
             periphery = spec.periphery.with_knob(name, value)
             hit |= periphery is not None
+            parasitics = spec.parasitics.with_knob(name, value) if spec.parasitics is not None else None
+            hit |= parasitics is not None
             if not hit:
                 raise ConfigError(name, value, f"a knob of this spec's components (effects: "
                                                f"{[e.kind for e in spec.effects]}); knobs are {KNOBS}")
-            spec = replace(spec, effects=tuple(effects), periphery=periphery or spec.periphery)
+            spec = replace(spec, effects=tuple(effects), periphery=periphery or spec.periphery,
+                           parasitics=parasitics or spec.parasitics)
         return spec
 
     def _with_spec_knob(self, name: str, value: Any) -> "HardwareSpec":
@@ -137,7 +147,7 @@ class HardwareSpec:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (``tile`` only when set, so untiled specs serialise as before)."""
+        """Plain data (``tile`` and ``parasitics`` only when set, so other specs serialise as before)."""
         out = {
             "name": self.name, "g_min": self.g_min, "bias": self.bias, "fold_batchnorm": self.fold_batchnorm,
             "mapping": registry.to_dict(self.mapping),
@@ -146,6 +156,8 @@ class HardwareSpec:
         }
         if self.tile is not None:
             out["tile"] = self.tile.to_dict()
+        if self.parasitics is not None:
+            out["parasitics"] = self.parasitics.to_dict()
         return out
 
     @classmethod
@@ -167,6 +179,8 @@ class HardwareSpec:
             kw["periphery"] = Periphery.from_dict(data["periphery"])
         if data.get("tile") is not None:
             kw["tile"] = Tile.from_dict(data["tile"])
+        if data.get("parasitics") is not None:
+            kw["parasitics"] = Parasitics.from_dict(data["parasitics"])
         return cls(**kw)
 
     def to_json(self) -> str:

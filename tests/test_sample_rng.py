@@ -11,7 +11,7 @@ from torch import nn
 import anvm_stats as av
 from anvm_stats.sample_rng import SampleNoise
 
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 ALPHA = 1e-5
 

@@ -1,8 +1,6 @@
 """Crossbar tiles (HardwareSpec.tile): validation, serialisation, exact ideal chips, per-tile ADCs against a plain
 reference loop, n_tiles, the parasitics hook, and study files."""
 
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from anvm_stats.cli import main
 from anvm_stats.errors import ConfigError, UnsupportedLayerError
 from anvm_stats.study import StudyError, load_study
 
-from conftest import make_data, make_mlp
+from tests.helpers import make_data, make_mlp
 
 
 def _conv_net(seed=0):
@@ -169,29 +167,38 @@ def test_tiles_need_plain_convolutions():
 
 
 # ---------------------------------------------------------------------------------------------------- parasitics hook
-def test_parasitics_hook_receives_each_arrays_tiles(monkeypatch):
-    """With ``parasitics`` set, every array's tiles go through column_currents (here: ideal wires, a matmul),
-    and the result equals the fast route through the combined signals."""
-    calls = []
-
-    def column_currents(g, v, parasitics):
-        calls.append((tuple(g.shape), tuple(v.shape)))
-        return torch.matmul(g.transpose(-1, -2), v)
-
-    fake = types.ModuleType("anvm_stats.hardware.parasitics")
-    fake.column_currents = column_currents
-    monkeypatch.setitem(sys.modules, "anvm_stats.hardware.parasitics", fake)
-    monkeypatch.setattr(av.hardware, "parasitics", fake, raising=False)
+def test_ideal_wires_take_the_per_array_route_and_equal_the_fast_one():
+    """With ``parasitics`` set, every array's tiles are multiplied on their own and combined into ADC signals
+    afterwards; with ideal wires that equals the fast route through the combined signals."""
     model = _conv_net()
     x = torch.randn(5, 2, 7, 7)
     prog = av.prepare(model, av.HardwareSpec(mapping=av.OffsetMapping(), tile=av.Tile(rows=8, cols=2)))
     g = prog.g0[None]
     prog.load(g, B=5)
     fast = prog.module(x)
-    prog.load(g, B=5, parasitics=types.SimpleNamespace(r_wire=0.0))
-    hooked = prog.module(x)
-    torch.testing.assert_close(hooked, fast, atol=1e-5, rtol=1e-5)
-    assert calls and all(gs[-2:] == (8, 2) for gs, _ in calls)
+    prog.load(g, B=5, parasitics=av.Parasitics(r_wire=0.0))
+    torch.testing.assert_close(prog.module(x), fast, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["first_order", "exact"])
+def test_tile_mvm_with_wires_equals_each_crossbars_column_currents(mode):
+    """Every crossbar of ``cols`` columns (the last one narrower) is solved as its own circuit: equal to
+    :func:`column_currents` of each tile (crossbar orientation, inputs as rows) in a plain loop."""
+    from anvm_stats.hardware.parasitics import column_currents
+
+    gen = torch.Generator().manual_seed(3)
+    R, O, rows, N, cols = 2, 6, 4, 3, 4
+    g = torch.rand(R, O, rows, generator=gen, dtype=torch.float64)
+    v = torch.rand(R, rows, N, generator=gen, dtype=torch.float64)
+    par = av.Parasitics(r_wire=0.05, r_driver=0.02, mode=mode)
+    got = tile_mvm(g, v, par, cols)
+    ref = torch.empty(R, O, N, dtype=torch.float64)
+    for r in range(R):
+        for c0 in range(0, O, cols):
+            tile = g[r, c0:c0 + cols].T                                     # [rows, cols]: word x bit lines
+            ref[r, c0:c0 + cols] = column_currents(tile, v[r].T, par).T     # [cols, N]
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    assert (got - g @ v).abs().max() > 1e-3                                 # the wires do change the currents
 
 
 def test_tile_mvm_without_parasitics_is_the_product():
@@ -267,33 +274,22 @@ def test_tiled_output_noise_from_per_forward_sources():
     assert torch.equal(prog.module(x), a)
 
 
-def test_engine_routes_spec_parasitics_through_the_hook(monkeypatch):
-    """A spec with ``parasitics`` (field defined by the IR-drop model; a subclass here) runs every tile through
-    column_currents; with ideal wires the results are those of the spec without."""
-    from dataclasses import dataclass
-
-    calls = []
-
-    def column_currents(g, v, parasitics):
-        calls.append(parasitics)
-        return torch.matmul(g.transpose(-1, -2), v)
-
-    fake = types.ModuleType("anvm_stats.hardware.parasitics")
-    fake.column_currents = column_currents
-    monkeypatch.setitem(sys.modules, "anvm_stats.hardware.parasitics", fake)
-    monkeypatch.setattr(av.hardware, "parasitics", fake, raising=False)
-
-    @dataclass(frozen=True, kw_only=True)
-    class WiredSpec(av.HardwareSpec):
-        parasitics: object = None
-
+def test_engine_runs_spec_parasitics_and_r_wire_is_a_knob():
+    """``HardwareSpec(parasitics=...)`` reaches every tile: ideal wires give the spec without them (counts
+    exactly); resistive wires change the chips; ``r_wire`` sweeps like any knob and the spec round-trips."""
     model = make_mlp()
     x, y = make_data(n=12, shape=(8,), n_classes=4)
     kw = dict(effects=(av.ProgrammingNoise(sigma=0.05),), periphery=av.Periphery(adc=av.Quantizer(bits=6)),
               tile=av.Tile(rows=4, cols=4))
-    plain = av.evaluate(model, av.HardwareSpec(**kw), (x, y), n_instances=3, progress=False, calibration_data=x)
-    wired = av.evaluate(model, WiredSpec(parasitics="ideal wires", **kw), (x, y), n_instances=3, progress=False,
-                        calibration_data=x)
-    assert calls and set(calls) == {"ideal wires"}
-    np.testing.assert_array_equal(wired.correct_count.values, plain.correct_count.values)
-    np.testing.assert_allclose(wired.loss.values, plain.loss.values, rtol=1e-5)
+    run = dict(n_instances=3, progress=False, calibration_data=x)
+    plain = av.evaluate(model, av.HardwareSpec(**kw), (x, y), **run)
+    wired = av.HardwareSpec(parasitics=av.Parasitics(r_wire=0.0), **kw)
+    ideal = av.evaluate(model, wired, (x, y), **run)
+    np.testing.assert_array_equal(ideal.correct_count.values, plain.correct_count.values)
+    np.testing.assert_allclose(ideal.loss.values, plain.loss.values, rtol=1e-5)
+    swept = av.sweep(model, wired, (x, y), grid={"r_wire": [0.0, 0.05]}, **run)
+    np.testing.assert_array_equal(swept.correct_count.sel(r_wire=0.0).values, plain.correct_count.values)
+    assert not np.allclose(swept.loss.sel(r_wire=0.05).values, plain.loss.values, rtol=1e-3)
+    assert av.HardwareSpec.from_dict(wired.with_knobs(r_wire=0.05).to_dict()).parasitics.r_wire == 0.05
+    with pytest.raises(ConfigError, match="r_wire"):
+        av.HardwareSpec(**kw).with_knobs(r_wire=0.1)
