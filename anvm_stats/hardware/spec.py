@@ -20,7 +20,8 @@ from .periphery import Periphery
 from .tile import Tile
 
 _BIAS_MODES = ("column", "digital")
-_SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile", "parasitics")
+#: the keys of a spec's plain data (to_dict / from_dict, TOML [hardware] tables)
+SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile", "parasitics")
 #: sweep knobs (dims of a sweep Dataset): the effects' and periphery's own (noise_level, t_inference,
 #: stuck_at_rate, adc_bits, dac_bits), and those the spec sets itself: converter levels instead of bits
 #: (adc_levels, dac_levels) and the programming-noise mean (mean_shift, ``mu``)
@@ -165,9 +166,9 @@ class HardwareSpec:
         """Build a spec from plain data; errors name the offending key (e.g. ``effects[1].sigma``)."""
         if not isinstance(data, dict):
             raise ConfigError("hardware", data, "a table")
-        unknown = sorted(set(data) - set(_SPEC_KEYS))
+        unknown = sorted(set(data) - set(SPEC_KEYS))
         if unknown:
-            raise ConfigError(unknown[0], data[unknown[0]], f"one of {_SPEC_KEYS}")
+            raise ConfigError(unknown[0], data[unknown[0]], f"one of {SPEC_KEYS}")
         kw: dict[str, Any] = {k: data[k] for k in ("name", "g_min", "bias", "fold_batchnorm") if k in data}
         if "mapping" in data:
             kw["mapping"] = registry.from_dict("mapping", data["mapping"], "mapping")

@@ -7,10 +7,8 @@ from typing import Any
 
 from ..devices.presets import PRESETS
 from ..errors import ConfigError
-from ..hardware.spec import HardwareSpec
+from ..hardware.spec import SPEC_KEYS, HardwareSpec
 from .config import Ctx
-
-SPEC_KEYS = ("name", "g_min", "bias", "fold_batchnorm", "mapping", "effects", "periphery", "tile")
 
 
 def resolve_hardware(c: Ctx, raw: Any, path: str) -> HardwareSpec:

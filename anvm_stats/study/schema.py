@@ -24,7 +24,7 @@ Tables and keys
     Omit ``[training]`` only together with ``model.weights``.
 ``[hardware]``
     Either a :meth:`HardwareSpec.from_dict <anvm_stats.hardware.HardwareSpec.from_dict>` table (``mapping``,
-    ``effects`` (array of tables with ``kind``), ``periphery``, ``g_min``, ``bias``, ``fold_batchnorm``,
+    ``effects`` (array of tables with ``kind``), ``periphery``, ``tile``, ``parasitics``, ``g_min``, ``bias``, ``fold_batchnorm``,
     ``name``), or ``preset`` = a name of ``anvm_stats.devices.PRESETS`` with ``args`` (the preset's keywords);
     spec keys next to a preset override the preset's. ``variants``: table of named tables overriding the base
     (``args`` merged key by key, other keys replaced): one chip each, a ``hardware`` dim in the results.
