@@ -4,9 +4,10 @@ by aihwkit, compared as distributions over chips of the number of correctly clas
 Usage::
 
     python studies/peer_check_aihwkit.py [--sigmas 0.02 0.05 0.1] [--chips 200] [--epochs 30] [--seed 0]
-                                         [--pcm-times 1 3600 86400 3.15e7] [--out reports/peer]
+                                         [--pcm-times 1 3600 86400 3.15e7] [--no-pcm-read-noise]
+                                         [--out reports/peer] [--stem peer_check]
 
-Prints one JSON object; with ``--out DIR`` also writes ``DIR/peer_check.json`` and ``DIR/peer_check.md`` (written
+Prints one JSON object; with ``--out DIR`` also writes ``DIR/STEM.json`` and ``DIR/STEM.md`` (written
 to a temporary sibling and renamed: nothing half-written). Exits 0 with ``"status": "skipped: aihwkit not
 installed"`` when ``import aihwkit`` fails (the anvm_stats side still runs and is reported); exits 1 if aihwkit is
 present but its run fails.
@@ -70,10 +71,12 @@ NOISE_LAWS = {
     },
     "pcm": {
         "anvm_stats": "devices.pcm_nandakumar2019 with bias='digital' (DifferentialMapping per layer, "
-                      "PCMProgrammingNoise, PCMDrift(model='nandakumar', t0=20 s), PCMReadNoise, g_min=0), "
+                      "PCMProgrammingNoise, PCMDrift(model='nandakumar', t0=20 s), PCMReadNoise (none with "
+                      "--no-pcm-read-noise), g_min=0), "
                       "drift_sweep(compensation='global') at t = tau + 20 s, the test set in one batch "
                       "(one read-noise draw per chip and time)",
-        "aihwkit": "PCMLikeNoiseModel(g_max=25 uS) (SinglePairConductanceConverter, t_0=20 s), "
+        "aihwkit": "PCMLikeNoiseModel(g_max=25 uS) (SinglePairConductanceConverter, t_0=20 s; read_noise_scale=0 "
+                   "with --no-pcm-read-noise), "
                    "GlobalDriftCompensation, forward.is_perfect = True, mapping.digital_bias = True, one tile per "
                    "layer; program_analog_weights() then drift_analog_weights(tau) per chip",
     },
@@ -133,9 +136,9 @@ def gaussian_spec(sigma: float) -> HardwareSpec:
                         bias="digital")
 
 
-def pcm_spec() -> HardwareSpec:
+def pcm_spec(read_noise: bool = True) -> HardwareSpec:
     """The package's aihwkit-law PCM preset with a digital bias (aihwkit: ``mapping.digital_bias = True``)."""
-    return replace(devices.pcm_nandakumar2019(), bias="digital")
+    return replace(devices.pcm_nandakumar2019(read_noise=read_noise), bias="digital")
 
 
 def correct_count(net: torch.nn.Module, data) -> int:
@@ -148,11 +151,11 @@ def ours_gaussian(net, data, sigma: float, chips: int, seed: int) -> np.ndarray:
     return ds.correct_count.values.astype(np.int64)
 
 
-def ours_pcm(net, data, taus, chips: int, seed: int) -> np.ndarray:
+def ours_pcm(net, data, taus, chips: int, seed: int, read_noise: bool = True) -> np.ndarray:
     """Correct counts ``[T, chips]`` at ``t = tau + 20 s`` with measured global drift compensation."""
     t0 = 20.0
     n = int(data.y.numel())
-    ds = drift_sweep(net, pcm_spec(), data, times=[t0 + float(t) for t in taus], n_instances=chips, seed=seed,
+    ds = drift_sweep(net, pcm_spec(read_noise), data, times=[t0 + float(t) for t in taus], n_instances=chips, seed=seed,
                      compensation="global", options=RunOptions(samples_per_batch=n), progress=False)
     return ds.correct_count.transpose("t_inference", "instance").values.astype(np.int64)
 
@@ -205,11 +208,12 @@ def aihwkit_gaussian(net, data, sigma: float, chips: int, seed: int) -> np.ndarr
     return np.asarray(out, dtype=np.int64)
 
 
-def aihwkit_pcm(net, data, taus, chips: int, seed: int) -> np.ndarray:
+def aihwkit_pcm(net, data, taus, chips: int, seed: int, read_noise: bool = True) -> np.ndarray:
     """Correct counts ``[T, chips]`` of aihwkit PCM chips, each programmed once and read at every ``tau``."""
     from aihwkit.inference import GlobalDriftCompensation, PCMLikeNoiseModel
 
-    model = _analog(net, PCMLikeNoiseModel(g_max=25.0), GlobalDriftCompensation())
+    noise = PCMLikeNoiseModel(g_max=25.0, read_noise_scale=1.0 if read_noise else 0.0)
+    model = _analog(net, noise, GlobalDriftCompensation())
     out = np.zeros((len(taus), chips), dtype=np.int64)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -224,11 +228,15 @@ def aihwkit_pcm(net, data, taus, chips: int, seed: int) -> np.ndarray:
 def markdown(report: dict) -> str:
     """The report's tables as markdown."""
     lines = [f"# Peer check: anvm_stats vs aihwkit ({report['status']})", "",
+             f"Command: `{report['command']}`; PCM 1/f read noise: {'on' if report['pcm_read_noise'] else 'off'} "
+             f"on both sides; wall time {report['wall_s']} s.", "",
              f"Network {report['network']} on {report['data']} ({report['n_test']} images, float correct count "
              f"{report['float_correct_count']}), {report['chips']} chips per side, seed {report['seed']}. "
              "Compared per chip: the integer number of correct test images. Tests: two-sample Kolmogorov-Smirnov "
              "(conservative with ties), Welch t (means), Levene median-centred (spreads); scipy.stats.", ""]
     for key, rows in report["comparisons"].items():
+        if not rows:
+            continue
         lines += [f"## {key}", "", f"* anvm_stats: {NOISE_LAWS[key]['anvm_stats']}",
                   f"* aihwkit: {NOISE_LAWS[key]['aihwkit']}", "",
                   "| point | mean ours | mean aihwkit | sd ours | sd aihwkit | diff [95 % CI] | KS p | Welch p | "
@@ -261,22 +269,27 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1])
+    ap.add_argument("--sigmas", type=float, nargs="*", default=[0.02, 0.05, 0.1])
     ap.add_argument("--pcm-times", type=float, nargs="*", default=[1.0, 3600.0, 86400.0, 3.15e7])
     ap.add_argument("--chips", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-pcm-read-noise", dest="pcm_read_noise", action="store_false",
+                    help="PCM comparison without 1/f read noise on both sides (aihwkit read_noise_scale=0)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--stem", default="peer_check", help="file names under --out: STEM.json, STEM.md")
     args = ap.parse_args(argv)
     start = time.time()
     net = train(args.epochs, args.seed)
     test = digits("test")
     report = {"network": "mlp-64-256-256-10", "data": "digits-test", "n_test": int(test.y.numel()),
               "chips": args.chips, "seed": args.seed, "float_correct_count": correct_count(net, test),
+              "command": " ".join(["studies/peer_check_aihwkit.py", *(sys.argv[1:] if argv is None else argv)]),
+              "pcm_read_noise": args.pcm_read_noise,
               "noise_laws": NOISE_LAWS, "comparisons": {"gaussian": {}, "pcm": {}}}
     ours = {("gaussian", f"sigma={s:g}"): ours_gaussian(net, test, s, args.chips, args.seed) for s in args.sigmas}
     if args.pcm_times:
-        pcm = ours_pcm(net, test, args.pcm_times, args.chips, args.seed)
+        pcm = ours_pcm(net, test, args.pcm_times, args.chips, args.seed, args.pcm_read_noise)
         ours.update({("pcm", f"tau={t:g}s"): pcm[k] for k, t in enumerate(args.pcm_times)})
     for (key, point), c in ours.items():
         report["comparisons"][key][point] = {"n": [int(c.size)], "mean": [float(c.mean())],
@@ -294,7 +307,7 @@ def main(argv=None) -> int:
                 point = f"sigma={s:g}"
                 report["comparisons"]["gaussian"][point] = compare_counts(ours[("gaussian", point)], theirs)
             if args.pcm_times:
-                theirs = aihwkit_pcm(net, test, args.pcm_times, args.chips, args.seed)
+                theirs = aihwkit_pcm(net, test, args.pcm_times, args.chips, args.seed, args.pcm_read_noise)
                 for k, t in enumerate(args.pcm_times):
                     point = f"tau={t:g}s"
                     report["comparisons"]["pcm"][point] = compare_counts(ours[("pcm", point)], theirs[k])
@@ -307,8 +320,8 @@ def main(argv=None) -> int:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / "peer_check.json", text + "\n")
-        write_atomic(args.out / "peer_check.md", markdown(report))
+        write_atomic(args.out / f"{args.stem}.json", text + "\n")
+        write_atomic(args.out / f"{args.stem}.md", markdown(report))
     return code
 
 

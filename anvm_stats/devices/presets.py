@@ -211,9 +211,11 @@ def pcm_joshi2020(*, t_inference: float = 3600.0, read_noise: bool = True, g_min
 #: where :func:`pcm_nandakumar2019` differs from aihwkit's PCMLikeNoiseModel (also its registry source string)
 PCM_NANDAKUMAR_VS_AIHWKIT = (
     "differs from aihwkit 1.2 PCMLikeNoiseModel in: t = time after programming (aihwkit t_inference = t - 20 s; "
-    "no drift before t0); nu drawn from the programmed, not the target, conductance; 1/f read noise drawn at every "
-    "read, not once per drift_analog_weights; programming noise clipped to [0, G_max] (aihwkit: at 0 only); "
-    "one weight scale per layer (aihwkit: per tile)")
+    "no drift before t0); nu drawn from the programmed, not the target, conductance; 1/f read noise sd "
+    "|G(t)| Q_s(G(t)) from the drifted conductance (aihwkit: |G(t)| Q_s(G_programmed)), drawn at every read and "
+    "not clipped at 0 (aihwkit: once per drift_analog_weights, clipped at 0); programming noise clipped to "
+    "[0, G_max] (aihwkit: at 0 only); one weight scale per layer (aihwkit: per tile); the global compensation's "
+    "reference reads are free of read noise (aihwkit's read at t includes it)")
 
 
 def pcm_nandakumar2019(*, t_inference: float = 3600.0, read_noise: bool = True, g_min: float = 0.0
