@@ -66,7 +66,7 @@ def test_markdown_states_both_noise_laws(peer):
     r = peer.compare_counts(tied_counts(0), tied_counts(1))
     report = {"status": "compared", "network": "n", "data": "d", "n_test": 360, "float_correct_count": 350,
               "command": "c", "pcm_read_noise": True, "wall_s": 1.0,
-              "chips": 200, "seed": 0, "comparisons": {"gaussian": {"sigma=0.05": r}, "pcm": {}}}
+              "chips": 200, "seed": 0, "comparisons": {"gaussian": {"sigma=0.05": r}, "pcm": {"tau=1s": r}}}
     md = peer.markdown(report)
     for key in ("gaussian", "pcm"):
         assert peer.NOISE_LAWS[key]["anvm_stats"] in md and peer.NOISE_LAWS[key]["aihwkit"] in md
