@@ -227,20 +227,21 @@ def aihwkit_pcm(net, data, taus, chips: int, seed: int, read_noise: bool = True)
 
 def markdown(report: dict) -> str:
     """The report's tables as markdown."""
+    read_noise = "on" if report["pcm_read_noise"] else "off"
     lines = [f"# Peer check: anvm_stats vs aihwkit ({report['status']})", "",
-             f"Command: `{report['command']}`; PCM 1/f read noise: {'on' if report['pcm_read_noise'] else 'off'} "
-             f"on both sides; wall time {report['wall_s']} s.", "",
-             f"Network {report['network']} on {report['data']} ({report['n_test']} images, float correct count "
-             f"{report['float_correct_count']}), {report['chips']} chips per side, seed {report['seed']}. "
-             "Compared per chip: the integer number of correct test images. Tests: two-sample Kolmogorov-Smirnov "
-             "(conservative with ties), Welch t (means), Levene median-centred (spreads); scipy.stats.", ""]
+             (f"Command: `{report['command']}`; PCM 1/f read noise: {read_noise} on both sides; wall time "
+              f"{report['wall_s']} s."), "",
+             (f"Network {report['network']} on {report['data']} ({report['n_test']} images, float correct count "
+              f"{report['float_correct_count']}), {report['chips']} chips per side, seed {report['seed']}. "
+              "Compared per chip: the integer number of correct test images. Tests: two-sample Kolmogorov-Smirnov "
+              "(conservative with ties), Welch t (means), Levene median-centred (spreads); scipy.stats."), ""]
     for key, rows in report["comparisons"].items():
         if not rows:
             continue
         lines += [f"## {key}", "", f"* anvm_stats: {NOISE_LAWS[key]['anvm_stats']}",
                   f"* aihwkit: {NOISE_LAWS[key]['aihwkit']}", "",
-                  "| point | mean ours | mean aihwkit | sd ours | sd aihwkit | diff [95 % CI] | KS p | Welch p | "
-                  "Levene p |", "|---|---|---|---|---|---|---|---|---|"]
+                  ("| point | mean ours | mean aihwkit | sd ours | sd aihwkit | diff [95 % CI] | KS p | Welch p | "
+                   "Levene p |"), "|---|---|---|---|---|---|---|---|---|"]
         for point, r in rows.items():
             if "ks_pvalue" not in r:
                 lines.append(f"| {point} | {r['mean'][0]:.2f} | - | {r['sd'][0]:.2f} | - | - | - | - | - |")
@@ -250,8 +251,8 @@ def markdown(report: dict) -> str:
                          f" | {r['mean_difference']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {r['ks_pvalue']:.3g} | "
                          f"{r['welch_pvalue']:.3g} | {r['levene_pvalue']:.3g} |")
         lines.append("")
-    lines += ["Rerun: `PYTHONPATH=. <python with aihwkit 1.2.0>/bin/python studies/peer_check_aihwkit.py "
-              "--out reports/peer` (see the script's docstring).", ""]
+    lines += [("Rerun: `PYTHONPATH=. <python with aihwkit 1.2.0>/bin/python studies/peer_check_aihwkit.py "
+               "--out reports/peer` (see reports/peer/README.md)."), ""]
     return "\n".join(lines)
 
 

@@ -365,6 +365,9 @@ def nandakumar_drift_moments(g, t, t0=20.0):
     mu = np.clip(-0.0155 * lg + 0.0244, 0.049, 0.1)
     sd = np.clip(-0.0125 * lg - 0.0059, 0.008, 0.045)
     L = np.log(t / t0)
-    m1, m2 = (integrate.quad_vec(lambda z: np.exp(-k * L * np.abs(mu + sd * z)) * stats.norm.pdf(z),
-                                 -np.inf, np.inf, epsabs=1e-12, epsrel=1e-10)[0] for k in (1, 2))
+    def moment(k):
+        return integrate.quad_vec(lambda z: np.exp(-k * L * np.abs(mu + sd * z)) * stats.norm.pdf(z),
+                                  -np.inf, np.inf, epsabs=1e-12, epsrel=1e-10)[0]
+
+    m1, m2 = moment(1), moment(2)
     return m1, np.sqrt(np.clip(m2 - m1 * m1, 0.0, None))

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from anvm_stats import devices
 from anvm_stats import dims
@@ -14,7 +15,6 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import DifferentialMapping, Drift, HardwareSpec, ProgrammingNoise
 from anvm_stats.montecarlo import evaluate
 from anvm_stats.sampler import ChipSampler
-from scipy import stats
 from tests.helpers import make_data, make_resnet, nandakumar_drift_moments
 from tests.helpers import train_digits_mlp
 
