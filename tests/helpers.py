@@ -350,3 +350,24 @@ def assert_one_line_error(err: ConfigError, field: str, words) -> None:
     assert err.field == field and "\n" not in msg and "not allowed" in msg, msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+def nandakumar_drift_moments(g, t, t0=20.0):
+    """Mean and sd of the drift factor ``(t/t0)^-nu``, ``nu = |mu(g) + sd(g) Z|`` (Nandakumar 2019 / aihwkit
+    ``generate_drift_coefficients``), for an array of states ``g``, by numerical integration over ``Z``
+    (scipy.integrate.quad_vec): an oracle independent of the package's sampling code. No drift for ``t <= t0``."""
+    from scipy import integrate, stats
+
+    g = np.atleast_1d(np.asarray(g, dtype=float))
+    if t <= t0:
+        return np.ones_like(g), np.zeros_like(g)
+    lg = np.log(np.clip(np.abs(g), 1e-7, None))
+    mu = np.clip(-0.0155 * lg + 0.0244, 0.049, 0.1)
+    sd = np.clip(-0.0125 * lg - 0.0059, 0.008, 0.045)
+    L = np.log(t / t0)
+    def moment(k):
+        return integrate.quad_vec(lambda z: np.exp(-k * L * np.abs(mu + sd * z)) * stats.norm.pdf(z),
+                                  -np.inf, np.inf, epsabs=1e-12, epsrel=1e-10)[0]
+
+    m1, m2 = moment(1), moment(2)
+    return m1, np.sqrt(np.clip(m2 - m1 * m1, 0.0, None))

@@ -16,15 +16,19 @@ from ..rng import SeedLike
 from .adapt import calibrate
 from .options import CalibrationOptions
 from .distill import DistillConfig, DistillResult, train_distilled, weight_perturbation
-from .drift import DEFAULT_TIMES, GlobalCompensation, drift_sweep, plot_drift, reference_read
+from .drift import (
+    DEFAULT_TIMES, DriftEffect, GlobalCompensation, compensation_gains, drift_effects, drift_sweep, plot_drift,
+    reference_read, reference_time,
+)
 
 #: dim of :func:`compare_recovery` results: one recovery method (a model, optionally followed by a calibration).
 #: Not "method": that name is a keyword of ``DataArray.sel``.
 METHOD = "recovery"
 
 __all__ = ["CalibrationOptions", "calibrate", "DistillConfig", "DistillResult", "train_distilled",
-           "weight_perturbation", "DEFAULT_TIMES", "GlobalCompensation", "drift_sweep", "plot_drift",
-           "reference_read", "compare_recovery", "METHOD"]
+           "weight_perturbation", "DEFAULT_TIMES", "DriftEffect", "GlobalCompensation", "compensation_gains",
+           "drift_effects", "drift_sweep", "plot_drift", "reference_read", "reference_time", "compare_recovery",
+           "METHOD"]
 
 
 def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: HardwareSpec, data, *, recovery_data,

@@ -1,24 +1,30 @@
 """Accuracy over time under conductance drift, with optional global drift compensation.
 
-Drift ``G(t) = G0 (t/t0)^(-nu)`` (:class:`anvm_stats.hardware.Drift`, per-device exponents ``nu``) is swept over
-``t_inference`` with :func:`anvm_stats.sweep`: every time point uses the same chips (common random numbers), so
-differences between times are paired per chip.
+Drift ``G(t) = G(t0) (t/t0)^(-nu)`` with per-device exponents ``nu`` is swept over ``t_inference`` (seconds after
+programming) with :func:`anvm_stats.sweep`: every time point uses the same chips (common random numbers), so
+differences between times are paired per chip. Every drift effect is accepted: a program-phase effect with a
+reference time ``t0`` and the ``t_inference`` knob (:class:`DriftEffect`: :class:`anvm_stats.hardware.Drift`,
+:class:`anvm_stats.devices.PCMDrift` with either exponent law, or a user's effect of that shape).
 
-Global drift compensation (as in aihwkit's ``GlobalDriftCompensation``): right after programming (``t0``) and
-again at inference time ``t``, every analog layer of every chip is read once on a fixed reference input (all ones,
-and ``s`` on the bias column of ``W~ = [W, b/s]``); the layer's output is then multiplied digitally by
+Global drift compensation (as aihwkit's ``GlobalDriftCompensation``): at the reference time ``t_ref`` (the
+smallest ``t0`` of the spec's drift effects; aihwkit reads its baseline at its ``t0 = 20 s``) and again at
+inference time ``t``, every analog layer of every chip is read once on a fixed reference input (all ones, and
+``s`` on the bias column of ``W~ = [W, b/s]``); the layer's output is then multiplied digitally by
 
-    alpha_l(t) = mean_o |y_l(t0)| / mean_o |y_l(t)|.
+    alpha_l(t) = mean_o |y_l(t_ref)| / mean_o |y_l(t)|          (compensation_gains)
 
-A uniform drift (one ``nu`` for all devices) scales a proportional (differential) mapping's weights by
-``(t/t0)^(-nu)`` and is cancelled exactly; random exponents leave a residual that the sweep measures. A digital
-bias (``HardwareSpec(bias="digital")``) does not drift and is not rescaled.
+measured per chip and per layer, so it follows whatever exponent law the devices have. A uniform drift (one
+``nu`` for all devices) scales a proportional (differential) mapping's weights by ``(t/t0)^(-nu)`` and is
+cancelled exactly; random or state-dependent exponents leave a residual that the sweep measures. Times before
+``t_ref`` are allowed where the drift effects allow them (:class:`~anvm_stats.devices.PCMDrift`: no drift before
+its ``t0``, so the gain there is exactly 1). A digital bias (``HardwareSpec(bias="digital")``) does not drift and
+is not rescaled. The reference read uses ideal periphery and no read-phase noise.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,7 +35,6 @@ from .. import dims
 from ..analog.program import AnalogProgram, prepare
 from ..data_source import describe
 from ..errors import ConfigError
-from ..hardware.effects import Drift
 from ..hardware.spec import HardwareSpec
 from ..batches import evaluation_batches
 from ..montecarlo import RunOptions, run_points, sweep
@@ -44,19 +49,37 @@ DEFAULT_TIMES = np.logspace(0, np.log10(3.15e8), 10)
 COMPENSATIONS = (None, "global")
 
 
-def drift_effect(spec: HardwareSpec) -> Drift:
-    """The :class:`Drift` effect of ``spec`` (the first, if several).
+@runtime_checkable
+class DriftEffect(Protocol):
+    """What makes an effect a drift effect: a program-phase effect with a reference time ``t0`` (s after
+    programming) and the sweep knob ``t_inference`` (``with_knob("t_inference", t)``)."""
+
+    phase: str
+    t0: float
+    t_inference: float
+
+    def with_knob(self, name: str, value): ...
+
+
+def drift_effects(spec: HardwareSpec) -> tuple:
+    """The drift effects of ``spec`` (program-phase :class:`DriftEffect` instances), in order.
 
     Raises
     ------
     ConfigError
-        If ``spec`` has no Drift effect.
+        If ``spec`` has none.
     """
-    for e in spec.effects:
-        if isinstance(e, Drift):
-            return e
-    raise ConfigError("spec.effects", [e.kind for e in spec.effects],
-                      "a spec holding an anvm_stats.hardware.Drift effect (drift over time needs one)")
+    found = tuple(e for e in spec.effects if isinstance(e, DriftEffect) and e.phase == "program")
+    if not found:
+        raise ConfigError("spec.effects", [e.kind for e in spec.effects],
+                          "a spec holding a drift effect (a program-phase effect with t0 and the t_inference knob, "
+                          "e.g. anvm_stats.hardware.Drift or anvm_stats.devices.PCMDrift)")
+    return found
+
+
+def reference_time(spec: HardwareSpec) -> float:
+    """Time of the global compensation's reference read: the smallest ``t0`` of the spec's drift effects (s)."""
+    return min(float(e.t0) for e in drift_effects(spec))
 
 
 @torch.no_grad()
@@ -72,6 +95,12 @@ def reference_read(program: AnalogProgram, g: Tensor) -> Tensor:
             y = y + w[..., p.in_features] * p.bias_scale
         cols.append(y.abs().mean(-1))
     return torch.stack(cols, dim=-1)
+
+
+def compensation_gains(r_ref: Tensor, r_t: Tensor) -> Tensor:
+    """Global drift compensation gains ``alpha = r_ref / r_t`` ``[K, L]`` from two :func:`reference_read`
+    results (at the reference time and at ``t``); 1 where the read at ``t`` is 0 (nothing left to rescale)."""
+    return torch.where(r_t > 0, r_ref / r_t, torch.ones_like(r_t))
 
 
 class GlobalCompensation:
@@ -117,9 +146,8 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
     batches = evaluation_batches(program, data, opts.samples_per_batch)
     n_samples, n_classes = batches.n_samples, batches.n_classes
     sampler = ChipSampler(program, seed)
-    t0 = drift_effect(spec).t0
     specs = [spec.with_knobs(t_inference=float(t)) for t in times]
-    ref_spec = spec.with_knobs(t_inference=t0)
+    ref_spec = spec.with_knobs(t_inference=reference_time(spec))
     chunk = opts.instances_per_chunk or 64
     out = {k: np.zeros((len(times), len(idx))) for k in ("correct", "loss", "top5")}
     gains = np.zeros((len(times), len(idx), len(program.plans)))
@@ -133,7 +161,7 @@ def _compensated(program: AnalogProgram, spec: HardwareSpec, data, times: np.nda
                              memory_budget=opts.memory_budget)
             for p, s in enumerate(specs):
                 rt = reference_read(program, sampler.program_chips(draws, s, K=K))
-                comp.alpha = torch.where(rt > 0, r0 / rt, torch.ones_like(rt))
+                comp.alpha = compensation_gains(r0, rt)
                 res = run_points(program, sampler, [s], ids, batches, run)
                 for k in out:
                     out[k][p, start:start + K] = res[k][0]
@@ -154,9 +182,11 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     model, data, n_instances, seed, instances, calibration_data, layers, digital, device
         As in :func:`anvm_stats.sweep`.
     spec : HardwareSpec
-        Must hold a :class:`~anvm_stats.hardware.Drift` effect (its ``t0`` is the reference read time).
-    times : sequence of float >= t0
-        Inference times (default 1 s .. 10 years, 10 log-spaced points).
+        Must hold a drift effect (:class:`DriftEffect`); the smallest ``t0`` of its drift effects is the
+        reference read time (:func:`reference_time`).
+    times : sequence of float > 0
+        Inference times, seconds after programming (default 1 s .. 10 years, 10 log-spaced points); each drift
+        effect sets its own lower limit (``Drift``: ``t0``; ``PCMDrift``: none, no drift before ``t0``).
     compensation : {None, "global"}
         ``"global"``: per-chip, per-layer digital gain from a reference read (see module docstring).
     options : RunOptions, optional
@@ -173,9 +203,9 @@ def drift_sweep(model: nn.Module, spec: HardwareSpec, data, *, times: Sequence[f
     Raises
     ------
     ConfigError
-        No Drift effect in ``spec``, unknown ``compensation``, times before ``t0``.
+        No drift effect in ``spec``, unknown ``compensation``, a time a drift effect refuses.
     """
-    drift_effect(spec)
+    drift_effects(spec)
     if compensation not in COMPENSATIONS:
         raise ConfigError("compensation", compensation, f"one of {COMPENSATIONS}")
     times = np.atleast_1d(np.asarray(times, dtype=float))

@@ -68,8 +68,8 @@ from ..hardware.registry import register
 from .empirical import LEVEL, EmpiricalDevice
 from .pcm import PCMDrift, PCMProgrammingNoise, PCMReadNoise
 from .presets import (
-    PRESETS, NeuRRAMNoise, Preset, ideal, neurram_rram, paper1, pcm_joshi2020, preset, rram_charan,
-    xiao_state_independent, xiao_state_proportional,
+    PRESETS, NeuRRAMNoise, Preset, ideal, neurram_rram, paper1, pcm_joshi2020, pcm_nandakumar2019, preset,
+    rram_charan, xiao_state_independent, xiao_state_proportional,
 )
 
 _DRAW_KINDS = ("normal", "uniform")
@@ -173,5 +173,5 @@ def effect_from_function(fn: Callable, *, kind: str, phase: str = "program",
 __all__ = [
     "effect_from_function", "EmpiricalDevice", "LEVEL", "PCMProgrammingNoise", "PCMDrift", "PCMReadNoise",
     "NeuRRAMNoise", "PRESETS", "Preset", "preset", "ideal", "paper1", "xiao_state_independent",
-    "xiao_state_proportional", "rram_charan", "pcm_joshi2020", "neurram_rram",
+    "xiao_state_proportional", "rram_charan", "pcm_joshi2020", "pcm_nandakumar2019", "neurram_rram",
 ]

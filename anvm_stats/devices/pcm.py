@@ -8,14 +8,21 @@ Sources (conductances normalised to ``G_max``; the fits were made at ``G_max = 2
   ``(c0, c1, c2) = (0.26348, 1.9650, -1.1731)`` uS, i.e. 1.05 % of G_max at G_T = 0 rising to 4.2 % at G_max.
   These are the coefficients of IBM aihwkit's ``PCMLikeNoiseModel`` (``prog_coeff``), which cites that paper; the
   same model underlies Joshi et al., Nat. Commun. 11, 2473 (2020), doi 10.1038/s41467-020-16108-9.
-* Drift ``G(t) = G(t0) (t / t0)^(-nu)``, ``t0 = 20 s`` (aihwkit ``t_0``). Two exponent laws:
+* Drift ``G(t) = G(t0) (t / t0)^(-nu)`` for ``t >= t0``, ``t0 = 20 s`` (aihwkit ``t_0``), ``t`` the time after
+  programming. Reads before ``t0`` (``0 < t < t0``) see the conductance at ``t0`` unchanged: the programming-noise
+  fit describes the state at ``t0`` and the drift law is fitted from ``t0`` on, so no drift is extrapolated
+  before it. aihwkit counts its ``t_inference`` from ``t0`` instead (its drift factor is
+  ``((t_inference + t0) / t0)^(-nu)``): aihwkit's ``t_inference = tau`` is our ``t = tau + t0``.
+  Two exponent laws:
   ``"constant"``: ``nu ~ N(nu_mean, nu_std)`` per device, default ``nu_mean = 0.031`` (the mean drift exponent
   this project quotes for Joshi et al. 2020) and ``nu_std = 0.008`` (ASSUMED: the floor of the Nandakumar
   ``sigma_nu(G)`` fit below, not a published value for that mean); ``"nandakumar"``: state-dependent
   ``mu_nu(g) = clip(-0.0155 ln g + 0.0244, 0.049, 0.1)``, ``sigma_nu(g) = clip(-0.0125 ln g - 0.0059, 0.008,
-  0.045)`` (aihwkit's ``generate_drift_coefficients``), ``nu = |mu_nu + sigma_nu Z|``.
-  Optional global drift compensation (Joshi et al. 2020, "GDC") multiplies by ``(t / t0)^nu_mean``, the ideal
-  correction of the population-mean drift.
+  0.045)`` (aihwkit's ``generate_drift_coefficients``), ``nu = |mu_nu + sigma_nu Z|``. Here ``g`` is the
+  conductance the effect receives (after programming noise when that comes first); aihwkit evaluates the law at
+  the target conductance.
+  Drift compensation is not part of the device: a chip measures it, see
+  :func:`anvm_stats.calibration.drift_sweep` (``compensation="global"``, a per-chip gain from a reference read).
 * 1/f read noise accumulated to time t: ``sd = |G| Q_s(g) sqrt(ln((t + t_read) / (2 t_read)))`` with
   ``Q_s(g) = min(0.0088 / g^0.65, 0.2)`` (g floored at 1e-3) and ``t_read = 250 ns`` (aihwkit
   ``apply_drift_noise_to_conductance``, Nandakumar 2019): its sd grows like ``sqrt(log t)``. Modelled here as
@@ -31,7 +38,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import check, check_number
-from ..hardware.effects import ONE_NORMAL, declared_draw, t_inference_knob
+from ..hardware.effects import ONE_NORMAL, declared_draw
 from ..hardware.registry import register
 
 #: Nandakumar 2019 programming-noise polynomial (uS, ascending powers of G_T / G_max) at G_max = 25 uS
@@ -116,13 +123,11 @@ class PCMDrift:
     model : {"constant", "nandakumar"}
         ``"constant"``: ``nu = max(0, nu_mean + nu_std Z)``; ``"nandakumar"``: state-dependent mean and sd.
     nu_mean, nu_std : float >= 0
-        Exponent statistics of the ``"constant"`` model; ``nu_mean`` is also the compensation exponent.
+        Exponent statistics of the ``"constant"`` model.
     t0 : float > 0
-        Reference time after programming (s).
-    t_inference : float >= t0
+        Time after programming from which the drift law holds (s); reads before it see no drift.
+    t_inference : float > 0
         Time of inference after programming (s); sweep knob ``t_inference``.
-    compensation : bool
-        Global drift compensation: multiply by ``(t/t0)^nu_mean`` (a digital gain; results may exceed 1).
     """
 
     kind: ClassVar[str] = "pcm_drift"
@@ -132,15 +137,13 @@ class PCMDrift:
     nu_std: float = 0.008
     t0: float = 20.0
     t_inference: float = 20.0
-    compensation: bool = False
 
     def __post_init__(self):
         check(self.model in _DRIFT_MODELS, "PCMDrift.model", self.model, f"one of {_DRIFT_MODELS}")
         check_number("PCMDrift.nu_mean", self.nu_mean, low=0.0)
         check_number("PCMDrift.nu_std", self.nu_std, low=0.0)
         check_number("PCMDrift.t0", self.t0, low=0.0, low_open=True)
-        check_number("PCMDrift.t_inference", self.t_inference, low=self.t0)
-        check(isinstance(self.compensation, bool), "PCMDrift.compensation", self.compensation, "true or false")
+        check_number("PCMDrift.t_inference", self.t_inference, low=0.0, low_open=True)
 
     draw_kinds: ClassVar[dict] = ONE_NORMAL
     draw = declared_draw
@@ -155,13 +158,16 @@ class PCMDrift:
         return (mu + sd * z).abs()
 
     def apply(self, g, draws, bounds):
-        if self.t_inference == self.t0:
+        if self.t_inference <= self.t0:
             return g.clone()
         log_ratio = math.log(self.t_inference / self.t0)
-        out = g * torch.exp(self.exponent(g, draws["z"]) * -log_ratio)
-        return out * math.exp(self.nu_mean * log_ratio) if self.compensation else out
+        return g * torch.exp(self.exponent(g, draws["z"]) * -log_ratio)
 
-    with_knob = t_inference_knob
+    def with_knob(self, name, value):
+        if name != "t_inference":
+            return None
+        check_number("t_inference", value, low=0.0, low_open=True)
+        return replace(self, t_inference=float(value))
 
 
 @register("effect")

@@ -182,25 +182,55 @@ def rram_charan(*, levels: int = 10, variation: float = 0.5, p_stuck_off: float 
                                  ProgrammingNoise(sigma=variation, relative_to="state"),
                                  StuckAt(p_off=p_stuck_off, p_on=p_stuck_on)))
 
-def pcm_joshi2020(*, t_inference: float = 3600.0, drift_model: str = "constant", compensation: bool = True,
-                  read_noise: bool = True, g_min: float = 0.0) -> HardwareSpec:
+def _pcm(name: str, drift_model: str, t_inference: float, read_noise: bool, g_min: float) -> HardwareSpec:
+    """PCM in a differential pair: programming noise, drift with ``drift_model``, optional 1/f read noise."""
+    effects = [PCMProgrammingNoise(), PCMDrift(model=drift_model, t_inference=t_inference)]
+    if read_noise:
+        effects.append(PCMReadNoise(t_inference=t_inference))
+    return HardwareSpec(name=f"{name}(t={t_inference:g}s)", mapping=DifferentialMapping(),
+                        effects=tuple(effects), g_min=g_min)
+
+
+def pcm_joshi2020(*, t_inference: float = 3600.0, read_noise: bool = True, g_min: float = 0.0) -> HardwareSpec:
     """PCM in a differential pair (Joshi et al., Nat. Commun. 11, 2473 (2020), doi 10.1038/s41467-020-16108-9,
     with the statistical PCM model of Nandakumar et al., ICECS 2019, doi 10.1109/ICECS46596.2019.8964852).
 
     Effects (see :mod:`anvm_stats.devices.pcm` for the formulas and where each number comes from):
     programming noise ``sigma_prog(G_T) = 0.26348 + 1.9650 g - 1.1731 g^2`` uS at ``G_max = 25 uS``
-    (:class:`PCMProgrammingNoise`); drift ``(t/t0)^-nu`` with ``t0 = 20 s`` and ``nu ~ N(0.031, 0.008)`` per device
-    (``drift_model="constant"``; the sd 0.008 is ASSUMED) or the state-dependent Nandakumar law
-    (``"nandakumar"``), with global drift compensation by default (:class:`PCMDrift`); 1/f read noise with sd
-    ``|G| min(0.0088 g^-0.65, 0.2) sqrt(ln((t + 250 ns)/(500 ns)))`` drawn at every read (:class:`PCMReadNoise`).
-    ``g_min = 0`` (PCM RESET state taken as 0 conductance, as in aihwkit) is an assumption. Sweep knobs:
-    ``t_inference`` (s after programming, >= 20) and ``noise_level`` (programming-noise scale, 1 = published).
+    (:class:`PCMProgrammingNoise`); drift ``(t/t0)^-nu`` with ``t0 = 20 s`` and ``nu ~ N(0.031, 0.008)`` per device,
+    one exponent law for every state (the sd 0.008 is ASSUMED; :func:`pcm_nandakumar2019` has the state-dependent
+    law); 1/f read noise with sd ``|G| min(0.0088 g^-0.65, 0.2) sqrt(ln((t + 250 ns)/(500 ns)))`` drawn at every
+    read (:class:`PCMReadNoise`). ``g_min = 0`` (PCM RESET state taken as 0 conductance, as in aihwkit) is an
+    assumption. No drift compensation: the chip's global compensation is
+    ``anvm_stats.calibration.drift_sweep(..., compensation="global")``. Sweep knobs: ``t_inference`` (s after
+    programming, > 0; no drift before ``t0 = 20 s``) and ``noise_level`` (programming-noise scale, 1 = published).
     """
-    effects = [PCMProgrammingNoise(), PCMDrift(model=drift_model, t_inference=t_inference, compensation=compensation)]
-    if read_noise:
-        effects.append(PCMReadNoise(t_inference=t_inference))
-    return HardwareSpec(name=f"pcm_joshi2020(t={t_inference:g}s)", mapping=DifferentialMapping(),
-                        effects=tuple(effects), g_min=g_min)
+    return _pcm("pcm_joshi2020", "constant", t_inference, read_noise, g_min)
+
+
+#: where :func:`pcm_nandakumar2019` differs from aihwkit's PCMLikeNoiseModel (also its registry source string)
+PCM_NANDAKUMAR_VS_AIHWKIT = (
+    "differs from aihwkit 1.2 PCMLikeNoiseModel in: t = time after programming (aihwkit t_inference = t - 20 s; "
+    "no drift before t0); nu drawn from the programmed, not the target, conductance; 1/f read noise sd "
+    "|G(t)| Q_s(G(t)) from the drifted conductance (aihwkit: |G(t)| Q_s(G_programmed)), drawn at every read and "
+    "not clipped at 0 (aihwkit: once per drift_analog_weights, clipped at 0); programming noise clipped to "
+    "[0, G_max] (aihwkit: at 0 only); one weight scale per layer (aihwkit: per tile); the global compensation's "
+    "reference reads are free of read noise (aihwkit's read at t includes it)")
+
+
+def pcm_nandakumar2019(*, t_inference: float = 3600.0, read_noise: bool = True, g_min: float = 0.0
+                       ) -> HardwareSpec:
+    """PCM with the state-dependent drift law of Nandakumar et al., ICECS 2019, doi
+    10.1109/ICECS46596.2019.8964852, as implemented in IBM aihwkit's ``PCMLikeNoiseModel``.
+
+    The programming noise and 1/f read noise of :func:`pcm_joshi2020`; drift ``(t/t0)^-nu``, ``t0 = 20 s``, with
+    ``nu = |mu_nu(g) + sigma_nu(g) Z|``, ``mu_nu(g) = clip(-0.0155 ln g + 0.0244, 0.049, 0.1)``,
+    ``sigma_nu(g) = clip(-0.0125 ln g - 0.0059, 0.008, 0.045)`` (:class:`PCMDrift` ``model="nandakumar"``).
+    Where ours differs from aihwkit: see :data:`PCM_NANDAKUMAR_VS_AIHWKIT`. ``g_min = 0`` as in aihwkit. No drift
+    compensation in the device (``drift_sweep(..., compensation="global")`` measures it per chip). Sweep knobs:
+    ``t_inference`` (s after programming, > 0; no drift before ``t0``) and ``noise_level``.
+    """
+    return _pcm("pcm_nandakumar2019", "nandakumar", t_inference, read_noise, g_min)
 
 
 def neurram_rram(*, t_inference: float = 1.0, g_min: float = 1.0 / 40.0) -> HardwareSpec:
@@ -248,6 +278,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("pcm_joshi2020", pcm_joshi2020,
            "Joshi et al., Nat. Commun. 11, 2473 (2020), doi 10.1038/s41467-020-16108-9; Nandakumar et al., "
            "ICECS 2019"),
+    Preset("pcm_nandakumar2019", pcm_nandakumar2019,
+           "Nandakumar et al., ICECS 2019, doi 10.1109/ICECS46596.2019.8964852 (state-dependent drift, as aihwkit "
+           "PCMLikeNoiseModel); " + PCM_NANDAKUMAR_VS_AIHWKIT),
     Preset("neurram_rram", neurram_rram,
            "Wan et al., Nature 608, 504 (2022), doi 10.1038/s41586-022-04992-8 (aihwkit ReRamWan2022NoiseModel fit)"),
 )}

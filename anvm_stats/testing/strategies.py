@@ -90,8 +90,7 @@ def _device_effects():
     return [
         empirical_devices(),
         st.builds(PCMProgrammingNoise, scale=_finite(0.0, 3.0), clip=st.booleans()),
-        st.builds(PCMDrift, model=st.sampled_from(["constant", "nandakumar"]), t_inference=_finite(20.0, 1e7),
-                  compensation=st.booleans()),
+        st.builds(PCMDrift, model=st.sampled_from(["constant", "nandakumar"]), t_inference=_finite(1.0, 1e7)),
         st.builds(PCMReadNoise, t_inference=_finite(1e-6, 1e7), scale=_finite(0.0, 3.0)),
         st.builds(NeuRRAMNoise, t_inference=_finite(0.1, 1e6), scale=_finite(0.0, 3.0), clip=st.booleans()),
     ]
