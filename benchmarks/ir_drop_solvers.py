@@ -19,21 +19,7 @@ from anvm_stats.hardware import nodal
 from anvm_stats.hardware.parasitics import Parasitics, effective_conductance
 from anvm_stats.io import replace_atomically, temporary_sibling
 
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _best(f, device: str, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        _sync(device)
-        t0 = time.perf_counter()
-        f()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+from .common import best_time
 
 
 def _count_iterations() -> list[int]:
@@ -68,7 +54,7 @@ def exact_solvers(device: str, cases=((32, 32), (8, 64), (4, 128), (2, 256)), r_
         for r in r_wires:
             nodal.solve_torch(gt[:1], et, r, r, 0.0)                       # warm-up
             counts.clear()
-            t_torch = _best(lambda gt=gt, et=et, r=r: nodal.solve_torch(gt, et, r, r, 0.0), device, 1)
+            t_torch = best_time(lambda gt=gt, et=et, r=r: nodal.solve_torch(gt, et, r, r, 0.0), torch.device(device), 1)
             k_scipy = k if n <= 64 else 1
             t0 = time.perf_counter()
             ref = nodal.solve_scipy(g[:k_scipy], eye, r, r, 0.0)
@@ -86,8 +72,8 @@ def first_order_cost(device: str, k: int, n: int, batch: int) -> dict:
     g = torch.rand(k, n, n, generator=gen, device=device)
     v = torch.rand(k, batch, n, generator=gen, device=device)
     p = Parasitics(r_wire=1e-5)
-    ideal = _best(lambda: v @ g, device, 7)
-    first = _best(lambda: v @ effective_conductance(g, p), device, 7)
+    ideal = best_time(lambda: v @ g, torch.device(device), 7)
+    first = best_time(lambda: v @ effective_conductance(g, p), torch.device(device), 7)
     return {"K": k, "n": n, "batch": batch, "ideal_s": ideal, "first_order_s": first, "ratio": first / ideal}
 
 
