@@ -5,6 +5,8 @@
 * ``per_mvm_read_noise_vs_per_batch``: ``ReadNoise`` drawn per MVM (output domain, keyed by sample index) against
   the same noise drawn once per forward pass in the weight domain (the engine's cost before per-MVM noise: a read
   effect without ``read_sd``).
+* ``first_order_ir_drop_vs_ideal_wires``: the tiled chip with first-order IR drop (``Parasitics(r_wire=1e-4)``: every
+  crossbar's effective conductance, then the per-array products) against the same tiled chip with ideal wires.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from anvm_stats.hardware.effects import ProgrammingNoise, ReadNoise
+from anvm_stats.hardware.parasitics import Parasitics
 from anvm_stats.hardware.periphery import Periphery, Quantizer
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.hardware.tile import Tile
@@ -46,6 +49,8 @@ def bench_tiles(device: str = "cpu", n_instances: int = 64, repeats: int = 2) ->
     specs = {
         "untiled_adc6": HardwareSpec(effects=(noise,), periphery=adc),
         "tiled32_adc6": HardwareSpec(effects=(noise,), periphery=adc, tile=Tile(rows=32, cols=32)),
+        "tiled32_adc6_ir_drop": HardwareSpec(effects=(noise,), periphery=adc, tile=Tile(rows=32, cols=32),
+                                             parasitics=Parasitics(r_wire=1e-4, mode="first_order")),
         "read_noise_per_mvm": HardwareSpec(effects=(noise, ReadNoise(sigma=0.02))),
         "read_noise_per_batch": HardwareSpec(effects=(noise, PerForwardReadNoise(sigma=0.02))),
     }
@@ -63,5 +68,6 @@ def bench_tiles(device: str = "cpu", n_instances: int = 64, repeats: int = 2) ->
         out["ratios"][name] = {
             "tiled_vs_untiled": secs["tiled32_adc6"] / secs["untiled_adc6"],
             "per_mvm_read_noise_vs_per_batch": secs["read_noise_per_mvm"] / secs["read_noise_per_batch"],
+            "first_order_ir_drop_vs_ideal_wires": secs["tiled32_adc6_ir_drop"] / secs["tiled32_adc6"],
         }
     return out

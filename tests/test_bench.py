@@ -123,6 +123,8 @@ def test_tiles_benchmark_reports_both_ratios_for_both_networks():
         assert ratios["tiled_vs_untiled"] == pytest.approx(secs["tiled32_adc6"] / secs["untiled_adc6"])
         assert ratios["per_mvm_read_noise_vs_per_batch"] == pytest.approx(
             secs["read_noise_per_mvm"] / secs["read_noise_per_batch"])
+        assert ratios["first_order_ir_drop_vs_ideal_wires"] == pytest.approx(
+            secs["tiled32_adc6_ir_drop"] / secs["tiled32_adc6"])
     json.dumps(r)
     assert "tiles" in bench.BENCHMARKS
 
