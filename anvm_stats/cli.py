@@ -24,7 +24,16 @@ import tomllib
 import traceback
 from pathlib import Path
 
+from .devices.presets import PRESETS
 from .errors import ConfigError
+from .report import write_report
+from .report.summary import format_text, paired_tables, point_table, settings
+from .study import builtin_study
+from .study.config import StudyError
+from .study.preflight import check_folders
+from .study.runner import load_results, run_study
+from .study.schema import apply_overrides, parse_study
+from .study.source import read_study
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,26 +117,18 @@ def _apply_cli(data: dict, args) -> dict:
 
 
 def _load(path: Path, args):
-    from .study.schema import apply_overrides, parse_study
-    from .study.source import read_study
-
     text, data = read_study(path)
     data = _apply_cli(apply_overrides(data, _overrides(args)), args)
     return parse_study(data, text=text, source=str(path))
 
 
 def cmd_run(args, study_path: Path, default_out: Path | None = None) -> int:
-    from .study.runner import run_study
-
     study = _load(study_path, args)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     out = Path(args.out) if args.out else (default_out or Path("reports") / study.name)
     t0 = time.perf_counter()
     if args.workers is not None and args.workers < 1:
-        from .study.schema import StudyError
         raise StudyError("--workers", args.workers, "a positive number of workers")
-    from .study.preflight import check_folders
-
     check_folders({"--out": out, "--cache": None if args.no_cache else args.cache, "--store": args.store})
     res = run_study(study, out=out, device=args.device, progress=not args.quiet,
                     cache_dir=None if args.no_cache else args.cache, log=log,
@@ -140,8 +141,6 @@ def cmd_run(args, study_path: Path, default_out: Path | None = None) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .study.runner import load_results
 
     path = Path(args.results)
     ds = load_results(path)
@@ -153,8 +152,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report.summary import format_text, paired_tables, point_table, settings
-    from .study.runner import load_results
 
     ds = load_results(Path(args.results))
     thr, ci, _ = settings(ds)
@@ -203,8 +200,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .devices.presets import PRESETS
-
     width = max(len(name) for name in PRESETS)
     for name, p in PRESETS.items():
         print(f"{name:<{width}}  {p.source}")
@@ -213,8 +208,6 @@ def cmd_presets(args) -> int:
 
 def quickstart_path() -> Path:
     """The quickstart study shipped in the package."""
-    from .study import builtin_study
-
     return Path(str(builtin_study("quickstart")))
 
 
@@ -222,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``anvm-stats``; returns the exit code (0 ok, 2 bad input, 1 failure)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .study.config import StudyError
 
     try:
         if args.command == "run":

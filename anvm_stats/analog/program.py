@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from ..data_source import first_samples
 from ..errors import ConfigError, UnsupportedLayerError
 from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
 from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
-from .tiles import (bias_first, encode_tiles, expand_groups, groups, signal_blocks, single_tile,
+from .tiles import (bias_first, encode_tiles, wired_blocks, expand_groups, groups, signal_blocks, single_tile,
                     variance_blocks)
 from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
 
@@ -246,7 +247,10 @@ class AnalogProgram:
         for i, (p, m) in enumerate(zip(self.plans, self.analog_modules())):
             layout = p.tiles if p.tiles is not None else single_tile(p)
             wv, bv = expand_groups(p, p.weight_view(g)), p.bias_view(g)
-            w = layout.blocks(bias_first(wv, bv)) if parasitics is not None else signal_blocks(p, layout, wv, bv)
+            if parasitics is not None:   # per device array, each crossbar solved once per loaded chip
+                w = wired_blocks(layout.blocks(bias_first(wv, bv)), parasitics, layout.tile.cols)
+            else:
+                w = signal_blocks(p, layout, wv, bv)
             if not sds:
                 rv = None
             elif const and groups(p) == 1:
@@ -327,7 +331,6 @@ def _set(module: AnalogModule, runtime: LayerRuntime | None) -> None:
 
 
 def _plan_to(plan: LayerPlan, device) -> LayerPlan:
-    from dataclasses import replace
     enc = plan.encoding
     enc = type(enc)(g=enc.g.to(device), combine=enc.combine.to(device), gain=enc.gain.to(device),
                     offset=None if enc.offset is None else enc.offset.to(device))
@@ -337,6 +340,37 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
 
 
 @torch.no_grad()
+def _plan_layer(name: str, mod: nn.Module, spec: HardwareSpec, offset: int) -> tuple[LayerPlan, list[Tensor]]:
+    """The plan of one analog layer and its nominal conductances (weights, then the bias column if any), placed
+    at ``offset`` of the program's conductance vector ``g0``."""
+    op = ANALOG_TYPES[type(mod)]
+    if op != "linear" and mod.padding_mode != "zeros":
+        raise UnsupportedLayerError(f"layer {name!r}: padding_mode={mod.padding_mode!r}; only 'zeros' is supported")
+    w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
+    b = None if mod.bias is None else mod.bias.detach()
+    w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
+    O, n_in = w.shape[0], w.shape[1]
+    if spec.tile is None:
+        enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
+    else:
+        if op != "linear" and mod.groups != 1:
+            raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={mod.groups})")
+        enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
+    chunks = [enc.g[:, :, :n_in].reshape(-1)]
+    w_slice = slice(offset, offset + chunks[0].numel())
+    b_slice = None
+    if bias_mode == "column":
+        chunks.append(enc.g[:, :, n_in:].reshape(-1))
+        b_slice = slice(w_slice.stop, w_slice.stop + chunks[1].numel())
+    conv = {} if op == "linear" else dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+                                           groups=mod.groups)
+    plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
+                     kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
+                     digital_bias=b if bias_mode == "digital" else None, encoding=enc,
+                     w_slice=w_slice, b_slice=b_slice, tiles=tiles)
+    return plan, chunks
+
+
 def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, layers: LayerFilter = None,
             digital: Iterable[str] = (), device: torch.device | str | None = None,
             n_calibration: int = 512, fuse_relu: bool = False, kernel: GenericKernel | None = None) -> AnalogProgram:
@@ -394,36 +428,9 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
     per = spec.periphery
     plans, chunks, offset = [], [], 0
     for name in names:
-        mod = net.get_submodule(name)
-        op = ANALOG_TYPES[type(mod)]
-        if op != "linear" and mod.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"layer {name!r}: padding_mode={mod.padding_mode!r}; only 'zeros' is supported")
-        w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-        b = None if mod.bias is None else mod.bias.detach()
-        w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
-        O, n_in = w.shape[0], w.shape[1]
-        if spec.tile is None:
-            enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
-        else:
-            if op != "linear" and mod.groups != 1:
-                raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={mod.groups})")
-            enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
-        g_w = enc.g[:, :, :n_in].reshape(-1)
-        w_slice = slice(offset, offset + g_w.numel())
-        offset += g_w.numel()
-        chunks.append(g_w)
-        b_slice = None
-        if bias_mode == "column":
-            g_b = enc.g[:, :, n_in:].reshape(-1)
-            b_slice = slice(offset, offset + g_b.numel())
-            offset += g_b.numel()
-            chunks.append(g_b)
-        conv = {} if op == "linear" else dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
-                                               groups=mod.groups)
-        plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
-                         kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
-                         digital_bias=b if bias_mode == "digital" else None, encoding=enc,
-                         w_slice=w_slice, b_slice=b_slice, tiles=tiles)
+        plan, layer_chunks = _plan_layer(name, net.get_submodule(name), spec, offset)
+        offset += sum(c.numel() for c in layer_chunks)
+        chunks += layer_chunks
         plans.append(plan)
         analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
                               adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel)
@@ -436,7 +443,6 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
 
 
 def _calibrate(program: AnalogProgram, calibration, n_max: int) -> None:
-    from ..data_source import first_samples
 
     if calibration is None:
         raise ConfigError("calibration_data", None, "calibration data ((x, y) tensors, x, or batches): the spec's "

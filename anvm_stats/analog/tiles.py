@@ -182,24 +182,29 @@ def variance_blocks(plan, layout: TileLayout, var: Tensor, bias_var: Tensor | No
     return layout.blocks(bias_first(v, vb))
 
 
-def tile_mvm(g: Tensor, v: Tensor, parasitics: Parasitics | None = None, cols: int | None = None) -> Tensor:
-    """The analog product of every tile: ``[..., R, O, rows] @ [..., R, rows, N] -> [..., R, O, N]``.
+def wired_blocks(g: Tensor, parasitics: Parasitics | None, cols: int | None = None) -> Tensor:
+    """Every crossbar of the tile blocks ``g`` ``[..., R, O, rows]`` replaced by its effective conductance under
+    wire resistance (``HardwareSpec.parasitics``, IR drop; the same shape).
 
-    With ``parasitics`` (``HardwareSpec.parasitics``, IR drop), ``g`` holds one device array's conductances (not a
-    differential signal); the outputs are cut into crossbars of ``cols`` columns (word lines x bit lines
-    ``[..., R, C, rows, cols]``), each replaced by its effective conductance
-    (:func:`anvm_stats.hardware.parasitics.effective_conductance`: the wires' voltage drops for any input), and
-    the product is taken with those."""
+    ``g`` holds one device array's conductances (not a differential signal); the outputs are cut into crossbars of
+    ``cols`` columns (word lines x bit lines ``[..., R, C, rows, cols]``), each solved by
+    :func:`anvm_stats.hardware.parasitics.effective_conductance`. A chip's crossbars are solved once, when it is
+    loaded, not at every forward. Ideal wires (or none) return ``g`` itself."""
     if parasitics is None or parasitics.is_ideal:
-        return torch.matmul(g, v)
+        return g
     O, rows = g.shape[-2], g.shape[-1]
     cols = cols or O
     parasitics.check_tile(rows, cols)
     C = -(-O // cols)
     gt = F.pad(g, (0, 0, 0, C * cols - O)).unflatten(-2, (C, cols)).transpose(-1, -2)   # [..., R, C, rows, cols]
     geff = effective_conductance(gt.reshape(-1, rows, cols), parasitics).reshape(gt.shape)
-    cur = torch.matmul(geff.transpose(-1, -2), v.unsqueeze(-3))                          # [..., R, C, cols, N]
-    return cur.flatten(-3, -2)[..., :O, :]
+    return geff.transpose(-1, -2).flatten(-3, -2)[..., :O, :]
+
+
+def tile_mvm(g: Tensor, v: Tensor, parasitics: Parasitics | None = None, cols: int | None = None) -> Tensor:
+    """The analog product of every tile: ``[..., R, O, rows] @ [..., R, rows, N] -> [..., R, O, N]``, through
+    wires of resistance ``parasitics`` (:func:`wired_blocks`, crossbars of ``cols`` columns)."""
+    return torch.matmul(wired_blocks(g, parasitics, cols), v)
 
 
 def _conv_geometry(plan, x: Tensor):
@@ -312,7 +317,7 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     X = X.unsqueeze(1)                                              # [Kx, 1, R, rows, N]
     R = layout.row_blocks
     L = X.shape[-1] // B
-    P = tile_mvm(rt.weight, X, rt.parasitics, layout.tile.cols)                       # [K, S, R, O, B*L]
+    P = tile_mvm(rt.weight, X)             # [K, S, R, O, B*L]; wires already in the loaded blocks
     if rt.parasitics is not None:                                   # per-array currents -> ADC signals
         P = torch.einsum("sa,karon->ksron", p.encoding.combine.to(P.dtype), P)
     S, O = P.shape[1], P.shape[3]

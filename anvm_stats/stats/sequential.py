@@ -104,6 +104,30 @@ def _round_interval(statistic: str, values: np.ndarray, k: int, ci: float, thres
     return Estimate(est.estimate, est.lower, est.upper, ci, f"{est.method}-sequence", est.n)
 
 
+def _check_arguments(draw, statistic, target_width, instances_per_round, max_n, ci, threshold, q, method, bounds):
+    """Validate :func:`sequential_estimate`'s arguments; returns the checked ``(ci, bounds)``."""
+    if not callable(draw):
+        raise ConfigError("draw", type(draw).__name__, "a callable draw(start, n) -> array of n values")
+    if statistic not in STATISTICS:
+        raise ConfigError("statistic", statistic, f"one of {STATISTICS}")
+    check_number("target_width", target_width, low=0.0, low_open=True)
+    check_number("instances_per_round", instances_per_round, low=2, integer=True)
+    check_number("max_n", max_n, low=instances_per_round, integer=True)
+    ci = arrays.check_ci(ci)
+    if method not in arrays.PROPORTION_METHODS:
+        raise ConfigError("method", method, f"one of {arrays.PROPORTION_METHODS}")
+    bounds = arrays.check_bounds(bounds)
+    if statistic == "yield":
+        if threshold is None:
+            raise ConfigError("threshold", threshold, "a number when statistic='yield'")
+        check_number("threshold", float(threshold) if isinstance(threshold, np.generic) else threshold)
+    if statistic == "quantile":
+        if q is None:
+            raise ConfigError("q", q, "a level in (0, 1) when statistic='quantile'")
+        arrays.check_q(q)
+    return ci, bounds
+
+
 def sequential_estimate(draw: Callable[[int, int], Any], *, statistic: str = "mean", target_width: float,
                         instances_per_round: int = 64, max_n: int = 4096, ci: float = 0.95,
                         threshold: float | None = None, q: float | None = None, method: str = "clopper-pearson",
@@ -149,25 +173,8 @@ def sequential_estimate(draw: Callable[[int, int], Any], *, statistic: str = "me
         On any invalid argument, or when ``draw`` returns the wrong number of values, NaN, or (mean) values
         outside ``bounds``.
     """
-    if not callable(draw):
-        raise ConfigError("draw", type(draw).__name__, "a callable draw(start, n) -> array of n values")
-    if statistic not in STATISTICS:
-        raise ConfigError("statistic", statistic, f"one of {STATISTICS}")
-    check_number("target_width", target_width, low=0.0, low_open=True)
-    check_number("instances_per_round", instances_per_round, low=2, integer=True)
-    check_number("max_n", max_n, low=instances_per_round, integer=True)
-    ci = arrays.check_ci(ci)
-    if method not in arrays.PROPORTION_METHODS:
-        raise ConfigError("method", method, f"one of {arrays.PROPORTION_METHODS}")
-    bounds = arrays.check_bounds(bounds)
-    if statistic == "yield":
-        if threshold is None:
-            raise ConfigError("threshold", threshold, "a number when statistic='yield'")
-        check_number("threshold", float(threshold) if isinstance(threshold, np.generic) else threshold)
-    if statistic == "quantile":
-        if q is None:
-            raise ConfigError("q", q, "a level in (0, 1) when statistic='quantile'")
-        arrays.check_q(q)
+    ci, bounds = _check_arguments(draw, statistic, target_width, instances_per_round, max_n, ci, threshold, q,
+                                  method, bounds)
     per_round, max_n = int(instances_per_round), int(max_n)
 
     bar = None

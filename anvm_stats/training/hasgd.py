@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import dims
 from ..analog.program import LayerFilter
@@ -220,6 +221,41 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, estimator: Gradient
     return sums, step
 
 
+def _run_epoch(net: nn.Module, opt, estimator, spec: HardwareSpec | None, epoch: int, *, data, tensors, root,
+               step: int, targets, adc, calib_x, loss_fn, lr, sigma_schedule, batch_size: int, eval_data,
+               eval_instances: int, layers, device) -> tuple[dict, int]:
+    """One epoch of :func:`train_hasgd`: the epoch's spec and learning rate, its batches, the steps (torch's RNG
+    forked and seeded from the run's root, for dropout) and the per-epoch evaluation.
+
+    Returns
+    -------
+    (row, step)
+        The epoch's history row and the global step count after it.
+    """
+    t0 = time.perf_counter()
+    spec_e = spec if (spec is None or sigma_schedule is None) else spec.with_knobs(
+        noise_level=_per_epoch(sigma_schedule, epoch, "sigma_schedule"))
+    lr_e = _per_epoch(lr, epoch, "lr")
+    for group in opt.param_groups:
+        group["lr"] = lr_e
+    batches = _epoch_batches(data, tensors, root, epoch, batch_size, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.random.manual_seed(int(step_root(root, TORCH_KEY, epoch).generate_state(1, np.uint32)[0]))
+        if adc is not None:
+            adc.calibrate(calib_x)    # train mode (dropout draws from the forked, seeded RNG)
+        sums, step = _train_epoch(net, opt, estimator, spec_e, batches, targets=targets, adc=adc, root=root,
+                                  step=step, loss_fn=loss_fn)
+    row = {"train_loss": sums["loss"] / sums["samples"] if sums["samples"] else math.nan,
+           "train_accuracy": sums["correct"] / sums["predictions"] if sums["predictions"] else math.nan,
+           "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
+           "epoch_time_s": 0.0, "steps": sums["steps"]}
+    if eval_data is not None:
+        row["eval_accuracy"], row["eval_accuracy_q"] = _evaluate_epoch(
+            net, spec_e, eval_data, n_instances=eval_instances, root=root, layers=layers, device=device)
+    row["epoch_time_s"] = time.perf_counter() - t0
+    return row, step
+
+
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
@@ -315,7 +351,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch0, step, rows = int(state["epoch"]), int(state["step"]), list(state["history"])
-    adc = None
+    adc, calib_x = None, None
     if adc_levels is not None:
         adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), adc_levels, adc_percentile)
         calib_x = first_samples(data, n_calibration).to(device)
@@ -323,29 +359,11 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
     if tensors is not None:
         tensors = tensors[0].to(device), tensors[1].to(device)
     last = epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
-    from tqdm.auto import tqdm
     for epoch in tqdm(range(epoch0, last), desc="HA-SGD", disable=not progress):
-        t0 = time.perf_counter()
-        spec_e = spec if (spec is None or sigma_schedule is None) else spec.with_knobs(
-            noise_level=_per_epoch(sigma_schedule, epoch, "sigma_schedule"))
-        lr_e = _per_epoch(lr, epoch, "lr")
-        for group in opt.param_groups:
-            group["lr"] = lr_e
-        batches = _epoch_batches(data, tensors, root, epoch, batch_size, device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.random.manual_seed(int(step_root(root, TORCH_KEY, epoch).generate_state(1, np.uint32)[0]))
-            if adc is not None:
-                adc.calibrate(calib_x)    # train mode (dropout draws from the forked, seeded RNG)
-            sums, step = _train_epoch(net, opt, estimator, spec_e, batches, targets=targets, adc=adc, root=root,
-                                      step=step, loss_fn=loss_fn)
-        row = {"train_loss": sums["loss"] / sums["samples"] if sums["samples"] else math.nan,
-               "train_accuracy": sums["correct"] / sums["predictions"] if sums["predictions"] else math.nan,
-               "eval_accuracy": math.nan, "eval_accuracy_q": math.nan, "lr": lr_e, "sigma_train": _sigma_of(spec_e),
-               "epoch_time_s": 0.0, "steps": sums["steps"]}
-        if eval_data is not None:
-            row["eval_accuracy"], row["eval_accuracy_q"] = _evaluate_epoch(
-                net, spec_e, eval_data, n_instances=eval_instances, root=root, layers=layers, device=device)
-        row["epoch_time_s"] = time.perf_counter() - t0
+        row, step = _run_epoch(net, opt, estimator, spec, epoch, data=data, tensors=tensors, root=root, step=step,
+                               targets=targets, adc=adc, calib_x=calib_x, loss_fn=loss_fn, lr=lr,
+                               sigma_schedule=sigma_schedule, batch_size=batch_size, eval_data=eval_data,
+                               eval_instances=eval_instances, layers=layers, device=device)
         rows.append(row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
