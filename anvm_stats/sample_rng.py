@@ -13,6 +13,7 @@ samples before it). Each 64-bit word gives two normals by Box-Muller on its 32-b
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,18 +26,39 @@ Tensor = torch.Tensor
 SAMPLE_TAG = 0x5A3B1E
 #: kinds of per-MVM noise (part of the key)
 KINDS = {"read": 0, "output": 1}
+#: fewer words than this are drawn on one thread (thread start-up would cost more than it saves)
+PARALLEL_WORDS = 1 << 16
 
 
 def normals_from_words(words: np.ndarray) -> Tensor:
-    """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``."""
-    halves = torch.from_numpy(words.view(np.uint32).astype(np.float32)).view(*words.shape, 2)   # (lo, hi) pairs
-    lo, hi = halves[..., 0], halves[..., 1]
-    r = hi.mul(2.0 ** -32).add_(2.0 ** -33).log_().mul_(-2.0).sqrt_()
+    """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``.
+
+    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius."""
+    pairs = words.view(np.uint32).reshape(-1, 2)                        # (lo, hi) halves of every word
+    lo = torch.from_numpy(pairs[:, 0].astype(np.float32))              # contiguous halves: fast elementwise passes
+    hi = torch.from_numpy(pairs[:, 1].astype(np.float32))
+    r = torch.add(2.0 ** -33, hi, alpha=2.0 ** -32).log_().mul_(-2.0).sqrt_()
     theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
-    out = torch.empty(halves.shape)
-    torch.cos(theta, out=out[..., 0])
-    torch.sin(theta, out=out[..., 1])
-    return out.mul_(r.unsqueeze(-1)).view(*words.shape[:-1], -1)
+    out = torch.empty(lo.shape[0], 2)
+    torch.mul(torch.cos(theta), r, out=out[:, 0])
+    torch.mul(theta.sin_(), r, out=out[:, 1])
+    return out.view(*words.shape[:-1], 2 * words.shape[-1])
+
+
+def fill_streams(out: np.ndarray, k0: int, indices: np.ndarray, first_block: int, threads: int) -> None:
+    """Row ``r`` of ``out`` (uint64 ``[len(indices), n]``) = words ``4 first_block ..`` of the Philox4x64-10 stream
+    keyed ``(k0, indices[r])``. NumPy's ``random_raw`` releases the GIL, so rows are filled by ``threads`` threads."""
+    def rows(rs):
+        for r in rs:
+            bg = np.random.Philox(key=np.array([k0, indices[r]], dtype=np.uint64),
+                                  counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
+            out[r] = bg.random_raw(out.shape[1])
+    parts = [range(t, len(indices), threads) for t in range(threads)]
+    if threads <= 1 or out.size < PARALLEL_WORDS:
+        rows(range(len(indices)))
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(rows, parts))
 
 
 @dataclass(eq=False)
@@ -76,9 +98,6 @@ class SampleNoise:
         words_per = 4 * -(-per_sample // 8)          # whole Philox blocks (4 words, 8 normals) per sample
         k0 = self.key(layer, kind)
         out = np.empty((len(self.indices), n_samples * words_per), dtype=np.uint64)
-        for r, i in enumerate(self.indices):
-            bg = np.random.Philox(key=np.array([k0, i], dtype=np.uint64),
-                                  counter=np.array([first * (words_per // 4), 0, 0, 0], dtype=np.uint64))
-            out[r] = bg.random_raw(out.shape[1])
+        fill_streams(out, k0, self.indices, first * (words_per // 4), torch.get_num_threads())
         z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]
         return z.to(device)

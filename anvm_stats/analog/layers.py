@@ -149,7 +149,8 @@ class AnalogModule(nn.Module):
                                 stride=p.conv["stride"], padding=p.conv["padding"], dilation=p.conv["dilation"])
 
     def _input_sum(self, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
-        """Sum of each output's inputs, ``[K or 1, B, O or 1, *spatial]`` (for digital offset correction)."""
+        """Sum of each output's inputs, ``[K or 1, B, O or 1, *spatial]`` (for digital offset correction; ``1``
+        output when every output reads the same inputs)."""
         p = self.plan
         if p.op == "linear":
             s = x.sum(dim=-1, keepdim=True)
@@ -159,7 +160,8 @@ class AnalogModule(nn.Module):
             ones = x.new_ones(groups, x.shape[1] // groups, *p.kernel)
             s = CONV[p.op](x, ones, None, stride=p.conv["stride"], padding=p.conv["padding"],
                             dilation=p.conv["dilation"], groups=groups)
-            s = s.repeat_interleave(p.out_features // groups, dim=1)
+            if groups > 1:                    # one sum per group; a single sum broadcasts over the outputs
+                s = s.repeat_interleave(p.out_features // groups, dim=1)
             s = s.view(-1, B, *s.shape[1:])
         return s
 
@@ -204,9 +206,12 @@ class AnalogModule(nn.Module):
         else:
             w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
             bias = None if b is None else b * p.bias_scale
+            read = rt.mode == "weights" and rt.read_var is not None and rt.mvm_noise is not None
             fuse = (self.kernel.fuses_bias_relu and p.op == "linear" and bias is not None and self.relu_after
-                    and rt.mode != "signals" and p.digital_bias is None and not torch.is_grad_enabled())
+                    and rt.mode != "signals" and not read and p.digital_bias is None and not torch.is_grad_enabled())
             y = self.matmul(x, w, None if fuse else bias, shared, K, B)
+            if read:
+                y = self.add_read_noise(y, x, rt, shared, K, B)
             if fuse:
                 if y.dim() == 3 and y.is_contiguous():
                     return self._out(self.kernel.bias_relu(y, bias), K, B)
@@ -250,6 +255,27 @@ class AnalogModule(nn.Module):
             return xs * self._channel_view(rv.repeat_interleave(O), nsp)
         w, b = rv
         return self.matmul(x * x, w, None if b is None else b * p.bias_scale ** 2, shared, K, B)
+
+    def add_read_noise(self, y: Tensor, x: Tensor, rt: LayerRuntime, shared: bool, K: int, B: int) -> Tensor:
+        """Decoded outputs ``y`` ``[K, B, O, *spatial]`` plus the read noise of every MVM, ``sum_s gain_s sd_s z_s``
+        with ``sd_s^2 = sum_j x_j^2 var_sj`` over signal ``s``'s devices (and the bias row) and ``z`` the per-MVM
+        normals of signal, output and pixel keyed by sample index (the draws the signals path adds before its ADCs;
+        equal to it up to round-off)."""
+        p, rv = self.plan, rt.read_var
+        S, O, nsp = p.encoding.n_signals, p.out_features, y.dim() - 3
+        z = rt.mvm_noise.normal(rt.layer, "read", rt.first_sample, B, S * y[0, 0].numel(), y.device)
+        z = z.view(K, B, S, O, *y.shape[3:])
+        gain = p.encoding.gain.to(y.dtype)                                                   # [S, O]
+        if isinstance(rv, Tensor):            # one variance per signal: sd_s = sqrt(sum x^2) sqrt(var_s)
+            xs = self._input_sum(x * x, shared, K, B)
+            if p.bias_mode == "column":
+                xs = xs + p.bias_scale ** 2
+            c = self._channel_view(gain * rv.sqrt()[:, None], nsp)                            # [S, O, 1...]
+            noise = z[:, :, 0].mul_(c[0]) if S == 1 else (z * c).sum(dim=2)
+            return torch.addcmul(y, noise, xs.sqrt_())
+        sd = self._read_variance(x, rt, shared, K, B).sqrt_()                                 # [K|1, B, S*O, ...]
+        sd = sd.view(sd.shape[0], B, S, O, *y.shape[3:]).mul_(self._channel_view(gain, nsp))
+        return y + (z.mul_(sd).sum(dim=2) if S > 1 else z[:, :, 0].mul_(sd[:, :, 0]))
 
     def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int, x: Tensor | None = None,
                   shared: bool = False) -> Tensor:

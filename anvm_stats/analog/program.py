@@ -202,7 +202,9 @@ class AnalogProgram:
                              ste=ste, calibrating=calibrating, mvm_noise=mvm_noise, mvm_effects=mvm_effects,
                              parasitics=parasitics, noise_sources=noise_sources)
             return
-        signals = adc_levels is not None or output_noise > 0 or calibrating or mvm_noise is not None
+        # read noise per MVM with nothing non-linear after it (no ADC, no output noise) is added to the decoded
+        # outputs (weights mode, AnalogModule.add_read_noise); anything digitised per signal runs on the signals
+        signals = adc_levels is not None or output_noise > 0 or calibrating
         mats = []
         for p in self.plans:
             enc = p.encoding

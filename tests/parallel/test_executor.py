@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import xarray as xr
 from anvm_stats import devices
 from anvm_stats import dims
 from anvm_stats.errors import ConfigError
+from anvm_stats.hardware.effects import ReadNoise
+from anvm_stats.hardware.tile import Tile
 from anvm_stats.montecarlo import RunOptions, sweep
 from anvm_stats.parallel import DaskExecutor, tasks
 from tests.helpers import small_job
@@ -90,6 +93,12 @@ def test_cluster_identical_to_single_process(job, client):
     local = sweep(net, spec, data, grid=GRID, instances=[3, 17], seed=SEED, progress=False,
                   options=RunOptions(sampler="counter"))
     assert_same(counter, local)
+    # a tiled chip with per-MVM read noise: same counts and the same tile attrs (n_tiles, per layer) as in process
+    tiled = replace(spec, tile=Tile(rows=16, cols=8), effects=spec.effects + (ReadNoise(sigma=0.02),))
+    got = dask(net, tiled, data, instances=[3, 17, 5], seed=SEED, client=client, task_size=2)
+    local = sweep(net, tiled, data, instances=[3, 17, 5], seed=SEED, progress=False)
+    assert local.attrs["n_tiles"] > 1 and "n_tiles_per_layer" in local.attrs
+    assert_same(got, local)
 
 
 class Stop(Exception):
