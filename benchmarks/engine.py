@@ -2,10 +2,13 @@
 
 * ``engine``: the K-instance engine against (a) the simplest fast loop a user would write (one model copy; per
   instance, copy nominal + noise into it and evaluate) on the same draws, (b) a 10-line ``torch.func.vmap``
-  version, and (c) this machine's limit measured in the same run:
-  ``limit = FLOPs / measured matmul rate + Gaussian draws / measured sampling rate``, the matmul rate being the
-  best square-GEMM rate of the libraries torch uses here (:func:`measure_gemm_rates`: MKL through ``a @ b`` and,
-  on CPU, oneDNN; the fraction at ``a @ b``'s rate alone is reported too).
+  version with its chunk size tuned (:data:`VMAP_CHUNKS`, the best reported), and (c) this machine's strict
+  limit measured in the same run: ``limit = FLOPs / matmul rate + Gaussian draws / sampling rate``, the matmul
+  rate being the best square-GEMM rate over sizes :data:`GEMM_SIZES` (2048..8192 on a GPU, TF32) of the
+  libraries torch uses here (:func:`measure_gemm_rates`: MKL/cuBLAS through ``a @ b`` and, on CPU, oneDNN; the
+  fraction at ``a @ b``'s rate alone is reported too), the sampling rate ``torch.randn``'s into a 1 GiB buffer.
+* ``convnet``: WideResNet chips against the simple loop, the limit, the plain float evaluation of the same
+  network once per chip, and (on CUDA) ``precision="bf16"`` against its bf16 limit.
 * ``sweep``: an 8-point noise sweep (common random numbers: draws once per instance) against the per-point simple
   loop, and against the sweep's own limit (FLOPs of all points + draws once).
 """
@@ -31,36 +34,56 @@ from .common import digits_mlp
 SIGMAS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2)
 
 
-def measure_gemm_rates(device: torch.device, n: int = 2048) -> dict[str, float]:
-    """FLOP/s of a square float32 GEMM through each library torch offers here: ``a @ b`` (MKL on CPU, cuBLAS
-    with TF32 when the caller enabled it), and on CPU oneDNN's (a 1x1 convolution of a channels-last
-    ``[1, n, n/64, 64]`` image: an ``n x n x n`` GEMM). On AMD CPUs MKL's sgemm reaches about half of oneDNN's."""
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, generator=g)
-    b = torch.randn(n, n, device=device, generator=g)
-    a @ b
-    repeats = 5
-    if device.type == "cuda":
-        # a GPU idles at low clocks: ~0.1 s of products first, then the best of many short ones (one 2048^3
-        # product takes ~70 us; measured best-of-5 rates moved between 212 and 245 TFLOP/s on an H200)
-        for _ in range(2000):
-            a @ b
-        repeats = 50
-    rates = {"torch_matmul": 2 * n ** 3 / best_time(lambda: a @ b, device, repeats)}
-    if device.type == "cpu":
-        import torch.nn.functional as F
-        x = torch.randn(1, n, n // 64, 64, device=device, generator=g).contiguous(memory_format=torch.channels_last)
-        w = b.reshape(n, n, 1, 1)
-        F.conv2d(x, w)
-        rates["onednn_conv1x1"] = 2 * n ** 3 / best_time(lambda: F.conv2d(x, w), device, 5)
+#: square GEMM sizes of the limit's matmul rate (the best over them is the rate: large GEMMs reach a GPU's peak)
+GEMM_SIZES = {"cuda": (2048, 4096, 8192), "cpu": (1024, 2048)}
+#: vmap chunk sizes the reference loop is tuned over (its best is reported)
+VMAP_CHUNKS = {"cuda": (256, 512, 1024, 2048, 4096, 8192), "cpu": (64, 256, 1024)}
+#: elements of the buffer the sampling rate fills (1 GiB of float32: randn's rate into a large buffer)
+SAMPLING_BUFFER = 1 << 28
+
+
+def measure_gemm_rates(device: torch.device, sizes: tuple[int, ...] | None = None,
+                       dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """Best FLOP/s over square GEMMs of ``sizes`` (default :data:`GEMM_SIZES`) through each library torch offers
+    here: ``a @ b`` (MKL on CPU, cuBLAS with TF32 when the caller enabled it, or in ``dtype`` such as bfloat16),
+    and on CPU oneDNN's (a 1x1 convolution of a channels-last ``[1, n, n/64, 64]`` image: an ``n x n x n`` GEMM).
+    On AMD CPUs MKL's sgemm reaches about half of oneDNN's."""
+    import torch.nn.functional as F
+
+    rates: dict[str, float] = {}
+    for n in sizes or GEMM_SIZES.get(device.type, GEMM_SIZES["cpu"]):
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, generator=g).to(dtype)
+        b = torch.randn(n, n, device=device, generator=g).to(dtype)
+        a @ b
+        repeats = 3
+        if device.type == "cuda":
+            # a GPU idles at low clocks: ~0.1 s of products first, then the best of many short ones
+            for _ in range(max(10, int(2000 * (2048 / n) ** 3))):
+                a @ b
+            repeats = max(5, int(50 * (2048 / n) ** 3))
+        rate = 2 * n ** 3 / best_time(lambda: a @ b, device, repeats)
+        rates["torch_matmul"] = max(rates.get("torch_matmul", 0.0), rate)
+        if device.type == "cpu" and dtype == torch.float32:
+            x = torch.randn(1, n, n // 64, 64, device=device, generator=g).contiguous(
+                memory_format=torch.channels_last)
+            w = b.reshape(n, n, 1, 1)
+            F.conv2d(x, w)
+            rate = 2 * n ** 3 / best_time(lambda: F.conv2d(x, w), device, repeats)
+            rates["onednn_conv1x1"] = max(rates.get("onednn_conv1x1", 0.0), rate)
     return rates
 
 
-def measure_sampling_rate(device: torch.device, n: int = 4_000_000) -> float:
-    """Standard normal draws per second from one seeded generator (what the engine and a user's loop both use)."""
+def measure_sampling_rate(device: torch.device, n: int | None = None) -> float:
+    """Standard normal draws per second from one seeded generator filling a preallocated buffer of ``n`` floats
+    (1 GiB by default: the rate of large fills, not of a small call's overheads)."""
+    n = n or SAMPLING_BUFFER
     g = torch.Generator(device=device).manual_seed(0)
-    torch.randn(n, generator=g, device=device)
-    return n / best_time(lambda: torch.randn(n, generator=g, device=device), device, 5)
+    buf = torch.empty(n, device=device)
+    torch.randn(n, generator=g, out=buf)
+    rate = n / best_time(lambda: torch.randn(n, generator=g, out=buf), device, 3)
+    del buf
+    return rate
 
 
 def instance_normals(root, indices, n: int, device: torch.device) -> torch.Tensor:
@@ -144,6 +167,19 @@ def vmap_loop(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, c
     return np.concatenate(out)
 
 
+def tuned_vmap(net: nn.Module, x, y, sigma: float, n_instances: int, seed: int, device: torch.device,
+               chunks: tuple[int, ...] | None = None) -> tuple[float, int]:
+    """Seconds per chip of :func:`vmap_loop` at its best chunk size over ``chunks`` (default
+    :data:`VMAP_CHUNKS`; each timed on ``max(chunk, n_instances)`` chips), and that chunk."""
+    best = (float("inf"), 0)
+    for chunk in chunks or VMAP_CHUNKS.get(device.type, VMAP_CHUNKS["cpu"]):
+        n = max(chunk, n_instances)
+        vmap_loop(net, x, y, sigma, chunk, seed, chunk)            # warm (compilation of the batched kernels)
+        secs = best_time(lambda: vmap_loop(net, x, y, sigma, n, seed, chunk), device, 1) / n
+        best = min(best, (secs, chunk))
+    return best
+
+
 def _mlp_job(device: str, seed: int):
     """The digits MLP job of the engine benchmarks and the machine's rates: ``(device, net, x, y, spec, program,
     (flops, draws) per chip, GEMM rates, sampling rate)``."""
@@ -159,7 +195,7 @@ def _mlp_job(device: str, seed: int):
 def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int = 0) -> dict:
     """Engine vs simple loop vs vmap vs limit, MLP 64-256-256-10 on the digits test split (360 samples)."""
     dev, net, x, y, spec, program, (flops, draws), gemm, sampling_rate = _mlp_job(device, seed)
-    n_instances = n_instances or (1024 if dev.type == "cpu" else 16384)
+    n_instances = n_instances or (1024 if dev.type == "cpu" else 65536)
     matmul_rate = max(gemm.values())
     limit_s = n_instances * (flops / matmul_rate + draws / sampling_rate)
     limit_mm_s = n_instances * (flops / gemm["torch_matmul"] + draws / sampling_rate)
@@ -167,7 +203,8 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
                                    program=program), dev, 2)
     n_simple = min(n_instances, 256 if dev.type == "cpu" else 1024)
     simple_s = best_time(lambda: simple_loop(net, x, y, [0.05], n_simple, seed), dev, 1) * n_instances / n_simple
-    vmap_s = best_time(lambda: vmap_loop(net, x, y, 0.05, n_simple, seed), dev, 1) * n_instances / n_simple
+    vmap_per_chip, vmap_chunk = tuned_vmap(net, x, y, 0.05, n_simple, seed, dev)
+    vmap_s = vmap_per_chip * n_instances
     eng = sweep(net, spec, (x, y), n_instances=n_simple, seed=seed, progress=False, program=program)
     ref = simple_loop(net, x, y, [0.05], n_simple, seed)[0]
     return {
@@ -177,6 +214,7 @@ def bench_engine(device: str = "cpu", n_instances: int | None = None, seed: int 
         "limit_instances_per_s": n_instances / limit_s, "engine_instances_per_s": n_instances / engine_s,
         "engine_fraction_of_limit_at_torch_matmul_rate": limit_mm_s / engine_s,
         "simple_loop_instances_per_s": n_instances / simple_s, "vmap_instances_per_s": n_instances / vmap_s,
+        "vmap_best_chunk": vmap_chunk, "engine_vs_tuned_vmap": vmap_s / engine_s,
         "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s,
         "max_accuracy_difference_vs_simple_loop": float(np.abs(eng.accuracy.values - ref).max()),
     }
@@ -247,10 +285,12 @@ def _conv_simple_loop(net, x, y, sigma, n_instances, seed, batch):
 
 def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int | None = None,
                   n_inputs: int | None = None, n_instances: int | None = None, batch_size: int = 500,
-                  chunk_size: int | None = None, seed: int = 0) -> dict:
+                  chunk_size: int | None = None, seed: int = 0, bf16: bool | None = None) -> dict:
     """WideResNet on random CIFAR-shaped inputs: engine vs the per-instance simple loop vs the limit (FLOPs at
     the measured matmul rate + draws at the sampling rate). Defaults: WRN-28-10 on 10,000 inputs on CUDA (the
-    issue's compute-bound case, TF32 allowed), WRN-16-2 on 500 inputs on the CPU."""
+    issue's compute-bound case, TF32 allowed), WRN-16-2 on 500 inputs on the CPU. Also the plain evaluation of the
+    same float network once per chip (the floor any per-chip evaluation pays), and with ``bf16`` (default: on
+    CUDA) the engine in ``RunOptions(precision="bf16")`` against its bf16 limit (FLOPs at the bf16 GEMM rate)."""
 
     dev = torch.device(device)
     gpu = dev.type == "cuda"
@@ -276,9 +316,30 @@ def bench_convnet(device: str = "cpu", *, depth: int | None = None, widen: int |
     run_engine(1), run_loop(1)    # warm both (convolution primitives, allocator) before timing
     engine_s = best_time(lambda: run_engine(n_instances), dev, 1)
     simple_s = best_time(lambda: run_loop(n_instances), dev, 1)
+
+    @torch.no_grad()
+    def plain(n):
+        for _ in range(n):
+            for i in range(0, n_inputs, batch_size):
+                net(x[i:i + batch_size])
+    plain(1)
+    plain_s = best_time(lambda: plain(n_instances), dev, 1)
+    extra = {}
+    if bf16 if bf16 is not None else gpu:
+        bf16_rate = measure_gemm_rates(dev, dtype=torch.bfloat16)["torch_matmul"]
+        opts = RunOptions(samples_per_batch=batch_size, instances_per_chunk=chunk_size, precision="bf16")
+        run_bf16 = lambda n: sweep(net, spec, (x, y), n_instances=n, seed=seed, progress=False,  # noqa: E731
+                                   program=program, options=opts)
+        run_bf16(1)
+        bf16_s = best_time(lambda: run_bf16(n_instances), dev, 1)
+        bf16_limit = n_instances * (flops / bf16_rate + draws / sampling_rate)
+        extra = {"bf16_gemm_gflops": bf16_rate / 1e9, "engine_bf16_s_per_instance": bf16_s / n_instances,
+                 "engine_bf16_fraction_of_bf16_limit": bf16_limit / bf16_s}
     return {"job": f"WRN-{depth}-{widen}, {n_inputs} CIFAR-shaped inputs, {n_instances} instances"
                    + (f", chunks of {chunk_size}" if chunk_size else ""),
             "device": str(dev), "matmul_gflops": matmul_rate / 1e9,
             "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "limit_s_per_instance": limit_s / n_instances,
             "engine_s_per_instance": engine_s / n_instances, "simple_loop_s_per_instance": simple_s / n_instances,
-            "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s}
+            "plain_evaluation_s_per_instance": plain_s / n_instances,
+            "engine_fraction_of_limit": limit_s / engine_s, "engine_vs_simple_loop": simple_s / engine_s,
+            "engine_vs_plain_evaluation": plain_s / engine_s, **extra}

@@ -17,11 +17,29 @@ def finite_positive(d, keys):
         assert isinstance(d[k], float) and math.isfinite(d[k]) and d[k] > 0, k
 
 
+@pytest.fixture
+def small_references(monkeypatch):
+    """The strict references at test sizes: GEMMs of 128 and 256, a 1 MiB sampling buffer, vmap chunks 2 and 4."""
+    monkeypatch.setattr(engine, "GEMM_SIZES", {"cpu": (128, 256), "cuda": (128, 256)})
+    monkeypatch.setattr(engine, "SAMPLING_BUFFER", 1 << 18)
+    monkeypatch.setattr(engine, "VMAP_CHUNKS", {"cpu": (2, 4), "cuda": (2, 4)})
+
+
+def test_gemm_rate_is_the_best_over_sizes(monkeypatch):
+    """The limit's rate is the best of every size (a rate measured at one small size would be an easy limit)."""
+    seen = []
+    monkeypatch.setattr(engine, "best_time", lambda fn, device, repeats: (fn(), seen.append(1), 1.0)[2])
+    rates = engine.measure_gemm_rates(engine.torch.device("cpu"), sizes=(64, 128))
+    assert rates["torch_matmul"] == 2 * 128 ** 3 and rates["onednn_conv1x1"] == 2 * 128 ** 3
+    assert len(seen) == 4
+
+
 @pytest.mark.slow
-def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
+def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop(small_references):
     e = engine.bench_engine(n_instances=8)
     finite_positive(e, ["limit_instances_per_s", "engine_instances_per_s", "simple_loop_instances_per_s",
-                        "engine_fraction_of_limit", "engine_vs_simple_loop"])
+                        "engine_fraction_of_limit", "engine_vs_simple_loop", "engine_vs_tuned_vmap"])
+    assert e["vmap_best_chunk"] in (2, 4)
     assert e["max_accuracy_difference_vs_simple_loop"] < 1e-6     # same draws, same chips
     s = engine.bench_sweep(n_instances=4)
     finite_positive(s, ["limit_s", "sweep_s", "per_point_simple_loop_s", "sweep_fraction_of_limit",
@@ -31,7 +49,7 @@ def test_engine_and_sweep_benchmarks_agree_with_the_simple_loop():
 
 
 @pytest.mark.slow
-def test_engine_benchmark_with_counter_draws_matches_its_loop(monkeypatch):
+def test_engine_benchmark_with_counter_draws_matches_its_loop(monkeypatch, small_references):
     """The GPU configuration (counter-based draws in the engine and in the loops), exercised on the CPU."""
     import anvm_stats.sampler as sampler_mod
     monkeypatch.setattr(sampler_mod, "counter_draws_default", lambda device: True)
@@ -42,9 +60,11 @@ def test_engine_benchmark_with_counter_draws_matches_its_loop(monkeypatch):
 
 
 @pytest.mark.slow
-def test_convnet_benchmark_and_registry():
-    c = engine.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16)
-    finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance"])
+def test_convnet_benchmark_and_registry(small_references):
+    c = engine.bench_convnet(depth=10, widen=1, n_inputs=16, n_instances=1, batch_size=16, bf16=True)
+    finite_positive(c, ["limit_s_per_instance", "engine_s_per_instance", "simple_loop_s_per_instance",
+                        "plain_evaluation_s_per_instance", "engine_vs_plain_evaluation", "bf16_gemm_gflops",
+                        "engine_bf16_fraction_of_bf16_limit"])
     with pytest.raises(ConfigError, match="benchmark"):
         bench.run_benchmarks(which=("nonsense",))
 

@@ -16,7 +16,7 @@ def data_vars(ds):
     return ds.drop_attrs() if hasattr(ds, "drop_attrs") else ds.assign_attrs({})
 
 
-OPTION_KEYS = ("instances_per_chunk", "samples_per_batch", "memory_budget", "sampler")
+OPTION_KEYS = ("instances_per_chunk", "samples_per_batch", "memory_budget", "sampler", "precision")
 
 
 def run(net, spec, data, **kw):
@@ -120,6 +120,7 @@ def test_read_noise_runs_are_reproducible(setup):
     (dict(seed=-3), "seed"),
     (dict(instances_per_chunk=0), "RunOptions.instances_per_chunk"),
     (dict(samples_per_batch=0), "RunOptions.samples_per_batch"),
+    (dict(precision="fp16"), "RunOptions.precision"),
     (dict(options={"instances_per_chunk": 2}), "options"),
     (dict(executor="dask"), "executor"),
 ])
@@ -413,3 +414,34 @@ def test_cuda_and_cpu_engines_evaluate_the_same_chips(net_kind, spec_name):
         program = av.prepare(net, spec, calibration_data=x.cuda(), device="cuda")
         program.input(x.cuda())
         assert program.channels_last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["digits_mlp", "resnet"])
+def test_bf16_precision_agrees_with_float32_within_chip_sampling_error(kind):
+    """The same 200 chips in bfloat16 products and in float32: bf16 moves the mean correct count by less than
+    the float32 estimate's own chip-sampling error (z at a two-sided 1e-5), and the spread likewise (the sd's
+    normal-theory standard error). The ResNet reads random images labelled by its float output (100 % there)."""
+    from scipy import stats
+    from anvm_stats.data import digits
+    from tests.helpers import train_digits_mlp
+    if kind == "digits_mlp":
+        net, te = train_digits_mlp(), digits("test")
+        x, y = te.x, te.y
+    else:
+        net = make_resnet()
+        x = torch.randn(128, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            y = net(x).argmax(1)
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05),))
+    n = 200
+    f32 = run(net, spec, (x, y), n_instances=n)
+    bf16 = run(net, spec, (x, y), n_instances=n, precision="bf16")
+    assert f32.attrs["precision"] == "float32" and bf16.attrs["precision"] == "bf16"
+    c32 = f32[dims.CORRECT_COUNT].values.ravel().astype(float)
+    c16 = bf16[dims.CORRECT_COUNT].values.ravel().astype(float)
+    assert not np.array_equal(bf16[dims.LOSS].values, f32[dims.LOSS].values)     # bf16 did run
+    z = stats.norm.isf(0.5e-5)
+    sd = c32.std(ddof=1)
+    assert abs(c16.mean() - c32.mean()) <= z * sd / np.sqrt(n)
+    assert abs(c16.std(ddof=1) - sd) <= z * sd / np.sqrt(2 * (n - 1))

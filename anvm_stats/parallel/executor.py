@@ -200,7 +200,8 @@ class DaskExecutor:
             fp = fingerprint(spec_json=spec.to_json(), keys=plan.keys, values=plan.values, instances=idx,
                              seed_root=root, task_size=int(self.task_size), split_grid=self.split_grid,
                              model_hash=model_hash, data_hash=data_hash, options_hash=opt_hash, sampler=sampler,
-                             device=devices, samples_per_batch=options.samples_per_batch)
+                             device=devices, samples_per_batch=options.samples_per_batch,
+                             precision=options.precision)
             return make_sink(self.store, tasks, plan.keys, plan.coords(idx), attrs, fingerprint=fp,
                              task_size=int(self.task_size), split_grid=self.split_grid)
 
@@ -220,7 +221,8 @@ class DaskExecutor:
                 prep = {"layers": layers, "digital": tuple(digital),
                         "device": None if device is None else str(device)}
                 run_opts = {"samples_per_batch": options.samples_per_batch,
-                            "memory_budget": options.memory_budget, "sampler": sampler}
+                            "memory_budget": options.memory_budget, "sampler": sampler,
+                            "precision": options.precision}
                 _run(c, pending, sink, model=model, spec=spec, data=pdata, calibration=pcal, program=program,
                      key=key, prep=prep, keys=list(plan.keys), values=list(plan.values), idx=idx, root=root,
                      options=run_opts, torch_threads=1, retries=int(self.retries), progress=progress,

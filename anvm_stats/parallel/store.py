@@ -33,17 +33,18 @@ STORE_VERSION = 2
 def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndarray], instances: np.ndarray,
                 seed_root: np.random.SeedSequence, task_size: int, split_grid: bool, model_hash: str,
                 data_hash: str, options_hash: str, sampler: str, device: str,
-                samples_per_batch: int | None) -> dict[str, str]:
+                samples_per_batch: int | None, precision: str = "float32") -> dict[str, str]:
     """What identifies a study's results, part by part (short readable values or SHA-256 hashes).
 
     ``sampler`` is the resolved sampler (``"counter"`` or ``"generator"``, never ``"auto"``) and ``device`` the
     workers' device type(s): chips drawn another way, or scored on another device, never join a store.
-    ``samples_per_batch`` changes scores at float32 round-off (the forward's kernels depend on its shape)."""
+    ``samples_per_batch`` changes scores at float32 round-off (the forward's kernels depend on its shape);
+    ``precision`` other than float32 is recorded (float32 stores keep the fingerprint they always had)."""
     from .tasks import hash_json
 
     n = len(instances)
     contiguous = bool(np.array_equal(instances, np.arange(n)))
-    return {
+    fp = {
         "store_version": str(STORE_VERSION),
         "spec": hash_json(json.loads(spec_json)),
         "grid": json.dumps({k: v.tolist() for k, v in zip(keys, values)}),
@@ -57,6 +58,9 @@ def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndar
         "device": device,
         "samples_per_batch": "default" if samples_per_batch is None else str(int(samples_per_batch)),
     }
+    if precision != "float32":
+        fp["precision"] = precision
+    return fp
 
 
 #: why a fingerprint entry that is an option of the run (not of the study) matters
@@ -65,6 +69,7 @@ _WHY = {
     "device": "the workers' device (CPU and GPU scores agree only to round-off; RunOptions.sampler='auto' "
               "resolves to another sampler there)",
     "samples_per_batch": "RunOptions.samples_per_batch: the batch shape changes scores at float32 round-off",
+    "precision": "RunOptions.precision: reduced-precision products change scores",
 }
 
 
