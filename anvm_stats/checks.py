@@ -109,6 +109,8 @@ def check_model_data(model: nn.Module, data, field: str = "data", labels: bool =
         model.train(was_training)
     if not labels:
         return
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        check_labels(y, int(out.shape[-1]), f"{field}.y")        # refuses the dtype before any shape
     if out.ndim != y.ndim + 1 or tuple(out.shape[1:-1]) != tuple(y.shape[1:]):
         raise ConfigError(f"{field}.x", f"inputs of shape {list(x.shape[1:])}",
                           f"inputs for which the model gives [N, classes] scores (it gave {list(out.shape)}; "

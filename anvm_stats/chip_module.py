@@ -107,9 +107,8 @@ class Chip(nn.Module):
         :func:`anvm_stats.train_hasgd`).
         """
         first = self.next_sample if first_sample is None else _check_index("first_sample", first_sample)
-        if x.is_floating_point():
-            x = x.to(self.program.device, torch.float32)
-        x = self.program.input(x.to(self.program.device))
+        # the default memory layout (the engine may run large convolutions channels-last: same values to round-off)
+        x = x.to(self.program.device, torch.float32) if x.is_floating_point() else x.to(self.program.device)
         B = int(x.shape[0])
         self._load(B)
         self.program.set_batch(B, self._batch, first)
