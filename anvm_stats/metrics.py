@@ -137,6 +137,13 @@ PERPLEXITY = Metric("perplexity", token_cross_entropy, reduction="exp_mean", hig
                     bounds=(1.0, math.inf))
 MSE = Metric("mse", squared_error, higher_is_better=False, long_name="mean squared error", bounds=(0.0, math.inf))
 
+def token_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over every token of a batch (a training loss): ``F.cross_entropy`` of scores
+    ``[N, L..., C]`` against labels ``[N, L...]`` (for ``[N, C]`` and ``[N]`` the same value as
+    ``F.cross_entropy``)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
 #: built-in metrics by name (``"cross_entropy"`` is the ``loss`` variable)
 BUILTIN = {"accuracy": ACCURACY, "top5_accuracy": TOP5_ACCURACY, "top5": TOP5_ACCURACY, "loss": CROSS_ENTROPY,
            "cross_entropy": CROSS_ENTROPY, "perplexity": PERPLEXITY, "mse": MSE}
