@@ -81,3 +81,18 @@ def test_char_cnn_on_chips_perplexity_and_chip_module():
                 metrics=[av.Metric("keep", lambda o, t: kept.append(o.clone()) or torch.zeros(len(o)))])
     c = av.chip(net, av.devices.paper1(0.1), index=2)
     torch.testing.assert_close(torch.cat([c(test.x[:10]), c(test.x[10:])]), torch.cat(kept), rtol=1e-5, atol=1e-6)
+
+
+def test_token_transformer_with_its_head_analog_equals_its_chip_module():
+    """Before analog attention: the transformer runs with only ``head`` analog (attention named digital), and
+    av.chip reproduces an instance of evaluate (the full transformer case comes with analog token-wise layers)."""
+    net = models.build_model("token_transformer", seed=0).eval()
+    test = av.data.digits("test").subset(40, seed=0)
+    kw = dict(layers=["head"], digital=[f"blocks.{i}.self_attn{s}" for i in range(2) for s in ("", ".out_proj")])
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
+                           periphery=av.Periphery(adc=av.Quantizer(bits=8)))
+    kept = []
+    av.evaluate(net, spec, test, instances=[3], progress=False, **kw,
+                metrics=[av.Metric("keep", lambda o, t: kept.append(o.clone()) or torch.zeros(len(o)))])
+    c = av.chip(net, spec, index=3, calibration_data=test, **kw)
+    torch.testing.assert_close(torch.cat([c(test.x[:25]), c(test.x[25:])]), torch.cat(kept), rtol=1e-5, atol=1e-6)
