@@ -53,6 +53,11 @@ class Chip(nn.Module):
         Sample index of the next forward's first sample (keys per-MVM noise).
     program : AnalogProgram
         The program the chip was drawn from (``program.plans`` names the analog layers).
+
+    Notes
+    -----
+    The chip lives on the device given to :func:`chip` (``device=``); build another rather than moving it with
+    ``.to()`` (its conductances and layer plans are not module parameters).
     """
 
     def __init__(self, program: AnalogProgram, sampler: ChipSampler, index: int):

@@ -439,9 +439,10 @@ def metric_variables(raw: dict[str, np.ndarray], metrics: tuple[Metric, ...] | N
 
 
 def tokens_per_sample(batches: EvaluationBatches) -> int:
-    """Labels per sample of the evaluation data (1 for a classifier's ``[B]``, ``L`` for ``[B, L]`` tokens)."""
+    """Class labels per sample of the evaluation data (1 for a classifier's ``[B]``, ``L`` for ``[B, L]`` tokens,
+    1 for float targets)."""
     y = batches.batches[0][1]
-    return int(y[0].numel()) if y.dim() > 1 else 1
+    return int(y[0].numel()) if y.dim() > 1 and not y.is_floating_point() else 1
 
 
 class LocalExecutor:
@@ -555,6 +556,9 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
     plan = plan_grid(grid)
     metrics = resolve_metrics(metrics)
+    clash = [m.name for m in metrics or () if m.name in plan.keys]
+    if clash:
+        raise ConfigError("metrics", clash[0], f"a name other than the grid's dims {list(plan.keys)}")
     idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
     check_model_data(model, data, labels=metrics is None or any(m.class_labels for m in metrics))
     extra = {} if metrics is None else {"metrics": metrics}     # executors without metrics keep working

@@ -239,3 +239,13 @@ def test_builtins_describe_themselves():
     assert M.PERPLEXITY.reduce(math.log(3.0)) == pytest.approx(3.0)
     fn_metric, = M.resolve_metrics([M.squared_error])
     assert fn_metric.name == "squared_error" and fn_metric.reduction == "mean"
+
+
+def test_a_metric_may_not_take_a_grid_dims_name(regression):
+    net, data = regression
+    with pytest.raises(ConfigError) as err:
+        av.sweep(net, SPEC, data, grid={"noise_level": [0.1]}, n_instances=2, progress=False,
+                 metrics=[M.Metric("noise_level", M.squared_error)])
+    assert_one_line_error(err.value, "metrics", ["noise_level", "grid"])
+    ds = run(net, data, n_instances=2, metrics=["mse"])
+    assert "tokens_per_sample" not in ds.attrs                        # float targets [N, 3] are not tokens
