@@ -130,8 +130,8 @@ def test_builtin_names_give_the_default_variables_bit_for_bit(classifier):
         np.testing.assert_array_equal(ds[v].values, ref[v].values)
     assert "metrics" not in ref.attrs and ds.attrs["metrics"] == "accuracy,loss,top5_accuracy"
     # the built-ins' per-sample functions (for users' own loops) agree with the engine's rank-based pass
-    own = run(net, data, n_instances=6, metrics=[M.Metric("acc", M.token_correct), M.Metric("ce", M.token_cross_entropy),
-                                                M.Metric("t5", M.token_top5)])
+    own = run(net, data, n_instances=6, metrics=[M.Metric("acc", M.token_correct),
+                                                M.Metric("ce", M.token_cross_entropy), M.Metric("t5", M.token_top5)])
     np.testing.assert_array_equal(own["acc"].values, ref["accuracy"].values)
     np.testing.assert_array_equal(own["t5"].values, ref["top5_accuracy"].values)
     np.testing.assert_allclose(own["ce"].values, ref["loss"].values, rtol=1e-6)
