@@ -101,7 +101,8 @@ class _Ctx:
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
                          "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
-                         "calibration": getattr(self.calibration, "name", None)})
+                         "calibration": getattr(self.calibration, "name", None),
+                         **({} if self.study.sweep.metrics is None else {"metrics": list(self.study.sweep.metrics)})})
         return DaskExecutor(self.client, store=self.store_dir / f"sweep-{key[:16]}.zarr")
 
     @property

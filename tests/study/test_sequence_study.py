@@ -103,3 +103,21 @@ def test_tiny_language_model_study_end_to_end(tmp_path):
     assert set(ds["sensitivity_trace"][dims.LAYER].values) == {"conv", "mix.0", "head"}
     md = (tmp_path / "o" / "report.md").read_text()
     assert "## Perplexity" in md and "## Mean cross-entropy loss" in md and "(lower is better)" in md
+
+
+def test_resumable_stores_are_named_by_the_metrics_too(tmp_path):
+    """A study's Dask store is named by what its sweep computes: other metrics, another store."""
+    import numpy as np_
+
+    from anvm_stats.models import build_model
+    from anvm_stats.study.runner import _Ctx
+
+    def store(metrics):
+        st = load_study(_study(tmp_path, metrics))
+        ctx = _Ctx(study=st, models={}, test=None, device=None, progress=False, client=object(),
+                   store_dir=tmp_path / "stores")
+        net = build_model("char_cnn", seed=0, context=4, hidden=16)
+        return ctx.executor(net, st.hardware["base"], np_.arange(6)).store
+
+    a, b = store('["accuracy", "perplexity"]'), store('["accuracy", "loss"]')
+    assert a != b and store('["accuracy", "perplexity"]') == a
