@@ -20,12 +20,16 @@ from .hardware import (  # noqa: E402
 )
 from .montecarlo import LocalExecutor, RunOptions, evaluate, plan_grid, run_points, sweep  # noqa: E402
 from .sampler import ChipSampler, CounterSampler, GeneratorSampler  # noqa: E402
+from . import metrics  # noqa: E402
+from .metrics import Metric  # noqa: E402
+from .chip_module import Chip, chip  # noqa: E402
 
 __all__ = [
     "__version__", "data", "models", "stats", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "save", "load", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
     "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
     "Parasitics", "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "Tile", "RunOptions", "evaluate", "sweep", "ChipSampler",
     "LocalExecutor", "plan_grid", "run_points", "DaskExecutor", "GeneratorSampler", "CounterSampler",
+    "metrics", "Metric", "Chip", "chip",
 ]
 
 

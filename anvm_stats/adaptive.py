@@ -18,7 +18,9 @@ from torch import nn
 from . import dims
 from .analog.program import prepare
 from .checks import check_model_data, flag_nonfinite
+from .errors import ConfigError
 from .hardware.spec import HardwareSpec
+from .metrics import resolve_metrics
 from .montecarlo import RunOptions, sweep
 from .rng import SeedLike, root_sequence, seed_entropy
 from .stats import sequential_estimate
@@ -29,7 +31,8 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
                    grid: Mapping[str, Sequence] | None = None, instances_per_round: int = 64,
                    max_instances: int = 4096, ci: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0),
                    seed: SeedLike = 0, calibration_data=None, layers=None, device=None,
-                   options: RunOptions | None = None, progress: bool = True) -> tuple[xr.Dataset, object]:
+                   options: RunOptions | None = None, progress: bool = True,
+                   metrics=None) -> tuple[xr.Dataset, object]:
     """Evaluate chips in rounds until the ``ci`` interval of ``statistic`` is at most ``target_width`` wide.
 
     Parameters
@@ -50,8 +53,9 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     calibration_data : (x, y) tensors, Data, or batches, optional
         Data the DAC/ADC ranges are calibrated on (default: the evaluation ``data``), as in
         :func:`anvm_stats.montecarlo.sweep`.
-    layers, device, options
-        As in :func:`anvm_stats.montecarlo.sweep`.
+    layers, device, options, metrics
+        As in :func:`anvm_stats.montecarlo.sweep`; ``variable`` may name any metric of ``metrics`` (give its
+        ``bounds`` for ``statistic="mean"``, e.g. ``Metric.bounds`` when finite).
 
     Returns
     -------
@@ -63,9 +67,15 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
     Raises
     ------
     ConfigError
-        Before any work, for ``data`` the model cannot score (see :func:`anvm_stats.checks.check_model_data`).
+        Before any work, for ``data`` the model cannot score (see :func:`anvm_stats.checks.check_model_data`), and
+        for a ``variable`` that is not a per-instance variable of the run.
     """
-    check_model_data(model, data)
+    metrics = resolve_metrics(metrics)
+    allowed = list(dims.METRICS) if metrics is None else [m.name for m in metrics] + (
+        [dims.CORRECT_COUNT] if dims.ACCURACY in [m.name for m in metrics] else [])
+    if variable not in allowed:
+        raise ConfigError("variable", variable, f"a variable of the run: one of {allowed}")
+    check_model_data(model, data, labels=metrics is None or any(m.class_labels for m in metrics))
     root = root_sequence(seed)
     program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
                       layers=layers, device=device, fuse_relu=True)
@@ -73,7 +83,7 @@ def evaluate_until(model: nn.Module, spec: HardwareSpec, data, *, target_width: 
 
     def draw(start: int, n: int) -> np.ndarray:
         ds = sweep(model, spec, data, grid=grid, instances=range(start, start + n), seed=root, program=program,
-                   options=options, progress=False)
+                   options=options, progress=False, metrics=metrics)
         parts.append(ds)
         da = ds[variable].transpose(dims.INSTANCE, ...)
         return da.values

@@ -27,7 +27,7 @@ class EvaluationBatches:
     ----------
     batches : list of (Tensor, Tensor)
         ``(x, y)`` pairs: ``x`` float32 inputs as the program reads them (:meth:`AnalogProgram.input`), ``y``
-        int64 labels ``[B]``.
+        int64 labels ``[B]`` (``[B, L...]`` for token labels), or float32 targets (metrics of other targets).
     n_samples : int
         Samples over all batches.
     n_classes : int
@@ -65,7 +65,8 @@ def evaluation_batches(program: AnalogProgram, data, samples_per_batch: int | No
         When ``data`` holds no sample.
     """
     dev = program.device
-    batches = [(program.input(x.to(dev, torch.float32)), y.to(dev, torch.int64))
+    batches = [(program.input(x.to(dev, torch.float32)),
+                y.to(dev, torch.float32 if y.is_floating_point() else torch.int64))
                for x, y in iter_batches(data, samples_per_batch or DEFAULT_SAMPLES_PER_BATCH)]
     if not batches:
         raise ConfigError(name, "empty", "at least one sample")

@@ -63,7 +63,7 @@ def check_inputs(x: torch.Tensor, field: str = "data.x") -> None:
 
 
 @torch.no_grad()
-def check_model_data(model: nn.Module, data, field: str = "data") -> None:
+def check_model_data(model: nn.Module, data, field: str = "data", labels: bool = True) -> None:
     """Refuse data that ``model`` cannot score, before any chip is drawn.
 
     Parameters
@@ -74,6 +74,9 @@ def check_model_data(model: nn.Module, data, field: str = "data") -> None:
         Whole tensors are checked in full; for batches, only the first batch.
     field : str
         Prefix of the field named in errors (``"<field>.x"``, ``"<field>.y"``).
+    labels : bool
+        Whether ``y`` holds class labels to check (false for metrics of other targets, e.g. regression):
+        scores ``[N, C]`` with labels ``[N]``, or token scores ``[N, L..., C]`` with labels ``[N, L...]``.
 
     Raises
     ------
@@ -104,10 +107,15 @@ def check_model_data(model: nn.Module, data, field: str = "data") -> None:
                           f"inputs of the shape the model takes ({first})") from None
     finally:
         model.train(was_training)
-    if out.ndim != 2:
+    if not labels:
+        return
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        check_labels(y, int(out.shape[-1]), f"{field}.y")        # refuses the dtype before any shape
+    if out.ndim != y.ndim + 1 or tuple(out.shape[1:-1]) != tuple(y.shape[1:]):
         raise ConfigError(f"{field}.x", f"inputs of shape {list(x.shape[1:])}",
-                          f"inputs for which the model gives [N, classes] scores (it gave {list(out.shape)})")
-    check_labels(y, int(out.shape[1]), f"{field}.y")
+                          f"inputs for which the model gives [N, classes] scores (it gave {list(out.shape)}; "
+                          f"[N, L..., classes] for labels [N, L...], here {list(y.shape)})")
+    check_labels(y, int(out.shape[-1]), f"{field}.y")
 
 
 def flag_nonfinite(ds: xr.Dataset, variables=(dims.ACCURACY, dims.LOSS), what: str = "result",

@@ -1,8 +1,11 @@
-"""Model zoo for studies: MLP, LeNet-5, CIFAR-style ResNet-20/32 and pre-activation WideResNet.
+"""Model zoo for studies: MLP, LeNet-5, CIFAR-style ResNet-20/32, pre-activation WideResNet, and sequence models (a
+transformer classifier over tokens, e.g. digits rows; character-level language models: a causal transformer and a
+causal convolutional one).
 
-All are plain ``nn.Module``s of ``nn.Linear`` / ``nn.Conv2d`` / ``nn.BatchNorm`` / ReLU / pooling, traceable by
-``torch.fx.symbolic_trace`` (no data-dependent control flow, no in-place ops), so that the analog engine maps
-every Linear and Conv2d to crossbars and folds each BatchNorm that directly follows one.
+The image models are plain ``nn.Module``s of ``nn.Linear`` / ``nn.Conv2d`` / ``nn.BatchNorm`` / ReLU / pooling,
+traceable by ``torch.fx.symbolic_trace`` (no data-dependent control flow, no in-place ops), so that the analog
+engine maps every Linear and Conv2d to crossbars and folds each BatchNorm that directly follows one. The sequence
+models add LayerNorm, GELU and ``nn.TransformerEncoderLayer`` (attention) or causal Conv1d stacks.
 
 Randomness: every constructor takes ``generator``. With a ``torch.Generator`` the initial weights are drawn from
 it alone and torch's global RNG state is left as it was; with ``None`` they are drawn from the global RNG (so they
@@ -27,8 +30,8 @@ from .errors import ConfigError, check, check_number
 Tensor = torch.Tensor
 
 __all__ = ["MLP", "LeNet5", "BasicBlock", "ResNet", "resnet20", "resnet32", "WideBasicBlock", "WideResNet",
-           "wide_resnet", "build_model", "model_summary", "load_weights_file", "apply_state_dict",
-           "MODELS"]
+           "wide_resnet", "TokenTransformer", "CharTransformer", "CharCNN", "sinusoidal_positions", "build_model",
+           "model_summary", "load_weights_file", "apply_state_dict", "MODELS"]
 
 
 # --- initialisation ---------------------------------------------------------------------------------------
@@ -302,6 +305,141 @@ def wide_resnet(depth: int = 28, widen: int = 10, n_classes: int = 100, in_chann
     return WideResNet(depth, widen, n_classes, in_channels, dropout, generator=generator)
 
 
+# --- sequence models --------------------------------------------------------------------------------------
+#: vocabulary size of the embedded text corpus (``len(anvm_stats.data.chars.vocabulary())``; checked by a test)
+TEXT_VOCABULARY = 88
+
+
+def sinusoidal_positions(length: int, dim: int) -> Tensor:
+    """Fixed sinusoidal position codes ``[length, dim]`` (Vaswani et al., 2017): no parameters, so nothing but the
+    projections is trained or mapped to a chip."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    out = torch.zeros(length, dim)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return out
+
+
+def _encoder_layers(n: int, d_model: int, heads: int, ff: int) -> nn.ModuleList:
+    """``n`` pre-norm ``nn.TransformerEncoderLayer`` (GELU, no dropout, batch first): names ``blocks.<i>.self_attn``
+    (q/k/v packed in ``in_proj_weight``, ``out_proj``), ``blocks.<i>.linear1`` / ``linear2`` (the MLP)."""
+    check(d_model % heads == 0, "heads", heads, f"a divisor of d_model={d_model}")
+    return nn.ModuleList(nn.TransformerEncoderLayer(d_model, heads, ff, dropout=0.0, activation="gelu",
+                                                    batch_first=True, norm_first=True) for _ in range(n))
+
+
+def _init_sequence(model: nn.Module, g: torch.Generator | None) -> None:
+    """:func:`_init`, plus the attention's packed projections (Xavier-uniform, bias 0, as torch does) and
+    embeddings (N(0, 1)) drawn from ``g``; LayerNorms at weight 1, bias 0."""
+    _init(model, g)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                nn.init.xavier_uniform_(m.in_proj_weight, generator=g)
+                nn.init.zeros_(m.in_proj_bias)
+                nn.init.zeros_(m.out_proj.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, generator=g)
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
+
+
+class TokenTransformer(nn.Module):
+    """Transformer encoder classifier over a sequence of tokens; by default the digits as rows: an 8x8 image
+    (``[N, 64]``, ``[N, 1, 8, 8]`` or ``[N, 8, 8]``) read as 8 tokens of 8 pixels.
+
+    ``embed`` (Linear, token-wise) -> + sinusoidal positions -> ``layers`` pre-norm encoder layers (``blocks``) ->
+    LayerNorm -> mean over tokens -> ``head`` (Linear). Output ``[N, n_classes]``.
+    """
+
+    def __init__(self, tokens: int = 8, token_features: int = 8, n_classes: int = 10, d_model: int = 32,
+                 heads: int = 4, layers: int = 2, ff: int = 64, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.tokens = _int("TokenTransformer.tokens", tokens)
+        self.token_features = _int("TokenTransformer.token_features", token_features)
+        n_classes, d_model = _int("TokenTransformer.n_classes", n_classes), _int("TokenTransformer.d_model", d_model)
+        heads, ff = _int("TokenTransformer.heads", heads), _int("TokenTransformer.ff", ff)
+        layers = _int("TokenTransformer.layers", layers, low=0)
+        self.arch = f"token_transformer-{self.tokens}x{self.token_features}-d{d_model}-h{heads}-l{layers}-{n_classes}"
+        with _rng_guard(generator):
+            self.embed = nn.Linear(self.token_features, d_model)
+            self.blocks = _encoder_layers(layers, d_model, heads, ff)
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, n_classes)
+        self.register_buffer("positions", sinusoidal_positions(self.tokens, d_model), persistent=False)
+        _init_sequence(self, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.reshape(x.shape[0], self.tokens, self.token_features)) + self.positions
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+class CharTransformer(nn.Module):
+    """Causal transformer language model over characters: ``[N, L, V]`` scores of the next character at each of
+    ``L <= length`` positions.
+
+    Inputs are one-hot ``[N, L, V]`` floats (``inputs="one_hot"``: ``embed`` is a token-wise Linear without bias,
+    an MVM) or token ids ``[N, L]`` (``inputs="ids"``: ``embed`` is an ``nn.Embedding``, a table lookup), as
+    :func:`anvm_stats.data.text` gives them. ``embed`` -> + sinusoidal positions -> ``layers`` causal pre-norm
+    encoder layers (``blocks``) -> LayerNorm -> ``head`` (Linear to ``vocab``).
+    """
+
+    def __init__(self, vocab: int = TEXT_VOCABULARY, length: int = 32, d_model: int = 48, heads: int = 4,
+                 layers: int = 2, ff: int = 96, inputs: str = "one_hot", *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        vocab, self.length = _int("CharTransformer.vocab", vocab), _int("CharTransformer.length", length)
+        d_model, heads = _int("CharTransformer.d_model", d_model), _int("CharTransformer.heads", heads)
+        ff, layers = _int("CharTransformer.ff", ff), _int("CharTransformer.layers", layers, low=0)
+        check(inputs in ("one_hot", "ids"), "CharTransformer.inputs", inputs, "'one_hot' or 'ids'")
+        self.arch = f"char_transformer-v{vocab}-L{self.length}-d{d_model}-h{heads}-l{layers}-{inputs}"
+        with _rng_guard(generator):
+            self.embed = nn.Linear(vocab, d_model, bias=False) if inputs == "one_hot" else nn.Embedding(vocab, d_model)
+            self.blocks = _encoder_layers(layers, d_model, heads, ff)
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, vocab)
+        self.register_buffer("positions", sinusoidal_positions(self.length, d_model), persistent=False)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(self.length), persistent=False)
+        _init_sequence(self, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        L = x.shape[1]
+        h = self.embed(x) + self.positions[:L]
+        for block in self.blocks:
+            h = block(h, src_mask=self.mask[:L, :L], is_causal=True)
+        return self.head(self.norm(h))
+
+
+class CharCNN(nn.Module):
+    """Causal convolutional language model over characters: the scores ``[N, L, V]`` of the next character at
+    every position from the ``context`` characters up to it; one-hot inputs ``[N, L, V]``.
+
+    ``conv`` (Conv1d over the one-hot channels, width ``context``, left-padded so no position sees a later one) ->
+    ReLU -> ``layers`` 1x1 ``mix`` Conv1d + ReLU -> ``head`` (1x1 Conv1d to ``vocab``). Every layer is a Conv1d: the
+    analog engine maps it today (a character model whose layers all see ``[N, C, L]`` inputs).
+    """
+
+    def __init__(self, vocab: int = TEXT_VOCABULARY, context: int = 8, hidden: int = 128, layers: int = 1, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        vocab, self.context = _int("CharCNN.vocab", vocab), _int("CharCNN.context", context)
+        hidden, layers = _int("CharCNN.hidden", hidden), _int("CharCNN.layers", layers, low=0)
+        self.arch = f"char_cnn-v{vocab}-c{self.context}-h{hidden}-l{layers}"
+        with _rng_guard(generator):
+            self.conv = nn.Conv1d(vocab, hidden, self.context)
+            self.mix = nn.Sequential(*[m for _ in range(layers) for m in (nn.Conv1d(hidden, hidden, 1), nn.ReLU())])
+            self.head = nn.Conv1d(hidden, vocab, 1)
+        _init(self, generator)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = nn.functional.pad(x.transpose(1, 2), (self.context - 1, 0))
+        h = self.mix(torch.relu(self.conv(h)))
+        return self.head(h).transpose(1, 2)
+
+
 # --- registry ---------------------------------------------------------------------------------------------
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -310,6 +448,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet32": resnet32,
     "resnet": ResNet,
     "wrn": wide_resnet,
+    "tokentransformer": TokenTransformer,
+    "chartransformer": CharTransformer,
+    "charcnn": CharCNN,
 }
 
 
@@ -319,8 +460,9 @@ def build_model(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
     Parameters
     ----------
     name : str
-        ``"mlp"``, ``"lenet5"``, ``"resnet20"``, ``"resnet32"``, ``"resnet"`` (takes ``depth``) or ``"wrn"``
-        (takes ``depth`` and ``widen``). Case and ``-``/``_`` are ignored.
+        ``"mlp"``, ``"lenet5"``, ``"resnet20"``, ``"resnet32"``, ``"resnet"`` (takes ``depth``), ``"wrn"``
+        (takes ``depth`` and ``widen``), ``"token_transformer"``, ``"char_transformer"`` or ``"char_cnn"``. Case
+        and ``-``/``_`` are ignored.
     seed : int, optional
         Draw the initial weights from ``torch.Generator().manual_seed(seed)`` (global RNG untouched). Without
         it (and without ``generator=``) the global RNG is used.

@@ -34,6 +34,7 @@ from .counter_rng import counter_draws_default
 from .data_source import describe
 from .errors import ConfigError, check_number
 from .hardware.spec import KNOBS, HardwareSpec
+from .metrics import ACCURACY, CROSS_ENTROPY, TOP5_ACCURACY, Metric, resolve_metrics
 from .provenance import provenance
 from .rng import SeedLike, seed_entropy
 from .sample_rng import SampleNoise
@@ -44,6 +45,19 @@ Tensor = torch.Tensor
 SAMPLERS = {"auto": None, "counter": True, "generator": False}
 #: logits (floats) scored together by one metrics pass
 METRIC_GROUP_FLOATS = 1 << 22
+#: raw sums of the rank-based built-ins (correct and top-5 counts, cross-entropy), scored in one pass
+RANK_KEYS = ("correct", "loss", "top5")
+#: built-in metrics scored by that pass, and their raw sums
+RANK_METRICS = {ACCURACY: "correct", TOP5_ACCURACY: "top5", CROSS_ENTROPY: "loss"}
+
+
+def metric_keys(metrics: tuple[Metric, ...] | None) -> tuple[bool, tuple[Metric, ...]]:
+    """What the engine scores for ``metrics`` (``None``: a classifier's defaults): whether the rank-based pass runs
+    (:data:`RANK_KEYS`), and the metrics scored by their own per-sample function (raw sums keyed by name)."""
+    if metrics is None:
+        return True, ()
+    own = tuple(m for m in metrics if m not in RANK_METRICS)
+    return len(own) < len(metrics), own
 
 
 def resolve_sampler(sampler: str, device: torch.device | str) -> str:
@@ -199,14 +213,27 @@ class _PendingMetrics:
     ``add(offset, batch, logits, y)`` keeps ``logits`` ``[K, B, C]`` (any strides) of block rows
     ``offset..offset+K`` on batch index ``batch``, class-major (``[K, C, B]``, contiguous); ``flush(acc)`` scores
     everything kept into ``acc`` (dict of ``[K_block]`` float64 tensors). Scores are per instance, so grouping
-    never changes them."""
+    never changes them. Token outputs ``[K, B, L..., C]`` with labels ``[B, L...]`` are scored per token (the sums
+    count tokens). ``metrics`` (from :func:`metric_keys`): whether the rank-based pass runs, and the metrics scored
+    at ``add`` by their own per-sample function (``[K*B, ...]`` outputs against the labels repeated per instance),
+    summed per instance into ``acc[name]``."""
 
-    def __init__(self, max_floats: int = METRIC_GROUP_FLOATS):
+    def __init__(self, max_floats: int = METRIC_GROUP_FLOATS, metrics: tuple = (True, ())):
         self.max_floats = max_floats
+        self.rank, self.own = metrics
         self.items: dict[int, list] = {}
         self.size = 0
 
     def add(self, offset: int, batch: int, logits: Tensor, y: Tensor, acc: dict) -> None:
+        K, B = logits.shape[:2]
+        for m in self.own:
+            out = logits.reshape(K * B, *logits.shape[2:])
+            target = y.expand(K, *y.shape).reshape(K * B, *y.shape[1:])
+            acc[m.name][offset:offset + K] += m.per_sample(out, target).to(torch.float64).view(K, B).sum(1)
+        if not self.rank:
+            return
+        if logits.dim() > 3:        # token outputs: every token is a scored sample
+            logits, y = logits.reshape(K, -1, logits.shape[-1]), y.reshape(-1)
         self.items.setdefault(batch, []).append((offset, logits.transpose(1, 2).contiguous(), y))
         self.size += logits.numel()
         if self.size >= self.max_floats:
@@ -216,9 +243,9 @@ class _PendingMetrics:
         for runs in self.items.values():
             first, y = runs[0][0], runs[0][2]
             logits = runs[0][1] if len(runs) == 1 else torch.cat([r[1] for r in runs])
-            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in acc}
+            part = {k: torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device) for k in RANK_KEYS}
             _metrics_update(part, logits, y)
-            for k in acc:
+            for k in RANK_KEYS:
                 acc[k][first:first + logits.shape[0]] += part[k]
         self.items, self.size = {}, 0
 
@@ -266,6 +293,14 @@ class _Point:
         return cls(spec, affine, kw, mvm_effects, bool(mvm_effects) or per.output_noise > 0, read_spec)
 
 
+def point_settings(program: AnalogProgram, spec: HardwareSpec) -> _Point:
+    """How chips of ``program`` are loaded at ``spec`` (one grid point): the converter keywords of
+    :meth:`AnalogProgram.load` (``kw``), the read effects drawn per MVM (``mvm_effects``; ``mvm``: whether any
+    noise is drawn per MVM) and the spec of the read effects drawn per forward (``read_spec``, None when none);
+    what :func:`anvm_stats.chip_module.chip` loads a single chip with."""
+    return _Point.of(program, spec)
+
+
 def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub: list, views, idx: np.ndarray,
                rows: int, batches: list, sample_major: bool, pending: "_PendingMetrics", off: int, acc: dict,
                caches: tuple = (None, None), precision: str = "float32") -> None:
@@ -303,7 +338,8 @@ def _run_chunk(program: AnalogProgram, sampler: ChipSampler, point: _Point, sub:
 
 @torch.no_grad()
 def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[HardwareSpec], indices: np.ndarray,
-               batches: EvaluationBatches, options: RunOptions, *, progress: bool = False) -> dict[str, np.ndarray]:
+               batches: EvaluationBatches, options: RunOptions, *, progress: bool = False,
+               metrics: Sequence | None = None) -> dict[str, np.ndarray]:
     """The engine: metrics of every grid spec and instance index.
 
     Parameters
@@ -321,11 +357,15 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
         ``instances_per_chunk`` and ``memory_budget`` (the others are read by the callers).
     progress : bool
         Show a progress bar (chip-points/s).
+    metrics : sequence of Metric, names or callables, optional
+        What to score (:func:`anvm_stats.metrics.resolve_metrics`); default a classifier's counts.
 
     Returns
     -------
     dict of str -> ndarray [n_points, n_instances]
-        ``correct`` and ``top5`` (counts) and ``loss`` (sum of per-sample cross-entropies).
+        ``correct`` and ``top5`` (counts) and ``loss`` (sum of per-sample cross-entropies), per token for token
+        outputs ``[B, L..., C]`` with labels ``[B, L...]`` (when ``metrics`` is None or holds a built-in of
+        :data:`RANK_METRICS`); the sum of per-sample values of every other metric, under its name.
 
     Notes
     -----
@@ -336,7 +376,9 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     shared-input products stay in cache). None of this changes a result: each instance has its own streams.
     """
     n_pts, n_inst = len(specs), len(indices)
-    out = {k: np.zeros((n_pts, n_inst)) for k in ("correct", "loss", "top5")}
+    scored = metric_keys(resolve_metrics(metrics))
+    keys = (RANK_KEYS if scored[0] else ()) + tuple(m.name for m in scored[1])
+    out = {k: np.zeros((n_pts, n_inst)) for k in keys}
     B0 = batches.batches[0][0].shape[0]
     n_draw = sum(1 for e in program.spec.program_effects) + 1
     act = program.largest_activation(batches.batches[0][0])
@@ -360,7 +402,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
             draws = sampler.draw(block_idx, specs[0], reuse=draws)
             accs = [{k: torch.zeros(len(block_idx), dtype=torch.float64, device=program.device) for k in out}
                     for _ in specs]
-            pending = [_PendingMetrics(max(1, METRIC_GROUP_FLOATS // n_pts)) for _ in specs]
+            pending = [_PendingMetrics(max(1, METRIC_GROUP_FLOATS // n_pts), scored) for _ in specs]
             for off in range(0, len(block_idx), chunk):
                 idx = block_idx[off:off + chunk]
                 sub = draws if len(idx) == len(block_idx) else \
@@ -384,19 +426,62 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     return out
 
 
+def metric_variables(raw: dict[str, np.ndarray], metrics: tuple[Metric, ...] | None, batches: EvaluationBatches,
+                     vdims: list[str], shape: list[int]) -> dict[str, xr.Variable]:
+    """The Dataset variables of :func:`run_points`'s raw sums: a classifier's defaults (``metrics`` None:
+    ``accuracy``, ``loss``, ``correct_count``, ``top5_accuracy`` beyond 5 classes) or one variable per metric
+    (``accuracy`` brings ``correct_count``), each with ``long_name``, ``units``, ``higher_is_better`` (0/1) and
+    ``reduction`` attrs. Rank-based sums count tokens (``n_samples`` times the tokens per sample); other metrics'
+    sums count samples."""
+    n = batches.n_samples
+    n_rank = n * tokens_per_sample(batches)
+
+    def arr(a):
+        return a.reshape(shape)
+
+    if metrics is None:
+        out = {dims.ACCURACY: xr.Variable(vdims, arr(raw["correct"] / n_rank)),
+               dims.LOSS: xr.Variable(vdims, arr(raw["loss"] / n_rank)),
+               dims.CORRECT_COUNT: xr.Variable(vdims, arr(raw["correct"]).astype(np.int64))}
+        if batches.n_classes > 5:
+            out[dims.TOP5_ACCURACY] = xr.Variable(vdims, arr(raw["top5"] / n_rank))
+        out[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
+        out[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")
+        return out
+    out = {}
+    for m in metrics:
+        key = RANK_METRICS.get(m)
+        value = m.reduce(raw[key] / n_rank if key is not None else raw[m.name] / n)
+        out[m.name] = xr.Variable(vdims, arr(value), attrs=dict(
+            long_name=m.long_name or m.name, units=m.units, higher_is_better=int(m.higher_is_better),
+            reduction=m.reduction))
+        if m is ACCURACY:
+            out[dims.CORRECT_COUNT] = xr.Variable(vdims, arr(raw["correct"]).astype(np.int64))
+    return out
+
+
+def tokens_per_sample(batches: EvaluationBatches) -> int:
+    """Class labels per sample of the evaluation data (1 for a classifier's ``[B]``, ``L`` for ``[B, L]`` tokens,
+    1 for float targets)."""
+    y = batches.batches[0][1]
+    return int(y[0].numel()) if y.dim() > 1 and not y.is_floating_point() else 1
+
+
 class LocalExecutor:
     """Run a sweep in this process (the default executor of :func:`sweep`).
 
     An executor has one method, ``run(model, spec, data, *, plan, instances, seed, calibration_data, layers,
-    digital, device, options, program, progress) -> xr.Dataset``, with :func:`sweep`'s arguments validated
-    (``plan`` from :func:`plan_grid`, ``instances`` the instance indices); :class:`anvm_stats.parallel.DaskExecutor` runs the
-    same sweep on a Dask cluster.
+    digital, device, options, program, progress, metrics) -> xr.Dataset``, with :func:`sweep`'s arguments
+    validated (``plan`` from :func:`plan_grid`, ``instances`` the instance indices, ``metrics`` None or a tuple of
+    :class:`~anvm_stats.metrics.Metric`); :class:`anvm_stats.parallel.DaskExecutor` runs the same sweep on a Dask
+    cluster.
     """
 
     def run(self, model: nn.Module, spec: HardwareSpec, data, *, plan: GridPlan, instances: np.ndarray,
             seed: SeedLike, calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
             device: torch.device | str | None = None, options: RunOptions,
-            program: AnalogProgram | None = None, progress: bool = True) -> xr.Dataset:
+            program: AnalogProgram | None = None, progress: bool = True,
+            metrics: tuple[Metric, ...] | None = None) -> xr.Dataset:
         if program is None:
             program = prepare(model, spec, calibration_data=calibration_data if calibration_data is not None else data,
                               layers=layers, digital=digital, device=device, fuse_relu=True)
@@ -405,39 +490,32 @@ class LocalExecutor:
             calibrated_on = "as the given program was prepared"
         batches = evaluation_batches(program, data, options.samples_per_batch)
         sampler = ChipSampler(program, seed, counter=SAMPLERS[options.sampler])
-        raw = run_points(program, sampler, plan.specs(spec), instances, batches, options, progress=progress)
+        raw = run_points(program, sampler, plan.specs(spec), instances, batches, options, progress=progress,
+                         metrics=metrics)
         shape = list(plan.shape) + [len(instances)]
         vdims = list(plan.keys) + [dims.INSTANCE]
-        n = batches.n_samples
-
-        def arr(a):
-            return a.reshape(shape)
-
-        data_vars = {
-            dims.ACCURACY: (vdims, arr(raw["correct"] / n)),
-            dims.LOSS: (vdims, arr(raw["loss"] / n)),
-            dims.CORRECT_COUNT: (vdims, arr(raw["correct"]).astype(np.int64)),
-        }
-        if batches.n_classes > 5:
-            data_vars[dims.TOP5_ACCURACY] = (vdims, arr(raw["top5"] / n))
+        data_vars = metric_variables(raw, metrics, batches, vdims, shape)
         attrs = provenance(model=model, spec=spec, dataset=describe(data), seed_entropy=seed_entropy(sampler.root),
                            device=program.device)
-        attrs.update(n_samples=n, n_classes=batches.n_classes, analog_layers=",".join(program.layer_names),
-                     sampler=sampler.kind, calibration_data=calibrated_on, precision=options.precision)
+        attrs.update(n_samples=batches.n_samples, n_classes=batches.n_classes,
+                     analog_layers=",".join(program.layer_names), sampler=sampler.kind, calibration_data=calibrated_on,
+                     precision=options.precision)
+        if tokens_per_sample(batches) > 1:
+            attrs.update(tokens_per_sample=tokens_per_sample(batches))
+        if metrics is not None:
+            attrs.update(metrics=",".join(m.name for m in metrics))
         if program.n_tiles:
             attrs.update(n_tiles=sum(program.n_tiles.values()),
                          n_tiles_per_layer=",".join(f"{k}:{v}" for k, v in program.n_tiles.items()))
-        ds = xr.Dataset(data_vars, coords=plan.coords(instances), attrs=attrs)
-        ds[dims.ACCURACY].attrs.update(long_name="top-1 accuracy", units="1")
-        ds[dims.LOSS].attrs.update(long_name="mean cross-entropy loss", units="nat")
-        return ds
+        return xr.Dataset(data_vars, coords=plan.coords(instances), attrs=attrs)
 
 
 def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequence] | None = None,
           n_instances: int | None = 256, seed: SeedLike = 0, instances: Sequence[int] | None = None,
           calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
           device: torch.device | str | None = None, options: RunOptions | None = None,
-          program: AnalogProgram | None = None, executor=None, progress: bool = True) -> xr.Dataset:
+          program: AnalogProgram | None = None, executor=None, progress: bool = True,
+          metrics: Sequence | None = None) -> xr.Dataset:
     """Evaluate ``model`` on simulated chips over a grid of hardware knobs.
 
     Parameters
@@ -468,14 +546,21 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         Where the sweep runs; default in this process. The result is the same, bit for bit.
     progress : bool
         Show a progress bar.
+    metrics : sequence of Metric, built-in names or callables, optional
+        What to measure on each chip (:mod:`anvm_stats.metrics`): callables ``(outputs [N, ...], targets [N, ...])
+        -> per-sample values [N]`` reduced per instance, one variable each (``metrics`` attr lists them); default
+        a classifier's variables below.
 
     Returns
     -------
     xr.Dataset
         Dims ``(*grid, instance)``; variables ``accuracy``, ``loss`` (mean cross-entropy), ``correct_count``
-        and ``top5_accuracy`` (more than 5 classes); provenance attrs; ``n_samples``, ``sampler`` and
-        ``calibration_data`` attrs; ``nonfinite_cells`` (:data:`anvm_stats.checks.NONFINITE_ATTR`) when a
-        variable holds NaN/inf cells (e.g. noise so large that the outputs overflow), with a ``RuntimeWarning``.
+        and ``top5_accuracy`` (more than 5 classes), or those of ``metrics``; provenance attrs; ``n_samples``,
+        ``sampler`` and ``calibration_data`` attrs; ``nonfinite_cells`` (:data:`anvm_stats.checks.NONFINITE_ATTR`)
+        when a variable holds NaN/inf cells (e.g. noise so large that the outputs overflow), with a
+        ``RuntimeWarning``. Token outputs ``[N, L..., C]`` with labels ``[N, L...]`` (a language model) are scored
+        per token: ``accuracy`` and ``loss`` are means over every token, ``correct_count`` counts tokens, and the
+        ``tokens_per_sample`` attr is set.
 
     Raises
     ------
@@ -493,23 +578,32 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     if not callable(getattr(executor, "run", None)):
         raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
     plan = plan_grid(grid)
+    metrics = resolve_metrics(metrics)
+    clash = [m.name for m in metrics or () if m.name in plan.keys]
+    if clash:
+        raise ConfigError("metrics", clash[0], f"a name other than the grid's dims {list(plan.keys)}")
     idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
-    check_model_data(model, data)
+    check_model_data(model, data, labels=metrics is None or any(m.class_labels for m in metrics))
+    extra = {} if metrics is None else {"metrics": metrics}     # executors without metrics keep working
     ds = executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
                       layers=layers, digital=digital, device=device, options=options, program=program,
-                      progress=progress)
-    flag_nonfinite(ds, what="sweep")
+                      progress=progress, **extra)
+    if metrics is None:
+        flag_nonfinite(ds, what="sweep")
+    else:
+        flag_nonfinite(ds, variables=[m.name for m in metrics], what="sweep")
     return ds
 
 
 def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256, seed: SeedLike = 0,
              instances: Sequence[int] | None = None, calibration_data=None, layers: LayerFilter = None,
              digital: Sequence[str] = (), device: torch.device | str | None = None, options: RunOptions | None = None,
-             program: AnalogProgram | None = None, executor=None, progress: bool = True) -> xr.Dataset:
+             program: AnalogProgram | None = None, executor=None, progress: bool = True,
+             metrics: Sequence | None = None) -> xr.Dataset:
     """Evaluate ``model`` on ``n_instances`` simulated chips of ``spec``: :func:`sweep` without a grid (same
     arguments).
 
     Returns an ``xr.Dataset`` with dim ``instance`` (see :func:`sweep`)."""
     return sweep(model, spec, data, grid=None, n_instances=n_instances, seed=seed, instances=instances,
                  calibration_data=calibration_data, layers=layers, digital=digital, device=device, options=options,
-                 program=program, executor=executor, progress=progress)
+                 program=program, executor=executor, progress=progress, metrics=metrics)

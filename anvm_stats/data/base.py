@@ -51,8 +51,9 @@ class Data:
     ----------
     x : Tensor [N, ...]
         Inputs. Converted to float32 if given in another real or integer dtype; must be finite.
-    y : Tensor [N]
-        Integer class labels in ``[0, n_classes)``; converted to int64.
+    y : Tensor [N] or [N, L...]
+        Integer class labels in ``[0, n_classes)``, one per sample or one per token (a language model's next
+        tokens); converted to int64.
     name : str
         A short label recorded in provenance (e.g. ``"digits-test"``).
     n_classes : int
@@ -75,7 +76,7 @@ class Data:
         check(not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool, "Data.y",
               f"dtype {y.dtype}", "an integer tensor of class labels")
         check(x.ndim >= 2, "Data.x", f"shape {tuple(x.shape)}", "a tensor of shape [N, ...] with at least 2 dims")
-        check(y.ndim == 1, "Data.y", f"shape {tuple(y.shape)}", "a tensor of shape [N]")
+        check(y.ndim >= 1, "Data.y", f"shape {tuple(y.shape)}", "a tensor of shape [N] (or [N, L...] per token)")
         check(x.shape[0] == y.shape[0], "Data", f"x {tuple(x.shape)}, y {tuple(y.shape)}",
               "x and y with the same first dim N")
         if x.dtype != torch.float32:

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ConfigError, check
 from .base import Data, digits
+from .chars import text
 
 PathLike = str | os.PathLike
 
@@ -315,17 +316,20 @@ def fashion_mnist(root: PathLike, split: str = "train") -> Data:
 
 # --- dispatch -----------------------------------------------------------------------------------------------
 _READERS = {"digits": None, "cifar10": cifar10, "cifar100": cifar100, "mnist": mnist,
-            "fashion_mnist": fashion_mnist}
+            "fashion_mnist": fashion_mnist, "text": None}
 KNOWN = tuple(_READERS)
 
 
 def load(name: str, root: PathLike | None = None, split: str = "train", **kw) -> Data:
     """Load a data set by name: ``"digits"`` (embedded; ``root`` is ignored), ``"cifar10"``, ``"cifar100"``,
-    ``"mnist"``, ``"fashion_mnist"`` (read from ``root``). Extra keywords go to the reader (e.g. ``seed=`` and
-    ``image=`` for digits, ``normalize=`` for CIFAR, ``label=`` for CIFAR-100)."""
+    ``"mnist"``, ``"fashion_mnist"`` (read from ``root``), ``"text"`` (the embedded corpus,
+    :func:`~anvm_stats.data.chars.text`; ``root`` is ignored). Extra keywords go to the reader (e.g. ``seed=`` and
+    ``image=`` for digits, ``normalize=`` for CIFAR, ``label=`` for CIFAR-100, ``length=`` for text)."""
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
     if key not in _READERS:
         raise ConfigError("data name", name, f"one of {list(KNOWN)}")
     if key == "digits":
         return digits(split, **kw)
+    if key == "text":
+        return text(split, **kw)
     return _READERS[key](_root(root, key), split, **kw)

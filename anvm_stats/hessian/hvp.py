@@ -24,13 +24,16 @@ Tensor = torch.Tensor
 ParamDict = dict[str, Tensor]
 
 #: module types whose weight (and bias) make a "layer" by default
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: nn.MultiheadAttention's own parameters are its packed q/k/v projection (``in_proj_weight``, ``in_proj_bias``); its
+#: ``out_proj`` is a Linear of its own
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention)
 
 
 def default_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_LAYER_TYPES,
                    ) -> dict[str, list[str]]:
     """Qualified module name -> its parameter names (``"<name>.weight"``, ``"<name>.bias"``) for every module of
-    ``types`` (default ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``), in module order.
+    ``types`` (default ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, and ``nn.MultiheadAttention`` for its packed
+    q/k/v projection), in module order.
 
     Raises
     ------
@@ -72,11 +75,16 @@ def resolve_layers(model: nn.Module, layers) -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule of ``model`` in eval mode and restore each one's own flag on exit."""
+    """Put every submodule of ``model`` in eval mode and restore each one's own flag on exit; attention
+    (``F.scaled_dot_product_attention``, e.g. in ``nn.MultiheadAttention``) runs its math kernel, the one with
+    forward-mode AD (the HVPs are forward-over-reverse; the fused CPU/GPU kernels have no forward AD)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         for m, flag in flags:
             m.training = flag

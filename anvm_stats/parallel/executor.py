@@ -180,8 +180,9 @@ class DaskExecutor:
     def run(self, model: nn.Module, spec: HardwareSpec, data, *, plan: GridPlan, instances: np.ndarray,
             seed: SeedLike, calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
             device: torch.device | str | None = None, options: RunOptions,
-            program: AnalogProgram | None = None, progress: bool = True) -> xr.Dataset:
-        """The executor protocol of :class:`anvm_stats.montecarlo.LocalExecutor`."""
+            program: AnalogProgram | None = None, progress: bool = True, metrics=None) -> xr.Dataset:
+        """The executor protocol of :class:`anvm_stats.montecarlo.LocalExecutor` (``metrics`` travel in the
+        scattered inputs; their names and functions' qualified names are part of the store's fingerprint)."""
         idx = instances
         root = root_sequence(seed)
         tasks = plan_tasks(plan.values, len(idx), int(self.task_size), self.split_grid)
@@ -189,6 +190,9 @@ class DaskExecutor:
         pcal = portable_data(calibration_data) if calibration_data is not None else None
         data_hash = hash_data(pdata)
         opt_hash = _options_hash(calibration_hash=hash_data(pcal), layers=layers, digital=digital, program=program)
+        if metrics is not None:
+            opt_hash = hash_json([opt_hash, [[m.name, m.reduction, getattr(m.fn, "__module__", ""),
+                                              getattr(m.fn, "__qualname__", repr(m.fn))] for m in metrics]])
         model_hash = hash_model(model)
         key = hash_json([model_hash, spec.to_json(), data_hash, opt_hash])
         attrs = {"dataset": describe(data), "calibration_data": "evaluation data" if calibration_data is None
@@ -224,6 +228,7 @@ class DaskExecutor:
                             "memory_budget": options.memory_budget, "sampler": sampler,
                             "precision": options.precision}
                 _run(c, pending, sink, model=model, spec=spec, data=pdata, calibration=pcal, program=program,
+                     metrics=metrics,
                      key=key, prep=prep, keys=list(plan.keys), values=list(plan.values), idx=idx, root=root,
                      options=run_opts, torch_threads=1, retries=int(self.retries), progress=progress,
                      on_task=self.on_task, n_total=len(tasks))
@@ -231,7 +236,7 @@ class DaskExecutor:
 
 
 def _run(client, pending: list[Task], sink, *, model, spec, data, calibration, program, key, prep, keys, values,
-         idx, root, options, torch_threads, retries, progress, on_task, n_total) -> None:
+         idx, root, options, torch_threads, retries, progress, on_task, n_total, metrics=None) -> None:
     """Scatter the inputs once per worker, submit the pending tasks, store results as they complete.
 
     Dask reruns a task whose worker died (and ``retries`` times one that raised). If every copy of the scattered
@@ -241,7 +246,8 @@ def _run(client, pending: list[Task], sink, *, model, spec, data, calibration, p
 
     from distributed import as_completed
 
-    payload = pack(model=model, spec=spec, data=data, calibration=calibration, program=program, prep=prep)
+    payload = pack(model=model, spec=spec, data=data, calibration=calibration, program=program, prep=prep,
+                   metrics=metrics)
     n_pts = int(np.prod([len(v) for v in values])) if values else 1
     size = {t.index: (t.stop - t.start) * (1 if t.point is not None else n_pts) for t in pending}
     bar = tqdm(total=sum(size.values()), unit="chip-point", disable=not progress, desc="Monte Carlo (dask)",

@@ -188,7 +188,7 @@ def run_task(payload: bytes, *, cache_key: str, grid, instances: np.ndarray, see
     ----------
     payload : bytes
         :func:`pack` of ``model``, ``spec``, ``data`` (as for :func:`anvm_stats.montecarlo.sweep`), optional
-        ``calibration`` and ``program``, and ``prep`` (``layers``, ``digital``, ``device`` for
+        ``calibration``, ``program`` and ``metrics``, and ``prep`` (``layers``, ``digital``, ``device`` for
         :func:`anvm_stats.analog.prepare`); scattered once per worker.
     cache_key : str
         Content hash of the payload: the per-worker program cache key.
@@ -213,4 +213,4 @@ def run_task(payload: bytes, *, cache_key: str, grid, instances: np.ndarray, see
         torch.set_num_threads(torch_threads)
     inp = cached_inputs(cache_key, payload)
     return sweep(inp["model"], inp["spec"], inp["data"], grid=grid, instances=instances, seed=seed,
-                 program=inp["program"], options=RunOptions(**options), progress=False)
+                 program=inp["program"], options=RunOptions(**options), progress=False, metrics=inp.get("metrics"))

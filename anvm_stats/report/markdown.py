@@ -77,6 +77,13 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                      f"order-statistic intervals; yield = fraction of chips with accuracy >= {thr:g}, with a "
                      f"{pct}% Clopper-Pearson interval."))
     out.append(("table", point_table(ds, threshold=thr, ci=c, quantiles=qs)))
+    for var in [v for v in str(ds.attrs.get("metrics", "")).split(",") if v and v != dims.ACCURACY and v in ds]:
+        long_name = ds[var].attrs.get("long_name", var)
+        out.append(("h2", f"{long_name[:1].upper()}{long_name[1:]} over chips at each sweep point"))
+        out.append(("p", f"Variable {var!r} ({'higher' if ds[var].attrs.get('higher_is_better', 1) else 'lower'} "
+                         f"is better): mean with a {pct}% Student-t interval; quantiles with distribution-free "
+                         f"{pct}% order-statistic intervals."))
+        out.append(("table", point_table(ds, var, threshold=thr, ci=c, quantiles=qs, with_yield=False)))
     titles = {"model": "Paired differences between trained models (same chips)",
               "hardware": "Paired differences between chip variants (same base draws)",
               "recovery": "Per-chip recovery: accuracy after minus before (same chips)"}

@@ -66,8 +66,9 @@ def _clean(da: xr.DataArray) -> xr.DataArray:
 
 
 def point_table(ds: xr.Dataset, var: str = dims.ACCURACY, *, threshold: float | None = None,
-                ci: float | None = None, quantiles=None) -> Table:
-    """One row per sweep point: coordinates, n, mean [CI], each quantile [CI], yield P(var >= threshold) [CI]."""
+                ci: float | None = None, quantiles=None, with_yield: bool = True) -> Table:
+    """One row per sweep point: coordinates, n, mean [CI], each quantile [CI], yield P(var >= threshold) [CI]
+    (unless ``with_yield`` is false: for metrics without a pass mark, e.g. perplexity)."""
     thr, c, qs = settings(ds, threshold, ci, quantiles)
     da = _clean(ds[var])
     m = stats.mean(da, ci=c)
@@ -78,7 +79,8 @@ def point_table(ds: xr.Dataset, var: str = dims.ACCURACY, *, threshold: float | 
     headers = order + ["n", "mean", f"mean {pct}% CI"]
     for q in qs:
         headers += [f"q{q:g}", f"q{q:g} {pct}% CI"]
-    headers += [f"yield(>={thr:g})", f"yield {pct}% CI"]
+    if with_yield:
+        headers += [f"yield(>={thr:g})", f"yield {pct}% CI"]
     rows = []
     for pt in _points(da):
         mi = m.isel(pt)
@@ -89,8 +91,10 @@ def point_table(ds: xr.Dataset, var: str = dims.ACCURACY, *, threshold: float | 
             qi = qd.isel(pt).isel({dims.QUANTILE: j})
             row += [fmt(float(qi["estimate"])),
                     f"[{fmt(float(qi['interval'][0]))}, {fmt(float(qi['interval'][1]))}]"]
-        yi = y.isel(pt)
-        row += [fmt(float(yi["estimate"])), f"[{fmt(float(yi['interval'][0]))}, {fmt(float(yi['interval'][1]))}]"]
+        if with_yield:
+            yi = y.isel(pt)
+            row += [fmt(float(yi["estimate"])),
+                    f"[{fmt(float(yi['interval'][0]))}, {fmt(float(yi['interval'][1]))}]"]
         rows.append(row)
     return headers, rows
 

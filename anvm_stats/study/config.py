@@ -75,6 +75,8 @@ class SweepConfig:
     instances_per_round: int = 64
     samples_per_batch: int | None = None
     instances_per_chunk: int | None = None
+    #: built-in metric names (anvm_stats.metrics.BUILTIN); None: a classifier's default variables
+    metrics: tuple | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,7 @@ from ..checks import NONFINITE_ATTR, flag_nonfinite
 from ..hardware.spec import HardwareSpec
 from ..hessian import layer_sensitivity
 from ..io import load, save
+from ..metrics import token_loss
 from ..montecarlo import RunOptions, sweep
 from ..report import write_report
 from ..stats import sequential_estimate
@@ -100,7 +101,8 @@ class _Ctx:
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
                          "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
-                         "calibration": getattr(self.calibration, "name", None)})
+                         "calibration": getattr(self.calibration, "name", None),
+                         **({} if self.study.sweep.metrics is None else {"metrics": list(self.study.sweep.metrics)})})
         return DaskExecutor(self.client, store=self.store_dir / f"sweep-{key[:16]}.zarr")
 
     @property
@@ -127,10 +129,11 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     std, _ = ctx.grids()
     sw = ctx.study.sweep
     options = RunOptions(samples_per_batch=sw.samples_per_batch, instances_per_chunk=sw.instances_per_chunk)
+    extra = {} if sw.metrics is None else {"metrics": list(sw.metrics)}
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
-        executor=ctx.executor(model, spec, instances)))
+        executor=ctx.executor(model, spec, instances), **extra))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -157,11 +160,11 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
 
 @torch.no_grad()
 def float_accuracy(model, data, batch: int = 1024) -> float:
-    """Accuracy of the digital (float) network."""
+    """Accuracy of the digital (float) network (over every token for token labels ``[N, L...]``)."""
     model.eval()
     dev = next(model.parameters()).device
     correct = sum(int((model(x.to(dev)).argmax(-1) == y.to(dev)).sum()) for x, y in data.batches(batch))
-    return correct / data.n
+    return correct / data.y.numel()
 
 
 def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset:
@@ -189,7 +192,8 @@ def _sensitivity(ctx: _Ctx) -> xr.Dataset:
     data = ctx.test if ctx.test.n <= 512 else ctx.test.subset(512, seed=0)
     parts = []
     for model in ctx.models.values():
-        s = layer_sensitivity(model, data, seed=ctx.study.seed, eigen=False, max_probes=64)
+        extra = {"loss_fn": token_loss} if data.y.dim() > 1 else {}       # scores [N, L, V] of token labels
+        s = layer_sensitivity(model, data, seed=ctx.study.seed, eigen=False, max_probes=64, **extra)
         parts.append(s[["trace", "trace_se", "trace_per_param"]].rename(
             {v: f"sensitivity_{v}" for v in ("trace", "trace_se", "trace_per_param")}))
     return _stack(parts, MODEL_DIM, list(ctx.models), ctx.keep_model)

@@ -13,9 +13,11 @@ Tables and keys
     resnet, wrn), ``args`` (table of constructor arguments, e.g. ``{hidden = [256, 256]}``), ``seed`` (init
     seed, default the study seed), ``weights`` (path of a saved ``state_dict``: skips training).
 ``[data]``
-    ``name``: digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist; ``root`` (folder of the
-    files; required except for digits); ``split_seed``, ``test_fraction``, ``image`` (digits); ``normalize``
-    (cifar); ``label`` (cifar100: fine|coarse); ``n_train``, ``n_test`` (seeded subsets, for speed).
+    ``name``: digits (embedded, default), text (the embedded corpus as character windows, for language models),
+    cifar10, cifar100, mnist, fashion_mnist; ``root`` (folder of the files; required except for digits and
+    text); ``split_seed``, ``test_fraction``, ``image`` (digits); ``split_seed``, ``test_fraction``, ``length``,
+    ``one_hot`` (text: :func:`anvm_stats.data.text`); ``normalize`` (cifar); ``label`` (cifar100: fine|coarse);
+    ``n_train``, ``n_test`` (seeded subsets, for speed).
 ``[training]``
     ``method``: plain | hasgd; ``epochs``, ``lr``, ``batch_size``, ``samples`` (L draws per step);
     ``sigma_train`` (a number, or a list: one trained model per value, a ``model`` dim in the results);
@@ -34,6 +36,9 @@ Tables and keys
     spec's converters / programming-noise mean). ``n_instances`` (chips per point, default 256) or
     ``target_ci_width`` (stop once every point's mean-accuracy interval is this narrow) with ``max_instances``
     (default 4096) and ``instances_per_round`` (chips drawn between two looks at the intervals, default 64);
+    ``metrics`` (built-in names of :data:`anvm_stats.metrics.BUILTIN` holding ``"accuracy"``, e.g.
+    ``["accuracy", "perplexity"]``: one result variable each, reported with its intervals; default a classifier's
+    variables);
     the engine's :class:`~anvm_stats.montecarlo.RunOptions` ``instances_per_chunk`` (chips evaluated together:
     speed and memory only, it never changes a result) and ``samples_per_batch`` (evaluation samples per forward,
     default up to 1024: it changes the per-chip ``loss`` at float32 round-off, ~1e-7, as the sum over samples
@@ -70,11 +75,12 @@ from .values import check_knobs, distinct, grid_values, safe_name
 
 EXTRA_KNOBS = ("adc_levels", "dac_levels", "mean_shift")
 ALL_KNOBS = tuple(KNOBS) + EXTRA_KNOBS
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist")
+DATASETS = ("digits", "text", "cifar10", "cifar100", "mnist", "fashion_mnist")
 METHODS = ("plain", "hasgd")
 FORMATS = ("nc", "zarr")
 _SECTIONS = ("study", "model", "data", "training", "hardware", "sweep", "recovery", "outputs")
-_DATA_OPTS = {"digits": ("split_seed", "test_fraction", "image"), "cifar10": ("normalize",),
+_DATA_OPTS = {"digits": ("split_seed", "test_fraction", "image"),
+              "text": ("split_seed", "test_fraction", "length", "one_hot"), "cifar10": ("normalize",),
               "cifar100": ("normalize", "label"), "mnist": (), "fashion_mnist": ()}
 _TRAIN_KEYS = ("method", "epochs", "lr", "batch_size", "samples", "sigma_train", "q", "options")
 
@@ -121,13 +127,15 @@ def _data(c: Ctx, raw: dict) -> DataConfig:
         c.number("data.split_seed", opts["split_seed"], low=0, integer=True)
     if "test_fraction" in opts:
         c.number("data.test_fraction", opts["test_fraction"], low=0, high=1, low_open=True, high_open=True)
-    for k in ("image", "normalize"):
+    for k in ("image", "normalize", "one_hot"):
         if k in opts:
             c.boolean(f"data.{k}", opts[k])
+    if "length" in opts:
+        c.number("data.length", opts["length"], low=1, integer=True)
     if "label" in opts:
         c.string("data.label", opts["label"], ("fine", "coarse"))
     root = raw.get("root")
-    if name != "digits" and root is None:
+    if name not in ("digits", "text") and root is None:
         raise c.error("data.root", None, f"the folder holding the {name} files (required for {name})")
     if root is not None:
         c.string("data.root", root)
@@ -222,7 +230,7 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
         if isinstance(raw, dict) and old in raw:
             raise c.error(f"sweep.{old}", raw[old], f"the key sweep.{new} (sweep.{old} was renamed)")
     c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "instances_per_round",
-                           "samples_per_batch", "instances_per_chunk"))
+                           "samples_per_batch", "instances_per_chunk", "metrics"))
     grid_raw = raw.get("grid", {})
     c.table(grid_raw, "sweep.grid", ALL_KNOBS)
     grid = {k: grid_values(c, k, v) for k, v in grid_raw.items()}
@@ -238,10 +246,30 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
         kw["target_ci_width"] = c.number("sweep.target_ci_width", raw["target_ci_width"], low=0, high=1,
                                          low_open=True)
         kw["n_instances"] = None
+    if "metrics" in raw:
+        kw["metrics"] = _metric_names(c, raw["metrics"])
     mx, bt = kw.get("max_instances", 4096), kw.get("instances_per_round", 64)
     if mx < bt:
         raise c.error("sweep.max_instances", mx, f"at least instances_per_round ({bt})")
     return SweepConfig(**kw)
+
+
+def _metric_names(c: Ctx, raw) -> tuple[str, ...]:
+    """``sweep.metrics``: distinct built-in metric names, ``accuracy`` among them."""
+    from ..metrics import BUILTIN
+
+    if not isinstance(raw, list) or not raw:
+        raise c.error("sweep.metrics", raw, f"a non-empty list of built-in metric names: {sorted(BUILTIN)}")
+    names = tuple(c.string(f"sweep.metrics[{i}]", m, tuple(sorted(BUILTIN))) for i, m in enumerate(raw))
+    variables = [BUILTIN[n].name for n in names]         # "cross_entropy" and "loss" are one variable
+    for i, v in enumerate(variables):
+        if v in variables[:i]:
+            raise c.error(f"sweep.metrics[{i}]", raw[i], f"distinct metrics ({raw[i]!r} repeats "
+                                                         f"{raw[variables.index(v)]!r})")
+    if "accuracy" not in names:
+        raise c.error("sweep.metrics", raw, "a list holding 'accuracy' (the report's tables, yield and stopping "
+                                            "rule read it)")
+    return names
 
 
 #: keywords of calibrate() the runner sets itself

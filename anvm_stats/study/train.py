@@ -22,6 +22,7 @@ import xarray as xr
 from torch import nn
 
 from .. import dims
+from ..metrics import token_loss
 from ..training import train_hasgd
 from .config import DataConfig, ModelConfig, StudyError, TrainingConfig
 
@@ -180,6 +181,8 @@ def train_or_load(model_cfg: ModelConfig, training: TrainingConfig, data_cfg: Da
               seed=seed, progress=progress, **training.options)
     if training.lr is not None:
         kw["lr"] = training.lr
+    if train_data.y.dim() > 1:              # token labels [N, L]: the mean cross-entropy over every token
+        kw["loss_fn"] = token_loss
     log(f"[{training.label}] training: {training.method}, {training.epochs} epochs")
     if device is not None:
         model, train_data = model.to(device), train_data.to(device)

@@ -141,3 +141,37 @@ def test_cuda_matches_cpu():
     v = torch.randn(cpu.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(gpu.flatten(gpu.hvp(gpu.unflatten(v))).cpu(), cpu.flatten(cpu.hvp(cpu.unflatten(v))),
                                rtol=1e-8, atol=1e-10)
+
+
+class _TinyAttention(torch.nn.Module):
+    """Self-attention over 3 tokens of 4 features (fused SDPA kernel by default), mean-pooled, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.attn = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+            self.head = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        h, _ = self.attn(x, x, x, need_weights=False)
+        return self.head(h.mean(1))
+
+
+def test_attention_layers_hvp_equals_exact_hessian():
+    """nn.MultiheadAttention is a default layer (its packed q/k/v projection; out_proj is a Linear of its own), and
+    its HVPs work although the fused attention kernels have no forward-mode AD (the math kernel is used)."""
+    model = _TinyAttention().double()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 3, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    op = HessianOperator(model, (x, y))
+    assert list(op.layers) == ["attn", "attn.out_proj", "head"]
+    assert op.layers["attn"] == ["attn.in_proj_weight", "attn.in_proj_bias"]
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        h, _, _ = exact_hessian(model, x, y, op.names)
+    torch.testing.assert_close(op.dense(), h, **TOL)

@@ -101,6 +101,27 @@ def test_cluster_identical_to_single_process(job, client):
     assert_same(got, local)
 
 
+def mean_logit(outputs, targets):
+    """A user metric (a module-level function: it travels to the workers by reference)."""
+    return outputs.mean(1)
+
+
+@pytest.mark.slow
+def test_metrics_reach_the_workers(job, client, tmp_path):
+    """``metrics=`` on a Dask sweep: the same variables and values as in process, and part of the store's
+    fingerprint (a store of other metrics is refused)."""
+    net, spec, data, _ = job
+    metrics = ["perplexity", mean_logit]
+    local = sweep(net, spec, data, grid=GRID, instances=[3, 17, 5], seed=SEED, progress=False, metrics=metrics)
+    got = dask(net, spec, data, grid=GRID, instances=[3, 17, 5], seed=SEED, client=client, task_size=2,
+               metrics=metrics, store=tmp_path / "m.zarr")
+    assert_same(got, local)
+    assert set(got.data_vars) == {"perplexity", "mean_logit"}
+    with pytest.raises(ConfigError):
+        dask(net, spec, data, grid=GRID, instances=[3, 17, 5], seed=SEED, client=client, task_size=2,
+             metrics=["perplexity"], store=tmp_path / "m.zarr")
+
+
 class Stop(Exception):
     pass
 
