@@ -415,7 +415,8 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
           n_instances: int | None = 256, seed: SeedLike = 0, instances: Sequence[int] | None = None,
           calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
           device: torch.device | str | None = None, options: RunOptions | None = None,
-          program: AnalogProgram | None = None, executor=None, progress: bool = True) -> xr.Dataset:
+          program: AnalogProgram | None = None, executor=None, progress: bool = True,
+          cost: bool = False) -> xr.Dataset:
     """Evaluate ``model`` on simulated chips over a grid of hardware knobs.
 
     Parameters
@@ -446,6 +447,11 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         Where the sweep runs; default in this process. The result is the same, bit for bit.
     progress : bool
         Show a progress bar.
+    cost : bool
+        Add what one inference costs at every grid point (:func:`anvm_stats.cost.grid_cost`, shipped constants,
+        1T1R RRAM cells): ``energy_per_inference``, ``latency_per_inference``, ``chip_area`` (grid dims) and
+        ``energy`` (grid dims, ``component``), from the counts of the program the engine runs. The other variables
+        are unchanged.
 
     Returns
     -------
@@ -470,6 +476,8 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     executor = LocalExecutor() if executor is None else executor
     if not callable(getattr(executor, "run", None)):
         raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
+    if not isinstance(cost, bool):
+        raise ConfigError("cost", cost, "True or False")
     plan = plan_grid(grid)
     idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
     check_model_data(model, data)
@@ -477,6 +485,10 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
                       layers=layers, digital=digital, device=device, options=options, program=program,
                       progress=progress)
     flag_nonfinite(ds, what="sweep")
+    if cost:
+        from .cost import count, grid_cost
+        counts = count(model, spec, data, layers=layers, digital=digital, program=program)
+        ds = xr.merge([ds, grid_cost(counts, plan.specs(spec), plan.keys, plan.values)], combine_attrs="override")
     return ds
 
 
