@@ -488,7 +488,9 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     if cost:
         from .cost import count, grid_cost
         counts = count(model, spec, data, layers=layers, digital=digital, program=program)
-        ds = xr.merge([ds, grid_cost(counts, plan.specs(spec), plan.keys, plan.values)], combine_attrs="override")
+        extra = grid_cost(counts, plan.specs(spec), plan.keys, plan.values)
+        ds = xr.merge([ds, extra], combine_attrs="override")
+        ds.attrs.update(extra.attrs)
     return ds
 
 

@@ -75,6 +75,7 @@ class SweepConfig:
     instances_per_round: int = 64
     samples_per_batch: int | None = None
     instances_per_chunk: int | None = None
+    cost: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -130,7 +130,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
-        executor=ctx.executor(model, spec, instances)))
+        executor=ctx.executor(model, spec, instances), cost=sw.cost))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -149,7 +149,9 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
 
     res = sequential_estimate(draw, statistic="mean", target_width=sw.target_ci_width, ci=ctx.study.outputs.ci,
                               instances_per_round=sw.instances_per_round, max_n=sw.max_instances)
-    ds = xr.concat(chunks, dim=dims.INSTANCE, combine_attrs="override")
+    fixed = [v for v in chunks[0].data_vars if dims.INSTANCE not in chunks[0][v].dims]   # cost: per point only
+    ds = xr.concat([c.drop_vars(fixed) for c in chunks], dim=dims.INSTANCE, combine_attrs="override")
+    ds = xr.merge([ds, chunks[0][fixed]], combine_attrs="override") if fixed else ds
     ds.attrs.update(sequential_stopped_by=res.stopped_by, sequential_target_width=sw.target_ci_width,
                     sequential_width=float(res.width))
     return ds
