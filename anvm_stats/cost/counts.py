@@ -132,11 +132,12 @@ def _mvms_per_input(program: AnalogProgram, x: torch.Tensor) -> list[int]:
     def hook(module, args, out):
         seen[id(module)] += out.numel() // (out.shape[0] * module.plan.out_features)
 
+    x = program.input(x)   # chooses the layout first (it runs a forward of its own, before the hooks)
     mods = program.analog_modules()
     hooks = [m.register_forward_hook(hook) for m in mods]
     try:
         program.load(program.g0[None], B=1)
-        program.module(program.input(x))
+        program.module(x)
     finally:
         program.unload()
         for h in hooks:
