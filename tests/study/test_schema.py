@@ -95,6 +95,7 @@ BROKEN = [
     ('name = "mlp"', 'name = "vgg"', "model.name", 'name = "vgg"'),
     ("seed = 1", "seed = -1", "study.seed", "seed = -1"),
     ("[sweep]", "[sweep]\nyield_threshold = 0.9", "sweep.yield_threshold", "yield_threshold"),
+    ("n_instances = 4", 'n_instances = 4\ncost = "yes"', "sweep.cost", 'cost = "yes"'),
 ]
 
 
