@@ -7,7 +7,8 @@ Results layout (an ``xr.Dataset``)
 ``model`` (several trained models; coordinate ``sigma_train`` beside it) / ``hardware`` (chip variants) when
 present; ``float_accuracy`` (digital network, per model); ``history_<curve>`` (dims model?, ``epoch``);
 ``sensitivity_trace`` / ``_se`` / ``_per_param`` (dim ``layer``); ``recovery_accuracy_before`` / ``_after``
-(per-chip calibration). Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings.
+(per-chip calibration); with ``sweep.cost``, ``energy_per_inference``, ``latency_per_inference``, ``chip_area``
+(and ``energy`` by ``component``) per point, without the ``instance`` dim. Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings.
 """
 
 from __future__ import annotations
