@@ -111,8 +111,8 @@ def cost_of_counts(counts: Sequence[LayerCounts], spec: HardwareSpec, *, constan
     k.cell_area(cell)   # validates the cell type
     adc, dac, assumed = converters(spec, k)
     names = [c.name for c in counts]
-    energy = np.array([[layer_energy(c, k, adc, dac)[n] for n in ENERGY_COMPONENTS] for c in counts])
-    area = np.array([[layer_area(c, k, adc, dac, cell)[n] for n in AREA_COMPONENTS] for c in counts])
+    energy = np.array([list(layer_energy(c, k, adc, dac).values()) for c in counts])
+    area = np.array([list(layer_area(c, k, adc, dac, cell).values()) for c in counts])
     latency = np.array([layer_latency(c, k, adc) for c in counts])
     per_layer = {
         "mvms": [c.mvms for c in counts],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -25,20 +27,14 @@ def pareto_mask(cost, value) -> np.ndarray:
     v = np.asarray(value, dtype=float).reshape(-1)
     if c.shape != v.shape:
         raise ConfigError("value", v.shape, f"one value per design (cost has shape {c.shape})")
-    ok = np.isfinite(c) & np.isfinite(v)
     out = np.zeros(c.shape, dtype=bool)
+    ok = np.flatnonzero(np.isfinite(c) & np.isfinite(v))
+    # by increasing cost: the best designs of one cost are optimal iff they beat every cheaper design
     best = -np.inf
-    # by increasing cost, higher value first among equal costs: a design is optimal iff it beats every cheaper one
-    order = np.lexsort((-v, c))
-    i = 0
-    idx = [j for j in order if ok[j]]
-    while i < len(idx):
-        j0 = idx[i]
-        same = [j for j in idx[i:] if c[j] == c[j0]]
-        top = v[same[0]]
+    for _, group in itertools.groupby(ok[np.argsort(c[ok], kind="stable")], key=lambda j: c[j]):
+        group = np.fromiter(group, dtype=np.int64)
+        top = v[group].max()
         if top > best:
-            for j in same:
-                out[j] = v[j] == top
+            out[group[v[group] == top]] = True
             best = top
-        i += len(same)
     return out

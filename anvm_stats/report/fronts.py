@@ -56,12 +56,15 @@ def designs(ds: xr.Dataset, *, threshold: float | None = None, ci: float | None 
     for name in (dims.ENERGY_PER_INFERENCE, dims.LATENCY_PER_INFERENCE, dims.CHIP_AREA):
         if name in ds:
             out[name] = ((DESIGN,), ds[name].broadcast_like(template).transpose(*order).values.reshape(-1))
+    if dims.ENERGY in ds and dims.COMPONENT in ds[dims.ENERGY].dims:
+        by = ds[dims.ENERGY].broadcast_like(template).transpose(*order, dims.COMPONENT)
+        out[dims.ENERGY] = ((DESIGN, dims.COMPONENT), by.values.reshape(len(points), by.sizes[dims.COMPONENT]))
     for key, r in (("mean", m), ("quantile", q), ("yield", y)):
         iv = r["interval"].transpose(DESIGN, dims.CI_BOUND).values
         out[key] = ((DESIGN,), r["estimate"].values)
         out[f"{key}_lower"], out[f"{key}_upper"] = ((DESIGN,), iv[:, 0]), ((DESIGN,), iv[:, 1])
         out[f"front_{key}"] = ((DESIGN,), pareto_mask(out[dims.ENERGY_PER_INFERENCE][1], r["estimate"].values))
-    res = xr.Dataset(out)
+    res = xr.Dataset(out, coords={dims.COMPONENT: ds[dims.COMPONENT].values} if dims.ENERGY in out else None)
     res.attrs.update(quantile=min(qs), threshold=thr, ci=c)
     return res
 
@@ -89,6 +92,20 @@ def front_table(d: xr.Dataset) -> tuple[list[str], list[list[str]]]:
         row.append(", ".join(on) or "-")
         rows.append(row)
     return headers, rows
+
+
+def component_table(d: xr.Dataset) -> tuple[list[str], list[list[str]]] | None:
+    """Energy per inference by component (nJ) of the designs on the mean-accuracy front, by increasing energy;
+    None without a per-component breakdown."""
+    if dims.ENERGY not in d:
+        return None
+    comps = [str(c) for c in d[dims.COMPONENT].values]
+    rows = []
+    front = np.flatnonzero(d["front_mean"].values)
+    for i in front[np.argsort(d[dims.ENERGY_PER_INFERENCE].values[front], kind="stable")]:
+        e = d[dims.ENERGY].values[i]
+        rows.append([str(d["label"].values[i])] + [f"{v * 1e9:.3g}" for v in e] + [f"{e.sum() * 1e9:.3g}"])
+    return ["design"] + comps + ["total"], rows
 
 
 def front_figure(d: xr.Dataset) -> Figure:
@@ -159,4 +176,10 @@ def front_blocks(ds: xr.Dataset, figure: str | None, *, threshold: float | None 
         out.append(("img", figure, "Mean accuracy, lower quantile and yield vs energy per inference; Pareto-optimal "
                                    "designs filled and joined."))
     out.append(("table", front_table(d)))
+    comp = component_table(d)
+    if comp is not None:
+        out.append(("p", "Where the energy goes: energy per inference (nJ) by component for the designs on the "
+                         "mean-accuracy front (dac: input drivers; cells: device read currents; bitlines: column "
+                         "sensing; adc: conversions; shift_add / accumulate / offset: digital adds)."))
+        out.append(("table", comp))
     return out

@@ -7,7 +7,7 @@ import xarray as xr
 from anvm_stats import dims, stats
 from anvm_stats.cost import pareto_mask
 from anvm_stats.report import write_report
-from anvm_stats.report.fronts import FRONT_FILE, designs, front_table
+from anvm_stats.report.fronts import FRONT_FILE, component_table, designs, front_table
 
 
 def _results(seed=0, n=40):
@@ -19,8 +19,11 @@ def _results(seed=0, n=40):
     ds = xr.Dataset({dims.ACCURACY: (("hardware", dims.ADC_BITS, dims.INSTANCE), acc),
                      dims.ENERGY_PER_INFERENCE: (("hardware", dims.ADC_BITS), energy),
                      dims.LATENCY_PER_INFERENCE: (("hardware", dims.ADC_BITS), energy * 10),
-                     dims.CHIP_AREA: (("hardware", dims.ADC_BITS), energy * 1e3)},
-                    coords={"hardware": hw, dims.ADC_BITS: bits, dims.INSTANCE: np.arange(n)})
+                     dims.CHIP_AREA: (("hardware", dims.ADC_BITS), energy * 1e3),
+                     dims.ENERGY: (("hardware", dims.ADC_BITS, dims.COMPONENT),
+                                   energy[..., None] * np.array([0.25, 0.75])[None, None, :])},
+                    coords={"hardware": hw, dims.ADC_BITS: bits, dims.INSTANCE: np.arange(n),
+                            dims.COMPONENT: ["dac", "adc"]})
     ds.attrs.update(report_yield_threshold=0.9, report_ci=0.95, report_quantiles=[0.1, 0.5, 0.9],
                     cost_cell="rram_1t1r", cost_constants="<shipped constants.csv>")
     return ds
@@ -45,6 +48,10 @@ def test_designs_carry_intervals_and_fronts():
     headers, rows = front_table(d)
     assert rows[0][0] == "hardware=a, adc_bits=4" and rows[0][1] == "1" and "mean" in rows[0][-1]
     assert "Pareto-optimal for" in headers and "q0.1" in headers
+    headers, rows = component_table(d)
+    assert headers == ["design", "dac", "adc", "total"]
+    assert rows[0] == ["hardware=a, adc_bits=4", "0.25", "0.75", "1"]
+    assert len(rows) == int(d["front_mean"].sum())
 
 
 def test_report_has_the_front_section_only_with_cost(tmp_path):
@@ -54,7 +61,9 @@ def test_report_has_the_front_section_only_with_cost(tmp_path):
     assert (tmp_path / "with" / FRONT_FILE).exists() and f"]({FRONT_FILE})" in md
     assert "accuracy vs energy per inference" in md and "| hardware=a, adc_bits=4 | 1 |" in md
     assert "rram_1t1r" in md and "Pareto-optimal for" in (tmp_path / "with" / "report.html").read_text()
-    plain = write_report(ds.drop_vars([dims.ENERGY_PER_INFERENCE, dims.LATENCY_PER_INFERENCE, dims.CHIP_AREA]),
+    assert "Where the energy goes" in md
+    plain = write_report(ds.drop_vars([dims.ENERGY_PER_INFERENCE, dims.LATENCY_PER_INFERENCE, dims.CHIP_AREA,
+                                       dims.ENERGY, dims.COMPONENT]),
                          tmp_path / "without")
     assert "energy per inference" not in plain["markdown"].read_text()
     assert not (tmp_path / "without" / FRONT_FILE).exists()
