@@ -163,7 +163,8 @@ def _check_value(where: str, value: float, unit: str) -> None:
     if ok and whole:
         ok = float(value).is_integer()
     if not ok:
-        raise ConfigError(where, value, "a finite positive " + ("whole number" if whole else "number") + f" (in {unit})")
+        kind = "whole number" if whole else "number"
+        raise ConfigError(where, value, f"a finite positive {kind} (in {unit})")
 
 
 def resolve(constants: "CostConstants | str | Path | None") -> CostConstants:

@@ -198,5 +198,6 @@ def grid_cost(counts: Sequence[LayerCounts], specs: Sequence[HardwareSpec], keys
                                  dims.COMPONENT: list(ENERGY_COMPONENTS)})
     for name in (dims.ENERGY, dims.ENERGY_PER_INFERENCE, dims.LATENCY_PER_INFERENCE, dims.CHIP_AREA):
         ds[name].attrs["units"] = UNITS[name]
-    ds.attrs.update(cost_cell=cell, cost_constants=k.path)
+    assumed = {a for p in parts for a in p.attrs["cost_assumed_converters"].split(",") if a}
+    ds.attrs.update(cost_cell=cell, cost_constants=k.path, cost_assumed_converters=",".join(sorted(assumed)))
     return ds

@@ -172,6 +172,10 @@ def front_blocks(ds: xr.Dataset, figure: str | None, *, threshold: float | None 
              f"other, not a sign-off estimate. A design is Pareto-optimal for a statistic when no other design has "
              f"lower (or equal) energy and a higher (or equal) estimate, one strictly; fronts are drawn on the point "
              f"estimates, and the intervals say which differences the chips drawn can resolve.")]
+    assumed = ds.attrs.get("cost_assumed_converters", "")
+    if assumed:
+        out.append(("p", f"The chips have no {' / '.join(a.upper() for a in assumed.split(','))}: its cost uses the "
+                         f"table's default resolution (default_{'_bits, default_'.join(assumed.split(','))}_bits)."))
     if figure:
         out.append(("img", figure, "Mean accuracy, lower quantile and yield vs energy per inference; Pareto-optimal "
                                    "designs filled and joined."))

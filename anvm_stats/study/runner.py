@@ -8,7 +8,8 @@ Results layout (an ``xr.Dataset``)
 present; ``float_accuracy`` (digital network, per model); ``history_<curve>`` (dims model?, ``epoch``);
 ``sensitivity_trace`` / ``_se`` / ``_per_param`` (dim ``layer``); ``recovery_accuracy_before`` / ``_after``
 (per-chip calibration); with ``sweep.cost``, ``energy_per_inference``, ``latency_per_inference``, ``chip_area``
-(and ``energy`` by ``component``) per point, without the ``instance`` dim. Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings.
+(and ``energy`` by ``component``) per point, without the ``instance`` dim. Attrs: provenance, ``study`` (name),
+``study_toml`` (the file), ``report_*`` settings.
 """
 
 from __future__ import annotations

@@ -30,12 +30,13 @@ def test_energy_latency_area_by_hand():
     assert float(e.sel(component="dac")) == pytest.approx(4 * 2 * K["dac_energy_per_bit"], rel=1e-12)
     assert float(e.sel(component="bitlines")) == pytest.approx(4 * K["column_read_energy"], rel=1e-12)
     assert float(e.sel(component="adc")) == pytest.approx(2 * K["adc_walden_fom"] * 16, rel=1e-12)
-    assert float(e.sel(component="cells")) == pytest.approx(K["read_voltage"] ** 2 * K["g_on"] * K["read_time"] * 6.0, rel=1e-6)
+    read = K["read_voltage"] ** 2 * K["g_on"] * K["read_time"]
+    assert float(e.sel(component="cells")) == pytest.approx(read * 6.0, rel=1e-6)
     assert float(e.sel(component="shift_add")) == float(e.sel(component="accumulate")) == 0.0
     assert float(ds[dims.ENERGY_PER_INFERENCE]) == pytest.approx(float(ds[dims.ENERGY].sum()), rel=1e-12)
     # one MVM: 10 ns read + min(8 columns per ADC, 2 signals) x 4 bits x 0.1 ns, no adder stage
-    assert float(ds[dims.LATENCY].sel({dims.LAYER: "0"})) == pytest.approx(K["read_time"] + 2 * 4 * K["adc_time_per_bit"],
-                                                                            rel=1e-12)
+    t_mvm = K["read_time"] + 2 * 4 * K["adc_time_per_bit"]
+    assert float(ds[dims.LATENCY].sel({dims.LAYER: "0"})) == pytest.approx(t_mvm, rel=1e-12)
     a = ds[dims.AREA].sel({dims.LAYER: "0"})
     assert float(a.sel(area_component="cells")) == pytest.approx(16 * K.cell_area("rram_1t1r"), rel=1e-12)
     assert float(a.sel(area_component="adc")) == pytest.approx(1 * K["adc_area_8bit"] * 16 / 256, rel=1e-12)
@@ -48,7 +49,7 @@ def test_tiles_add_accumulations_and_whole_tiles_of_area():
     flat = cost(tiny_net(), _spec(), X)
     tiled = cost(tiny_net(), _spec(tile=av.Tile(rows=2, cols=3)), X)
     acc = tiled[dims.ENERGY].sel(component="accumulate")
-    assert float(acc.sel({dims.LAYER: "0"})) == pytest.approx(2 * K["digital_add_energy"])          # 2 outputs x 1 extra block
+    assert float(acc.sel({dims.LAYER: "0"})) == pytest.approx(2 * K["digital_add_energy"])   # 2 outputs x 1 block
     assert float(tiled[dims.AREA].sel({dims.LAYER: "0", dims.AREA_COMPONENT: "cells"})) == pytest.approx(
         24 * K.cell_area("rram_1t1r"))                                                      # 2 arrays x 2 tiles x 2x3
     # the cells' read energy depends on the conductances only, not on how they are tiled
@@ -78,7 +79,8 @@ def test_adc_energy_doubles_per_bit_below_the_knee_and_quadruples_above():
 def test_missing_converters_use_the_table_defaults_and_cells_are_checked():
     ds = cost(tiny_net(), av.HardwareSpec(), X)
     assert ds.attrs["cost_assumed_converters"] == "adc,dac" and ds.attrs["cost_adc_levels"] == 256
-    assert float(ds[dims.ENERGY].sel({dims.LAYER: "0", dims.COMPONENT: "adc"})) == pytest.approx(2 * K["adc_walden_fom"] * 256)
+    adc = ds[dims.ENERGY].sel({dims.LAYER: "0", dims.COMPONENT: "adc"})
+    assert float(adc) == pytest.approx(2 * K["adc_walden_fom"] * 256)
     sram = cost(tiny_net(), av.HardwareSpec(), X, cell="sram_6t")
     assert float(sram[dims.AREA].sel(area_component="cells").sum()) / float(
         ds[dims.AREA].sel(area_component="cells").sum()) == pytest.approx(150 / 12)
@@ -104,6 +106,9 @@ def test_sweep_cost_adds_variables_along_the_grid_dims():
         want = float(cost(net, spec.with_knobs(adc_bits=b), data)[dims.ENERGY_PER_INFERENCE])
         got = ds[dims.ENERGY_PER_INFERENCE].sel(adc_bits=b).values
         np.testing.assert_allclose(got, want, rtol=1e-12)       # the noise level changes no cost
-    assert ds.attrs["cost_cell"] == "rram_1t1r"
+    assert ds.attrs["cost_cell"] == "rram_1t1r" and ds.attrs["cost_assumed_converters"] == ""
+    bare = av.sweep(net, av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.01),)), data, n_instances=1,
+                    progress=False, cost=True)
+    assert bare.attrs["cost_assumed_converters"] == "adc,dac"
     with pytest.raises(ConfigError, match="cost"):
         av.sweep(net, spec, data, n_instances=2, progress=False, cost="yes")

@@ -61,7 +61,10 @@ def test_report_has_the_front_section_only_with_cost(tmp_path):
     assert (tmp_path / "with" / FRONT_FILE).exists() and f"]({FRONT_FILE})" in md
     assert "accuracy vs energy per inference" in md and "| hardware=a, adc_bits=4 | 1 |" in md
     assert "rram_1t1r" in md and "Pareto-optimal for" in (tmp_path / "with" / "report.html").read_text()
-    assert "Where the energy goes" in md
+    assert "Where the energy goes" in md and "default resolution" not in md
+    ds.attrs["cost_assumed_converters"] = "dac"
+    assert "no DAC: its cost uses the table's default resolution (default_dac_bits)" in write_report(
+        ds, tmp_path / "dac")["markdown"].read_text()
     plain = write_report(ds.drop_vars([dims.ENERGY_PER_INFERENCE, dims.LATENCY_PER_INFERENCE, dims.CHIP_AREA,
                                        dims.ENERGY, dims.COMPONENT]),
                          tmp_path / "without")

@@ -248,7 +248,8 @@ def test_huge_values_are_cut_so_the_message_stays_short(tmp_path, capsys):
 
 
 # --- issue 20: sweep.cost adds energy, latency and area along the grid, fixed and sequential instance counts -----
-@pytest.mark.parametrize("count", ["n_instances = 4", "target_ci_width = 0.5\nmax_instances = 8\ninstances_per_round = 4"])
+@pytest.mark.parametrize("count", ["n_instances = 4",
+                                   "target_ci_width = 0.5\nmax_instances = 8\ninstances_per_round = 4"])
 def test_cost_option_adds_cost_variables_and_the_front_section(tmp_path, trainer, count):
     text = STUDY.format(name="c", seed=0, features=64, classes=10, sigma=0.05, grid="{ noise_level = [0.02, 0.05] }",
                         n=4).replace("n_instances = 4", count + "\ncost = true")
