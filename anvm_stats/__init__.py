@@ -14,6 +14,7 @@ from .io import load, save  # noqa: E402
 from .calibration import calibrate, drift_sweep, train_distilled  # noqa: E402
 from .fragility import sensitivity  # noqa: E402
 from .analog import AnalogProgram, prepare  # noqa: E402
+from . import cost  # noqa: E402
 from .hardware import (  # noqa: E402
     BitSlicedMapping, ConductanceLevels, DifferentialMapping, Drift, HardwareSpec, OffsetMapping, Periphery,
     Parasitics, ProgrammingNoise, Quantizer, ReadNoise, StuckAt, Tile,
@@ -25,7 +26,7 @@ from .metrics import Metric  # noqa: E402
 from .chip_module import Chip, chip  # noqa: E402
 
 __all__ = [
-    "__version__", "data", "models", "stats", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "save", "load", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
+    "__version__", "data", "models", "stats", "cost", "calibration", "devices", "testing", "training", "report", "study", "EmpiricalDevice", "effect_from_function", "TrainResult", "train_hasgd", "load_study", "run_study", "calibrate", "drift_sweep", "train_distilled", "evaluate_until", "save", "load", "sensitivity", "dims", "hardware", "rng", "AnalogProgram", "prepare", "BitSlicedMapping",
     "ConductanceLevels", "DifferentialMapping", "Drift", "HardwareSpec", "OffsetMapping", "Periphery",
     "Parasitics", "ProgrammingNoise", "Quantizer", "ReadNoise", "StuckAt", "Tile", "RunOptions", "evaluate", "sweep", "ChipSampler",
     "LocalExecutor", "plan_grid", "run_points", "DaskExecutor", "GeneratorSampler", "CounterSampler",

@@ -20,6 +20,16 @@ LEVEL = "level"                  # programmed conductance level (empirical devic
 RECOVERY = "recovery"            # per-chip recovery method compared on the same chips
 CI_BOUND = "ci_bound"            # coordinate values ["lower", "upper"]
 CI_BOUND_VALUES = ("lower", "upper")
+COMPONENT = "component"          # energy component of a chip's cost (dac, cells, bitlines, adc, digital adds)
+AREA_COMPONENT = "area_component"  # area component of a chip's cost (cells, adc, dac)
+
+# cost variables (anvm_stats.cost): per inference (one input sample) unless said otherwise
+ENERGY = "energy"                          # J, by component (and layer)
+ENERGY_PER_INFERENCE = "energy_per_inference"  # J
+LATENCY = "latency"                        # s, by layer
+LATENCY_PER_INFERENCE = "latency_per_inference"  # s
+AREA = "area"                              # m^2, by component (and layer)
+CHIP_AREA = "chip_area"                    # m^2
 
 # per-instance metric variables
 ACCURACY = "accuracy"

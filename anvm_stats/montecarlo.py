@@ -515,7 +515,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
           calibration_data=None, layers: LayerFilter = None, digital: Sequence[str] = (),
           device: torch.device | str | None = None, options: RunOptions | None = None,
           program: AnalogProgram | None = None, executor=None, progress: bool = True,
-          metrics: Sequence | None = None) -> xr.Dataset:
+          metrics: Sequence | None = None, cost: bool = False) -> xr.Dataset:
     """Evaluate ``model`` on simulated chips over a grid of hardware knobs.
 
     Parameters
@@ -550,6 +550,11 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         What to measure on each chip (:mod:`anvm_stats.metrics`): callables ``(outputs [N, ...], targets [N, ...])
         -> per-sample values [N]`` reduced per instance, one variable each (``metrics`` attr lists them); default
         a classifier's variables below.
+    cost : bool
+        Add what one inference costs at every grid point (:func:`anvm_stats.cost.grid_cost`, shipped constants,
+        1T1R RRAM cells): ``energy_per_inference``, ``latency_per_inference``, ``chip_area`` (grid dims) and
+        ``energy`` (grid dims, ``component``), from the counts of the program the engine runs. The other variables
+        are unchanged.
 
     Returns
     -------
@@ -577,6 +582,8 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     executor = LocalExecutor() if executor is None else executor
     if not callable(getattr(executor, "run", None)):
         raise ConfigError("executor", type(executor).__name__, "None, a LocalExecutor or a DaskExecutor")
+    if not isinstance(cost, bool):
+        raise ConfigError("cost", cost, "True or False")
     plan = plan_grid(grid)
     metrics = resolve_metrics(metrics)
     clash = [m.name for m in metrics or () if m.name in plan.keys]
@@ -592,6 +599,12 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         flag_nonfinite(ds, what="sweep")
     else:
         flag_nonfinite(ds, variables=[m.name for m in metrics], what="sweep")
+    if cost:
+        from .cost import count, grid_cost
+        counts = count(model, spec, data, layers=layers, digital=digital, program=program)
+        priced = grid_cost(counts, plan.specs(spec), plan.keys, plan.values)
+        ds = xr.merge([ds, priced], combine_attrs="override")
+        ds.attrs.update(priced.attrs)
     return ds
 
 

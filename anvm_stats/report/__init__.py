@@ -13,6 +13,7 @@ import xarray as xr
 
 from .figures import (FIGURES, accuracy_distribution, layer_sensitivity_bars, mean_quantile_bands, recovery_comparison,
                       training_curves, yield_curve)
+from .fronts import write_front
 from .markdown import STUDY_FILE, blocks, to_html, to_markdown
 from .summary import format_text, paired_tables, point_table
 
@@ -56,6 +57,9 @@ def write_report(ds: xr.Dataset, folder: str | Path, *, plots=None, threshold: f
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     figs = write_figures(ds, folder, plots)
+    front = write_front(ds, folder, threshold=threshold, ci=ci, quantiles=quantiles)
+    if front:
+        figs["front"] = front
     bl = blocks(ds, figs, threshold=threshold, ci=ci, quantiles=quantiles)
     md = folder / "report.md"
     md.write_text(to_markdown(bl))

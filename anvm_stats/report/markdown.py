@@ -14,6 +14,7 @@ from pathlib import Path
 import xarray as xr
 
 from .. import dims
+from .fronts import applies as applies_front, front_blocks
 from .summary import HARDWARE_DIM, MODEL_DIM, fmt, paired_tables, point_table, settings
 
 #: the study file a report was made from, written beside the report
@@ -104,15 +105,19 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                          "standard error; with several models, the trace of each relative to the first (a trained-"
                          "with-noise net should show a flatter loss: a ratio below 1)."))
         out.append(("table", sensitivity_table(ds)))
+    if applies_front(ds):
+        out += front_blocks(ds, figures.get("front"), threshold=thr, ci=c, quantiles=qs)
     captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
                 "mean_quantiles": f"Mean accuracy with its {pct}% CI and the {min(qs):g}-{max(qs):g} quantile band.",
                 "yield": f"Yield P(accuracy >= {thr:g}) with {pct}% Clopper-Pearson bands.",
                 "sensitivity": "Per-layer Hessian trace (Hutchinson estimate, +-2 standard errors).",
                 "training": "Training curves.",
                 "recovery": "Mean accuracy before and after per-chip recovery."}
-    if figures:
+    if any(k != "front" for k in figures):
         out.append(("h2", "Figures"))
         for key, fname in figures.items():
+            if key == "front":   # drawn in its own section
+                continue
             out.append(("img", fname, captions.get(key, key)))
     prov = {k: ds.attrs[k] for k in ("created_at", "anvm_stats_version", "torch_version", "device",
                                      "seed_entropy", "dataset", "train_s", "sweep_s") if k in ds.attrs}

@@ -77,6 +77,7 @@ class SweepConfig:
     instances_per_chunk: int | None = None
     #: built-in metric names (anvm_stats.metrics.BUILTIN); None: a classifier's default variables
     metrics: tuple | None = None
+    cost: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,9 @@ Results layout (an ``xr.Dataset``)
 ``model`` (several trained models; coordinate ``sigma_train`` beside it) / ``hardware`` (chip variants) when
 present; ``float_accuracy`` (digital network, per model); ``history_<curve>`` (dims model?, ``epoch``);
 ``sensitivity_trace`` / ``_se`` / ``_per_param`` (dim ``layer``); ``recovery_accuracy_before`` / ``_after``
-(per-chip calibration). Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings.
+(per-chip calibration); with ``sweep.cost``, ``energy_per_inference``, ``latency_per_inference``, ``chip_area``
+(and ``energy`` by ``component``) per point, without the ``instance`` dim. Attrs: provenance, ``study`` (name),
+``study_toml`` (the file), ``report_*`` settings.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     return ctx.over_all(lambda model, spec: sweep(
         model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
         device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
-        executor=ctx.executor(model, spec, instances), **extra))
+        executor=ctx.executor(model, spec, instances), cost=sw.cost, **extra))
 
 
 def run_sweep(ctx: _Ctx) -> xr.Dataset:
@@ -152,7 +154,9 @@ def run_sweep(ctx: _Ctx) -> xr.Dataset:
 
     res = sequential_estimate(draw, statistic="mean", target_width=sw.target_ci_width, ci=ctx.study.outputs.ci,
                               instances_per_round=sw.instances_per_round, max_n=sw.max_instances)
-    ds = xr.concat(chunks, dim=dims.INSTANCE, combine_attrs="override")
+    fixed = [v for v in chunks[0].data_vars if dims.INSTANCE not in chunks[0][v].dims]   # cost: per point only
+    ds = xr.concat([c.drop_vars(fixed) for c in chunks], dim=dims.INSTANCE, combine_attrs="override")
+    ds = xr.merge([ds, chunks[0][fixed]], combine_attrs="override") if fixed else ds
     ds.attrs.update(sequential_stopped_by=res.stopped_by, sequential_target_width=sw.target_ci_width,
                     sequential_width=float(res.width))
     return ds

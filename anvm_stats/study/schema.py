@@ -43,7 +43,8 @@ Tables and keys
     speed and memory only, it never changes a result) and ``samples_per_batch`` (evaluation samples per forward,
     default up to 1024: it changes the per-chip ``loss`` at float32 round-off, ~1e-7, as the sum over samples
     is taken in another order; accuracy counts are unaffected in practice but not guaranteed to be, as a
-    round-off can flip an argmax tie). The old names ``batch_instances``, ``chunk_size`` and
+    round-off can flip an argmax tie). ``cost`` (default false): add energy, latency and area per inference at
+    every point (:func:`anvm_stats.cost.grid_cost`) and a report section with accuracy-vs-energy fronts. The old names ``batch_instances``, ``chunk_size`` and
     ``eval_batch_size`` are refused with a message naming the new key.
 ``[recovery]`` (optional)
     Per-chip calibration after programming (``anvm_stats.calibration.calibrate``, used when it exists):
@@ -230,7 +231,7 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
         if isinstance(raw, dict) and old in raw:
             raise c.error(f"sweep.{old}", raw[old], f"the key sweep.{new} (sweep.{old} was renamed)")
     c.table(raw, "sweep", ("grid", "n_instances", "target_ci_width", "max_instances", "instances_per_round",
-                           "samples_per_batch", "instances_per_chunk", "metrics"))
+                           "samples_per_batch", "instances_per_chunk", "metrics", "cost"))
     grid_raw = raw.get("grid", {})
     c.table(grid_raw, "sweep.grid", ALL_KNOBS)
     grid = {k: grid_values(c, k, v) for k, v in grid_raw.items()}
@@ -248,6 +249,8 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
         kw["n_instances"] = None
     if "metrics" in raw:
         kw["metrics"] = _metric_names(c, raw["metrics"])
+    if "cost" in raw:
+        kw["cost"] = c.boolean("sweep.cost", raw["cost"])
     mx, bt = kw.get("max_instances", 4096), kw.get("instances_per_round", 64)
     if mx < bt:
         raise c.error("sweep.max_instances", mx, f"at least instances_per_round ({bt})")

@@ -245,3 +245,18 @@ def test_huge_values_are_cut_so_the_message_stays_short(tmp_path, capsys):
                         n=4).replace('seed = 0', 'seed = 0\ndescription = ' + "[" * 300 + "]" * 300)
     err = _refused(capsys, ["run", str(_write(tmp_path, raw=text)), "--quiet"], "study.description", "characters")
     assert len(err) < 600
+
+
+# --- issue 20: sweep.cost adds energy, latency and area along the grid, fixed and sequential instance counts -----
+@pytest.mark.parametrize("count", ["n_instances = 4",
+                                   "target_ci_width = 0.5\nmax_instances = 8\ninstances_per_round = 4"])
+def test_cost_option_adds_cost_variables_and_the_front_section(tmp_path, trainer, count):
+    text = STUDY.format(name="c", seed=0, features=64, classes=10, sigma=0.05, grid="{ noise_level = [0.02, 0.05] }",
+                        n=4).replace("n_instances = 4", count + "\ncost = true")
+    res = run_study(load_study(_write(tmp_path, raw=text)), out=tmp_path / "o", progress=False, log=lambda s: None,
+                    cache_dir=None)
+    ds = load_results(res.results_path)
+    assert ds[dims.ENERGY_PER_INFERENCE].dims == (dims.NOISE_LEVEL,)       # per point, no instance dim
+    assert ds[dims.ENERGY].dims == (dims.NOISE_LEVEL, dims.COMPONENT) and float(ds[dims.CHIP_AREA][0]) > 0
+    assert dims.INSTANCE in ds[dims.ACCURACY].dims
+    assert "accuracy vs energy per inference" in res.report["markdown"].read_text()

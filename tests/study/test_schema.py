@@ -95,6 +95,7 @@ BROKEN = [
     ('name = "mlp"', 'name = "vgg"', "model.name", 'name = "vgg"'),
     ("seed = 1", "seed = -1", "study.seed", "seed = -1"),
     ("[sweep]", "[sweep]\nyield_threshold = 0.9", "sweep.yield_threshold", "yield_threshold"),
+    ("n_instances = 4", 'n_instances = 4\ncost = "yes"', "sweep.cost", 'cost = "yes"'),
 ]
 
 
@@ -273,3 +274,14 @@ def test_shipped_studies_use_no_old_sweep_key():
     for f in files:
         for old in RENAMED_SWEEP_KEYS:
             assert f"\n{old} =" not in f.read_text(), (f, old)
+
+
+def test_sweep_cost_option_parses_and_defaults_to_off():
+    """Issue 20: ``sweep.cost = true`` asks the runner for cost variables; absent, it is off."""
+    import tomllib
+
+    from anvm_stats.study.schema import parse_study
+
+    on = GOOD.replace("n_instances = 4", "n_instances = 4\ncost = true")
+    assert parse_study(tomllib.loads(on), text=on).sweep.cost is True
+    assert parse_study(tomllib.loads(GOOD), text=GOOD).sweep.cost is False
