@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
-CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
 
 
 def _channels_last(x: Tensor) -> bool:

@@ -1,10 +1,16 @@
 """The analog layer: a drop-in module that runs K chip instances of one crossbar layer at once.
 
 Activations of K instances travel through the (copied) network folded into the batch dim, ``[K*B, ...]``,
-instance-major, so every digital module (ReLU, pooling, residual adds, flatten) works unchanged. Before the first
-analog layer the activations are still shared ``[B, ...]``; that layer computes all instances with one GEMM or
-convolution against the stacked weights. Linear layers use batched GEMMs; convolutions use a grouped convolution
-with ``groups = K``.
+instance-major, so every digital module (ReLU, pooling, residual adds, flatten, LayerNorm, attention's softmax)
+works unchanged. Before the first analog layer the activations are still shared ``[B, ...]``; that layer computes
+all instances with one GEMM or convolution against the stacked weights. Linear layers use batched GEMMs;
+convolutions use a grouped convolution with ``groups = K``.
+
+A linear layer maps inputs ``[B, ..., in]`` token by token: the ``T = prod(...)`` tokens of a sample are ``T``
+MVMs, folded into the batch (``B*T`` rows) for the product; per-MVM noise is drawn per sample with ``T`` times the
+values (element order signal, output, token), so every token has its own draw whatever the batch size. A layer
+that a forward calls several times on the same samples (a recurrent matrix, once per time step) names each call
+with ``step``, part of the noise key.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class LayerPlan:
     ----------
     name : str
         Qualified module name in the user's model.
-    op : {"linear", "conv1d", "conv2d"}
+    op : {"linear", "conv1d", "conv2d", "conv3d"}
     out_features, in_features : int
         Crossbar shape: outputs (columns) and inputs per output (``C/groups * prod(kernel)`` for convs).
     kernel : tuple of int
@@ -49,6 +55,9 @@ class LayerPlan:
         flat device vector.
     tiles : TileLayout or None
         The layer's crossbar tiles (``HardwareSpec.tile``); None: one array per layer.
+    one_hot : bool
+        The layer reads integer indices as one-hot input vectors (an analog ``nn.Embedding``: the array holds the
+        transposed table, ``in_features`` the vocabulary); its inputs are exact word-line pulses (no DAC).
     """
 
     name: str
@@ -64,6 +73,7 @@ class LayerPlan:
     w_slice: slice
     b_slice: slice | None
     tiles: TileLayout | None = None
+    one_hot: bool = False
 
     @property
     def n_arrays(self) -> int:
@@ -114,7 +124,8 @@ class LayerRuntime:
 
 
 class AnalogModule(nn.Module):
-    """Replacement for one Linear / Conv1d / Conv2d in the copied network (see module docstring)."""
+    """Replacement for one Linear / Conv1d / Conv2d / Conv3d (or one crossbar of a composite module) in the copied
+    network (see module docstring)."""
 
     def __init__(self, plan: LayerPlan, dac_percentile: float = 99.99, adc_percentile: float = 99.99,
                  kernel: GenericKernel | None = None):
@@ -130,6 +141,7 @@ class AnalogModule(nn.Module):
         self.relu_after = False   # an nn.ReLU that only takes this layer's output, fused (prepare(fuse_relu=True))
         self.input_shared = False  # reads a per-sample input shared by all instances (mark_shared_inputs)
         self.tile_floats = 0       # partial sums per instance and sample of the last tiled forward
+        self.seq_first = False     # a linear layer reading [L, B, ..., in] (inside a batch_first=False transformer)
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -172,54 +184,107 @@ class AnalogModule(nn.Module):
     def _channel_view(self, t: Tensor, ndim_spatial: int) -> Tensor:
         return t.view(*t.shape, *([1] * ndim_spatial))
 
+    def per_instance(self, t: Tensor) -> Tensor:
+        """A per-sample tensor ``[B, ...]`` (e.g. an attention mask or an initial state) repeated for the K
+        instances in the fold this layer's outputs have (``[K*B, ...]``, or ``[B*K, ...]`` sample-major); a tensor
+        already per instance (or K = 1) as it is."""
+        rt = self.runtime
+        if rt is None or rt.K == 1 or t.shape[0] != rt.B:
+            return t
+        if rt.sample_major:
+            return t.repeat_interleave(rt.K, dim=0)
+        return t.repeat(rt.K, *([1] * (t.dim() - 1)))
+
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, step: int = 0) -> Tensor:
+        """The layer for K chips: ``x`` ``[B, ...]`` (shared) or ``[K*B, ...]`` (``[B*K, ...]`` sample-major);
+        ``step`` numbers the calls of this layer on the same samples in one forward (noise key)."""
         rt = self.runtime
         if rt is None:
             raise RuntimeError(f"analog layer {self.plan.name!r} called outside an AnalogProgram evaluation")
+        if self.seq_first and x.dim() > 2:
+            return self._batch_first(x.transpose(0, 1), step).transpose(0, 1)
+        return self._batch_first(x, step)
+
+    def _batch_first(self, x: Tensor, step: int) -> Tensor:
+        rt = self.runtime
         K, B = rt.K, rt.B
         if x.shape[0] not in (B, K * B):
-            raise RuntimeError(f"analog layer {self.plan.name!r}: batch dim {x.shape[0]} is neither B={B} nor "
-                               f"K*B={K * B}; the model mixes per-sample and per-instance tensors")
+            raise RuntimeError(f"analog layer {self.plan.name!r}: batch dim {x.shape[0]} (input {list(x.shape)}) is "
+                               f"neither B={B} nor K*B={K * B}: analog layers read batch-first inputs [B, ..., in], "
+                               f"or the model mixes per-sample and per-instance tensors")
         shared = x.shape[0] == B and K > 1
-        x_in = x
-        if rt.dac_levels is not None:
+        p = self.plan
+        if p.one_hot:
+            if x.is_floating_point() or x.is_complex():
+                raise RuntimeError(f"analog embedding {p.name!r}: indices of dtype {x.dtype}; it reads integer token "
+                                   f"ids")
+            key = x
+            x = torch.nn.functional.one_hot(x.long(), p.in_features).to(p.encoding.g.dtype)
+        else:
+            key = x
+        if p.op == "linear" and x.dim() > 2:
+            return self._tokens(x, key, shared, K, B, step)
+        return self._forward(x, key, shared, K, B, 1, step)
+
+    def _tokens(self, x: Tensor, key: Tensor, shared: bool, K: int, B: int, step: int) -> Tensor:
+        """A linear layer on ``[N, *lead, in]``: the ``T = prod(lead)`` tokens of every sample as ``B*T`` rows."""
+        lead, d = x.shape[1:-1], x.shape[-1]
+        T = 1
+        for n in lead:
+            T *= n
+        sm = self.runtime.sample_major and K > 1
+        if sm and not shared:   # [B, K, T, in] -> [B*T, K, in]: the sample-major fold over B*T "samples"
+            x2 = x.reshape(B, K, T, d).transpose(1, 2).reshape(B * T * K, d)
+        else:
+            x2 = x.reshape(x.shape[0] * T, d)
+        y = self._forward(x2, key, shared, K, B, T, step)
+        O = y.shape[-1]
+        if sm:
+            return y.view(B, T, K, O).transpose(1, 2).reshape(B * K, *lead, O)
+        return y.view(-1, *lead, O)
+
+    def _forward(self, x: Tensor, x_in: Tensor, shared: bool, K: int, B: int, T: int, step: int) -> Tensor:
+        """The layer on ``x`` with ``B*T`` rows per instance (``T`` tokens per sample; 1 for images and vectors);
+        ``x_in`` is the tensor the layer was called with (names cached products)."""
+        rt, p = self.runtime, self.plan
+        Bt = B * T
+        if rt.dac_levels is not None and not p.one_hot:
             if rt.calibrating:
                 self.dac_range = calibrate_range(x, self.dac_percentile)
             x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
-        p = self.plan
         if rt.mode == "tiles":
-            y = tiled_forward(self, x, shared, K, B)
+            y = tiled_forward(self, x, shared, K, B, T, step)
             if p.digital_bias is not None:
                 y = y + self._channel_view(p.digital_bias, y.dim() - 3)
             if self.relu_after:
                 y = y.relu_() if not y.requires_grad else torch.relu(y)
-            return self._out(y, K, B)
+            return self._out(y, K, Bt)
         lazy = rt.affine
         if lazy is not None and self.input_shared and len(lazy.coef) == 1:
             # names the input of cached products (before DAC quantisation, which makes a new tensor each call)
-            key = (p.name, rt.batch, rt.dac_levels, x_in.data_ptr(), tuple(x_in.shape), x_in.stride())
-            y = lazy.shared_input_output(key, lambda w, b, k: self.matmul(x, w, b, shared and k > 1, k, B),
+            key = (p.name, rt.batch, rt.dac_levels, step, x_in.data_ptr(), tuple(x_in.shape), x_in.stride())
+            y = lazy.shared_input_output(key, lambda w, b, k: self.matmul(x, w, b, shared and k > 1, k, Bt),
                                          p.bias_scale)
         else:
             w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
             bias = None if b is None else b * p.bias_scale
             fuse = (self.kernel.fuses_bias_relu and p.op == "linear" and bias is not None and self.relu_after
                     and rt.mode != "signals" and p.digital_bias is None and not torch.is_grad_enabled())
-            y = self.matmul(x, w, None if fuse else bias, shared, K, B)
+            y = self.matmul(x, w, None if fuse else bias, shared, K, Bt)
             if fuse:
                 if y.dim() == 3 and y.is_contiguous():
-                    return self._out(self.kernel.bias_relu(y, bias), K, B)
+                    return self._out(self.kernel.bias_relu(y, bias), K, Bt)
                 y = y + bias.unsqueeze(1)
         nsp = y.dim() - 3
         enc = p.encoding
         if rt.mode == "signals":
-            y = self._digitise(y, rt, K, B, x, shared)
+            y = self._digitise(y, rt, K, B, x, shared, T, step)
             S, O = enc.n_signals, p.out_features
-            y = y.reshape(K, B, S, O, *y.shape[3:])
+            y = y.reshape(K, Bt, S, O, *y.shape[3:])
             y = (y * self._channel_view(enc.gain, nsp)).sum(dim=2)
             if enc.offset is not None:
-                xsum = self._input_sum(x, shared, K, B)
+                xsum = self._input_sum(x, shared, K, Bt)
                 if p.bias_mode == "column":
                     xsum = xsum + p.bias_scale
                 y = y + xsum * self._channel_view(enc.offset, nsp)
@@ -227,7 +292,7 @@ class AnalogModule(nn.Module):
             y = y + self._channel_view(p.digital_bias, nsp)
         if self.relu_after:
             y = y.relu_() if not y.requires_grad else torch.relu(y)
-        return self._out(y, K, B)
+        return self._out(y, K, Bt)
 
     def _out(self, y: Tensor, K: int, B: int) -> Tensor:
         """``[K, B, ...]`` outputs as the next layer reads them: ``[K*B, ...]``, or ``[B*K, ...]`` sample-major."""
@@ -251,13 +316,24 @@ class AnalogModule(nn.Module):
         w, b = rv
         return self.matmul(x * x, w, None if b is None else b * p.bias_scale ** 2, shared, K, B)
 
+    def _normals(self, rt: LayerRuntime, kind: str, y: Tensor, B: int, T: int, step: int) -> Tensor:
+        """Per-MVM standard normals shaped like ``y`` ``[K, B*T, S*O, *spatial]``, keyed by each sample's index
+        (per sample: element order signal, output, pixel, token)."""
+        n = y[0, 0].numel()
+        z = rt.mvm_noise.normal(rt.layer, kind, rt.first_sample, B, n * T, y.device, step=step)
+        if T == 1:
+            return z.view(y.shape)
+        return z.view(y.shape[0], B, n, T).transpose(2, 3).reshape(y.shape)
+
     def _digitise(self, y: Tensor, rt: LayerRuntime, K: int, B: int, x: Tensor | None = None,
-                  shared: bool = False) -> Tensor:
+                  shared: bool = False, T: int = 1, step: int = 0) -> Tensor:
         """Read noise per MVM (``rt.mvm_noise``), output noise and ADC on the analog signals ``y``
-        ``[K, B, S*O, *spatial]`` (``x``: the layer's input, for the read noise's variance)."""
+        ``[K, B*T, S*O, *spatial]`` (``x``: the layer's input, for the read noise's variance; ``T`` tokens per
+        sample)."""
         S, O = self.plan.encoding.n_signals, self.plan.out_features
+        Bt = B * T
         if rt.calibrating:
-            sig = y.reshape(K, B, S, O, -1).transpose(0, 2).reshape(S, -1)
+            sig = y.reshape(K, Bt, S, O, -1).transpose(0, 2).reshape(S, -1)
             ranges = [calibrate_range(sig[s], self.adc_percentile) for s in range(S)]
             self.signal_lo = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
             self.signal_hi = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
@@ -267,13 +343,12 @@ class AnalogModule(nn.Module):
             lo = self._channel_view(self.signal_lo.repeat_interleave(O), nsp)
             hi = self._channel_view(self.signal_hi.repeat_interleave(O), nsp)
         if rt.mvm_noise is not None and not rt.calibrating:
-            # keyed by (seed, instance, layer, sample): element order (signal, output, pixel) as on one tile
-            n = y[0, 0].numel()
+            # keyed by (seed, instance, layer, step, sample): element order (signal, output, pixel) as on one tile
             if rt.read_var is not None:
-                z = rt.mvm_noise.normal(rt.layer, "read", rt.first_sample, B, n, y.device).view(y.shape)
-                y = torch.addcmul(y, self._read_variance(x, rt, shared, K, B).sqrt_(), z)
+                z = self._normals(rt, "read", y, B, T, step)
+                y = torch.addcmul(y, self._read_variance(x, rt, shared, K, Bt).sqrt_(), z)
             if rt.output_noise > 0:
-                z = rt.mvm_noise.normal(rt.layer, "output", rt.first_sample, B, n, y.device).view(y.shape)
+                z = self._normals(rt, "output", y, B, T, step)
                 y = torch.addcmul(y, z, (hi - lo) * rt.output_noise)
         elif rt.output_noise > 0 and not rt.calibrating:
             src = rt.noise_sources
