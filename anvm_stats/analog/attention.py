@@ -61,12 +61,14 @@ class AnalogMultiheadAttention(nn.Module):
         else:
             self.q_proj, self.k_proj, self.v_proj = analog[:3]
         self.out_proj = analog[-1]
+        self.work_floats = 0        # floats per sample the last forward held at once (chunk sizes, program.py)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v ``[N, L or S, E]`` from batch-first inputs (see module docstring)."""
+        """q ``[N, L, E]``, k and v ``[N, S, E]`` (strided views of the projections, heads side by side) from
+        batch-first inputs (see module docstring)."""
         E = self.embed_dim
         if not self.packed:
             return self.q_proj(query), self.k_proj(key), self.v_proj(value)
@@ -94,35 +96,45 @@ class AnalogMultiheadAttention(nn.Module):
             key = query if qk_same else key.transpose(0, 1)
             value = key if same_kv else value.transpose(0, 1)
         q, k, v = self._project(query, key, value)
-        N, L, S, H, D = q.shape[0], q.shape[1], k.shape[1], self.num_heads, self.head_dim
-        q = q.reshape(N, L, H, D).transpose(1, 2)
-        k = k.reshape(N, S, H, D).transpose(1, 2)
-        v = v.reshape(N, S, H, D).transpose(1, 2)
+        N, L, S, H, D, E = q.shape[0], q.shape[1], k.shape[1], self.num_heads, self.head_dim, self.embed_dim
         mask = self._mask(attn_mask, key_padding_mask, N, L, S, q.dtype)
-        if need_weights:
-            scores = torch.matmul(q * (1.0 / math.sqrt(D)), k.transpose(-2, -1))
-            if mask is not None:
-                scores = scores + mask
-            weights = torch.softmax(scores, dim=-1)
-            out = torch.matmul(weights, v)
-            weights = weights.mean(dim=1) if average_attn_weights else weights
+        if need_weights or q.device.type == "cpu":
+            # explicit scores, head by head on strided views of the projections (no copies into a head-major
+            # layout; SDPA's flash kernel is slower on CPU for short sequences): scale * q_h k_h^T (+ mask)
+            outs, weights = [], []
+            for h in range(H):
+                part = slice(h * D, (h + 1) * D)
+                base = q.new_zeros(()) if mask is None else mask[:, h if mask.shape[1] > 1 else 0].expand(N, L, S)
+                w_h = torch.softmax(torch.baddbmm(base, q[..., part], k[..., part].transpose(1, 2),
+                                                  alpha=1.0 / math.sqrt(D)), dim=-1)
+                outs.append(torch.bmm(w_h, v[..., part]))
+                weights.append(w_h)
+            out = torch.cat(outs, dim=-1)                                   # [N, L, E]
+            if need_weights:
+                weights = torch.stack(weights, dim=1)
+                weights = weights.mean(dim=1) if average_attn_weights else weights
+            else:
+                weights = None
         else:
-            out, weights = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
-        out = self.out_proj(out.transpose(1, 2).reshape(N, L, self.embed_dim))
+            heads = lambda t: t.unflatten(-1, (H, D)).transpose(1, 2)  # noqa: E731
+            out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
+            out, weights = out.transpose(1, 2).reshape(N, L, self.embed_dim), None
+        out = self.out_proj(out)
+        # projections, scores and probabilities of every head, the heads' outputs and the output projection
+        self.work_floats = (q.shape[1] * q.shape[2] + 2 * k.shape[1] * k.shape[2] + 2 * H * L * S + 2 * L * E)
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, weights
 
     def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, N: int, L: int, S: int,
               dtype: torch.dtype) -> Tensor | None:
-        """The additive mask ``[N or 1, H or 1, L, S]`` of torch's ``attn_mask`` (``[L, S]`` or ``[B*H, L, S]``)
+        """The additive mask ``[N or 1, H or 1, L, S]`` (or None) of torch's ``attn_mask`` (``[L, S]`` or ``[B*H, L, S]``)
         and ``key_padding_mask`` (``[B, S]``), per-sample masks repeated for the K instances."""
         H = self.num_heads
         out = None
         if attn_mask is not None:
             m = _float_mask(attn_mask, dtype)
-            if m.dim() == 3:
-                m = self.out_proj.per_instance(m.view(-1, H, L, S))
+            m = self.out_proj.per_instance(m.view(-1, H, L, S)) if m.dim() == 3 else m.view(1, 1, L, S)
             out = m
         if key_padding_mask is not None:
             kp = self.out_proj.per_instance(_float_mask(key_padding_mask, dtype)).view(-1, 1, 1, S)

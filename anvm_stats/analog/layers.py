@@ -142,6 +142,7 @@ class AnalogModule(nn.Module):
         self.input_shared = False  # reads a per-sample input shared by all instances (mark_shared_inputs)
         self.tile_floats = 0       # partial sums per instance and sample of the last tiled forward
         self.seq_first = False     # a linear layer reading [L, B, ..., in] (inside a batch_first=False transformer)
+        self.tokens = 1            # tokens per sample of the last forward (a linear layer on [B, ..., in]: > 1)
 
     def extra_repr(self) -> str:
         p = self.plan
@@ -154,6 +155,10 @@ class AnalogModule(nn.Module):
 
         Returns ``[K, B, O, *spatial]`` (possibly a non-contiguous view)."""
         p, rt = self.plan, self.runtime
+        if p.op == "linear" and self.tokens > 1:
+            return self.kernel.token_linear(x, w, bias, shared=shared, K=K, B=B,
+                                            instances=lambda t: self._instances(t, K, B),
+                                            sample_major=rt.sample_major, mode=rt.mode)
         if p.op == "linear":
             return self.kernel.linear(x, w, bias, shared=shared, K=K, B=B, instances=lambda t: self._instances(t, K, B),
                                       sample_major=rt.sample_major, mode=rt.mode)
@@ -225,6 +230,7 @@ class AnalogModule(nn.Module):
             key = x
         if p.op == "linear" and x.dim() > 2:
             return self._tokens(x, key, shared, K, B, step)
+        self.tokens = 1
         return self._forward(x, key, shared, K, B, 1, step)
 
     def _tokens(self, x: Tensor, key: Tensor, shared: bool, K: int, B: int, step: int) -> Tensor:
@@ -233,6 +239,7 @@ class AnalogModule(nn.Module):
         T = 1
         for n in lead:
             T *= n
+        self.tokens = T
         sm = self.runtime.sample_major and K > 1
         if sm and not shared:   # [B, K, T, in] -> [B*T, K, in]: the sample-major fold over B*T "samples"
             x2 = x.reshape(B, K, T, d).transpose(1, 2).reshape(B * T * K, d)

@@ -139,9 +139,12 @@ class AnalogProgram:
     @property
     def sample_major_ok(self) -> bool:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
-        analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook
-        watches an analog layer (hooks, e.g. per-chip calibration, read layer outputs instance-major)."""
+        analog layer is linear and read per sample (not token by token: its last forward), the kernel folds
+        sample-major (:class:`~.kernels.OneDNNKernel`), and no hook watches an analog layer (hooks, e.g.
+        per-chip calibration, read layer outputs instance-major)."""
         if not self.kernel.sample_major or any(p.op != "linear" or p.tiles is not None for p in self.plans):
+            return False
+        if any(m.tokens > 1 for m in self.analog_modules()):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
@@ -166,8 +169,10 @@ class AnalogProgram:
             self.unload()
             for h in hooks:
                 h.remove()
-        # tiled layers hold every tile's partial sums: R times a layer's output
+        # tiled layers hold every tile's partial sums: R times a layer's output; attention holds its projections,
+        # every head's scores and outputs at once (analog/attention.py)
         sizes += [getattr(m, "tile_floats", 0) for m in self.analog_modules()]
+        sizes += [getattr(m, "work_floats", 0) for m in self.module.modules()]
         return max(sizes + [x[:1].numel()])
 
     @property

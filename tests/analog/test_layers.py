@@ -87,7 +87,7 @@ def test_token_results_are_the_same_whatever_the_batch_size_and_fold(spec):
         y = net(x).argmax(1)
     runs = [av.evaluate(net, spec, (x, y), n_instances=6, seed=3, progress=False,
                         options=av.RunOptions(samples_per_batch=spb)) for spb in (None, 1, 7)]
-    # instance-major folding (generic kernel) against the default CPU kernel (sample-major where it applies)
+    # the generic kernel against the default CPU kernel
     prog = av.prepare(net, spec, kernel=GenericKernel())
     runs.append(av.evaluate(net, spec, (x, y), n_instances=6, seed=3, progress=False, program=prog))
     counts = runs[0].correct_count.values
@@ -114,3 +114,19 @@ def test_each_token_draws_its_own_read_noise():
     assert not torch.allclose(out[0, 0, 0], nominal, atol=1e-4)         # noisy
     tokens = out[0, 0]
     assert all(not torch.allclose(tokens[i], tokens[j], atol=1e-5) for i in range(5) for j in range(i))
+
+
+def test_token_layers_fold_sample_major_as_instance_major():
+    net = Tokens().eval()
+    x = torch.randn(4, 5, 6)
+    prog = av.prepare(net, av.devices.paper1(0.1))
+    g = av.ChipSampler(prog, seed=1).chips(range(3))
+    outs = []
+    for sample_major in (False, True):
+        prog.load(g, B=4, sample_major=sample_major)
+        with torch.no_grad():
+            outs.append(prog.instances(prog.module(x), 3, 4, sample_major).contiguous())
+        prog.unload()
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    prog.largest_activation(x)                 # a forward on tokens: the engine then folds instance-major
+    assert not prog.sample_major_ok
