@@ -99,8 +99,8 @@ def transformer_simple_loop(net: nn.Module, program: AnalogProgram, x, y, sigma:
     return np.asarray(acc)
 
 
-def bench_transformer(device: str = "cpu", *, n_instances: int = 64, n_samples: int = 256, depth: int = 2,
-                      repeats: int = 2, seed: int = 0) -> dict:
+def bench_transformer(device: str = "cpu", *, n_instances: int = 64, n_samples: int = 64, depth: int = 2,
+                      repeats: int = 3, seed: int = 0) -> dict:
     """The engine (K chips per forward) vs :func:`transformer_simple_loop`, seconds per chip."""
     dev = torch.device(device)
     net, x, y = _job(seed, n_samples, dev, depth=depth)

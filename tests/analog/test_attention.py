@@ -134,3 +134,48 @@ def test_attention_options_without_an_analog_form_are_refused_by_name():
         av.prepare(BiasKV(), av.devices.ideal())
     with pytest.raises(UnsupportedLayerError, match="part of MultiheadAttention 'attn'"):
         av.prepare(BiasKV(), av.devices.ideal(), layers=["attn.out_proj"])
+
+
+class Stack(nn.Module):
+    """nn.TransformerEncoder (2 layers) with a key padding mask from the ids, masked mean pooling, and an
+    nn.TransformerDecoderLayer attending to the encoder's output (cross-attention)."""
+
+    def __init__(self, vocab=11, d=16, heads=2, classes=3):
+        super().__init__()
+        torch.manual_seed(8)
+        self.emb = nn.Embedding(vocab, d)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, heads, 32, dropout=0.0, batch_first=True),
+                                         num_layers=2)
+        self.dec = nn.TransformerDecoderLayer(d, heads, 32, dropout=0.0, batch_first=True)
+        self.query = nn.Embedding(2, d)
+        self.head = nn.Linear(2 * d, classes)
+
+    def forward(self, ids):
+        pad = ids == 0
+        mem = self.enc(self.emb(ids), src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).float()
+        pooled = (mem * keep).sum(1) / keep.sum(1)
+        q = self.query.weight.unsqueeze(0).expand(ids.shape[0], -1, -1)
+        out = self.dec(q, mem, memory_key_padding_mask=pad)
+        return self.head(torch.cat([pooled, out[:, 0]], dim=1))
+
+
+def test_encoder_stack_with_padding_and_a_decoder_layer_equal_the_float_model():
+    net = Stack().eval()
+    ids, _ = token_data(n=12)
+    ids[::2, 4:] = 0                                   # padded sequences
+    ids[:, 0] = 1
+    prog = av.prepare(net, av.devices.ideal(), digital=["query"])
+    assert "dec.multihead_attn.in_proj" in prog.layer_names and "enc.layers.1.self_attn.in_proj" in prog.layer_names
+    prog.input(ids)
+    out = run(prog, prog.g0[None].repeat(3, 1), ids)
+    with torch.no_grad():
+        ref = net(ids)
+    assert torch.allclose(out, ref.expand_as(out), atol=1e-5)
+    noisy = av.prepare(net, NOISY, digital=["query"])
+    noisy.input(ids)
+    chips = av.ChipSampler(noisy, 1).chips([0, 1], NOISY)
+    out = run(noisy, chips, ids)
+    for k in range(2):
+        with torch.no_grad():
+            assert torch.allclose(out[k], reference_any(net, noisy, chips[k])(ids), atol=1e-5)
