@@ -123,6 +123,15 @@ class LayerRuntime:
     parasitics: object = None             # HardwareSpec.parasitics (IR drop), routed through tiles.tile_mvm
 
 
+def widen(lo: Tensor | None, hi: Tensor | None, new_lo: Tensor, new_hi: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """Converter ranges calibrated on call ``step`` of a layer in one forward: the new ranges for the first call,
+    else the envelope of the earlier calls' ranges and the new ones (a recurrent matrix read once per time step
+    gets ranges covering every step)."""
+    if step == 0 or lo is None or lo.shape != new_lo.shape:
+        return new_lo, new_hi
+    return torch.minimum(lo, new_lo), torch.maximum(hi, new_hi)
+
+
 class AnalogModule(nn.Module):
     """Replacement for one Linear / Conv1d / Conv2d / Conv3d (or one crossbar of a composite module) in the copied
     network (see module docstring)."""
@@ -188,6 +197,10 @@ class AnalogModule(nn.Module):
 
     def _channel_view(self, t: Tensor, ndim_spatial: int) -> Tensor:
         return t.view(*t.shape, *([1] * ndim_spatial))
+
+    def widen_ranges(self, lo: Tensor, hi: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """The layer's ADC ranges after calibrating ``(lo, hi)`` on call ``step`` (:func:`widen`)."""
+        return widen(self.signal_lo, self.signal_hi, lo, hi, step)
 
     def per_instance(self, t: Tensor) -> Tensor:
         """A per-sample tensor ``[B, ...]`` (e.g. an attention mask or an initial state) repeated for the K
@@ -258,7 +271,10 @@ class AnalogModule(nn.Module):
         Bt = B * T
         if rt.dac_levels is not None and not p.one_hot:
             if rt.calibrating:
-                self.dac_range = calibrate_range(x, self.dac_percentile)
+                r = calibrate_range(x, self.dac_percentile)
+                # a layer called several times per forward (time steps): the envelope of every call's range
+                self.dac_range = r if step == 0 or self.dac_range is None else (
+                    min(r[0], self.dac_range[0]), max(r[1], self.dac_range[1]))
             x = quantize(x, *self.dac_range, rt.dac_levels, ste=rt.ste)
         if rt.mode == "tiles":
             y = tiled_forward(self, x, shared, K, B, T, step)
@@ -342,8 +358,9 @@ class AnalogModule(nn.Module):
         if rt.calibrating:
             sig = y.reshape(K, Bt, S, O, -1).transpose(0, 2).reshape(S, -1)
             ranges = [calibrate_range(sig[s], self.adc_percentile) for s in range(S)]
-            self.signal_lo = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
-            self.signal_hi = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
+            lo_ = torch.tensor([r[0] for r in ranges], dtype=y.dtype, device=y.device)
+            hi_ = torch.tensor([r[1] for r in ranges], dtype=y.dtype, device=y.device)
+            self.signal_lo, self.signal_hi = self.widen_ranges(lo_, hi_, step)
         nsp = y.dim() - 3
         lo = hi = None                        # uncalibrated: read noise per MVM only (no ADC, no output noise)
         if self.signal_lo is not None:

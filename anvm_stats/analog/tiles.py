@@ -329,7 +329,8 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int, T: int = 1, s
     S, O = P.shape[1], P.shape[3]
     module.tile_floats = P.numel() // (P.shape[0] * B)     # partial sums per instance and sample (chunk sizes)
     if rt.calibrating:
-        module.signal_lo, module.signal_hi = calibrate_tiles(P, layout, module.adc_percentile)
+        lo, hi = calibrate_tiles(P, layout, module.adc_percentile)
+        module.signal_lo, module.signal_hi = module.widen_ranges(lo, hi, step)
     lo, hi = module.signal_lo, module.signal_hi
     if lo is not None and lo.dim() == 1:                             # per-signal ranges of an untiled layer
         lo, hi = lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)

@@ -134,3 +134,35 @@ def test_recurrent_options_without_an_analog_form_are_refused_by_name():
     prog = av.prepare(Packed(), av.devices.ideal())
     with pytest.raises(UnsupportedLayerError, match="'rnn'.*PackedSequence"):
         run(prog, prog.g0[None], torch.randn(2, 4, 3))
+
+
+def test_converter_ranges_of_a_recurrent_matrix_cover_every_time_step():
+    from anvm_stats.hardware.periphery import calibrate_range
+
+    torch.manual_seed(0)
+    rnn = nn.LSTM(3, 4, batch_first=True).eval()
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0][:, -1]
+
+    x = torch.randn(16, 6, 3)
+    spec = av.HardwareSpec(periphery=av.Periphery(dac=av.Quantizer(bits=8, percentile=99.0),
+                                                  adc=av.Quantizer(bits=8, percentile=99.0)))
+    prog = av.prepare(One(), spec, calibration_data=x)
+    hh = prog.module.get_submodule("rnn.hh_l0")
+    inputs = []                                                  # what the recurrent matrix reads at each step
+    hook = hh.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()))
+    prog.load(prog.g0[None], B=16, dac_levels=256, adc_levels=256, calibrating=True)   # as prepare calibrates
+    with torch.no_grad():
+        prog.module(x)
+    prog.unload()
+    hook.remove()
+    assert len(inputs) == 6
+    ranges = [calibrate_range(v, 99.0) for v in inputs]
+    assert hh.dac_range == pytest.approx((min(r[0] for r in ranges), max(r[1] for r in ranges)))
+    assert hh.dac_range != pytest.approx(ranges[-1])             # not only the last step's range
