@@ -104,9 +104,10 @@ class AnalogMultiheadAttention(nn.Module):
             outs, weights = [], []
             for h in range(H):
                 part = slice(h * D, (h + 1) * D)
-                base = q.new_zeros(()) if mask is None else mask[:, h if mask.shape[1] > 1 else 0].expand(N, L, S)
+                base = q.new_empty(()) if mask is None else mask[:, h if mask.shape[1] > 1 else 0].expand(N, L, S)
                 w_h = torch.softmax(torch.baddbmm(base, q[..., part], k[..., part].transpose(1, 2),
-                                                  alpha=1.0 / math.sqrt(D)), dim=-1)
+                                                  beta=0.0 if mask is None else 1.0, alpha=1.0 / math.sqrt(D)),
+                                    dim=-1)
                 outs.append(torch.bmm(w_h, v[..., part]))
                 weights.append(w_h)
             out = torch.cat(outs, dim=-1)                                   # [N, L, E]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data_source import first_samples
@@ -428,18 +429,25 @@ def _replacement(source: nn.Module, analog: list[AnalogModule]) -> nn.Module:
     return analog[0]
 
 
-def _module_path_fixes(net: nn.Module, names: list[str]) -> set[str]:
+def _module_path_fixes(net: nn.Module, names: list[str], fuse_relu: bool) -> tuple[set[str], set[str]]:
     """Make torch's transformer modules take their module path (not the fused kernels that read the float
-    weights): no nested-tensor conversion in ``nn.TransformerEncoder``; returns the linear layers that read
-    sequence-first activations (inside a ``batch_first=False`` transformer layer)."""
-    seq_first = set()
+    weights): no nested-tensor conversion in ``nn.TransformerEncoder``. Returns the linear layers that read
+    sequence-first activations (inside a ``batch_first=False`` transformer layer) and, with ``fuse_relu``, the
+    analog ``linear1`` layers whose layer's ReLU activation they apply in place (the activation becomes
+    ``nn.Identity``)."""
+    seq_first, relu = set(), set()
     for path, m in net.named_modules():
         if isinstance(m, nn.TransformerEncoder):
             m.use_nested_tensor = False
-        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)) and not m.self_attn.batch_first:
-            prefix = f"{path}." if path else ""
+        if not isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            continue
+        prefix = f"{path}." if path else ""
+        if not m.self_attn.batch_first:
             seq_first |= {f"{prefix}linear1", f"{prefix}linear2"} & set(names)
-    return seq_first
+        if fuse_relu and f"{prefix}linear1" in names and m.activation is F.relu:
+            m.activation = nn.Identity()
+            relu.add(f"{prefix}linear1")
+    return seq_first, relu
 
 
 def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, layers: LayerFilter = None,
@@ -463,8 +471,9 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
     device : torch device, optional
         Where the program lives (default: the model's parameters' device).
     fuse_relu : bool
-        Run an ``nn.ReLU`` that only ever takes one analog layer's output in place inside that layer (saves a
-        memory pass; results are bit-identical). Off by default: hooks on an analog layer's output (per-chip
+        Run an ``nn.ReLU`` that only ever takes one analog layer's output (and the ReLU activation of a
+        transformer layer's ``linear1``) in place inside that layer (saves a memory pass; results are
+        bit-identical). Off by default: hooks on an analog layer's output (per-chip
         calibration, drift compensation) then see post-ReLU values.
     kernel : GenericKernel, optional
         The back end of the analog layers (:mod:`anvm_stats.analog.kernels`); default
@@ -498,7 +507,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
     fused = find_fusable_relus(net, set(names)) if fuse_relu else {}
     for relu in fused.values():
         _set_submodule(net, relu, nn.Identity())
-    seq_first = _module_path_fixes(net, names)
+    seq_first, relu_in_layer = _module_path_fixes(net, names, fuse_relu)
     per = spec.periphery
     plans, chunks, offset = [], [], 0
     for name in names:
@@ -511,7 +520,7 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
             plans.append(plan)
             analog.append(AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
                                        adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel))
-        analog[0].relu_after = name in fused
+        analog[0].relu_after = name in fused or name in relu_in_layer
         analog[0].seq_first = name in seq_first
         _set_submodule(net, name, _replacement(source, analog))
     fold = InputFold(net.get_submodule(plans[0].name))

@@ -179,3 +179,15 @@ def test_encoder_stack_with_padding_and_a_decoder_layer_equal_the_float_model():
     for k in range(2):
         with torch.no_grad():
             assert torch.allclose(out[k], reference_any(net, noisy, chips[k])(ids), atol=1e-5)
+
+
+def test_the_relu_of_a_transformer_layer_runs_inside_its_analog_linear1_when_fused():
+    net = Classifier().eval()
+    ids, _ = token_data(n=6)
+    prog = av.prepare(net, NOISY, fuse_relu=True, digital=[""])
+    assert prog.module.enc.linear1.relu_after and isinstance(prog.module.enc.activation, nn.Identity)
+    assert net.enc.activation is nn.functional.relu                # the user's model is untouched
+    plain = av.prepare(net, NOISY, digital=[""])
+    prog.input(ids), plain.input(ids)          # the inputs must be repeated per chip (the residual adds)
+    chips = av.ChipSampler(plain, 0).chips([0, 1], NOISY)
+    assert torch.equal(run(prog, chips, ids), run(plain, chips, ids))
