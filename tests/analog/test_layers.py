@@ -75,8 +75,9 @@ def test_conv1d_and_conv3d_equal_each_chips_float_network(dim, shape):
 
 @pytest.mark.parametrize("spec", [av.HardwareSpec(effects=(av.ReadNoise(sigma=0.1),)),
                                   av.HardwareSpec(effects=(av.ReadNoise(sigma=0.1),), tile=av.Tile(rows=4, cols=4)),
-                                  av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.1),))],
-                         ids=["read-per-mvm", "read-per-mvm-tiled", "programming"])
+                                  av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.1),)),
+                                  av.devices.paper1(0.1)],
+                         ids=["read-per-mvm", "read-per-mvm-tiled", "programming", "affine-shared-input"])
 def test_token_results_are_the_same_whatever_the_batch_size_and_fold(spec):
     from anvm_stats.analog.kernels import GenericKernel
 
@@ -95,6 +96,8 @@ def test_token_results_are_the_same_whatever_the_batch_size_and_fold(spec):
     for other in runs[1:]:
         assert (other.correct_count.values == counts).all()
         assert other.loss.values == pytest.approx(runs[0].loss.values, rel=1e-4)
+    if spec.mapping == av.devices.paper1().mapping:          # chips affine in their draws: the first layer reads
+        assert prog.analog_modules()[0].input_shared         # the shared input (the shortcut of sweeps)
 
 
 def test_each_token_draws_its_own_read_noise():
@@ -130,3 +133,16 @@ def test_token_layers_fold_sample_major_as_instance_major():
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
     prog.largest_activation(x)                 # a forward on tokens: the engine then folds instance-major
     assert not prog.sample_major_ok
+
+
+def test_a_noise_sweep_of_a_token_model_reuses_shared_input_products_exactly():
+    net = Tokens().eval()
+    x = torch.randn(20, 5, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    ds = av.sweep(net, av.devices.paper1(0.1), (x, y), grid={"noise_level": [0.1, 0.2]}, n_instances=6, seed=1,
+                  progress=False)
+    for i, sigma in enumerate((0.1, 0.2)):
+        one = av.evaluate(net, av.devices.paper1(sigma), (x, y), n_instances=6, seed=1, progress=False)
+        assert (ds.correct_count.values[i] == one.correct_count.values).all()
+        assert ds.loss.values[i] == pytest.approx(one.loss.values, rel=1e-5)
