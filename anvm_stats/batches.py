@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .analog.program import AnalogProgram
+from .checks import input_dtype
 from .data_source import iter_batches
 from .errors import ConfigError
 
@@ -26,7 +27,8 @@ class EvaluationBatches:
     Attributes
     ----------
     batches : list of (Tensor, Tensor)
-        ``(x, y)`` pairs: ``x`` float32 inputs as the program reads them (:meth:`AnalogProgram.input`), ``y``
+        ``(x, y)`` pairs: ``x`` inputs as the program reads them (:meth:`AnalogProgram.input`; float32, or
+        integer inputs such as token ids in their own dtype, :func:`~anvm_stats.checks.input_dtype`), ``y``
         int64 labels ``[B]`` (``[B, L...]`` for token labels), or float32 targets (metrics of other targets).
     n_samples : int
         Samples over all batches.
@@ -65,7 +67,7 @@ def evaluation_batches(program: AnalogProgram, data, samples_per_batch: int | No
         When ``data`` holds no sample.
     """
     dev = program.device
-    batches = [(program.input(x.to(dev, torch.float32)),
+    batches = [(program.input(x.to(dev, input_dtype(x))),
                 y.to(dev, torch.float32 if y.is_floating_point() else torch.int64))
                for x, y in iter_batches(data, samples_per_batch or DEFAULT_SAMPLES_PER_BATCH)]
     if not batches:

@@ -1,5 +1,6 @@
 """Checks that catch silent nonsense before and after a Monte Carlo run: data the model cannot take (wrong input
-size, labels outside its outputs, float labels, NaN/inf inputs) and non-finite metrics in a result.
+size or dtype, labels outside its outputs, float labels, NaN/inf inputs) and non-finite metrics in a result.
+Floating inputs run in float32; integer inputs (token ids) keep their dtype (:func:`input_dtype`).
 
 :func:`check_model_data` runs one float forward pass on the first sample, so the message names the field and
 the shapes instead of a matmul error deep inside the engine. :func:`flag_nonfinite` counts NaN/inf cells of a
@@ -54,6 +55,12 @@ def check_labels(y: torch.Tensor, n_classes: int, field: str = "data.y") -> None
                               f"labels in [0, {n_classes - 1}] (the model has {n_classes} outputs)")
 
 
+def input_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the engine feeds inputs ``x`` in: float32 for real floating inputs, integer (and boolean) inputs
+    as they are (token ids for ``nn.Embedding``)."""
+    return torch.float32 if x.is_floating_point() else x.dtype
+
+
 def check_inputs(x: torch.Tensor, field: str = "data.x") -> None:
     """Refuse inputs holding NaN or inf (they would be scored as wrong answers, silently)."""
     if x.is_floating_point() and x.numel():
@@ -98,13 +105,15 @@ def check_model_data(model: nn.Module, data, field: str = "data", labels: bool =
     was_training = model.training
     model.eval()
     try:
-        out = model(x[:1].to(device=device, dtype=torch.float32))
+        out = model(x[:1].to(device=device, dtype=input_dtype(x)))
     except NotImplementedError:   # an op without a kernel on this device (e.g. meta): nothing can be checked
         return
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{field}.x", f"inputs of shape {list(x.shape[1:])}",
-                          f"inputs of the shape the model takes ({first})") from None
+        what = f"inputs of shape {list(x.shape[1:])}"
+        if not x.is_floating_point():
+            what += f" and dtype {x.dtype} (integer inputs are passed as they are, e.g. token ids)"
+        raise ConfigError(f"{field}.x", what, f"inputs of the shape the model takes, in a dtype it reads ({first})") from None
     finally:
         model.train(was_training)
     if not labels:

@@ -80,23 +80,27 @@ class SampleNoise:
     def __post_init__(self):
         self.indices = np.asarray(self.indices, dtype=np.uint64).reshape(-1)
 
-    def key(self, layer: int, kind: str) -> int:
-        """The 64-bit key word of ``(seed, layer, kind)``."""
-        if (layer, kind) not in self._keys:
+    def key(self, layer: int, kind: str, step: int = 0) -> int:
+        """The 64-bit key word of ``(seed, layer, kind, step)`` (``step``: which of a layer's calls on the same
+        samples in one forward, e.g. the time step of a recurrent matrix; step 0 keys as a layer called once)."""
+        if (layer, kind, step) not in self._keys:
+            extra = (int(step),) if step else ()
             seq = np.random.SeedSequence(self.root.entropy, spawn_key=tuple(self.root.spawn_key) + (
-                SAMPLE_TAG, int(layer), KINDS[kind]))
-            self._keys[(layer, kind)] = int(seq.generate_state(1, dtype=np.uint64)[0])
-        return self._keys[(layer, kind)]
+                SAMPLE_TAG, int(layer), KINDS[kind]) + extra)
+            self._keys[(layer, kind, step)] = int(seq.generate_state(1, dtype=np.uint64)[0])
+        return self._keys[(layer, kind, step)]
 
     def normal(self, layer: int, kind: str, first: int, n_samples: int, per_sample: int,
-               device: torch.device | str = "cpu") -> Tensor:
+               device: torch.device | str = "cpu", step: int = 0) -> Tensor:
         """Standard normals ``[K, n_samples, per_sample]`` of samples ``first .. first + n_samples - 1``: entry
-        ``[r, b, j]`` depends only on (seed, ``indices[r]``, layer, kind, sample ``first + b``, ``j``)."""
+        ``[r, b, j]`` depends only on (seed, ``indices[r]``, layer, kind, ``step``, sample ``first + b``, ``j``)."""
         if first < 0 or n_samples < 0 or per_sample < 1:
             raise ConfigError("SampleNoise.normal", (first, n_samples, per_sample),
                               "first >= 0, n_samples >= 0, per_sample >= 1")
         words_per = 4 * -(-per_sample // 8)          # whole Philox blocks (4 words, 8 normals) per sample
-        k0 = self.key(layer, kind)
+        if step < 0:
+            raise ConfigError("SampleNoise.normal", step, "step >= 0")
+        k0 = self.key(layer, kind, step)
         out = np.empty((len(self.indices), n_samples * words_per), dtype=np.uint64)
         fill_streams(out, k0, self.indices, first * (words_per // 4), torch.get_num_threads())
         z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]

@@ -8,7 +8,8 @@ assertion); machine measurements go to ``reports/bench/``.
 Modules: :mod:`.engine` (the K-instance engine and the sweep against simple loops and this machine's limit),
 :mod:`.hessian` (Hutchinson probes against a gradient), :mod:`.training` (HA-SGD modes against plain SGD),
 :mod:`.distributed` (a Dask LocalCluster against the in-process engine), :mod:`.tiles` (tiled chips and per-MVM read
-noise against the untiled, per-batch engine); :mod:`.common` (timing, the digits MLP).
+noise against the untiled, per-batch engine), :mod:`.transformer` (a transformer encoder classifier: the engine
+against the per-chip loop); :mod:`.common` (timing, the digits MLP).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "hasgd": ("benchmarks.training", "bench_hasgd"),
     "distributed": ("benchmarks.distributed", "bench_distributed"),
     "tiles": ("benchmarks.tiles", "bench_tiles"),
+    "transformer": ("benchmarks.transformer", "bench_transformer"),
 }
 
 

@@ -371,3 +371,38 @@ def nandakumar_drift_moments(g, t, t0=20.0):
 
     m1, m2 = moment(1), moment(2)
     return m1, np.sqrt(np.clip(m2 - m1 * m1, 0.0, None))
+
+
+def reference_any(net, program, g_one):
+    """:func:`reference_net` for any analog module: a float copy of ``net`` whose crossbars (linear / conv layers,
+    attention projections, recurrent matrices, analog embedding tables) hold the decoded weights of one chip."""
+    ref = copy.deepcopy(net).eval()
+    fold_batchnorm(ref)
+    weights = program.weights(g_one[None])
+    with torch.no_grad():
+        for plan in program.plans:
+            w = weights[plan.name][0]
+            wt, b = w[:, :plan.in_features], (w[:, -1] * plan.bias_scale if plan.bias_mode == "column" else None)
+            owner, _, part = plan.name.rpartition(".")
+            parent = ref.get_submodule(owner) if owner else ref
+            if isinstance(parent, nn.MultiheadAttention) and part == "in_proj":
+                pw, pb = parent.in_proj_weight, parent.in_proj_bias
+            elif isinstance(parent, nn.MultiheadAttention) and part in ("q_proj", "k_proj", "v_proj"):
+                i = "qkv".index(part[0])
+                E = parent.embed_dim
+                pw = getattr(parent, f"{part}_weight")
+                pb = None if parent.in_proj_bias is None else parent.in_proj_bias[i * E:(i + 1) * E]
+            elif isinstance(parent, nn.RNNBase):
+                kind, sfx = part.split("_", 1)
+                pw = getattr(parent, f"weight_{kind}_{sfx}")
+                pb = getattr(parent, f"bias_{kind}_{sfx}", None)
+            else:
+                mod = ref.get_submodule(plan.name)
+                if isinstance(mod, nn.Embedding):
+                    mod.weight.copy_(wt.t())
+                    continue
+                pw, pb = mod.weight, mod.bias
+            pw.copy_(wt.reshape(pw.shape))
+            if b is not None:
+                pb.copy_(b)
+    return ref

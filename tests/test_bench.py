@@ -152,3 +152,14 @@ def test_tiles_benchmark_reports_both_ratios_for_both_networks():
 def test_per_batch_baseline_takes_the_weight_domain_path():
     """The baseline must not be drawn per MVM: it has no read_sd (the engine's per-forward path)."""
     assert not callable(getattr(PerForwardReadNoise(sigma=0.1), "read_sd", None))
+
+
+@pytest.mark.slow
+def test_transformer_benchmark_runs_and_is_registered():
+    from benchmarks.transformer import bench_transformer
+
+    t = bench_transformer(n_instances=2, n_samples=8, depth=1, repeats=1)
+    finite_positive(t, ["engine_s_per_chip", "simple_loop_s_per_chip", "engine_vs_simple_loop"])
+    assert t["analog_layers"] == 5 and t["max_accuracy_difference_vs_simple_loop"] <= 1 / 8
+    assert "transformer" in bench.BENCHMARKS
+    json.dumps(t)

@@ -68,6 +68,10 @@ def test_sample_noise_is_keyed_by_sample_index():
                                   whole[1:].numpy())
     assert not torch.equal(noise.normal(2, "read", 0, 10, 13), whole)        # layers differ
     assert not torch.equal(noise.normal(1, "output", 0, 10, 13), whole)      # kinds differ
+    step1 = noise.normal(1, "read", 0, 10, 13, step=1)                       # repeated calls (time steps) differ
+    assert not torch.equal(step1, whole) and not torch.equal(step1, noise.normal(1, "read", 0, 10, 13, step=2))
+    np.testing.assert_array_equal(noise.normal(1, "read", 0, 10, 13, step=0).numpy(), whole.numpy())
+    np.testing.assert_array_equal(noise.normal(1, "read", 4, 3, 13, step=1).numpy(), step1[:, 4:7].numpy())
     z = SampleNoise(np.random.SeedSequence(0), range(50)).normal(0, "read", 0, 200, 37).double().flatten()
     # standard normal: Kolmogorov-Smirnov at the stated false-failure rate
     assert stats.kstest(z.numpy(), "norm").pvalue > ALPHA

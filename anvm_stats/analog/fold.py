@@ -7,8 +7,8 @@ import warnings
 import torch
 from torch import nn
 
-_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
-CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -75,6 +75,14 @@ class GenericKernel:
             return narrow_output(x3, w, bias)
         wt = w.transpose(1, 2)
         return torch.bmm(x3, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x3, wt)
+
+    def token_linear(self, x: Tensor, w: Tensor, bias: Tensor | None, *, shared: bool, K: int, B: int,
+                     instances: Callable[[Tensor], Tensor], sample_major: bool, mode: str) -> Tensor:
+        """:meth:`linear` of a layer applied token by token (``B`` rows = samples x tokens per chip): batched
+        GEMMs in every kernel (for these tall inputs they beat oneDNN's per-chip 1x1 convolutions, and the
+        sample-major fold would need a transpose per layer; ``reports/bench/README.md``)."""
+        return GenericKernel.linear(self, x, w, bias, shared=shared, K=K, B=B, instances=instances,
+                                    sample_major=sample_major, mode=mode)
 
     # ------------------------------------------------------------------ convolution
     def conv(self, op: str, x: Tensor, w: Tensor, bias: Tensor | None, *, shared: bool, K: int, B: int,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data_source import first_samples
@@ -17,7 +18,10 @@ from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
 from .tiles import (bias_first, encode_tiles, wired_blocks, expand_groups, groups, signal_blocks, single_tile,
                     variance_blocks)
-from .selection import ANALOG_TYPES, LayerFilter, check_finite, check_rest, select_layers, resolve_device
+from .attention import AnalogMultiheadAttention
+from .recurrent import AnalogRecurrent
+from .selection import (ANALOG_TYPES, COMPOSITE_TYPES, Crossbar, LayerFilter, check_finite, check_rest, crossbars,
+                        select_layers, resolve_device)
 
 Tensor = torch.Tensor
 #: per-sample activation size (floats) from which conv networks run channels-last (AnalogProgram.input)
@@ -42,6 +46,24 @@ def augmented_weights(w: Tensor, b: Tensor | None, mode: str) -> tuple[Tensor, f
         mw, mb = float(w.abs().max()), float(b.abs().max())
         s = mb / mw if mw > 0 and mb > 0 else 1.0
     return torch.cat([w, (b / s)[:, None]], dim=1), s, "column"
+
+
+class InputFold:
+    """Forward pre-hook of the copied network: when :attr:`active`, its per-sample tensor inputs ``[B, ...]`` are
+    repeated for the K instances (in the fold of the analog layers' outputs) before the network runs.
+
+    Needed by networks that combine their input (or a digital function of it, e.g. an embedding) with an analog
+    layer's output, such as the residual ``x + attention(x)`` of a transformer layer: a shared ``[B, ...]``
+    tensor cannot be added to a per-instance ``[K*B, ...]`` one. Set by :meth:`AnalogProgram.input`."""
+
+    def __init__(self, first: AnalogModule):
+        self.first = first
+        self.active = False
+
+    def __call__(self, module: nn.Module, args: tuple):
+        if not self.active or self.first.runtime is None:
+            return None
+        return tuple(self.first.per_instance(a) if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
 
 
 @dataclass(eq=False)
@@ -71,15 +93,40 @@ class AnalogProgram:
     _layout_for: tuple | None = field(default=None, repr=False)
     _modules: tuple | None = field(default=None, repr=False)
     _shared_for: tuple | None = field(default=None, repr=False)
+    #: the network's input pre-hook (:class:`InputFold`) and the input shape it was probed for
+    fold: InputFold | None = field(default=None, repr=False)
+    _fold_for: tuple | None = field(default=None, repr=False)
+
+    @torch.no_grad()
+    def probe_fold(self, x: Tensor) -> None:
+        """Decide once per input shape whether the network's inputs must be repeated per instance
+        (:class:`InputFold`): one nominal forward of 3 instances on 2 samples; if the network cannot combine its
+        shared input with per-instance activations (a size mismatch), inputs are repeated from now on."""
+        shape = (tuple(x.shape[1:]), x.dtype)
+        if self.fold is None or self._fold_for == shape or x.shape[0] == 0:
+            return
+        xs = x[:2] if x.shape[0] >= 2 else x[:1].expand(2, *x.shape[1:])
+        self.fold.active = False
+        self.load(self.g0[None].repeat(3, 1), B=2)
+        try:
+            try:
+                self.module(xs)
+            except RuntimeError:
+                self.fold.active = True
+                self.module(xs)        # fails again (with the model's own message) when the cause is another
+        finally:
+            self.unload()
+        self._fold_for = shape
 
     def input(self, x: Tensor) -> Tensor:
-        """``x`` ``[B, ...]`` in the memory layout the program runs in.
+        """``x`` ``[B, ...]`` in the memory layout the program runs in (and :meth:`probe_fold` of its shape).
 
         For 4-d inputs, a network with Conv2d layers whose largest activation holds at least
         :data:`CHANNELS_LAST_MIN_FLOATS` floats per sample runs channels-last on the devices in
         :data:`CHANNELS_LAST_DEVICES` (oneDNN's fast layout on CPU, cuDNN's tensor-core layout on GPUs; small
         activations run better in the default layout). The choice is made once per input shape; it never changes
         a value beyond round-off."""
+        self.probe_fold(x)
         if x.dim() != 4:
             return x
         shape = tuple(x.shape[1:])
@@ -93,9 +140,12 @@ class AnalogProgram:
     @property
     def sample_major_ok(self) -> bool:
         """Whether forwards may fold activations sample-major (``[B*K, ...]``, bitwise the same results): every
-        analog layer is linear, the kernel folds sample-major (:class:`~.kernels.OneDNNKernel`), and no hook
-        watches an analog layer (hooks, e.g. per-chip calibration, read layer outputs instance-major)."""
+        analog layer is linear and read per sample (not token by token: its last forward), the kernel folds
+        sample-major (:class:`~.kernels.OneDNNKernel`), and no hook watches an analog layer (hooks, e.g.
+        per-chip calibration, read layer outputs instance-major)."""
         if not self.kernel.sample_major or any(p.op != "linear" or p.tiles is not None for p in self.plans):
+            return False
+        if any(m.tokens > 1 for m in self.analog_modules()):
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.analog_modules())
 
@@ -120,8 +170,10 @@ class AnalogProgram:
             self.unload()
             for h in hooks:
                 h.remove()
-        # tiled layers hold every tile's partial sums: R times a layer's output
+        # tiled layers hold every tile's partial sums: R times a layer's output; attention holds its projections,
+        # every head's scores and outputs at once (analog/attention.py)
         sizes += [getattr(m, "tile_floats", 0) for m in self.analog_modules()]
+        sizes += [getattr(m, "work_floats", 0) for m in self.module.modules()]
         return max(sizes + [x[:1].numel()])
 
     @property
@@ -342,21 +394,19 @@ def _plan_to(plan: LayerPlan, device) -> LayerPlan:
 
 
 @torch.no_grad()
-def _plan_layer(name: str, mod: nn.Module, spec: HardwareSpec, offset: int) -> tuple[LayerPlan, list[Tensor]]:
-    """The plan of one analog layer and its nominal conductances (weights, then the bias column if any), placed
+def _plan_layer(bar: Crossbar, spec: HardwareSpec, offset: int) -> tuple[LayerPlan, list[Tensor]]:
+    """The plan of one crossbar and its nominal conductances (weights, then the bias column if any), placed
     at ``offset`` of the program's conductance vector ``g0``."""
-    op = ANALOG_TYPES[type(mod)]
-    if op != "linear" and mod.padding_mode != "zeros":
-        raise UnsupportedLayerError(f"layer {name!r}: padding_mode={mod.padding_mode!r}; only 'zeros' is supported")
-    w = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-    b = None if mod.bias is None else mod.bias.detach()
+    name, op = bar.name, bar.op
+    w = bar.weight.reshape(bar.weight.shape[0], -1)
+    b = bar.bias
     w_aug, s_b, bias_mode = augmented_weights(w, b, spec.bias)
     O, n_in = w.shape[0], w.shape[1]
     if spec.tile is None:
         enc, tiles = spec.mapping.encode(w_aug, spec.bounds), None
     else:
-        if op != "linear" and mod.groups != 1:
-            raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={mod.groups})")
+        if op != "linear" and bar.conv["groups"] != 1:
+            raise UnsupportedLayerError(f"layer {name!r}: tiles need groups=1 (got groups={bar.conv['groups']})")
         enc, tiles = encode_tiles(spec.mapping, w_aug, n_in, bias_mode == "column", spec.tile, spec.bounds)
     chunks = [enc.g[:, :, :n_in].reshape(-1)]
     w_slice = slice(offset, offset + chunks[0].numel())
@@ -364,13 +414,42 @@ def _plan_layer(name: str, mod: nn.Module, spec: HardwareSpec, offset: int) -> t
     if bias_mode == "column":
         chunks.append(enc.g[:, :, n_in:].reshape(-1))
         b_slice = slice(w_slice.stop, w_slice.stop + chunks[1].numel())
-    conv = {} if op == "linear" else dict(stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
-                                           groups=mod.groups)
     plan = LayerPlan(name=name, op=op, out_features=O, in_features=n_in,
-                     kernel=tuple(mod.weight.shape[2:]), conv=conv, bias_mode=bias_mode, bias_scale=s_b,
+                     kernel=tuple(bar.weight.shape[2:]), conv=dict(bar.conv), bias_mode=bias_mode, bias_scale=s_b,
                      digital_bias=b if bias_mode == "digital" else None, encoding=enc,
-                     w_slice=w_slice, b_slice=b_slice, tiles=tiles)
+                     w_slice=w_slice, b_slice=b_slice, tiles=tiles, one_hot=bar.one_hot)
     return plan, chunks
+
+
+def _replacement(source: nn.Module, analog: list[AnalogModule]) -> nn.Module:
+    """The module that takes ``source``'s place in the copied network: its analog layer, or the composite module
+    (:mod:`.attention`, :mod:`.recurrent`) holding its crossbars."""
+    if type(source) is nn.MultiheadAttention:
+        return AnalogMultiheadAttention(source, analog)
+    if type(source) in COMPOSITE_TYPES:
+        return AnalogRecurrent(source, analog)
+    return analog[0]
+
+
+def _module_path_fixes(net: nn.Module, names: list[str], fuse_relu: bool) -> tuple[set[str], set[str]]:
+    """Make torch's transformer modules take their module path (not the fused kernels that read the float
+    weights): no nested-tensor conversion in ``nn.TransformerEncoder``. Returns the linear layers that read
+    sequence-first activations (inside a ``batch_first=False`` transformer layer) and, with ``fuse_relu``, the
+    analog ``linear1`` layers whose layer's ReLU activation they apply in place (the activation becomes
+    ``nn.Identity``)."""
+    seq_first, relu = set(), set()
+    for path, m in net.named_modules():
+        if isinstance(m, nn.TransformerEncoder):
+            m.use_nested_tensor = False
+        if not isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            continue
+        prefix = f"{path}." if path else ""
+        if not m.self_attn.batch_first:
+            seq_first |= {f"{prefix}linear1", f"{prefix}linear2"} & set(names)
+        if fuse_relu and f"{prefix}linear1" in names and m.activation is F.relu:
+            m.activation = nn.Identity()
+            relu.add(f"{prefix}linear1")
+    return seq_first, relu
 
 
 def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, layers: LayerFilter = None,
@@ -387,14 +466,16 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
         Data used to set DAC/ADC ranges (required when the spec has converters or output noise); at most
         ``n_calibration`` samples are used.
     layers : list of module names or callable(name, module) -> bool, optional
-        Which modules become analog (default: every Linear, Conv1d and Conv2d).
+        Which modules become analog (default: every Linear, Conv1d/2d/3d, MultiheadAttention, LSTM, GRU and RNN;
+        name an ``nn.Embedding`` here to make its table analog, :mod:`.selection`).
     digital : iterable of str
         Names of other parameterised modules allowed to run digitally beside the analog layers.
     device : torch device, optional
         Where the program lives (default: the model's parameters' device).
     fuse_relu : bool
-        Run an ``nn.ReLU`` that only ever takes one analog layer's output in place inside that layer (saves a
-        memory pass; results are bit-identical). Off by default: hooks on an analog layer's output (per-chip
+        Run an ``nn.ReLU`` that only ever takes one analog layer's output (and the ReLU activation of a
+        transformer layer's ``linear1``) in place inside that layer (saves a memory pass; results are
+        bit-identical). Off by default: hooks on an analog layer's output (per-chip
         calibration, drift compensation) then see post-ReLU values.
     kernel : GenericKernel, optional
         The back end of the analog layers (:mod:`anvm_stats.analog.kernels`); default
@@ -422,23 +503,32 @@ def prepare(model: nn.Module, spec: HardwareSpec, *, calibration_data=None, laye
     folded = tuple(fold_batchnorm(net)) if spec.fold_batchnorm else ()
     names = select_layers(net, layers)
     if not names:
-        raise ConfigError("layers", layers, "a selection holding at least one Linear/Conv1d/Conv2d module")
+        raise ConfigError("layers", layers, "a selection holding at least one analog-capable module (Linear, "
+                                            "Conv1d/2d/3d, MultiheadAttention, LSTM, GRU, RNN, Embedding)")
     check_rest(net, set(names), digital)
     fused = find_fusable_relus(net, set(names)) if fuse_relu else {}
     for relu in fused.values():
         _set_submodule(net, relu, nn.Identity())
+    seq_first, relu_in_layer = _module_path_fixes(net, names, fuse_relu)
     per = spec.periphery
     plans, chunks, offset = [], [], 0
     for name in names:
-        plan, layer_chunks = _plan_layer(name, net.get_submodule(name), spec, offset)
-        offset += sum(c.numel() for c in layer_chunks)
-        chunks += layer_chunks
-        plans.append(plan)
-        analog = AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
-                              adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel)
-        analog.relu_after = name in fused
-        _set_submodule(net, name, analog)
-    program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded)
+        source = net.get_submodule(name)
+        analog = []
+        for bar in crossbars(name, source):
+            plan, layer_chunks = _plan_layer(bar, spec, offset)
+            offset += sum(c.numel() for c in layer_chunks)
+            chunks += layer_chunks
+            plans.append(plan)
+            analog.append(AnalogModule(plan, dac_percentile=per.dac.percentile if per.dac else 99.99,
+                                       adc_percentile=per.adc.percentile if per.adc else 99.99, kernel=kernel))
+        analog[0].relu_after = name in fused or name in relu_in_layer
+        analog[0].seq_first = name in seq_first
+        _set_submodule(net, name, _replacement(source, analog))
+    fold = InputFold(net.get_submodule(plans[0].name))
+    net.register_forward_pre_hook(fold)
+    program = AnalogProgram(module=net, plans=tuple(plans), g0=torch.cat(chunks), spec=spec, folded=folded,
+                            fold=fold)
     if per.needs_calibration:
         _calibrate(program, calibration_data, n_calibration)
     return program

@@ -208,25 +208,25 @@ def tile_mvm(g: Tensor, v: Tensor, parasitics: Parasitics | None = None, cols: i
 
 
 def _conv_geometry(plan, x: Tensor):
-    """``(x4 [N0, C, H, W], kernel, dilation, pads (top, bottom, left, right), stride, out (Ho, Wo))`` of a conv
+    """``(x [N0, C, *spatial], kernel, dilation, pads ((lo, hi) per spatial dim), stride, out sizes)`` of a conv
     layer's input, conv1d as a height-1 conv2d; ``padding="same"``/``"valid"`` as numbers."""
     c = plan.conv
     pad = c["padding"]
     if plan.op == "conv1d":
-        x4, k, d, s = x.unsqueeze(2), (1, plan.kernel[0]), (1, c["dilation"][0]), (1, c["stride"][0])
+        xs, k, d, s = x.unsqueeze(2), (1, plan.kernel[0]), (1, c["dilation"][0]), (1, c["stride"][0])
         pad = pad if isinstance(pad, str) else (0, pad[0])
     else:
-        x4, k, d, s = x, tuple(plan.kernel), tuple(c["dilation"]), tuple(c["stride"])
+        xs, k, d, s = x, tuple(plan.kernel), tuple(c["dilation"]), tuple(c["stride"])
+    nd = len(k)
     if pad == "valid":
-        pads = (0, 0, 0, 0)
+        pads = ((0, 0),) * nd
     elif pad == "same":            # torch's "same": total d (k - 1), the extra one at the end
-        tot = [d[i] * (k[i] - 1) for i in range(2)]
-        pads = (tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2)
+        tot = [d[i] * (k[i] - 1) for i in range(nd)]
+        pads = tuple((t // 2, t - t // 2) for t in tot)
     else:
-        pads = (pad[0], pad[0], pad[1], pad[1])
-    out = tuple((x4.shape[2 + i] + pads[2 * i] + pads[2 * i + 1] - d[i] * (k[i] - 1) - 1) // s[i] + 1
-                for i in range(2))
-    return x4, k, d, pads, s, out
+        pads = tuple((q, q) for q in pad)
+    out = tuple((xs.shape[2 + i] + pads[i][0] + pads[i][1] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(nd))
+    return xs, k, d, pads, s, out
 
 
 def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, tuple]:
@@ -242,14 +242,18 @@ def tile_inputs(x: Tensor, plan, layout: "TileLayout", B: int) -> tuple[Tensor, 
         spatial, L = (), 1
         src = x.reshape(Kx, B, n_in).transpose(1, 2)                                    # [Kx, in, B]
     else:
-        x4, k, d, p, s, spatial = _conv_geometry(plan, x)
-        xp = F.pad(x4, (p[2], p[3], p[0], p[1])) if any(p) else x4
-        C = xp.shape[1]
-        sN, sC, sH, sW = xp.stride()
-        view = xp.as_strided((Kx, B, C, k[0], k[1], spatial[0], spatial[1]),
-                             (B * sN, sN, sC, d[0] * sH, d[1] * sW, s[0] * sH, s[1] * sW), xp.storage_offset())
-        src = view.permute(0, 2, 3, 4, 1, 5, 6)                                          # [Kx, C, kh, kw, B, Ho, Wo]
-        L = spatial[0] * spatial[1]
+        xs, k, d, p, s, spatial = _conv_geometry(plan, x)
+        flat = [v for pr in reversed(p) for v in pr]                   # F.pad: the last dim first
+        xp = F.pad(xs, flat) if any(flat) else xs
+        C, nd = xp.shape[1], len(k)
+        sN, sC, *sp = xp.stride()
+        view = xp.as_strided((Kx, B, C, *k, *spatial),
+                             (B * sN, sN, sC, *[d[i] * sp[i] for i in range(nd)], *[s[i] * sp[i] for i in range(nd)]),
+                             xp.storage_offset())
+        src = view.permute(0, 2, *range(3, 3 + nd), 1, *range(3 + nd, 3 + 2 * nd))   # [Kx, C, *k, B, *out]
+        L = 1
+        for n in spatial:
+            L *= n
         spatial = spatial[1:] if plan.op == "conv1d" else spatial
     buf = x.new_empty(Kx, R * rows, B * L)
     if first:
@@ -300,20 +304,22 @@ def calibrate_tiles(P: Tensor, layout: TileLayout, percentile: float) -> tuple[T
     return lo, hi
 
 
-def noise_normals(noise, layer: int, kind: str, first: int, B: int, shape: tuple, device) -> Tensor:
-    """Per-MVM normals as a ``[K, S, R, O, B, L]`` view (``shape = (S, R, O, L)``), keyed by each sample's index
-    (drawn sample-major; the view adds them to partial sums ``[K, S, R, O, B*L]`` without a copy)."""
+def noise_normals(noise, layer: int, kind: str, first: int, B: int, shape: tuple, device, step: int = 0) -> Tensor:
+    """Per-MVM normals as a ``[K, S, R, O, B, L]`` view (``shape = (S, R, O, L)``, ``L`` output pixels or tokens
+    per sample), keyed by each sample's index (drawn sample-major; the view adds them to partial sums
+    ``[K, S, R, O, B*L]`` without a copy)."""
     S, R, O, L = shape
-    z = noise.normal(layer, kind, first, B, S * R * O * L, device)
+    z = noise.normal(layer, kind, first, B, S * R * O * L, device, step=step)
     return z.view(-1, B, S, R, O, L).permute(0, 2, 3, 4, 1, 5)
 
 
-def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
-    """One tiled / per-MVM analog layer for K chips: ``x`` ``[B, ...]`` (shared) or ``[K*B, ...]`` -> outputs
-    ``[K, B, O, *spatial]`` before the digital bias (see the module docstring)."""
+def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int, T: int = 1, step: int = 0) -> Tensor:
+    """One tiled / per-MVM analog layer for K chips: ``x`` ``[B*T, ...]`` (shared) or ``[K*B*T, ...]`` (``T``
+    tokens per sample of a linear layer, else 1) -> outputs ``[K, B*T, O, *spatial]`` before the digital bias (see
+    the module docstring); ``step`` numbers repeated calls on the same samples (noise key)."""
     p, rt = module.plan, module.runtime
     layout = rt.layout
-    X, spatial = tile_inputs(x, p, layout, B)
+    X, spatial = tile_inputs(x, p, layout, B * T)
     X = X.unsqueeze(1)                                              # [Kx, 1, R, rows, N]
     R = layout.row_blocks
     L = X.shape[-1] // B
@@ -323,7 +329,8 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
     S, O = P.shape[1], P.shape[3]
     module.tile_floats = P.numel() // (P.shape[0] * B)     # partial sums per instance and sample (chunk sizes)
     if rt.calibrating:
-        module.signal_lo, module.signal_hi = calibrate_tiles(P, layout, module.adc_percentile)
+        lo, hi = calibrate_tiles(P, layout, module.adc_percentile)
+        module.signal_lo, module.signal_hi = module.widen_ranges(lo, hi, step)
     lo, hi = module.signal_lo, module.signal_hi
     if lo is not None and lo.dim() == 1:                             # per-signal ranges of an untiled layer
         lo, hi = lo.view(-1, 1, 1, 1), hi.view(-1, 1, 1, 1)
@@ -334,10 +341,10 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
                 sd = ((X * X).sum(3, keepdim=True) * rt.read_var.view(1, -1, 1, 1, 1)).sqrt_()
             else:
                 sd = torch.matmul(rt.read_var, X * X).sqrt_()
-            z = noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L), P.device)
+            z = noise_normals(rt.mvm_noise, rt.layer, "read", rt.first_sample, B, (S, R, O, L), P.device, step)
             Pv.addcmul_(sd.view(*sd.shape[:-1], B, L), z)
         if rt.output_noise > 0:
-            z = noise_normals(rt.mvm_noise, rt.layer, "output", rt.first_sample, B, (S, R, O, L), P.device)
+            z = noise_normals(rt.mvm_noise, rt.layer, "output", rt.first_sample, B, (S, R, O, L), P.device, step)
             Pv.addcmul_(z, ((hi - lo) * rt.output_noise).unsqueeze(-1))
     elif not rt.calibrating and rt.output_noise > 0 and rt.noise_sources is not None:
         # callers that give per-forward sources (per-chip calibration): one draw per forward, as untiled layers
@@ -347,10 +354,10 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         P = P.addcmul_(z, (hi - lo) * rt.output_noise)
     gain = layout.gain.unsqueeze(-1)                                 # [S, R, O, 1]
     if rt.adc_levels is not None and not (rt.ste or P.requires_grad):
-        # ADC codes in place, then gain * (lo + step * code) summed over signals and row blocks
-        step = (hi - lo) / (rt.adc_levels - 1)
-        P.sub_(lo).div_(step).round_().clamp_(0, rt.adc_levels - 1)
-        y = P.mul_(gain * step).sum(dim=(1, 2)).add_((gain * lo).sum(dim=(0, 1)))     # [K, O, B*L]
+        # ADC codes in place, then gain * (lo + lsb * code) summed over signals and row blocks
+        lsb = (hi - lo) / (rt.adc_levels - 1)
+        P.sub_(lo).div_(lsb).round_().clamp_(0, rt.adc_levels - 1)
+        y = P.mul_(gain * lsb).sum(dim=(1, 2)).add_((gain * lo).sum(dim=(0, 1)))     # [K, O, B*L]
     else:
         if rt.adc_levels is not None:
             P = quantize(P, lo, hi, rt.adc_levels, ste=rt.ste)
@@ -361,5 +368,5 @@ def tiled_forward(module, x: Tensor, shared: bool, K: int, B: int) -> Tensor:
         ones = X.new_ones(O, p.in_features)
         mask = layout.blocks(bias_first(expand_groups(p, ones), X.new_ones(O, 1) if layout.bias_row else None))
         y = y + torch.matmul(mask * layout.offset.unsqueeze(-1), X[:, 0]).sum(dim=1)
-    y = y.view(K, O, B, *spatial) if spatial else y.view(K, O, B)
+    y = y.view(K, O, B * T, *spatial) if spatial else y.view(K, O, B * T)
     return y.movedim(2, 1).contiguous()          # [K, B, O, *spatial] (one copy, plain strides for the next op)

@@ -20,23 +20,45 @@ def test_nan_weights_are_refused():
 
 
 def test_unsupported_layers_are_refused():
-    class WithLSTM(nn.Module):
+    class WithBilinear(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = nn.LSTM(4, 4)
+            self.pair = nn.Bilinear(4, 4, 4)
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.fc(x)
+            return self.fc(self.pair(x, x))
 
-    with pytest.raises(UnsupportedLayerError, match="'rnn' \\(LSTM\\)"):
-        av.prepare(WithLSTM(), av.devices.ideal())
-    prog = av.prepare(WithLSTM(), av.devices.ideal(), digital=["rnn"])
+    with pytest.raises(UnsupportedLayerError, match="'pair' \\(Bilinear\\)"):
+        av.prepare(WithBilinear(), av.devices.ideal())
+    prog = av.prepare(WithBilinear(), av.devices.ideal(), digital=["pair"])
     assert prog.layer_names == ["fc"]
     with pytest.raises(UnsupportedLayerError, match="ReLU"):
         av.prepare(make_mlp(), av.devices.ideal(), layers=["2"])
     with pytest.raises(ConfigError, match="layers"):
         av.prepare(make_mlp(), av.devices.ideal(), layers=["nope"])
+
+
+def test_the_error_lists_every_unsupported_module_with_its_type_and_the_digital_hint():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.zeros(4))
+            self.blocks = nn.ModuleList([nn.Bilinear(4, 4, 4), nn.Sequential(nn.Linear(4, 4), nn.Bilinear(4, 4, 4))])
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x + self.pos)
+
+    with pytest.raises(UnsupportedLayerError) as err:
+        av.prepare(Odd(), av.devices.ideal())
+    msg = str(err.value)
+    assert "3 module(s)" in msg
+    for path in ("'blocks.0' (Bilinear)", "'blocks.1.1' (Bilinear)", "'' (the model itself, Odd)"):
+        assert path in msg
+    assert "digital=['', 'blocks.0', 'blocks.1.1']" in msg
+    prog = av.prepare(Odd(), av.devices.ideal(), digital=["", "blocks.0", "blocks.1.1"])
+    assert prog.layer_names == ["blocks.1.0", "fc"]
 
 
 def test_layer_filter_keeps_other_layers_digital():
