@@ -30,8 +30,8 @@ def _setup_text(ds: xr.Dataset) -> str:
     a = ds.attrs
     n = ds.sizes.get(dims.INSTANCE, 0)
     parts = [f"Model: {a.get('model', '?')}", f"evaluation data: {a.get('dataset', '?')}",
-             f"{n} simulated chips per sweep point (instances 0..{n - 1}, seed {a.get('study_seed', '?')}, "
-             f"the same chips at every point: differences are paired)"]
+             (f"{n} simulated chips per sweep point (instances 0..{n - 1}, seed {a.get('study_seed', '?')}, "
+             f"the same chips at every point: differences are paired)")]
     if dims.TRAIN_SEED in ds.dims:
         seeds = [_v(v) for v in ds[dims.TRAIN_SEED].values]
         parts[-1] = (f"{n} simulated chips per sweep point and training seed (seed s's chips are instances 0..{n - 1}"
@@ -96,12 +96,12 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
     out.append(("table", point_table(one, threshold=thr, ci=c, quantiles=qs)))
     if note:
         out.append(("h2", "Accuracy across training seeds"))
-        out.append(("p", f"Mean over the {ds.sizes[dims.TRAIN_SEED]} training seeds and their chips with a {pct}% "
+        out.append(("p", (f"Mean over the {ds.sizes[dims.TRAIN_SEED]} training seeds and their chips with a {pct}% "
                          f"two-level interval (Student-t over the per-seed means, seeds - 1 degrees of freedom): it "
                          f"covers which networks training produced and which chips each was tested on (the per-seed "
                          f"means carry their own chip sampling error). Between-seed sd: the spread of the exact "
                          f"per-seed means (method of moments); within-seed se: the chips-only standard error of "
-                         f"one seed's mean."))
+                         f"one seed's mean.")))
         out.append(("table", seed_table(ds, ci=c)))
     titles = {"model": "Paired differences between trained models (same chips)",
               "hardware": "Paired differences between chip variants (same base draws)",
@@ -109,12 +109,12 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
     for key, table in paired_tables(ds, ci=c).items():
         out.append(("h2", titles[key]))
         if note:
-            out.append(("p", f"Mean over the training seeds of the paired difference of accuracy (chips paired "
+            out.append(("p", (f"Mean over the training seeds of the paired difference of accuracy (chips paired "
                              f"within each seed) with a {pct}% two-level interval across seeds (Student-t over the "
                              f"per-seed mean differences): it covers which networks training produced and which "
                              f"chips were drawn; 'higher' / 'lower' when it excludes zero. The last column is the "
                              f"paired-t interval of the first seed alone: it covers that seed's chips only, for "
-                             f"one trained pair."))
+                             f"one trained pair.")))
         else:
             out.append(("p", f"Mean paired difference of accuracy with a {pct}% paired-t interval; 'higher' / "
                              f"'lower' when the interval excludes zero."
@@ -130,9 +130,9 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
         out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
     if "sensitivity_trace" in ds and dims.LAYER in ds.dims:
         out.append(("h2", "Per-layer Hessian sensitivity" + note))
-        out.append(("p", "Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
+        out.append(("p", ("Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
                          "standard error; with several models, the trace of each relative to the first (a trained-"
-                         "with-noise net should show a flatter loss: a ratio below 1)."))
+                         "with-noise net should show a flatter loss: a ratio below 1).")))
         out.append(("table", sensitivity_table(one)))
     captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
                 "mean_quantiles": f"Mean accuracy with its {pct}% CI and the {min(qs):g}-{max(qs):g} quantile band.",
@@ -223,8 +223,8 @@ def to_markdown(bl: list[tuple]) -> str:
 
 def to_html(bl: list[tuple], folder: Path, *, embed: str = "base64", title: str = "report") -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{_CSS}</style></head><body>"]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>")]
     for b in bl:
         kind = b[0]
         if kind in ("h1", "h2"):

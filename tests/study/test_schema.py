@@ -127,8 +127,8 @@ BROKEN = [
     ("epochs = 1", "epochs = 1\nseeds = []", "training.seeds", "seeds = []"),
     ("epochs = 1", "epochs = 1\nseeds = [3, -1]", "training.seeds[1]", "seeds = [3, -1]"),
     ("epochs = 1", "epochs = 1\nseeds = [3, 3]", "training.seeds[1]", "seeds = [3, 3]"),
-    ("n_instances = 4", "target_ci_width = 0.1\n[training.variants.a]\nepochs = 1\n[training.variants.b]\n"
-     "epochs = 2", "sweep.target_ci_width", "target_ci_width"),
+    ("n_instances = 4", ("target_ci_width = 0.1\n[training.variants.a]\nepochs = 1\n[training.variants.b]\n"
+     "epochs = 2"), "sweep.target_ci_width", "target_ci_width"),
 ]
 
 
