@@ -69,7 +69,7 @@ class HASGDConfig:
     mode: str = "split"
     adc_levels: int | None = None
     adc_percentile: float = 99.99
-    perturb_batchnorm: bool = False
+    perturb_batchnorm: bool = True
     eval_instances: int = 8
     n_calibration: int = 512
 
@@ -260,7 +260,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
                 sigma_schedule: Sequence[float] | Callable | None = None, adc_levels: int | None = None,
-                adc_percentile: float = 99.99, perturb_batchnorm: bool = False, layers: LayerFilter = None,
+                adc_percentile: float = 99.99, perturb_batchnorm: bool = True, layers: LayerFilter = None,
                 loss_fn: Callable | None = None, checkpoint=None, stop_after_epoch: int | None = None,
                 eval_data=None, eval_instances: int = 8, n_calibration: int = 512,
                 progress: bool = True) -> TrainResult:
@@ -295,7 +295,10 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         Quantise analog layer outputs to this many levels in the loop (STE), ranges from an observer on the first
         ``n_calibration`` training samples, recalibrated every epoch; ``adc_percentile=100`` is min-max.
     perturb_batchnorm : bool
-        Draw noise on the BN-folded layer (see :mod:`anvm_stats.training.perturb`).
+        Default True: for a layer followed by a BatchNorm, draw the noise on the BN-folded layer the chip holds and
+        add it after the BatchNorm, so training sees the inference noise of the folded layer (per-channel variance
+        and bias noise; :mod:`anvm_stats.training.perturb`). False perturbs the unfolded layer inside the
+        BatchNorm (per-channel noise off by the channel's BN scale, no bias noise), for comparison.
     layers : list of module names or callable(name, module) -> bool, optional
         Analog layers (default every Linear / Conv1d / Conv2d).
     loss_fn : callable(out, y) -> scalar, optional
