@@ -47,7 +47,7 @@ def test_differences_are_paired_within_seeds_against_the_same_optimizer(hm):
         assert r["per_seed"] == pytest.approx(list(d)) and r["ci95"] == pytest.approx([ci.low, ci.high])
         assert r["verdict"] == ("gain" if r["config"] == "split/sgd" else "loss")
     text = " ".join(hm.findings({"mlp": {"differences": rows}}))
-    assert "gain across seeds for ['split/sgd']" in text and "loss for ['split/adam']" in text
+    assert "test sigma 0.15: gain across seeds for ['split/sgd']; loss for ['split/adam']" in text
 
 
 @pytest.mark.slow
@@ -59,3 +59,6 @@ def test_tiny_run_writes_a_report(hm, tmp_path):
     assert len(rep["mlp"]["differences"]) == 6 * len(hm.TEST_SIGMAS)
     assert "two-level interval" in (tmp_path / "report.md").read_text()
     assert xr.open_dataset(tmp_path / "results.nc")["accuracy_mlp"].sizes["train_seed_mlp"] == 2
+    (tmp_path / "report.md").unlink()
+    hm.main(["--render", str(tmp_path / "hasgd_modes.json")])
+    assert "## Findings" in (tmp_path / "report.md").read_text()
