@@ -256,6 +256,11 @@ def _run_epoch(net: nn.Module, opt, estimator, spec: HardwareSpec | None, epoch:
     return row, step
 
 
+def _took_steps(row: dict) -> bool:
+    """True when the epoch took at least one step (an epoch without data has a NaN loss by construction)."""
+    return row.get("steps", 0) > 0
+
+
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
@@ -317,6 +322,8 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
 
     Raises
     ------
+    FloatingPointError
+        When an epoch's training loss is not finite (the run diverged), naming the epoch and learning rate.
     ConfigError
         For invalid options, ``mode="split"`` or ``"local"`` with ``batch_size < samples``, ``mode="local"`` with
         a spec that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule``
@@ -367,6 +374,10 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                                targets=targets, adc=adc, calib_x=calib_x, loss_fn=loss_fn, lr=lr,
                                sigma_schedule=sigma_schedule, batch_size=batch_size, eval_data=eval_data,
                                eval_instances=eval_instances, layers=layers, device=device)
+        if not math.isfinite(row["train_loss"]) and _took_steps(row):
+            raise FloatingPointError(f"HA-SGD diverged: training loss {row['train_loss']} in epoch {epoch} (lr "
+                                     f"{row['lr']:g}, optimizer {optimizer!r}, mode {mode!r}); lower lr (strong "
+                                     f"device noise, e.g. stuck-at faults, needs a smaller step)")
         rows.append(row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
