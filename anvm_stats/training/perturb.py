@@ -25,7 +25,8 @@ chip adds at inference (``k W x + b' + dW' x + db'``): per-channel variance and 
 (tested against :func:`anvm_stats.analog.moments.weight_perturbation_moments`), and the batch statistics of
 train mode neither rescale nor absorb it. With ``perturb_batchnorm=False`` the layer's own unfolded ``[W, b/s]``
 is perturbed inside the BatchNorm (per-channel noise off by the factor ``k`` of each channel, no bias noise
-where the layer has no bias): kept for comparison, not a model of the chip.
+where the layer has no bias): kept for comparison, not a model of the chip. Cost: the folded noise runs its own
+(grouped) product beside the clean one, one more convolution per BatchNorm layer and step.
 """
 
 from __future__ import annotations
