@@ -15,6 +15,7 @@ DAC_BITS = "dac_bits"
 STUCK_AT_RATE = "stuck_at_rate"
 LAYER = "layer"                  # qualified module name
 EPOCH = "epoch"
+TRAIN_SEED = "train_seed"        # one trained network of a training comparison (its init, data order, noise draws)
 QUANTILE = "quantile"
 LEVEL = "level"                  # programmed conductance level (empirical devices)
 RECOVERY = "recovery"            # per-chip recovery method compared on the same chips

@@ -15,18 +15,20 @@ from .figures import (FIGURES, accuracy_distribution, layer_sensitivity_bars, me
                       training_curves, yield_curve)
 from .fronts import write_front
 from .markdown import STUDY_FILE, blocks, to_html, to_markdown
-from .summary import format_text, paired_tables, point_table
+from .summary import format_text, paired_tables, point_table, seed_view
 
 __all__ = ["write_report", "write_figures", "point_table", "paired_tables", "format_text", "accuracy_distribution",
            "mean_quantile_bands", "yield_curve", "layer_sensitivity_bars", "training_curves", "recovery_comparison"]
 
 
 def write_figures(ds: xr.Dataset, folder: str | Path, plots=None) -> dict[str, str]:
-    """Save every applicable figure in ``plots`` (default: the ``report_plots`` attr, else all) as PNG.
+    """Save every applicable figure in ``plots`` (default: the ``report_plots`` attr, else all) as PNG; results
+    with a ``train_seed`` dim are drawn for the first seed (:func:`~anvm_stats.report.summary.seed_view`).
 
     Returns ``{figure name: file name}`` for those written. ``recovery`` is drawn whenever the data has it.
     """
     folder = Path(folder)
+    ds = seed_view(ds)
     if plots is None:
         plots = [p for p in str(ds.attrs.get("report_plots", ",".join(FIGURES))).split(",") if p]
     plots = list(plots) + (["recovery"] if "recovery" not in plots else [])

@@ -15,7 +15,8 @@ import xarray as xr
 
 from .. import dims
 from .fronts import applies as applies_front, front_blocks
-from .summary import HARDWARE_DIM, MODEL_DIM, fmt, paired_tables, point_table, settings
+from .summary import (HARDWARE_DIM, MODEL_DIM, fmt, paired_tables, point_table, seed_note, seed_table, seed_view,
+                      settings)
 
 #: the study file a report was made from, written beside the report
 STUDY_FILE = "study.toml"
@@ -30,9 +31,16 @@ def _setup_text(ds: xr.Dataset) -> str:
     a = ds.attrs
     n = ds.sizes.get(dims.INSTANCE, 0)
     parts = [f"Model: {a.get('model', '?')}", f"evaluation data: {a.get('dataset', '?')}",
-             f"{n} simulated chips per sweep point (instances 0..{n - 1}, seed {a.get('study_seed', '?')}, "
-             f"the same chips at every point: differences are paired)"]
-    grid = [d for d in ds[dims.ACCURACY].dims if d not in (dims.INSTANCE, MODEL_DIM, HARDWARE_DIM)]
+             (f"{n} simulated chips per sweep point (instances 0..{n - 1}, seed {a.get('study_seed', '?')}, "
+             f"the same chips at every point: differences are paired)")]
+    if dims.TRAIN_SEED in ds.dims:
+        seeds = [_v(v) for v in ds[dims.TRAIN_SEED].values]
+        parts[-1] = (f"{n} simulated chips per sweep point and training seed (seed s's chips are instances 0..{n - 1}"
+                     f" drawn from seed s: the same chips at every point and for every model of that seed, so "
+                     f"differences are paired within a seed; other seeds draw other chips)")
+        parts.append(f"{len(seeds)} training seeds {seeds} (every model trained once per seed: initial weights, "
+                     f"data order and training noise from the seed)")
+    grid = [d for d in ds[dims.ACCURACY].dims if d not in (dims.INSTANCE, MODEL_DIM, HARDWARE_DIM, dims.TRAIN_SEED)]
     if grid:
         parts.append("sweep: " + ", ".join(f"{d} in {[_v(v) for v in ds[d].values]}" for d in grid))
     if MODEL_DIM in ds.dims:
@@ -54,6 +62,12 @@ def _float_text(ds: xr.Dataset) -> str | None:
     if "float_accuracy" not in ds:
         return None
     fa = ds["float_accuracy"]
+    if dims.TRAIN_SEED in fa.dims:
+        per = fa.transpose(..., dims.TRAIN_SEED)
+        rows = [(None, per.values)] if per.ndim == 1 else list(zip(per[MODEL_DIM].values, per.values))
+        return (f"Digital (float) accuracy, mean over the {fa.sizes[dims.TRAIN_SEED]} training seeds (min..max): "
+                + ", ".join(f"{'' if m is None else f'{m}: '}{fmt(float(v.mean()))} ({fmt(float(v.min()))}.."
+                            f"{fmt(float(v.max()))})" for m, v in rows) + ".")
     if fa.ndim == 0:
         return f"Digital (float) accuracy of the trained network: {fmt(float(fa))}."
     return "Digital (float) accuracy: " + ", ".join(f"{m}: {fmt(float(v))}" for m, v in
@@ -73,38 +87,61 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
     ft = _float_text(ds)
     if ft:
         out.append(("p", ft))
-    out.append(("h2", "Accuracy over chips at each sweep point"))
+    note, one = seed_note(ds), seed_view(ds)
+    out.append(("h2", "Accuracy over chips at each sweep point" + note))
     out.append(("p", f"Mean with a {pct}% Student-t interval; quantiles with distribution-free {pct}% "
                      f"order-statistic intervals; yield = fraction of chips with accuracy >= {thr:g}, with a "
-                     f"{pct}% Clopper-Pearson interval."))
-    out.append(("table", point_table(ds, threshold=thr, ci=c, quantiles=qs)))
+                     f"{pct}% Clopper-Pearson interval."
+                     + (" These intervals cover which chips were drawn, for these trained networks only: not "
+                        "which networks training produced (see the next section)." if note else "")))
+    out.append(("table", point_table(one, threshold=thr, ci=c, quantiles=qs)))
+    if note:
+        out.append(("h2", "Accuracy across training seeds"))
+        out.append(("p", (f"Mean over the {ds.sizes[dims.TRAIN_SEED]} training seeds and their chips with a {pct}% "
+                         f"two-level interval (Student-t over the per-seed means, seeds - 1 degrees of freedom): it "
+                         f"covers which networks training produced and which chips each was tested on (the per-seed "
+                         f"means carry their own chip sampling error). Between-seed sd: the spread of the exact "
+                         f"per-seed means (method of moments); within-seed se: the chips-only standard error of "
+                         f"one seed's mean.")))
+        out.append(("table", seed_table(ds, ci=c)))
     for var in [v for v in str(ds.attrs.get("metrics", "")).split(",") if v and v != dims.ACCURACY and v in ds]:
         long_name = ds[var].attrs.get("long_name", var)
-        out.append(("h2", f"{long_name[:1].upper()}{long_name[1:]} over chips at each sweep point"))
+        out.append(("h2", f"{long_name[:1].upper()}{long_name[1:]} over chips at each sweep point" + note))
         out.append(("p", f"Variable {var!r} ({'higher' if ds[var].attrs.get('higher_is_better', 1) else 'lower'} "
                          f"is better): mean with a {pct}% Student-t interval; quantiles with distribution-free "
                          f"{pct}% order-statistic intervals."))
-        out.append(("table", point_table(ds, var, threshold=thr, ci=c, quantiles=qs, with_yield=False)))
+        out.append(("table", point_table(one, var, threshold=thr, ci=c, quantiles=qs, with_yield=False)))
     titles = {"model": "Paired differences between trained models (same chips)",
               "hardware": "Paired differences between chip variants (same base draws)",
               "recovery": "Per-chip recovery: accuracy after minus before (same chips)"}
     for key, table in paired_tables(ds, ci=c).items():
         out.append(("h2", titles[key]))
-        out.append(("p", f"Mean paired difference of accuracy with a {pct}% paired-t interval; 'higher' / "
-                         f"'lower' when the interval excludes zero."))
+        if note:
+            out.append(("p", (f"Mean over the training seeds of the paired difference of accuracy (chips paired "
+                             f"within each seed) with a {pct}% two-level interval across seeds (Student-t over the "
+                             f"per-seed mean differences): it covers which networks training produced and which "
+                             f"chips were drawn; 'higher' / 'lower' when it excludes zero. The last column is the "
+                             f"paired-t interval of the first seed alone: it covers that seed's chips only, for "
+                             f"one trained pair.")))
+        else:
+            out.append(("p", f"Mean paired difference of accuracy with a {pct}% paired-t interval; 'higher' / "
+                             f"'lower' when the interval excludes zero."
+                             + (" The interval covers which chips were drawn, for these trained networks: not "
+                                "which networks training produced (one training seed; set [training] seeds to "
+                                "compare across seeds)." if key == "model" else "")))
         out.append(("table", table))
     if f"recovery_{dims.ACCURACY}_after" in ds:
-        out.append(("h2", "Accuracy after recovery"))
-        out.append(("table", point_table(ds, f"recovery_{dims.ACCURACY}_after", threshold=thr, ci=c,
+        out.append(("h2", "Accuracy after recovery" + note))
+        out.append(("table", point_table(one, f"recovery_{dims.ACCURACY}_after", threshold=thr, ci=c,
                                          quantiles=qs)))
     elif "recovery" in ds.attrs and str(ds.attrs["recovery"]).startswith("skipped"):
         out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
     if "sensitivity_trace" in ds and dims.LAYER in ds.dims:
-        out.append(("h2", "Per-layer Hessian sensitivity"))
-        out.append(("p", "Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
+        out.append(("h2", "Per-layer Hessian sensitivity" + note))
+        out.append(("p", ("Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
                          "standard error; with several models, the trace of each relative to the first (a trained-"
-                         "with-noise net should show a flatter loss: a ratio below 1)."))
-        out.append(("table", sensitivity_table(ds)))
+                         "with-noise net should show a flatter loss: a ratio below 1).")))
+        out.append(("table", sensitivity_table(one)))
     if applies_front(ds):
         out += front_blocks(ds, figures.get("front"), threshold=thr, ci=c, quantiles=qs)
     captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
@@ -114,7 +151,7 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                 "training": "Training curves.",
                 "recovery": "Mean accuracy before and after per-chip recovery."}
     if any(k != "front" for k in figures):
-        out.append(("h2", "Figures"))
+        out.append(("h2", "Figures" + note))
         for key, fname in figures.items():
             if key == "front":   # drawn in its own section
                 continue
@@ -198,8 +235,8 @@ def to_markdown(bl: list[tuple]) -> str:
 
 def to_html(bl: list[tuple], folder: Path, *, embed: str = "base64", title: str = "report") -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-             f"<style>{_CSS}</style></head><body>"]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+             f"<style>{_CSS}</style></head><body>")]
     for b in bl:
         kind = b[0]
         if kind in ("h1", "h2"):

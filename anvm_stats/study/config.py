@@ -102,7 +102,8 @@ class OutputsConfig:
 @dataclass(frozen=True, kw_only=True)
 class Study:
     """A validated study. ``hardware`` maps variant label -> spec (one entry ``"base"`` without variants);
-    ``training`` is a tuple of models to train (empty when ``model.weights`` is given)."""
+    ``training`` is a tuple of models to train (empty when ``model.weights`` is given), each trained once per
+    seed of ``train_seeds`` (``(seed,)``: one seed, no ``train_seed`` dim; empty means the same)."""
 
     name: str
     description: str = ""
@@ -110,6 +111,7 @@ class Study:
     model: ModelConfig
     data: DataConfig
     training: tuple = ()
+    train_seeds: tuple = ()
     hardware: dict
     hardware_variants: bool = False
     sweep: SweepConfig
@@ -117,6 +119,11 @@ class Study:
     outputs: OutputsConfig
     source: str | None = None
     text: str = ""
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The training seeds (``(seed,)`` when none were given)."""
+        return tuple(self.train_seeds) or (self.seed,)
 
 
 class Ctx:

@@ -8,12 +8,16 @@ Results layout (an ``xr.Dataset``)
 present; ``float_accuracy`` (digital network, per model); ``history_<curve>`` (dims model?, ``epoch``);
 ``sensitivity_trace`` / ``_se`` / ``_per_param`` (dim ``layer``); ``recovery_accuracy_before`` / ``_after``
 (per-chip calibration); with ``sweep.cost``, ``energy_per_inference``, ``latency_per_inference``, ``chip_area``
-(and ``energy`` by ``component``) per point, without the ``instance`` dim. Attrs: provenance, ``study`` (name),
-``study_toml`` (the file), ``report_*`` settings.
+(and ``energy`` by ``component``) per point, without the ``instance`` dim. With two or more training seeds
+(``[training] seeds``) every variable that depends on the trained network gets a ``train_seed`` dim (coordinate:
+the seed): seed ``s`` trains every model from ``s`` and draws its chips from ``s`` (models paired on chips within a
+seed, seeds independent). Attrs: provenance, ``study`` (name), ``study_toml`` (the file), ``report_*`` settings,
+``train_seeds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -88,6 +92,7 @@ class _Ctx:
     client: object = None                           # a distributed.Client: sweeps run on Dask
     calibration: object = None                      # data that calibrates converter ranges (the training split)
     store_dir: Path | None = None                   # resumable zarr stores, one per sweep call
+    seed: int = 0                                   # the chips' seed (the training seed's)
 
     def executor(self, model, spec, instances):
         """The executor of one sweep call (None: in process); with a store folder, a Dask store named by a hash of
@@ -100,7 +105,7 @@ class _Ctx:
             return DaskExecutor(self.client)
         from ..parallel import hash_model
         from ..parallel.tasks import hash_json
-        key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.study.seed,
+        key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
                          "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
                          "calibration": getattr(self.calibration, "name", None),
@@ -133,7 +138,7 @@ def _sweep_instances(ctx: _Ctx, instances: np.ndarray) -> xr.Dataset:
     options = RunOptions(samples_per_batch=sw.samples_per_batch, instances_per_chunk=sw.instances_per_chunk)
     extra = {} if sw.metrics is None else {"metrics": list(sw.metrics)}
     return ctx.over_all(lambda model, spec: sweep(
-        model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.study.seed,
+        model, spec, ctx.test, grid=std or None, n_instances=None, instances=instances, seed=ctx.seed,
         device=ctx.device, options=options, progress=ctx.progress, calibration_data=ctx.calibration,
         executor=ctx.executor(model, spec, instances), cost=sw.cost, **extra))
 
@@ -180,7 +185,7 @@ def _recovery(ctx: _Ctx, calib, n_instances: int) -> xr.Dataset:
     def one(model, spec):
         parts = [calibrate(model, spec.with_knobs(**pt), ctx.test, recovery_data=calib, calibration_data=ctx.calibration,
                            n_instances=n_instances,
-                           seed=ctx.study.seed, n_recovery=rec.n_calibration, progress=ctx.progress,
+                           seed=ctx.seed, n_recovery=rec.n_calibration, progress=ctx.progress,
                            device=ctx.device, **rec.options).expand_dims({k: [v] for k, v in pt.items()})
                  for pt in points]
         ds = xr.combine_nested(_nest(parts, [len(v) for v in std.values()]), concat_dim=list(std),
@@ -197,7 +202,7 @@ def _sensitivity(ctx: _Ctx) -> xr.Dataset:
     parts = []
     for model in ctx.models.values():
         extra = {"loss_fn": token_loss} if data.y.dim() > 1 else {}       # scores [N, L, V] of token labels
-        s = layer_sensitivity(model, data, seed=ctx.study.seed, eigen=False, max_probes=64, **extra)
+        s = layer_sensitivity(model, data, seed=ctx.seed, eigen=False, max_probes=64, **extra)
         parts.append(s[["trace", "trace_se", "trace_per_param"]].rename(
             {v: f"sensitivity_{v}" for v in ("trace", "trace_se", "trace_per_param")}))
     return _stack(parts, MODEL_DIM, list(ctx.models), ctx.keep_model)
@@ -230,6 +235,49 @@ def load_results(path: str | Path) -> xr.Dataset:
     return load(Path(path))   # finishes a save of path that was killed mid-replace; FileNotFoundError if none
 
 
+def _run_seed(study: Study, seed: int, train, test, *, device, progress: bool, cache_dir, log, client, store,
+              times: dict) -> xr.Dataset:
+    """Train (or load) every model from training seed ``seed`` and sweep it on chips drawn from ``seed``; the
+    float accuracy, histories, sensitivity and recovery of these models. Adds the seconds spent training and
+    sweeping to ``times``."""
+    t0 = time.perf_counter()
+    models, histories = {}, {}
+    if study.model.weights is not None:
+        models["model"] = load_weights(study.model, seed, device)
+    for t in study.training:
+        models[t.label], histories[t.label], _ = train_or_load(
+            study.model, t, study.data, train, seed=seed, cache_dir=cache_dir, device=device,
+            progress=progress, log=log)
+    t1 = time.perf_counter()
+    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress, calibration=train,
+               client=client, store_dir=None if store is None else Path(store), seed=seed)
+    log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
+        + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
+           else f"until the mean CI is {study.sweep.target_ci_width} wide") + f", chips from seed {seed}")
+    ds = run_sweep(ctx)
+    times["train_s"] += t1 - t0
+    times["sweep_s"] += time.perf_counter() - t1
+    ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
+    if flag_nonfinite(ds, warn=False):   # totals over the stacked sweeps (each sweep warned of its own cells)
+        log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
+    if ctx.keep_model:
+        sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
+            if len(study.training) == len(models) else None
+        if sig is not None:
+            ds = ds.assign_coords(sigma_train=(MODEL_DIM, np.asarray(sig, dtype=float)))
+    fa = [float_accuracy(m, test) for m in models.values()]
+    ds["float_accuracy"] = ((MODEL_DIM,), fa) if ctx.keep_model else ((), fa[0])
+    ds = xr.merge([ds, _histories(ctx, histories)], combine_attrs="override")
+    if study.outputs.sensitivity:
+        log("per-layer Hessian sensitivity")
+        ds = xr.merge([ds, _sensitivity(ctx)], combine_attrs="override")
+    if study.recovery is not None:
+        rec = _recovery(ctx, train, study.recovery.n_instances or ds.sizes[dims.INSTANCE])
+        ds = xr.merge([ds, rec], join="outer", combine_attrs="override")
+        ds.attrs["recovery"] = json.dumps(dataclasses.asdict(study.recovery), sort_keys=True)
+    return ds
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What :func:`run_study` produced: the results Dataset, its file, the report files and timings (s)."""
@@ -257,56 +305,37 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     check_name(study)
     out_dir = Path(out) if out is not None else Path("reports") / study.name
     check_folders({"out": out_dir, "cache_dir": cache_dir, "store": store})
-    check_size(study, len(study.training) + (study.model.weights is not None))
+    seeds = study.seeds
+    check_size(study, (len(study.training) + (study.model.weights is not None)) * len(seeds))
     train, test = load_data(study.data, device)
     check_data(study, (train, test))
-    models, histories = {}, {}
-    if study.model.weights is not None:
-        models["model"] = load_weights(study.model, study.seed, device)
-    for t in study.training:
-        models[t.label], histories[t.label], _ = train_or_load(
-            study.model, t, study.data, train, seed=study.seed, cache_dir=cache_dir, device=device,
-            progress=progress, log=log)
-    t1 = time.perf_counter()
-    ctx = _Ctx(study=study, models=models, test=test, device=device, progress=progress, calibration=train)
-    log(f"sweep: {len(models)} model(s) x {len(study.hardware)} chip(s), grid {dict(study.sweep.grid)}, "
-        + (f"{study.sweep.n_instances} instances" if study.sweep.target_ci_width is None
-           else f"until the mean CI is {study.sweep.target_ci_width} wide"))
     if store is not None:
-        ctx.store_dir = Path(store)
-        ctx.store_dir.mkdir(parents=True, exist_ok=True)
-    if scheduler is not None or workers is not None or store is not None:
+        Path(store).mkdir(parents=True, exist_ok=True)
+    dask = scheduler is not None or workers is not None or store is not None
+    if dask:
         from ..parallel import connect
-        with connect(scheduler=scheduler, n_workers=workers or 2) as client:
-            ctx.client = client
-            ds = run_sweep(ctx)
-    else:
-        ds = run_sweep(ctx)
-    t2 = time.perf_counter()
-    ds.attrs["calibration_data"] = train.name   # converter ranges were calibrated on the training split
-    if flag_nonfinite(ds, warn=False):   # totals over the stacked sweeps (each sweep warned of its own cells)
-        log(f"warning: non-finite accuracy/loss cells: {ds.attrs[NONFINITE_ATTR]} (recorded in attrs)")
-    if ctx.keep_model:
-        sig = [t.sigma_train if t.sigma_train is not None else 0.0 for t in study.training] \
-            if len(study.training) == len(models) else None
-        if sig is not None:
-            ds = ds.assign_coords(sigma_train=(MODEL_DIM, np.asarray(sig, dtype=float)))
-    fa = [float_accuracy(m, test) for m in models.values()]
-    ds["float_accuracy"] = ((MODEL_DIM,), fa) if ctx.keep_model else ((), fa[0])
-    ds = xr.merge([ds, _histories(ctx, histories)], combine_attrs="override")
-    if study.outputs.sensitivity:
-        log("per-layer Hessian sensitivity")
-        ds = xr.merge([ds, _sensitivity(ctx)], combine_attrs="override")
-    if study.recovery is not None:
-        rec = _recovery(ctx, train, study.recovery.n_instances or ds.sizes[dims.INSTANCE])
-        ds = xr.merge([ds, rec], join="outer", combine_attrs="override")
-        ds.attrs["recovery"] = json.dumps(dataclasses.asdict(study.recovery), sort_keys=True)
+    parts, times = [], {"train_s": 0.0, "sweep_s": 0.0}
+    with connect(scheduler=scheduler, n_workers=workers or 2) if dask else contextlib.nullcontext() as client:
+        for seed in seeds:
+            if len(seeds) > 1:
+                log(f"training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)})")
+            parts.append(_run_seed(study, seed, train, test, device=device, progress=progress, cache_dir=cache_dir,
+                                   log=log, client=client, store=store, times=times))
+    ds = parts[0] if len(seeds) == 1 else xr.concat(
+        parts, dim=dims.TRAIN_SEED, combine_attrs="override", data_vars="all", coords="minimal",
+        compat="override").assign_coords({dims.TRAIN_SEED: list(seeds)})
+    if len(seeds) > 1 and "sigma_train" in ds.coords and dims.TRAIN_SEED in ds["sigma_train"].dims:
+        ds = ds.assign_coords(sigma_train=ds["sigma_train"].isel({dims.TRAIN_SEED: 0}, drop=True))
+    t1 = t0 + times["train_s"]
+    t2 = t1 + times["sweep_s"]
     t3 = time.perf_counter()
     o = study.outputs
     ds.attrs.update(study=study.name, study_description=study.description, study_toml=study.text,
                     study_seed=study.seed, report_yield_threshold=o.yield_threshold, report_ci=o.ci,
                     report_quantiles=list(o.quantiles), report_plots=",".join(o.plots), report_html=int(o.html),
                     report_embed=o.embed, train_s=round(t1 - t0, 3), sweep_s=round(t2 - t1, 3))
+    if len(seeds) > 1:
+        ds.attrs["train_seeds"] = list(seeds)
     specs = {k: v.to_dict() for k, v in study.hardware.items()}   # the chips as configured, before sweep knobs
     ds.attrs["hardware_spec"] = json.dumps(specs if study.hardware_variants else specs["base"], sort_keys=True)
     out_dir.mkdir(parents=True, exist_ok=True)

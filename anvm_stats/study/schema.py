@@ -22,7 +22,14 @@ Tables and keys
     ``method``: plain | hasgd; ``epochs``, ``lr``, ``batch_size``, ``samples`` (L draws per step);
     ``sigma_train`` (a number, or a list: one trained model per value, a ``model`` dim in the results);
     ``q``: "same" (the ``[hardware]`` chip, default) or a hardware table (below); ``options`` (table passed to
-    the trainer as keywords); ``variants`` (table of named tables overriding the keys above: one model each).
+    the trainer as keywords); ``variants`` (table of named tables overriding the keys above: one model each);
+    ``seeds`` (training seeds: a count ``S`` = seeds ``study.seed .. study.seed + S - 1``, or a list of distinct
+    integers >= 0; default 5 when the study trains two or more models, i.e. compares trained networks, else 1).
+    With two or more seeds every model is trained once per seed (the seed sets its initial weights, unless
+    ``model.seed`` fixes them, its data order and its training noise) and evaluated on chips drawn from that
+    seed: the results get a ``train_seed`` dim, models are paired on chips within a seed, and reports give
+    differences with a two-level interval across seeds (:mod:`anvm_stats.stats.seeds`). ``seeds = 1`` is the
+    single-seed study (training and chips from ``study.seed``). Not with ``sweep.target_ci_width``.
     Omit ``[training]`` only together with ``model.weights``.
 ``[hardware]``
     Either a :meth:`HardwareSpec.from_dict <anvm_stats.hardware.HardwareSpec.from_dict>` table (``mapping``,
@@ -192,9 +199,31 @@ def _one_training(c: Ctx, t: dict, path: str, label: str, hw_raw: dict) -> Train
     return TrainingConfig(q=q, sigma_train=None if sigma is None else float(sigma), **kw)
 
 
+#: training seeds of a study that compares two or more trained models, unless ``[training] seeds`` says otherwise
+DEFAULT_COMPARISON_SEEDS = 5
+
+
+def _seeds(c: Ctx, raw: dict, study_seed: int, n_models: int) -> tuple[int, ...]:
+    """The training seeds of ``[training] seeds`` (see the module docstring)."""
+    if "seeds" not in raw:
+        n = DEFAULT_COMPARISON_SEEDS if n_models >= 2 else 1
+        return tuple(range(study_seed, study_seed + n))
+    v = raw["seeds"]
+    if isinstance(v, list):
+        if not v:
+            raise c.error("training.seeds", v, "a count >= 1 or a non-empty list of distinct integers >= 0")
+        for i, x in enumerate(v):
+            c.number(f"training.seeds[{i}]", x, low=0, integer=True)
+        distinct(c, "training.seeds", v, integer=True)
+        return tuple(int(x) for x in v)
+    n = c.number("training.seeds", v, low=1, integer=True)
+    c.number("training.seeds", study_seed + n - 1, integer=True)     # the last seed stays an int64
+    return tuple(range(study_seed, study_seed + n))
+
+
 def _training(c: Ctx, raw: dict, hw_raw: dict) -> tuple[TrainingConfig, ...]:
-    c.table(raw, "training", _TRAIN_KEYS + ("variants",))
-    base = {k: v for k, v in raw.items() if k != "variants"}
+    c.table(raw, "training", _TRAIN_KEYS + ("variants", "seeds"))
+    base = {k: v for k, v in raw.items() if k not in ("variants", "seeds")}
     variants = raw.get("variants")
     sig = base.get("sigma_train")
     if isinstance(sig, list):
@@ -342,17 +371,22 @@ def parse_study(data: dict, *, text: str = "", source: str | None = None) -> Stu
     model = _model(c, data["model"])
     dcfg = _data(c, data.get("data", {}))
     hw_raw, hardware, has_variants = hardware_tables(c, data.get("hardware", {"preset": "ideal"}))
+    seeds = (seed,)
     if "training" in data:
         training = _training(c, data["training"], hw_raw)
+        seeds = _seeds(c, data["training"], seed, len(training))
     elif model.weights is None:
         raise c.error("training", None, "a [training] table (or model.weights with trained weights)")
     else:
         training = ()
     sweep = _sweep(c, data.get("sweep", {}), hardware)
+    if len(seeds) > 1 and sweep.target_ci_width is not None:
+        raise c.error("sweep.target_ci_width", sweep.target_ci_width,
+                      f"n_instances with {len(seeds)} training seeds (each seed's chips are drawn on their own)")
     recovery = _recovery(c, data["recovery"]) if "recovery" in data else None
     outputs = _outputs(c, data.get("outputs", {}))
     return Study(name=name, description=desc, seed=seed, model=model, data=dcfg, training=training,
-                 hardware=hardware, hardware_variants=has_variants, sweep=sweep, recovery=recovery,
+                 train_seeds=seeds, hardware=hardware, hardware_variants=has_variants, sweep=sweep, recovery=recovery,
                  outputs=outputs, source=source, text=text)
 
 

@@ -2,7 +2,9 @@
 
 ``perturbed_forward(model, pert, targets, sizes)`` temporarily routes every perturbed layer's forward through a
 grouped implementation (one GEMM / grouped convolution where the groups are equal), so the gradient of each group's
-loss is taken at ``w + dw_g``.
+loss is taken at ``w + dw_g``. A layer paired with a BatchNorm (``PerturbTarget.bn``) runs clean and its noise,
+drawn on the folded layer, is added after the BatchNorm: ``BN(W x) + dW'_g x + db'_g``, as the folded chip computes
+``k W x + b' + dW' x + db'`` (:mod:`anvm_stats.training.perturb`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ def group_sizes(n: int, groups: int) -> list[int]:
     return [base + (i < extra) for i in range(groups)]
 
 
-def _linear_forward(m: nn.Linear, dw: Tensor, db: Tensor | None, sizes: list[int]):
+def _linear_forward(m: nn.Linear, dw: Tensor, db: Tensor | None, sizes: list[int], base: bool = True):
     """Group g: ``x_g (W + dW_g)^T + b + db_g``. With equal groups computed as ``x W^T + b`` (one GEMM, whose
-    weight gradient needs no ``[G, out, in]`` buffer) plus the batched term ``x_g dW_g^T + db_g``."""
+    weight gradient needs no ``[G, out, in]`` buffer) plus the batched term ``x_g dW_g^T + db_g``. ``base=False``:
+    the perturbation term ``x_g dW_g^T`` alone (no weight, no bias)."""
     G = len(sizes)
 
     def forward(x: Tensor) -> Tensor:
+        if not base:
+            if len(set(sizes)) == 1 and x.dim() >= 2:
+                return torch.bmm(x.reshape(G, -1, x.shape[-1]), dw.transpose(1, 2)).reshape(*x.shape[:-1],
+                                                                                           dw.shape[1])
+            return torch.cat([nn.functional.linear(p, dw[i]) for i, p in enumerate(torch.split(x, sizes))])
         if G == 1:
             return nn.functional.linear(x, m.weight + dw[0], None if m.bias is None else
                                         (m.bias + db[0] if db is not None else m.bias))
@@ -46,15 +54,16 @@ def _linear_forward(m: nn.Linear, dw: Tensor, db: Tensor | None, sizes: list[int
     return forward
 
 
-def _conv_forward(m: nn.Module, dw: Tensor, db: Tensor | None, sizes: list[int]):
+def _conv_forward(m: nn.Module, dw: Tensor, db: Tensor | None, sizes: list[int], base: bool = True):
     """Group g: ``conv(x_g, W + dW_g) + b + db_g``; equal groups run as ONE grouped convolution (``groups = G x
-    m.groups``, the groups' samples side by side in the channel dim), otherwise one call per group."""
+    m.groups``, the groups' samples side by side in the channel dim), otherwise one call per group.
+    ``base=False``: the perturbation term ``conv(x_g, dW_g)`` alone (no weight, no bias)."""
     G = len(sizes)
     conv = nn.functional.conv1d if isinstance(m, nn.Conv1d) else nn.functional.conv2d
 
     def forward(x: Tensor) -> Tensor:
-        wg = m.weight + dw                                               # [G, out, in/groups, *k]
-        bg = None if m.bias is None else (m.bias + db if db is not None else m.bias.expand(G, -1))
+        wg = m.weight + dw if base else dw                               # [G, out, in/groups, *k]
+        bg = None if (m.bias is None or not base) else (m.bias + db if db is not None else m.bias.expand(G, -1))
         if G == 1:
             return m._conv_forward(x, wg[0], None if bg is None else bg[0])
         if len(set(sizes)) == 1 and m.padding_mode == "zeros":
@@ -68,15 +77,30 @@ def _conv_forward(m: nn.Module, dw: Tensor, db: Tensor | None, sizes: list[int])
     return forward
 
 
-def _shift_forward(m: nn.Module, dshift: Tensor, sizes: list[int]):
-    """BatchNorm whose output gets a per-group shift ``dbeta_g`` (the folded bias perturbation)."""
+def _shift_forward(m: nn.Module, dshift: Tensor | None, sizes: list[int], pending: list):
+    """BatchNorm whose output gets the folded layer's noise: the weight term its layer left in ``pending`` and a
+    per-group shift ``dshift_g`` (the folded bias perturbation; None: none)."""
     original = type(m).forward
 
     def forward(x: Tensor) -> Tensor:
         y = original(m, x)
+        if pending:
+            y = y + pending.pop()
+        if dshift is None:
+            return y
         per = dshift[0].expand(x.shape[0], -1) if len(sizes) == 1 else torch.repeat_interleave(
             dshift, torch.tensor(sizes, device=dshift.device), dim=0)
         return y + per.reshape(*per.shape, *([1] * (y.dim() - 2)))
+    return forward
+
+
+def _clean_forward(m: nn.Module, noise, pending: list):
+    """The layer's own forward, leaving ``noise(x)`` in ``pending`` for the BatchNorm that follows it."""
+    original = type(m).forward
+
+    def forward(x: Tensor) -> Tensor:
+        pending.append(noise(x))
+        return original(m, x)
     return forward
 
 
@@ -87,7 +111,8 @@ def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[Pe
     x.shape[0]``) at the weights ``w + pert.deltas[.][g]``; gradients flow to ``w`` (taken at ``w + dw``).
 
     Implemented by temporarily overriding ``forward`` of each target module (and of a folded BatchNorm); hooks
-    still run. With equal group sizes linear layers use one GEMM plus one batched GEMM and convolutions one
+    still run. A target with a BatchNorm (``t.bn``) runs clean and its folded-domain noise ``dW'_g x + db'_g`` is
+    added to the BatchNorm's output (the deltas of :func:`~anvm_stats.training.perturb.draw_perturbations`). With equal group sizes linear layers use one GEMM plus one batched GEMM and convolutions one
     grouped convolution; unequal groups (a last, short batch) one call per group. A
     noise-free ``pert`` leaves the model untouched (exactly the plain forward).
     """
@@ -104,12 +129,15 @@ def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[Pe
             dw = pert.deltas[f"{t.name}.weight"]
             db = pert.deltas.get(f"{t.name}.bias")
             fwd = _linear_forward if isinstance(m, nn.Linear) else _conv_forward
-            m.forward = fwd(m, dw, db, sizes)
-            patched.append(m)
-            if t.bn is not None and f"{t.bn}.bias" in pert.deltas:
-                bn = model.get_submodule(t.bn)
-                bn.forward = _shift_forward(bn, pert.deltas[f"{t.bn}.bias"], sizes)
-                patched.append(bn)
+            if t.bn is None:
+                m.forward = fwd(m, dw, db, sizes)
+                patched.append(m)
+                continue
+            pending: list = []
+            m.forward = _clean_forward(m, fwd(m, dw, None, sizes, base=False), pending)
+            bn = model.get_submodule(t.bn)
+            bn.forward = _shift_forward(bn, pert.deltas.get(f"{t.bn}.bias"), sizes, pending)
+            patched += [m, bn]
         yield
     finally:
         for m in patched:

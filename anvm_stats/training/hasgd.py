@@ -69,7 +69,7 @@ class HASGDConfig:
     mode: str = "split"
     adc_levels: int | None = None
     adc_percentile: float = 99.99
-    perturb_batchnorm: bool = False
+    perturb_batchnorm: bool = True
     eval_instances: int = 8
     n_calibration: int = 512
 
@@ -256,11 +256,16 @@ def _run_epoch(net: nn.Module, opt, estimator, spec: HardwareSpec | None, epoch:
     return row, step
 
 
+def _took_steps(row: dict) -> bool:
+    """True when the epoch took at least one step (an epoch without data has a NaN loss by construction)."""
+    return row.get("steps", 0) > 0
+
+
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
                 sigma_schedule: Sequence[float] | Callable | None = None, adc_levels: int | None = None,
-                adc_percentile: float = 99.99, perturb_batchnorm: bool = False, layers: LayerFilter = None,
+                adc_percentile: float = 99.99, perturb_batchnorm: bool = True, layers: LayerFilter = None,
                 loss_fn: Callable | None = None, checkpoint=None, stop_after_epoch: int | None = None,
                 eval_data=None, eval_instances: int = 8, n_calibration: int = 512,
                 progress: bool = True) -> TrainResult:
@@ -295,7 +300,10 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         Quantise analog layer outputs to this many levels in the loop (STE), ranges from an observer on the first
         ``n_calibration`` training samples, recalibrated every epoch; ``adc_percentile=100`` is min-max.
     perturb_batchnorm : bool
-        Draw noise on the BN-folded layer (see :mod:`anvm_stats.training.perturb`).
+        Default True: for a layer followed by a BatchNorm, draw the noise on the BN-folded layer the chip holds and
+        add it after the BatchNorm, so training sees the inference noise of the folded layer (per-channel variance
+        and bias noise; :mod:`anvm_stats.training.perturb`). False perturbs the unfolded layer inside the
+        BatchNorm (per-channel noise off by the channel's BN scale, no bias noise), for comparison.
     layers : list of module names or callable(name, module) -> bool, optional
         Analog layers (default every Linear / Conv1d / Conv2d).
     loss_fn : callable(out, y) -> scalar, optional
@@ -314,6 +322,8 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
 
     Raises
     ------
+    FloatingPointError
+        When an epoch's training loss is not finite (the run diverged), naming the epoch and learning rate.
     ConfigError
         For invalid options, ``mode="split"`` or ``"local"`` with ``batch_size < samples``, ``mode="local"`` with
         a spec that is not unclipped additive Gaussian noise (the error names the effect), ``sigma_schedule``
@@ -364,6 +374,10 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                                targets=targets, adc=adc, calib_x=calib_x, loss_fn=loss_fn, lr=lr,
                                sigma_schedule=sigma_schedule, batch_size=batch_size, eval_data=eval_data,
                                eval_instances=eval_instances, layers=layers, device=device)
+        if not math.isfinite(row["train_loss"]) and _took_steps(row):
+            raise FloatingPointError(f"HA-SGD diverged: training loss {row['train_loss']} in epoch {epoch} (lr "
+                                     f"{row['lr']:g}, optimizer {optimizer!r}, mode {mode!r}); lower lr (strong "
+                                     f"device noise, e.g. stuck-at faults, needs a smaller step)")
         rows.append(row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),

@@ -72,6 +72,9 @@ class LayerMoments:
         Of the bias column (None for digital or absent bias).
     bias_on : str or None
         Module whose output the bias noise is added to: the layer, or the BatchNorm folded into the draw.
+    after : str or None
+        The BatchNorm folded into the draw: the weight moments are the folded layer's and their noise is added to
+        that BatchNorm's output (None: inside the layer).
     """
 
     weight_mean: Tensor | None
@@ -79,6 +82,7 @@ class LayerMoments:
     bias_mean: Tensor | None
     bias_var: Tensor | None
     bias_on: str | None
+    after: str | None = None
 
     @property
     def row_constant(self) -> bool:
@@ -91,9 +95,9 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
                    ) -> tuple[dict[str, LayerMoments], bool]:
     """Closed-form per-element mean and variance of the perturbation ``dW ~ q`` of each target layer.
 
-    Same conventions as :func:`anvm_stats.training.perturb.draw_perturbations` (augmented ``[W, b/s]``, BatchNorm
-    folding with ``dW = dW'/k`` and the bias part on the BatchNorm's output), so the moments are those of its
-    deltas. The mapping's reconstruction error joins the mean unless it is round-off (below ``ROUNDOFF_ULPS``
+    Same conventions as :func:`anvm_stats.training.perturb.draw_perturbations` (augmented ``[W, b/s]``; with a
+    BatchNorm the folded layer's ``dW'`` and ``db'``, both acting on the BatchNorm's output), so the moments are
+    those of its deltas. The mapping's reconstruction error joins the mean unless it is round-off (below ``ROUNDOFF_ULPS``
     ulps of ``max|W~|``; never computed for the exact :data:`EXACT_MAPPINGS`).
 
     Returns
@@ -130,10 +134,7 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
         has_mean = bool(shift.any())
         is_zero &= not terms and not has_mean
         n_in = m.weight[0].numel()
-        wm, wv = shift[:, :n_in], var[:, :n_in]
-        if k is not None:
-            inv = torch.where(k.abs() > torch.finfo(k.dtype).tiny ** 0.5, 1.0 / k, torch.zeros_like(k))[:, None]
-            wm, wv = wm * inv, wv * inv.square()
+        wm, wv = shift[:, :n_in], var[:, :n_in]          # of the folded layer when t.bn is set
         bm = bv = None
         if mode == "column":
             bm, bv = shift[:, -1] * s, var[:, -1] * (s * s)
@@ -141,7 +142,8 @@ def weight_moments(model: nn.Module, spec: HardwareSpec, targets: Sequence[Pertu
         as_w = lambda v: v.reshape(shape if v.shape[1] > 1 else (shape[0],) + (1,) * (len(shape) - 1)).to(dt)  # noqa: E731
         out[t.name] = LayerMoments(weight_mean=as_w(wm) if has_mean else None, weight_var=as_w(wv),
                                    bias_mean=None if bm is None else bm.to(dt),
-                                   bias_var=None if bv is None else bv.to(dt), bias_on=None if bm is None else (t.bn or t.name))
+                                   bias_var=None if bv is None else bv.to(dt),
+                                   bias_on=None if bm is None else (t.bn or t.name), after=t.bn)
     return out, is_zero
 
 
@@ -210,11 +212,12 @@ def _noisy(y: Tensor, s: Tensor, gen: torch.Generator) -> Tensor:
     return torch.addcmul(y, s.clamp_min(torch.finfo(s.dtype).tiny).sqrt(), eps)
 
 
-def _local_module_forward(m: nn.Module, name: str, mom: LayerMoments, gen: torch.Generator):
+def _local_module_forward(m: nn.Module, name: str, mom: LayerMoments, gen: torch.Generator, pending: list):
     """``y = f(x, W + E dW, b + E db) + sqrt(f(x^2, Var dW, Var db)) * eps`` with ``f`` the layer's linear map
     (``db`` only when the bias noise acts on this layer rather than on a folded BatchNorm). A row-constant
     variance needs no second GEMM: ``f(x^2, Var) = |x|^2 v_o`` (Linear) or the window sums of ``sum_c x^2``
-    times ``v_o`` (ungrouped conv)."""
+    times ``v_o`` (ungrouped conv). With a folded BatchNorm (``mom.after``) the layer returns ``f(x, W, b)`` and
+    leaves its noise ``f(x, E dW') + sqrt(f(x^2, Var dW')) * eps`` in ``pending`` for the BatchNorm's output."""
     own, lin = mom.bias_on == name, isinstance(m, nn.Linear)
     v, vb = mom.weight_var, (mom.bias_var if mom.bias_on == name else None)
     cheap = mom.row_constant and (lin or m.groups == 1)
@@ -226,7 +229,7 @@ def _local_module_forward(m: nn.Module, name: str, mom: LayerMoments, gen: torch
         b = m.bias
         if own:
             b = mom.bias_mean if b is None else b + mom.bias_mean
-        w = m.weight if mom.weight_mean is None else m.weight + mom.weight_mean
+        w = m.weight if mom.weight_mean is None or mom.after else m.weight + mom.weight_mean
         y = F.linear(x, w, b) if lin else m._conv_forward(x, w, b)
         x2 = x * x
         if cheap:
@@ -234,17 +237,28 @@ def _local_module_forward(m: nn.Module, name: str, mom: LayerMoments, gen: torch
             s = x2 * v_row if vb is None else torch.addcmul(vb_row, x2, v_row)
         else:
             s = F.linear(x2, v.expand_as(m.weight), vb) if lin else m._conv_forward(x2, v.expand_as(m.weight), vb)
-        return _noisy(y, s, gen)
+        if mom.after is None:
+            return _noisy(y, s, gen)
+        wm = mom.weight_mean
+        mean = torch.zeros_like(y) if wm is None else (
+            F.linear(x, wm.expand_as(m.weight)) if lin else m._conv_forward(x, wm.expand_as(m.weight), None))
+        pending.append(_noisy(mean, s, gen))
+        return y
     return forward
 
 
-def _bn_noise_forward(bn: nn.Module, mean: Tensor, var: Tensor, gen: torch.Generator):
-    """BatchNorm whose output gets the folded bias noise ``E db' + sqrt(Var db') eps``, one draw per sample and
-    channel (shared by the channel's positions, like the one bias device it models)."""
+def _bn_noise_forward(bn: nn.Module, mean: Tensor | None, var: Tensor | None, gen: torch.Generator, pending: list):
+    """BatchNorm whose output gets its layer's folded weight noise (left in ``pending``) and the folded bias noise
+    ``E db' + sqrt(Var db') eps``, one draw per sample and channel (shared by the channel's positions, like the
+    one bias device it models; none when ``mean`` is None)."""
     original = type(bn).forward
 
     def forward(x: Tensor) -> Tensor:
         y = original(bn, x)
+        if pending:
+            y = y + pending.pop()
+        if mean is None:
+            return y
         eps = torch.randn(y.shape[:2], generator=gen, device=y.device, dtype=y.dtype)
         shift = torch.addcmul(mean, var.sqrt(), eps)
         return y + shift.reshape(*shift.shape, *([1] * (y.dim() - 2)))
@@ -263,11 +277,12 @@ def local_forward(model: nn.Module, lp: LocalPerturbation, sizes: Sequence[int])
     try:
         for name, mom in lp.moments.items():
             m = model.get_submodule(name)
-            m.forward = _local_module_forward(m, name, mom, lp.generator)
+            pending: list = []
+            m.forward = _local_module_forward(m, name, mom, lp.generator, pending)
             patched.append(m)
-            if mom.bias_on is not None and mom.bias_on != name:
-                bn = model.get_submodule(mom.bias_on)
-                bn.forward = _bn_noise_forward(bn, mom.bias_mean, mom.bias_var, lp.generator)
+            if mom.after is not None:
+                bn = model.get_submodule(mom.after)
+                bn.forward = _bn_noise_forward(bn, mom.bias_mean, mom.bias_var, lp.generator, pending)
                 patched.append(bn)
         split = lp.conv is not None and not lp.conv.is_zero
         with perturbed_forward(model, lp.conv, lp.conv_targets, sizes) if split else contextlib.nullcontext():

@@ -16,14 +16,17 @@ round-off (below ``ROUNDOFF_ULPS`` ulps of ``max|W~|``), the perturbation is exa
 reduces to plain SGD bit for bit. A mapping with a reconstruction error of its own (bit slicing) keeps it in
 ``dW``: training then sees the weights the chip really holds.
 
-BatchNorm (``perturb_batchnorm=True``): for a layer directly followed by an affine BatchNorm with running
-statistics, the draw is made on the FOLDED layer the chip would hold, ``W' = k W``, ``b' = k (b - mean) + beta``
-with ``k = gamma / sqrt(running_var + eps)``; the weight part is mapped back as ``dW = dW' / k`` (per output
-channel; 0 where ``|k|`` is tiny) and the bias part ``db'`` is added to the BatchNorm's ``beta`` (it acts after
-the normalisation, exactly where the folded bias acts at inference). Noise magnitudes then follow the folded
-layer's range. Caveat: in train mode the BatchNorm normalises with batch statistics and absorbs the batch-mean
-of ``dW x``; at inference (frozen statistics) it does not. With ``perturb_batchnorm=False`` (default) the
-layer's own ``[W, b/s]`` is perturbed and BatchNorm runs unperturbed.
+BatchNorm (``perturb_batchnorm=True``, the default): for a layer directly followed by an affine BatchNorm with
+running statistics, the draw is made on the FOLDED layer the chip holds, ``W' = k W``, ``b' = k (b - mean) +
+beta`` with ``k = gamma / sqrt(running_var + eps)``, from the same mapping and effects: ``deltas[layer.weight]``
+is the folded ``dW'`` and ``deltas[bn.bias]`` the folded ``db'``. The forward (:mod:`.grouped`, :mod:`.local`)
+runs the layer and its BatchNorm clean and adds ``dW' x + db'`` after the BatchNorm, exactly the noise the folded
+chip adds at inference (``k W x + b' + dW' x + db'``): per-channel variance and bias noise match the engine's
+(tested against :func:`anvm_stats.analog.moments.weight_perturbation_moments`), and the batch statistics of
+train mode neither rescale nor absorb it. With ``perturb_batchnorm=False`` the layer's own unfolded ``[W, b/s]``
+is perturbed inside the BatchNorm (per-channel noise off by the factor ``k`` of each channel, no bias noise
+where the layer has no bias): kept for comparison, not a model of the chip. Cost: the folded noise runs its own
+(grouped) product beside the clean one, one more convolution per BatchNorm layer and step.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class Perturbation:
         return Perturbation(deltas=deltas, samples=n, is_zero=self.is_zero)
 
 
-def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_batchnorm: bool = False,
+def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_batchnorm: bool = True,
                     ) -> tuple[PerturbTarget, ...]:
     """The analog layers of ``model`` (default: every Linear/Conv1d/Conv2d, as :func:`anvm_stats.analog.prepare`).
 
@@ -178,7 +181,7 @@ def folded_weights(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor |
 @torch.no_grad()
 def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, seed: SeedLike, step: int,
                        targets: Sequence[PerturbTarget] | None = None, layers: LayerFilter = None,
-                       perturb_batchnorm: bool = False, generators: list | None = None,
+                       perturb_batchnorm: bool = True, generators: list | None = None,
                        weight_domain: bool = True) -> Perturbation:
     """Draw ``L = samples`` weight-domain perturbations from ``spec`` for the current weights of ``model``.
 
@@ -204,7 +207,8 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     Returns
     -------
     Perturbation
-        ``deltas[param_name]`` of shape ``[L, *param.shape]``.
+        ``deltas[param_name]`` of shape ``[L, *param.shape]`` (for a target with a BatchNorm, the folded layer's
+        ``dW'`` under ``<layer>.weight`` and ``db'`` under ``<bn>.bias``).
     """
     check_number("samples", samples, low=1, integer=True)
     if targets is None:
@@ -246,10 +250,7 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
             err = enc.decode(enc.g) - w_aug
             tol = ROUNDOFF_ULPS * torch.finfo(torch.float32).eps * float(w_aug.abs().max())
             is_zero = not bool((err.abs() > tol).any())
-        dw = enc.decode(g[:, w_sl].view(L, A, O, n_in)).sub_(w_aug[:, :n_in])     # [L, out, in]
-        if k is not None:
-            inv = torch.where(k.abs() > torch.finfo(k.dtype).tiny ** 0.5, 1.0 / k, torch.zeros_like(k))
-            dw.mul_(inv[:, None])
+        dw = enc.decode(g[:, w_sl].view(L, A, O, n_in)).sub_(w_aug[:, :n_in])     # [L, out, in] (folded)
         deltas[f"{t.name}.weight"] = dw.reshape(L, *m.weight.shape).to(m.weight.dtype)
         if b_sl is not None:
             db = enc.decode(g[:, b_sl].view(L, A, O, 1))[..., 0].sub_(w_aug[:, n_in]).mul_(s)   # [L, out]
@@ -260,8 +261,8 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
 
 
 def _weight_domain_plan(spec: HardwareSpec, layers_info: list) -> list | None:
-    """Per layer ``(shift_w [O, in], terms_w, shift_b [O] or None, terms_b)`` of the weight-domain form (row
-    scales ``1/k`` and the bias scale ``s`` folded in), or None when q is not Gaussian-additive or noise-free."""
+    """Per layer ``(shift_w [O, in], terms_w, shift_b [O] or None, terms_b)`` of the weight-domain form (the bias
+    scale ``s`` folded in), or None when q is not Gaussian-additive or noise-free."""
     try:
         effects = gaussian_effects(spec)
     except ConfigError:
@@ -272,12 +273,9 @@ def _weight_domain_plan(spec: HardwareSpec, layers_info: list) -> list | None:
     for t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in) in layers_info:
         shift, terms = layer_noise(enc, effects, spec.bounds)
         shift = mapping_error(enc, w_aug) + shift
-        row = torch.ones(O, 1, dtype=shift.dtype, device=shift.device)
-        if k is not None:
-            row = torch.where(k.abs() > torch.finfo(k.dtype).tiny ** 0.5, 1.0 / k, torch.zeros_like(k))[:, None]
-        tw = [(j, a, (sk[:, :n_in] if sk.shape[1] > 1 else sk) * row) for j, a, sk in terms]
+        tw = [(j, a, sk[:, :n_in] if sk.shape[1] > 1 else sk) for j, a, sk in terms]
         tb = [(j, a, sk[:, -1] * s) for j, a, sk in terms] if b_sl is not None else []
-        plan.append((shift[:, :n_in] * row, tw, shift[:, n_in] * s if b_sl is not None else None, tb))
+        plan.append((shift[:, :n_in], tw, shift[:, n_in] * s if b_sl is not None else None, tb))
     return plan
 
 

@@ -260,3 +260,32 @@ def test_cost_option_adds_cost_variables_and_the_front_section(tmp_path, trainer
     assert ds[dims.ENERGY].dims == (dims.NOISE_LEVEL, dims.COMPONENT) and float(ds[dims.CHIP_AREA][0]) > 0
     assert dims.INSTANCE in ds[dims.ACCURACY].dims
     assert "accuracy vs energy per inference" in res.report["markdown"].read_text()
+
+
+# --- issue 19 item 1: training seeds -----------------------------------------------------------------------------
+def _two_models(tmp_path, name, seed, seeds):
+    text = STUDY.format(name=name, seed=seed, features=64, classes=10, sigma=0.1, grid="{ noise_level = [0.1] }",
+                        n=6)
+    text = text.replace('method = "plain"\n', 'method = "hasgd"\nsigma_train = [0.0, 0.1]\nsamples = 2\n'
+                        f"seeds = {seeds}\n")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return load_study(path)
+
+
+def test_each_training_seed_is_the_single_seed_study_of_that_seed(tmp_path):
+    """seeds = [0, 1]: a train_seed dim; seed 1's models and chips are exactly those of the one-seed study with
+    study.seed = 1 (trained from seed 1, chips drawn from seed 1), so seeds = 1 is the old study, and the report
+    gives the two-level interval across seeds beside the first seed's chips-only interval."""
+    kw = dict(cache_dir=tmp_path / "cache", progress=False, log=lambda s: None)
+    both = run_study(_two_models(tmp_path, "both", 0, "[0, 1]"), out=tmp_path / "both", **kw).dataset
+    one = run_study(_two_models(tmp_path, "one", 1, 1), out=tmp_path / "one", **kw).dataset
+    assert dims.TRAIN_SEED not in one.dims and "train_seeds" not in one.attrs
+    assert list(both[dims.TRAIN_SEED].values) == [0, 1] and both.attrs["train_seeds"] == [0, 1]
+    for var in (dims.ACCURACY, dims.LOSS, "float_accuracy"):
+        assert both[var].sel({dims.TRAIN_SEED: 1}, drop=True).identical(one[var]), var
+    assert not both[dims.ACCURACY].sel({dims.TRAIN_SEED: 0}).equals(both[dims.ACCURACY].sel({dims.TRAIN_SEED: 1}))
+    assert both["sigma_train"].dims == ("model",)
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "95% CI across seeds" in md and "seed 0 chips-only 95% CI" in md and "Accuracy across training seeds" in md
+    assert "CI across seeds" not in (tmp_path / "one" / "report.md").read_text()

@@ -79,6 +79,32 @@ def test_paper_studies_have_the_required_shape():
     assert {e.kind for e in rram.hardware["base"].effects} >= {"levels", "stuck_at", "programming_noise"}
 
 
+def test_training_seeds_default_to_five_for_comparisons_and_one_otherwise(tmp_path):
+    one = tmp_path / "one.toml"
+    one.write_text(GOOD)
+    assert load_study(one).seeds == (1,)                     # one trained model: the single-seed study
+    pair = tmp_path / "pair.toml"
+    pair.write_text(GOOD.replace("epochs = 1", "epochs = 1\n[training.variants.a]\n[training.variants.b]\nepochs = 2"))
+    assert load_study(pair).seeds == (1, 2, 3, 4, 5)         # a comparison: 5 seeds from study.seed
+    counted = tmp_path / "counted.toml"
+    counted.write_text(GOOD.replace("epochs = 1", "epochs = 1\nseeds = 3"))
+    assert load_study(counted).seeds == (1, 2, 3)
+    listed = tmp_path / "listed.toml"
+    listed.write_text(GOOD.replace("epochs = 1", "epochs = 1\nseeds = [7, 0]"))
+    assert load_study(listed).seeds == (7, 0)
+    with pytest.raises(StudyError, match="training.variants.b.seeds"):      # seeds are the study's, not a variant's
+        pair.write_text(GOOD.replace("epochs = 1", "epochs = 1\n[training.variants.a]\n[training.variants.b]\n"
+                                                   "seeds = 2"))
+        load_study(pair)
+
+
+def test_training_comparisons_train_at_least_five_seeds():
+    for name in ("paper1_fig7_digits", "paper1_fig8_digits", "paper1_fig9_digits", "rram_charan",
+                 "paper1_fig7_wrn_cifar100", "paper1_fig8_wrn_cifar100", "paper1_fig9_wrn_cifar100"):
+        study = load_study(ROOT / "studies" / f"{name}.toml")
+        assert len(study.training) >= 2 and len(study.seeds) >= 5, name
+
+
 def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
@@ -96,6 +122,14 @@ BROKEN = [
     ("seed = 1", "seed = -1", "study.seed", "seed = -1"),
     ("[sweep]", "[sweep]\nyield_threshold = 0.9", "sweep.yield_threshold", "yield_threshold"),
     ("n_instances = 4", 'n_instances = 4\ncost = "yes"', "sweep.cost", 'cost = "yes"'),
+    ("epochs = 1", "epochs = 1\nseeds = 0", "training.seeds", "seeds = 0"),
+    ("epochs = 1", "epochs = 1\nseeds = 2.5", "training.seeds", "seeds = 2.5"),
+    ("epochs = 1", 'epochs = 1\nseeds = "five"', "training.seeds", 'seeds = "five"'),
+    ("epochs = 1", "epochs = 1\nseeds = []", "training.seeds", "seeds = []"),
+    ("epochs = 1", "epochs = 1\nseeds = [3, -1]", "training.seeds[1]", "seeds = [3, -1]"),
+    ("epochs = 1", "epochs = 1\nseeds = [3, 3]", "training.seeds[1]", "seeds = [3, 3]"),
+    ("n_instances = 4", ("target_ci_width = 0.1\n[training.variants.a]\nepochs = 1\n[training.variants.b]\n"
+     "epochs = 2"), "sweep.target_ci_width", "target_ci_width"),
 ]
 
 
@@ -252,6 +286,7 @@ def test_study_sweep_passes_the_engine_options_through(monkeypatch):
     class Ctx:
         def __init__(self):
             self.study, self.test, self.device, self.progress, self.calibration = study, None, None, False, None
+            self.seed = study.seed
 
         def grids(self):
             return {}, {}

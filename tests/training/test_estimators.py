@@ -12,12 +12,25 @@ from anvm_stats.training import draw_perturbations, gradient_estimator, group_si
 from tests.helpers import make_data, make_mlp
 
 
-def hand_grads(net, x, y, deltas, draw):
-    """Gradient of the mean loss of ``x`` at ``w + deltas[.][draw]`` via torch.func.functional_call."""
+def hand_grads(net, x, y, deltas, draw, targets=()):
+    """Gradient of the mean loss of ``x`` at ``w + deltas[.][draw]`` via torch.func.functional_call; a layer paired
+    with a BatchNorm runs clean and its folded noise ``x dW'^T + db'`` is added to the BatchNorm's output (hooks)."""
+    paired = {t.name: t.bn for t in targets if t.bn is not None}
+    skip = {f"{n}.weight" for n in paired} | {f"{b}.bias" for b in paired.values()}
     params = dict(net.named_parameters())
-    pert = {k: v + deltas[k][draw] if k in deltas else v for k, v in params.items()}
+    pert = {k: v + deltas[k][draw] if k in deltas and k not in skip else v for k, v in params.items()}
     buffers = {k: b.clone() for k, b in net.named_buffers()}
-    loss = F.cross_entropy(torch.func.functional_call(net, (pert, buffers), (x,)), y, reduction="sum")
+    inputs, hooks = {}, []
+    for name, bn in paired.items():
+        hooks.append(net.get_submodule(name).register_forward_hook(lambda m, a, o, n=name: inputs.update({n: a[0]})))
+        hooks.append(net.get_submodule(bn).register_forward_hook(
+            lambda m, a, o, n=name, b=bn: o + F.linear(inputs[n], deltas[f"{n}.weight"][draw])
+            + deltas.get(f"{b}.bias", torch.zeros(1, o.shape[1]))[draw]))
+    try:
+        loss = F.cross_entropy(torch.func.functional_call(net, (pert, buffers), (x,)), y, reduction="sum")
+    finally:
+        for h in hooks:
+            h.remove()
     return torch.autograd.grad(loss, list(params.values()))
 
 
@@ -30,7 +43,8 @@ def test_direct_gradient_is_mean_of_hand_gradients(perturb_bn):
     assert ("1.bias" in pert.deltas) == perturb_bn          # the folded BN's beta carries the bias noise
     net.zero_grad()
     gradient_estimator("direct", pert.samples).accumulate(net, x, y, pert, targets)
-    hand = [torch.stack(g).mean(0) / len(x) for g in zip(*(hand_grads(net, x, y, pert.deltas, l) for l in range(4)))]
+    hand = [torch.stack(g).mean(0) / len(x)
+            for g in zip(*(hand_grads(net, x, y, pert.deltas, l, targets) for l in range(4)))]
     for (name, p), h in zip(net.named_parameters(), hand):
         torch.testing.assert_close(p.grad, h, rtol=1e-5, atol=1e-6, msg=name)
 

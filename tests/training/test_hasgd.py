@@ -70,3 +70,10 @@ def test_hasgd_beats_plain_training_under_noise_on_digits():
     print("sigma_test=0.15 robust", float(a.mean()), "plain", float(b.mean()), "diff",
           float(diff.estimate), diff.interval.values)
     assert float(diff.interval.sel(ci_bound="lower")) > 0
+
+
+def test_a_diverged_run_stops_with_an_error_naming_epoch_and_lr():
+    """A run whose loss turns non-finite stops there (before NaN weights reach a sweep), naming epoch and lr."""
+    net, data = make_mlp(bn=False), make_data(n=64)
+    with pytest.raises(FloatingPointError, match=r"diverged: training loss nan in epoch \d+ \(lr 1e\+30"):
+        train_hasgd(net, devices.paper1(0.1), data, epochs=5, lr=1e30, batch_size=16, seed=0, progress=False)

@@ -195,3 +195,30 @@ def test_noise_without_closed_form_is_refused(spec, field):
     with pytest.raises(ConfigError):
         draw_local(net, spec, samples=2, seed=0, step=0)
     F.relu(torch.zeros(1))    # the refusal happens before any training work
+
+
+def test_local_mode_adds_the_folded_noise_after_the_batchnorm():
+    """Linear + BatchNorm1d in local mode: for N copies of one input, the BatchNorm's output minus the clean
+    (batch-statistics) output has per channel the mean 0 and the variance sum_j x_j^2 Var dW'_cj + Var db'_c of
+    the folded layer (weight_moments), within the chi-square bounds of probability 1 - 1e-5 over all checks."""
+    import torch.nn.functional as F
+    net = make_mlp(sizes=(4, 6, 3), bn=True).train()
+    targets = perturb_targets(net)
+    assert targets[0].bn == "1"
+    lp = draw_local(net, devices.paper1(0.1), samples=1, seed=0, step=0, targets=targets)
+    N = 4000
+    x = torch.randn(1, 4, generator=torch.Generator().manual_seed(1)).expand(N, -1).contiguous()
+    seen = {}
+    net[1].register_forward_hook(lambda m, a, o: seen.update(out=o))
+    with local_forward(net, lp, [N]):
+        net(x)
+    bn = net[1]
+    clean = F.batch_norm(F.linear(x, net[0].weight, net[0].bias), None, None, bn.weight, bn.bias, training=True,
+                         eps=bn.eps)
+    noise = (seen["out"] - clean).double()
+    mom = lp.moments["0"]
+    var = (x[0].double() ** 2 * mom.weight_var.double().expand(6, 4)).sum(1) + mom.bias_var.double()
+    z, lo, hi = _bounds(6, N - 1)
+    assert (noise.mean(0).abs() <= z * (var / N).sqrt()).all()
+    ratio = noise.var(0) / var
+    assert ((ratio >= lo) & (ratio <= hi)).all(), ratio

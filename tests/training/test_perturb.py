@@ -12,7 +12,7 @@ from anvm_stats.analog.fold import fold_batchnorm
 from anvm_stats.analog.program import prepare
 from anvm_stats.hardware.spec import HardwareSpec
 from anvm_stats.sampler import ChipSampler
-from anvm_stats.training import (draw_perturbations, step_generators)
+from anvm_stats.training import draw_perturbations, perturb_targets, step_generators
 from tests.helpers import make_mlp
 
 
@@ -43,21 +43,30 @@ def test_perturbation_statistics_follow_paper1(sigma, mu):
 @pytest.mark.parametrize("spec,bn", [(devices.paper1(0.1, 0.01), False), (devices.xiao_state_independent(0.1, adc_bits=None), False),
                                      (devices.paper1(0.1), True)])
 def test_perturbation_is_the_monte_carlo_chip(spec, bn):
-    """Perturbed weights (BN folded as the engine folds it) equal the engine's chips on the same base draws."""
+    """Perturbed weights equal the engine's chips on the same base draws; with BatchNorm the deltas are those of
+    the folded layer (``dW'``, ``db'``) the chip holds."""
     net = make_mlp(bn=bn)
     L = 3
-    pert = draw_perturbations(net, spec, samples=L, seed=0, step=4, perturb_batchnorm=bn)
+    targets = perturb_targets(net, perturb_batchnorm=bn)
+    pert = draw_perturbations(net, spec, samples=L, seed=0, step=4, targets=targets)
+    paired = {t.name: t.bn for t in targets if t.bn is not None}
+    assert bool(paired) == bn
     program = prepare(net, spec)
     sampler = ChipSampler(program, 0)
     draws = sampler.draw_from(spec.program_effects, step_generators(0, 4, L))
     chips = program.weights(sampler.program_chips(draws, spec, K=L))
     for l in range(L):
         copy_ = copy.deepcopy(net)
+        folded_keys = {f"{n}.weight" for n in paired} | {f"{b}.bias" for b in paired.values()}
         with torch.no_grad():
             for k, p in copy_.named_parameters():
-                if k in pert.deltas:
+                if k in pert.deltas and k not in folded_keys:
                     p.add_(pert.deltas[k][l])
         fold_batchnorm(copy_)
+        with torch.no_grad():
+            for n, b in paired.items():
+                copy_.get_submodule(n).weight.add_(pert.deltas[f"{n}.weight"][l])
+                copy_.get_submodule(n).bias.add_(pert.deltas[f"{b}.bias"][l])
         for plan in program.plans:
             m = copy_.get_submodule(plan.name)
             w = torch.cat([m.weight.reshape(m.weight.shape[0], -1), m.bias[:, None] / plan.bias_scale], 1)
@@ -87,3 +96,71 @@ def test_weight_domain_draws_equal_conductance_domain_path(bn):
         for k, r in ref.deltas.items():
             # round-off: 1e-5 of the largest perturbation is ~80 float32 ulps; other base draws would differ O(1)
             torch.testing.assert_close(fast.deltas[k], r, rtol=0, atol=1e-5 * float(r.abs().max()), msg=k)
+
+
+def _conv_bn(seed=0):
+    """conv(2 -> 4, 3x3, no bias) -> BatchNorm with running statistics far from (0, 1), so the BN scale k differs
+    per channel (0.4 .. 1.9)."""
+    from torch import nn
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 5 * 5, 3))
+        bn = net[1]
+        bn.running_var.copy_(torch.tensor([0.3, 1.0, 2.0, 4.0]))
+        bn.running_mean.normal_(0, 0.5)
+        bn.weight.data.copy_(torch.tensor([0.8, 1.2, 0.6, 0.8]))
+        bn.bias.data.normal_(0, 0.3)
+    return net
+
+
+def test_batchnorm_training_noise_matches_the_engines_folded_layer_moments():
+    """By default (train_hasgd's perturb_batchnorm=True) the training noise of a conv followed by BatchNorm has,
+    per output channel, the variance the engine gives the folded conv's weights and its bias column
+    (analog.moments.weight_perturbation_moments over sampled chips). Each channel's pooled variance is a
+    chi-square estimate on both sides (zero-mean Gaussian noise): their ratio must lie inside the F(df_train,
+    df_engine) interval of probability 1 - 1e-5 / (2 x 8 checks). The old default (unfolded layer, no bias noise)
+    is off by 1/k^2 per channel (0.28 .. 6.25) and has no bias noise."""
+    from anvm_stats.analog.moments import weight_perturbation_moments
+    from anvm_stats.training import HASGDConfig
+
+    assert HASGDConfig().perturb_batchnorm is True
+    net, spec = _conv_bn(), devices.paper1(0.1)
+    L, n_draws = 400, 400
+    pert = draw_perturbations(net, spec, samples=L, seed=0, step=0)
+    program = prepare(net.eval(), spec)
+    plan = next(p for p in program.plans if p.name == "0")
+    mom = weight_perturbation_moments(program, n_draws=n_draws, seed=1)["0"]
+    n_in = 2 * 3 * 3
+    dw = pert.deltas["0.weight"].reshape(L, 4, n_in).double()
+    assert "1.bias" in pert.deltas, "no bias noise on the folded BatchNorm"
+    db = pert.deltas["1.bias"].double()
+    alpha = 1e-5 / (2 * 8)
+    for train_var, df_t, engine_var, df_e in (
+            (dw.square().mean((0, 2)), L * n_in, mom.variance[:, :n_in].mean(1), (n_draws - 1) * n_in),
+            (db.square().mean(0), L, mom.variance[:, n_in] * plan.bias_scale ** 2, n_draws - 1)):
+        ratio = (train_var / engine_var).numpy()
+        lo, hi = sps.f.ppf(alpha, df_t, df_e), sps.f.isf(alpha, df_t, df_e)
+        assert ((ratio >= lo) & (ratio <= hi)).all(), (ratio, lo, hi)
+
+
+def test_batchnorm_noise_is_added_after_the_batchnorm_in_train_mode():
+    """Split mode, two groups: the BatchNorm normalises the clean conv output with its batch statistics and the
+    folded noise conv(x_g, dW'_g) + db'_g is added after it, neither rescaled nor absorbed by the batch mean."""
+    import torch.nn.functional as F
+
+    from anvm_stats.training import perturbed_forward
+    net = _conv_bn().train()
+    targets = perturb_targets(net)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=2, seed=0, step=3, targets=targets)
+    x = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    net[1].register_forward_hook(lambda m, a, o: seen.update(out=o))
+    with perturbed_forward(net, pert, targets, [3, 3]):
+        net(x)
+    clean = F.batch_norm(F.conv2d(x, net[0].weight, padding=1), None, None, net[1].weight, net[1].bias,
+                         training=True, eps=net[1].eps)
+    for g in range(2):
+        sl = slice(3 * g, 3 * g + 3)
+        noise = F.conv2d(x[sl], pert.deltas["0.weight"][g], padding=1) + pert.deltas["1.bias"][g][:, None, None]
+        torch.testing.assert_close(seen["out"][sl], clean[sl] + noise, rtol=1e-5, atol=1e-5)
