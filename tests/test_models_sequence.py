@@ -96,3 +96,25 @@ def test_token_transformer_with_its_head_analog_equals_its_chip_module():
                 metrics=[av.Metric("keep", lambda o, t: kept.append(o.clone()) or torch.zeros(len(o)))])
     c = av.chip(net, spec, index=3, calibration_data=test, **kw)
     torch.testing.assert_close(torch.cat([c(test.x[:25]), c(test.x[25:])]), torch.cat(kept), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("adc", [False, True])
+def test_fully_analog_token_transformer_chip_module_equals_evaluate(adc):
+    """Every projection analog (packed q/k/v, out_proj, the MLP blocks and the head): av.chip's outputs equal the
+    outputs evaluate scored for that instance, with programming noise and per-MVM read noise (decoded-output path
+    without an ADC, per-signal path with one), in other batch sizes than the engine's."""
+    net = models.build_model("token_transformer", seed=0).eval()
+    test = av.data.digits("test").subset(40, seed=0)
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.05)),
+                           periphery=av.Periphery(adc=av.Quantizer(bits=8)) if adc else av.Periphery())
+    kept = []
+    ds = av.evaluate(net, spec, test, instances=[5], progress=False,
+                     metrics=[av.Metric("keep", lambda o, t: kept.append(o.clone()) or torch.zeros(len(o)))])
+    analog = ds.attrs["analog_layers"].split(",")
+    assert {"blocks.0.self_attn.in_proj", "blocks.1.self_attn.out_proj", "blocks.1.linear1", "head"} <= set(analog)
+    c = av.chip(net, spec, index=5, calibration_data=test)
+    out = torch.cat([c(test.x[:7]), c(test.x[7:])])
+    torch.testing.assert_close(out, torch.cat(kept), rtol=1e-5, atol=1e-5)
+    c.reset()
+    again = c(test.x)
+    torch.testing.assert_close(again, out, rtol=1e-5, atol=1e-5)      # read noise keyed by sample, not by call
