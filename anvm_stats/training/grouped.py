@@ -104,6 +104,56 @@ def _clean_forward(m: nn.Module, noise, pending: list):
     return forward
 
 
+def _split(t, sizes: list[int], dim: int):
+    return [None] * len(sizes) if t is None else list(torch.split(t, sizes, dim=dim))
+
+
+def _composite_forward(m: nn.Module, deltas: dict[str, Tensor], sizes: list[int]):
+    """Group g of a composite layer (attention, recurrent) at parameters ``p + deltas[p][g]`` (names relative to
+    ``m``): the layer's own forward per group through :func:`torch.func.functional_call`, inputs split along
+    their batch dim and outputs concatenated (one call per group)."""
+    from torch.func import functional_call
+
+    params = dict(m.named_parameters())
+    attention = isinstance(m, nn.MultiheadAttention)
+    bdim = 0 if m.batch_first else 1
+
+    def at(g: int) -> dict:
+        return {k: params[k] + d[g] for k, d in deltas.items()}
+
+    def forward(*args, **kwargs):
+        del m.forward                     # the class forward for the nested calls
+        try:
+            if attention:
+                q, k, v = args[:3]
+                kpm = kwargs.pop("key_padding_mask", None)
+                mask = kwargs.pop("attn_mask", None)
+                qs, ks, vs = (_split(t, sizes, bdim) for t in (q, k, v))
+                kpms = _split(kpm, sizes, 0)
+                masks = [mask] * len(sizes) if mask is None or mask.dim() == 2 else \
+                    _split(mask, [n * m.num_heads for n in sizes], 0)
+                outs = [functional_call(m, at(g), (qs[g], ks[g], vs[g]),
+                                        dict(kwargs, key_padding_mask=kpms[g], attn_mask=masks[g]))
+                        for g in range(len(sizes))]
+                weights = None if outs[0][1] is None else torch.cat([o[1] for o in outs])
+                return torch.cat([o[0] for o in outs], dim=bdim), weights
+            x, hx = args[0], (args[1] if len(args) > 1 else kwargs.pop("hx", None))
+            xs = _split(x, sizes, bdim)
+            if isinstance(hx, tuple):
+                hxs = list(zip(*(_split(h, sizes, 1) for h in hx)))
+            else:
+                hxs = _split(hx, sizes, 1)
+            outs = [functional_call(m, at(g), (xs[g], hxs[g])) for g in range(len(sizes))]
+            y = torch.cat([o[0] for o in outs], dim=bdim)
+            h = outs[0][1]
+            if isinstance(h, tuple):
+                return y, tuple(torch.cat([o[1][i] for o in outs], dim=1) for i in range(len(h)))
+            return y, torch.cat([o[1] for o in outs], dim=1)
+        finally:
+            m.forward = forward
+    return forward
+
+
 @contextlib.contextmanager
 def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[PerturbTarget],
                       sizes: Sequence[int]) -> Iterator[None]:
@@ -111,7 +161,8 @@ def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[Pe
     x.shape[0]``) at the weights ``w + pert.deltas[.][g]``; gradients flow to ``w`` (taken at ``w + dw``).
 
     Implemented by temporarily overriding ``forward`` of each target module (and of a folded BatchNorm); hooks
-    still run. A target with a BatchNorm (``t.bn``) runs clean and its folded-domain noise ``dW'_g x + db'_g`` is
+    still run. Composite layers (attention, recurrent) run their own forward once per group at the perturbed
+    parameters (:func:`torch.func.functional_call`). A target with a BatchNorm (``t.bn``) runs clean and its folded-domain noise ``dW'_g x + db'_g`` is
     added to the BatchNorm's output (the deltas of :func:`~anvm_stats.training.perturb.draw_perturbations`). With equal group sizes linear layers use one GEMM plus one batched GEMM and convolutions one
     grouped convolution; unequal groups (a last, short batch) one call per group. A
     noise-free ``pert`` leaves the model untouched (exactly the plain forward).
@@ -126,6 +177,12 @@ def perturbed_forward(model: nn.Module, pert: Perturbation, targets: Sequence[Pe
     try:
         for t in targets:
             m = model.get_submodule(t.name)
+            if t.arrays:
+                prefix = f"{t.name}."
+                m.forward = _composite_forward(m, {k[len(prefix):]: d for k, d in pert.deltas.items()
+                                                   if k.startswith(prefix)}, sizes)
+                patched.append(m)
+                continue
             dw = pert.deltas[f"{t.name}.weight"]
             db = pert.deltas.get(f"{t.name}.bias")
             fwd = _linear_forward if isinstance(m, nn.Linear) else _conv_forward

@@ -194,15 +194,16 @@ def draw_local(model: nn.Module, spec: HardwareSpec, *, samples: int, seed: Seed
     targets = perturb_targets(model) if targets is None else tuple(targets)
     gaussian_effects(spec)
     mods = [model.get_submodule(t.name) for t in targets]
-    local = [t for t, m in zip(targets, mods) if conv == "local" or isinstance(m, nn.Linear)]
-    split = tuple(t for t, m in zip(targets, mods) if conv == "split" and not isinstance(m, nn.Linear))
+    # composite layers (attention, recurrent) have no closed form here: always drawn and run as in split mode
+    local = [t for t, m in zip(targets, mods) if not t.arrays and (conv == "local" or isinstance(m, nn.Linear))]
+    split = tuple(t for t in targets if t not in local)
     moments, zero = weight_moments(model, spec, local) if local else ({}, True)
     pert = None
     if split:
         pert = draw_perturbations(model, spec, samples=samples, seed=seed, step=step, targets=split)
         zero &= pert.is_zero
     return LocalPerturbation(moments=moments, conv=pert, conv_targets=split, samples=samples if split else 1,
-                             generator=local_generator(seed, step, mods[0].weight.device), is_zero=zero)
+                             generator=local_generator(seed, step, next(model.parameters()).device), is_zero=zero)
 
 
 def _noisy(y: Tensor, s: Tensor, gen: torch.Generator) -> Tensor:

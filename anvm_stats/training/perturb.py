@@ -62,13 +62,57 @@ class PerturbTarget:
     Attributes
     ----------
     name : str
-        Qualified module name of the Linear / Conv1d / Conv2d.
+        Qualified module name of the Linear / Conv, or of a composite layer (``nn.MultiheadAttention`` with packed
+        projections, ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``).
     bn : str or None
         Name of the BatchNorm folded into the draw (``perturb_batchnorm=True``), else None.
+    arrays : tuple of (str, str or None)
+        A composite layer's arrays as the engine maps them: ``(weight, bias)`` parameter names relative to the
+        module (the packed ``in_proj_weight`` with ``in_proj_bias``, ``out_proj.weight`` with its bias; per
+        recurrent layer and direction ``weight_ih`` with ``bias_ih`` and ``weight_hh`` with ``bias_hh``). Empty
+        for a Linear / Conv (its ``weight`` and ``bias``).
     """
 
     name: str
     bn: str | None = None
+    arrays: tuple = ()
+
+    def keys(self, model: nn.Module) -> list[tuple[str, str | None, str | None]]:
+        """``(weight key, bias key, delta key of the bias)`` of every array, keys qualified by module name (the
+        bias noise of a folded BatchNorm is carried by ``<bn>.bias``)."""
+        if not self.arrays:
+            m = model.get_submodule(self.name)
+            bias = None if m.bias is None else f"{self.name}.bias"
+            return [(f"{self.name}.weight", bias, f"{self.bn}.bias" if self.bn is not None else bias)]
+        return [(f"{self.name}.{w}", None if b is None else f"{self.name}.{b}",
+                 None if b is None else f"{self.name}.{b}") for w, b in self.arrays]
+
+
+def composite_arrays(m: nn.Module, name: str) -> tuple:
+    """:attr:`PerturbTarget.arrays` of a composite analog layer ``m`` (named ``name``).
+
+    Raises
+    ------
+    ConfigError
+        For a layer HA-SGD cannot perturb: attention with separate q/k/v projections (``kdim`` / ``vdim`` other
+        than ``embed_dim``), a recurrent layer with ``proj_size``, an embedding."""
+    if isinstance(m, nn.MultiheadAttention):
+        if not m._qkv_same_embed_dim:
+            raise ConfigError("layers", name, "attention with packed q/k/v projections for HA-SGD (kdim = vdim = "
+                                              "embed_dim); keep this layer out of training's `layers`")
+        return (("in_proj_weight", "in_proj_bias" if m.in_proj_bias is not None else None),
+                ("out_proj.weight", "out_proj.bias" if m.out_proj.bias is not None else None))
+    if isinstance(m, nn.RNNBase):
+        if getattr(m, "proj_size", 0):
+            raise ConfigError("layers", name, "a recurrent layer without proj_size for HA-SGD")
+        out = []
+        for k in range(m.num_layers):
+            for sfx in ("", "_reverse")[:2 if m.bidirectional else 1]:
+                for kind in ("ih", "hh"):
+                    out.append((f"weight_{kind}_l{k}{sfx}", f"bias_{kind}_l{k}{sfx}" if m.bias else None))
+        return tuple(out)
+    raise ConfigError("layers", name, f"a Linear, Conv, MultiheadAttention or LSTM/GRU/RNN layer for HA-SGD "
+                                      f"(got {type(m).__name__}); keep it out of training's `layers`")
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +142,8 @@ class Perturbation:
 
 def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_batchnorm: bool = True,
                     ) -> tuple[PerturbTarget, ...]:
-    """The analog layers of ``model`` (default: every Linear/Conv1d/Conv2d, as :func:`anvm_stats.analog.prepare`).
+    """The analog layers of ``model`` (default: those :func:`anvm_stats.analog.prepare` makes analog: Linear, Conv,
+    and the composite attention and recurrent layers, whose arrays are perturbed as the engine maps them).
 
     With ``perturb_batchnorm`` each layer directly followed by an affine BatchNorm with running statistics (found by
     torch.fx tracing, as in BN folding) is paired with it.
@@ -109,6 +154,10 @@ def perturb_targets(model: nn.Module, *, layers: LayerFilter = None, perturb_bat
     pairs = dict(find_foldable_pairs(model)) if perturb_batchnorm else {}
     out = []
     for n in names:
+        m = model.get_submodule(n)
+        if not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            out.append(PerturbTarget(name=n, arrays=composite_arrays(m, n)))
+            continue
         bn_name = pairs.get(n)
         if bn_name is not None:
             bn = model.get_submodule(bn_name)
@@ -178,6 +227,15 @@ def folded_weights(model: nn.Module, t: PerturbTarget) -> tuple[Tensor, Tensor |
     return w * k[:, None], shift if b is None else b * k + shift, k
 
 
+def _array_weights(model: nn.Module, t: PerturbTarget, params: dict) -> list[tuple[Tensor, Tensor | None]]:
+    """``(w [out, in], b [out] or None)`` of every array of ``t`` as the chip holds it (BatchNorm folded)."""
+    if not t.arrays:
+        w, b, _ = folded_weights(model, t)
+        return [(w, b)]
+    return [(params[wk].detach().reshape(params[wk].shape[0], -1), None if bk is None else params[bk].detach())
+            for wk, bk, _ in t.keys(model)]
+
+
 @torch.no_grad()
 def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, seed: SeedLike, step: int,
                        targets: Sequence[PerturbTarget] | None = None, layers: LayerFilter = None,
@@ -213,13 +271,17 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
     check_number("samples", samples, low=1, integer=True)
     if targets is None:
         targets = perturb_targets(model, layers=layers, perturb_batchnorm=perturb_batchnorm)
-    first = model.get_submodule(targets[0].name).weight
-    dev, dtype = first.device, torch.float32
+    params = dict(model.named_parameters())
+    arrays = []                     # (weight key, delta key of the bias, w [out, in], b [out] or None)
+    for t in targets:
+        for (wk, bk, dbk), (w, b) in zip(t.keys(model), _array_weights(model, t, params)):
+            arrays.append((wk, dbk, w, b))
+    dev, dtype = arrays[0][2].device, torch.float32
     gens = generators if generators is not None else step_generators(seed, step, samples, dev)
     L = len(gens)
     layers_info, chunks, offset = [], [], 0
-    for t in targets:
-        w, b, k = folded_weights(model, t)
+    for keys in arrays:
+        w, b = keys[2], keys[3]
         w_aug, s, mode = augmented_weights(w.float(), None if b is None else b.float(), spec.bias)
         enc = spec.mapping.encode(w_aug, spec.bounds)
         A, O, n_in = enc.g.shape[0], w.shape[0], w.shape[1]
@@ -231,7 +293,7 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
             chunks.append(enc.g[:, :, n_in:].reshape(-1))
             b_sl = slice(offset, offset + A * O)
             offset = b_sl.stop
-        layers_info.append((t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in)))
+        layers_info.append((keys[:2], enc, w_aug, s, None, w_sl, b_sl, (A, O, n_in)))
     g0 = torch.cat(chunks)
     effects = spec.program_effects
     plan = _weight_domain_plan(spec, layers_info) if weight_domain else None
@@ -244,17 +306,17 @@ def draw_perturbations(model: nn.Module, spec: HardwareSpec, *, samples: int, se
         g = g0.expand(L, -1).clone()                                    # no program effects
     is_zero = torch.equal(g[0], g0) and torch.equal(g, g0.expand(L, -1))   # cheap test first: draw 0
     deltas = {}
-    for t, enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in) in layers_info:
-        m = model.get_submodule(t.name)
+    for (wk, dbk), enc, w_aug, s, k, w_sl, b_sl, (A, O, n_in) in layers_info:
+        pw = params[wk]
         if is_zero:   # nominal chip: dW = decode(g0) - W~ (mapping error, e.g. bit slicing) unless pure round-off
             err = enc.decode(enc.g) - w_aug
             tol = ROUNDOFF_ULPS * torch.finfo(torch.float32).eps * float(w_aug.abs().max())
             is_zero = not bool((err.abs() > tol).any())
         dw = enc.decode(g[:, w_sl].view(L, A, O, n_in)).sub_(w_aug[:, :n_in])     # [L, out, in] (folded)
-        deltas[f"{t.name}.weight"] = dw.reshape(L, *m.weight.shape).to(m.weight.dtype)
+        deltas[wk] = dw.reshape(L, *pw.shape).to(pw.dtype)
         if b_sl is not None:
             db = enc.decode(g[:, b_sl].view(L, A, O, 1))[..., 0].sub_(w_aug[:, n_in]).mul_(s)   # [L, out]
-            deltas[f"{t.bn}.bias" if t.bn is not None else f"{t.name}.bias"] = db.to(m.weight.dtype)
+            deltas[dbk] = db.to(pw.dtype)
     if is_zero:
         deltas = {k: torch.zeros_like(v) for k, v in deltas.items()}
     return Perturbation(deltas=deltas, samples=L, is_zero=is_zero)
@@ -313,9 +375,10 @@ def _draw_weight_domain(model: nn.Module, plan: list, layers_info: list, n_effec
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(fill, [range(w, L, workers) for w in range(workers)]))
     deltas = {}
-    for (t, *_), (ow, ob) in zip(layers_info, outs):
-        m = model.get_submodule(t.name)
-        deltas[f"{t.name}.weight"] = ow.reshape(L, *m.weight.shape).to(m.weight.dtype)
+    params = dict(model.named_parameters())
+    for ((wk, dbk), *_), (ow, ob) in zip(layers_info, outs):
+        pw = params[wk]
+        deltas[wk] = ow.reshape(L, *pw.shape).to(pw.dtype)
         if ob is not None:
-            deltas[f"{t.bn}.bias" if t.bn is not None else f"{t.name}.bias"] = ob.to(m.weight.dtype)
+            deltas[dbk] = ob.to(pw.dtype)
     return Perturbation(deltas=deltas, samples=L, is_zero=False)

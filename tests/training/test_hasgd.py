@@ -77,3 +77,37 @@ def test_a_diverged_run_stops_with_an_error_naming_epoch_and_lr():
     net, data = make_mlp(bn=False), make_data(n=64)
     with pytest.raises(FloatingPointError, match=r"diverged: training loss nan in epoch \d+ \(lr 1e\+30"):
         train_hasgd(net, devices.paper1(0.1), data, epochs=5, lr=1e30, batch_size=16, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["split", "direct", "local"])
+def test_hasgd_trains_a_transformer_and_an_lstm_with_their_analog_arrays_perturbed(mode):
+    """HA-SGD on models whose analog layers include attention (packed q/k/v) and LSTM arrays: it runs in every
+    mode, changes the attention / recurrent weights differently from plain training (their noise is in the
+    loss), and a noise-free q is plain training step for step."""
+    from anvm_stats import models
+    torch.manual_seed(0)
+    net = models.build_model("token_transformer", seed=0, d_model=16, heads=2, layers=1, ff=16)
+    x, y = torch.randn(24, 64), torch.randint(0, 10, (24,))
+    kw = dict(samples=2, epochs=1, batch_size=8, lr=0.01, seed=3, mode=mode, progress=False)
+    plain = train_hasgd(net, None, (x, y), **kw).model.state_dict()
+    zero = train_hasgd(net, devices.paper1(0.0), (x, y), **kw).model.state_dict()
+    noisy = train_hasgd(net, devices.paper1(0.2), (x, y), **kw).model.state_dict()
+    key = "blocks.0.self_attn.in_proj_weight"
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert not torch.equal(plain[key], noisy[key])
+    rnn = _LSTMClassifier()
+    xs = torch.randn(24, 8, 8)
+    plain = train_hasgd(rnn, None, (xs, y), **kw).model.lstm
+    noisy = train_hasgd(rnn, devices.paper1(0.2), (xs, y), **kw).model.lstm
+    assert not torch.equal(noisy.weight_hh_l0_reverse, plain.weight_hh_l0_reverse)
+    assert not torch.equal(noisy.weight_hh_l0_reverse, rnn.lstm.weight_hh_l0_reverse)
+
+
+class _LSTMClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 12, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(24, 10)
+
+    def forward(self, t):
+        return self.head(self.lstm(t)[0].mean(1))

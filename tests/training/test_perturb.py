@@ -164,3 +164,69 @@ def test_batchnorm_noise_is_added_after_the_batchnorm_in_train_mode():
         sl = slice(3 * g, 3 * g + 3)
         noise = F.conv2d(x[sl], pert.deltas["0.weight"][g], padding=1) + pert.deltas["1.bias"][g][:, None, None]
         torch.testing.assert_close(seen["out"][sl], clean[sl] + noise, rtol=1e-5, atol=1e-5)
+
+
+# --- composite layers: attention and recurrent arrays are perturbed as the engine maps them -------------------------
+class _Attn(torch.nn.Module):
+    def __init__(self, e=8):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(e, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0].mean(1)
+
+
+def test_attention_arrays_are_drawn_like_the_linear_arrays_the_engine_maps():
+    """The packed in_proj (with in_proj_bias) and out_proj of an attention layer get exactly the perturbations of
+    two Linear layers holding the same matrices (same arrays, same device order, same draws)."""
+    torch.manual_seed(0)
+    net = _Attn().eval()
+    a = net.attn
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.Linear(8, 8))
+    with torch.no_grad():
+        twin[0].weight.copy_(a.in_proj_weight), twin[0].bias.copy_(a.in_proj_bias)
+        twin[1].weight.copy_(a.out_proj.weight), twin[1].bias.copy_(a.out_proj.bias)
+    spec = devices.paper1(0.1)
+    targets = perturb_targets(net)
+    assert targets[0].arrays == (("in_proj_weight", "in_proj_bias"), ("out_proj.weight", "out_proj.bias"))
+    got = draw_perturbations(net, spec, samples=3, seed=1, step=4, targets=targets)
+    ref = draw_perturbations(twin, spec, samples=3, seed=1, step=4)
+    pairs = {"attn.in_proj_weight": "0.weight", "attn.in_proj_bias": "0.bias", "attn.out_proj.weight": "1.weight",
+             "attn.out_proj.bias": "1.bias"}
+    assert set(got.deltas) == set(pairs)
+    for k, r in pairs.items():
+        torch.testing.assert_close(got.deltas[k], ref.deltas[r], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["attention", "lstm", "gru"])
+def test_grouped_forward_of_composite_layers_equals_per_group_copies(kind):
+    """perturbed_forward on attention / LSTM / GRU: group g's outputs equal a copy of the layer holding the
+    weights w + dw_g, and gradients reach the clean weights."""
+    from anvm_stats.training.grouped import perturbed_forward
+    torch.manual_seed(0)
+    if kind == "attention":
+        net = _Attn().train()
+    else:
+        rnn = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(5, 6, num_layers=2, bidirectional=True,
+                                                                   batch_first=True)
+        net = torch.nn.Sequential()
+        net.rnn = rnn
+        net.forward = lambda x: net.rnn(x)[0].mean(1)
+    x = torch.randn(7, 4, 8 if kind == "attention" else 5)
+    targets = perturb_targets(net)
+    pert = draw_perturbations(net, devices.paper1(0.1), samples=2, seed=0, step=0, targets=targets)
+    sizes = [4, 3]
+    with perturbed_forward(net, pert, targets, sizes):
+        out = net(x)
+    out.sum().backward()
+    params = dict(net.named_parameters())
+    assert all(params[k].grad is not None and params[k].grad.abs().sum() > 0 for k in pert.deltas)
+    for g, (lo, hi) in enumerate([(0, 4), (4, 7)]):
+        copy_ = copy.deepcopy(net)
+        if kind != "attention":
+            copy_.forward = lambda x, c=copy_: c.rnn(x)[0].mean(1)
+        with torch.no_grad():
+            cp = dict(copy_.named_parameters())
+            for k, d in pert.deltas.items():
+                cp[k].add_(d[g])
+            torch.testing.assert_close(out[lo:hi], copy_(x[lo:hi]), rtol=1e-5, atol=1e-6)
