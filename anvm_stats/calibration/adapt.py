@@ -85,7 +85,7 @@ def _recovery_tensors(recovery_data, n: int | None, device) -> tuple[Tensor, Ten
     x, y = torch.cat(xs), torch.cat(ys)
     if n is not None:
         x, y = x[:n], y[:n]
-    return x.to(device, torch.float32), y.to(device, torch.int64)
+    return x.to(device, torch.float32 if x.is_floating_point() else x.dtype), y.to(device, torch.int64)
 
 
 def calibrate(model: nn.Module, spec: HardwareSpec, data, *, recovery_data, n_instances: int | None = 64,

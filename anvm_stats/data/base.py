@@ -50,7 +50,8 @@ class Data:
     Parameters
     ----------
     x : Tensor [N, ...]
-        Inputs. Converted to float32 if given in another real or integer dtype; must be finite.
+        Inputs: real inputs are converted to float32 and must be finite; integer inputs (token ids for an
+        ``nn.Embedding``) are kept as integers (int64).
     y : Tensor [N] or [N, L...]
         Integer class labels in ``[0, n_classes)``, one per sample or one per token (a language model's next
         tokens); converted to int64.
@@ -79,8 +80,9 @@ class Data:
         check(y.ndim >= 1, "Data.y", f"shape {tuple(y.shape)}", "a tensor of shape [N] (or [N, L...] per token)")
         check(x.shape[0] == y.shape[0], "Data", f"x {tuple(x.shape)}, y {tuple(y.shape)}",
               "x and y with the same first dim N")
-        if x.dtype != torch.float32:
-            object.__setattr__(self, "x", x.to(torch.float32))
+        want = torch.float32 if x.is_floating_point() else torch.int64
+        if x.dtype != want:
+            object.__setattr__(self, "x", x.to(want))
         if y.dtype != torch.int64:
             object.__setattr__(self, "y", y.to(torch.int64))
         object.__setattr__(self, "n_classes", int(self.n_classes))

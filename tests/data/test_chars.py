@@ -60,3 +60,28 @@ def test_data_accepts_token_labels_but_still_checks_them():
     with pytest.raises(ConfigError):
         av.data.Data(x=x, y=torch.tensor(1), name="t", n_classes=5)
     assert np.isclose(float(av.data.text("test").x.sum()), 256 * 32)   # one-hot: one 1 per character
+
+
+def test_token_ids_stay_integers_and_an_embedding_model_evaluates_on_them():
+    """Data keeps integer inputs as int64 token ids (real inputs become float32), so an nn.Embedding LM runs on
+    text(one_hot=False) through the engine; its ideal chip scores the float model's exact token counts."""
+    te = av.data.text("test", length=8, n_windows=20, one_hot=False)
+    assert te.x.dtype == torch.int64 and av.data.Data(x=te.x.to(torch.int32), y=te.y, name="t",
+                                                       n_classes=te.n_classes).x.dtype == torch.int64
+
+    class LM(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.emb = torch.nn.Embedding(v, 16)
+            self.out = torch.nn.Linear(16, v)
+
+        def forward(self, ids):
+            return self.out(torch.tanh(self.emb(ids)))
+
+    torch.manual_seed(0)
+    net = LM(te.n_classes).eval()
+    ds = av.evaluate(net, av.HardwareSpec(), te, n_instances=2, progress=False)
+    with torch.no_grad():
+        correct = int((net(te.x).argmax(-1) == te.y).sum())
+    assert ds.attrs["tokens_per_sample"] == 8
+    assert ds["correct_count"].values.tolist() == [correct, correct]
