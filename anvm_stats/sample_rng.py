@@ -13,7 +13,6 @@ samples before it). Each 64-bit word gives two normals by Box-Muller on its 32-b
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +25,6 @@ Tensor = torch.Tensor
 SAMPLE_TAG = 0x5A3B1E
 #: kinds of per-MVM noise (part of the key)
 KINDS = {"read": 0, "output": 1}
-#: fewer words than this are drawn on one thread (thread start-up would cost more than it saves)
-PARALLEL_WORDS = 1 << 16
 
 
 def normals_from_words(words: np.ndarray) -> Tensor:
@@ -45,20 +42,13 @@ def normals_from_words(words: np.ndarray) -> Tensor:
     return out.view(*words.shape[:-1], 2 * words.shape[-1])
 
 
-def fill_streams(out: np.ndarray, k0: int, indices: np.ndarray, first_block: int, threads: int) -> None:
+def fill_streams(out: np.ndarray, k0: int, indices: np.ndarray, first_block: int) -> None:
     """Row ``r`` of ``out`` (uint64 ``[len(indices), n]``) = words ``4 first_block ..`` of the Philox4x64-10 stream
-    keyed ``(k0, indices[r])``. NumPy's ``random_raw`` releases the GIL, so rows are filled by ``threads`` threads."""
-    def rows(rs):
-        for r in rs:
-            bg = np.random.Philox(key=np.array([k0, indices[r]], dtype=np.uint64),
-                                  counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
-            out[r] = bg.random_raw(out.shape[1])
-    parts = [range(t, len(indices), threads) for t in range(threads)]
-    if threads <= 1 or out.size < PARALLEL_WORDS:
-        rows(range(len(indices)))
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(rows, parts))
+    keyed ``(k0, indices[r])``."""
+    for r, i in enumerate(indices):
+        bg = np.random.Philox(key=np.array([k0, i], dtype=np.uint64),
+                              counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
+        out[r] = bg.random_raw(out.shape[1])
 
 
 @dataclass(eq=False)
@@ -102,6 +92,6 @@ class SampleNoise:
             raise ConfigError("SampleNoise.normal", step, "step >= 0")
         k0 = self.key(layer, kind, step)
         out = np.empty((len(self.indices), n_samples * words_per), dtype=np.uint64)
-        fill_streams(out, k0, self.indices, first * (words_per // 4), torch.get_num_threads())
+        fill_streams(out, k0, self.indices, first * (words_per // 4))
         z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]
         return z.to(device)
