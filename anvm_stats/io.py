@@ -207,6 +207,20 @@ def replace_atomically(tmp: Path, path: Path) -> None:
         _remove(old)
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a :func:`temporary_sibling` renamed onto ``path`` (a crash
+    leaves the old file or the new one, never part of one)."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _write_netcdf(ds: xr.Dataset, tmp: Path) -> None:
     try:
         import h5py  # noqa: F401

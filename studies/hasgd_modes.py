@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +55,7 @@ except ImportError:      # run from a checkout without installing: use the repos
 
 from anvm_stats import devices, dims, stats
 from anvm_stats.data import digits
-from anvm_stats.io import save
+from anvm_stats.io import save, write_text
 from anvm_stats.models import build_model
 from anvm_stats.montecarlo import sweep
 from anvm_stats.training import gradient_estimator, perturb_targets, train_hasgd
@@ -181,18 +179,6 @@ def resnet_step_times(n_steps: int = 3) -> dict:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _table(headers, rows) -> str:
     return "\n".join(["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
@@ -276,7 +262,7 @@ def render(json_path: Path) -> None:
     rep = json.loads(Path(json_path).read_text())
     rep["findings"] = findings(rep)
     rep["args"].setdefault("grad_steps", 200)
-    write_atomic(Path(json_path).with_name("report.md"), markdown(rep))
+    write_text(Path(json_path).with_name("report.md"), markdown(rep))
 
 
 def main(argv=None) -> int:
@@ -338,8 +324,8 @@ def main(argv=None) -> int:
                          for k, v in parts.items()})
         ds.attrs.update(study="hasgd_modes", command=rep["command"])
         save(ds, args.out / "results.nc")
-        write_atomic(args.out / "hasgd_modes.json", text + "\n")
-        write_atomic(args.out / "report.md", markdown(rep))
+        write_text(args.out / "hasgd_modes.json", text + "\n")
+        write_text(args.out / "report.md", markdown(rep))
     return 0
 
 

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +55,7 @@ from anvm_stats import devices
 from anvm_stats.calibration import drift_sweep
 from anvm_stats.data import digits
 from anvm_stats.hardware import HardwareSpec, OffsetMapping, ProgrammingNoise
+from anvm_stats.io import write_text
 from anvm_stats.models import MLP
 from anvm_stats.montecarlo import RunOptions, evaluate
 
@@ -256,18 +255,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sigmas", type=float, nargs="*", default=[0.02, 0.05, 0.1])
@@ -321,8 +308,8 @@ def main(argv=None) -> int:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / f"{args.stem}.json", text + "\n")
-        write_atomic(args.out / f"{args.stem}.md", markdown(report))
+        write_text(args.out / f"{args.stem}.json", text + "\n")
+        write_text(args.out / f"{args.stem}.md", markdown(report))
     return code
 
 

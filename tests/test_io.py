@@ -222,3 +222,23 @@ def test_temporaries_of_a_running_writer_and_of_other_paths_are_kept(tmp_path):
 def _dead_pid() -> int:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(proc.stdout)
+
+
+def test_write_text_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    """Reports and study scripts write text through io.write_text: the old file survives a failed write intact
+    and no temporary is left beside it."""
+    from anvm_stats import io as avio
+    target = tmp_path / "report.md"
+    avio.write_text(target, "old\n")
+    assert target.read_text() == "old\n"
+
+    def broken(self, text, encoding=None):
+        Path.write_bytes(self, b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(OSError, match="disk full"):
+        avio.write_text(target, "new\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]

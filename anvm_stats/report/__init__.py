@@ -11,6 +11,7 @@ from typing import Callable
 
 import xarray as xr
 
+from ..io import write_text
 from .figures import (FIGURES, accuracy_distribution, layer_sensitivity_bars, mean_quantile_bands, recovery_comparison,
                       training_curves, yield_curve)
 from .fronts import write_front
@@ -64,14 +65,14 @@ def write_report(ds: xr.Dataset, folder: str | Path, *, plots=None, threshold: f
         figs["front"] = front
     bl = blocks(ds, figs, threshold=threshold, ci=ci, quantiles=quantiles)
     md = folder / "report.md"
-    md.write_text(to_markdown(bl))
+    write_text(md, to_markdown(bl))
     if ds.attrs.get("study_toml"):
-        (folder / STUDY_FILE).write_text(str(ds.attrs["study_toml"]))
+        write_text(folder / STUDY_FILE, str(ds.attrs["study_toml"]))
     out: dict = {"markdown": md, "figures": {k: folder / v for k, v in figs.items()}}
     if html if html is not None else bool(int(ds.attrs.get("report_html", 1))):
         page = folder / "report.html"
-        page.write_text(to_html(bl, folder, embed=embed or str(ds.attrs.get("report_embed", "base64")),
-                                title=str(ds.attrs.get("study", "report"))))
+        write_text(page, to_html(bl, folder, embed=embed or str(ds.attrs.get("report_embed", "base64")),
+                                 title=str(ds.attrs.get("study", "report"))))
         out["html"] = page
     log(f"report: {md}" + (f", {out['html']}" if "html" in out else "") + f", {len(figs)} figures")
     return out
