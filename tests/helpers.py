@@ -4,6 +4,8 @@ plain SGD loop, exact Hessian references, the per-chip logits of an analog progr
 scale-out job and a synthetic study result."""
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -406,3 +408,12 @@ def reference_any(net, program, g_one):
             if b is not None:
                 pb.copy_(b)
     return ref
+
+
+def load_study_script(name: str):
+    """The shipped study script ``studies/<name>.py`` imported as a module (scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "studies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

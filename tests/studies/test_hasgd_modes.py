@@ -1,9 +1,7 @@
 """studies/hasgd_modes.py: the comparison logic (differences to the plain net of the same optimizer, paired within
 seeds, two-level interval across seeds; findings) on synthetic accuracies, and one tiny end-to-end run."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +9,12 @@ import xarray as xr
 from scipy import stats as sps
 
 from anvm_stats import dims
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_study_script
 
 
 @pytest.fixture(scope="module")
 def hm():
-    spec = importlib.util.spec_from_file_location("hasgd_modes", ROOT / "studies" / "hasgd_modes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study_script("hasgd_modes")
 
 
 def _accuracies(hm, gain_of):

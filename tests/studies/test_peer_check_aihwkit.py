@@ -1,22 +1,16 @@
 """studies/peer_check_aihwkit.py: the comparison logic (aihwkit itself is not needed: CI does not build it)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import load_study_script
 
 
 @pytest.fixture(scope="module")
 def peer():
-    spec = importlib.util.spec_from_file_location("peer_check_aihwkit", ROOT / "studies" / "peer_check_aihwkit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_study_script("peer_check_aihwkit")
 
 
 def tied_counts(seed, n_chips=200, n_test=360, p=0.975):
