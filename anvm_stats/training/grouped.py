@@ -10,6 +10,7 @@ drawn on the folded layer, is added after the BatchNorm: ``BN(W x) + dW'_g x + d
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator, Sequence
 
 import torch
@@ -121,11 +122,16 @@ def _composite_forward(m: nn.Module, deltas: dict[str, Tensor], sizes: list[int]
     def at(g: int) -> dict:
         return {k: params[k] + d[g] for k, d in deltas.items()}
 
+    signature = inspect.signature(type(m).forward)
+
     def forward(*args, **kwargs):
+        bound = signature.bind(m, *args, **kwargs).arguments       # positional options become keywords
+        bound.pop("self")
+        kwargs = dict(bound)
         del m.forward                     # the class forward for the nested calls
         try:
             if attention:
-                q, k, v = args[:3]
+                q, k, v = kwargs.pop("query"), kwargs.pop("key"), kwargs.pop("value")
                 kpm = kwargs.pop("key_padding_mask", None)
                 mask = kwargs.pop("attn_mask", None)
                 qs, ks, vs = (_split(t, sizes, bdim) for t in (q, k, v))
@@ -137,7 +143,7 @@ def _composite_forward(m: nn.Module, deltas: dict[str, Tensor], sizes: list[int]
                         for g in range(len(sizes))]
                 weights = None if outs[0][1] is None else torch.cat([o[1] for o in outs])
                 return torch.cat([o[0] for o in outs], dim=bdim), weights
-            x, hx = args[0], (args[1] if len(args) > 1 else kwargs.pop("hx", None))
+            x, hx = kwargs.pop("input"), kwargs.pop("hx", None)
             xs = _split(x, sizes, bdim)
             if isinstance(hx, tuple):
                 hxs = list(zip(*(_split(h, sizes, 1) for h in hx)))
