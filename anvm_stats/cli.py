@@ -24,10 +24,11 @@ import tomllib
 import traceback
 from pathlib import Path
 
+from . import dims
 from .devices.presets import PRESETS
 from .errors import ConfigError
 from .report import write_report
-from .report.summary import format_text, paired_tables, point_table, settings
+from .report.summary import format_text, paired_tables, point_table, seed_note, seed_table, settings
 from .study import builtin_study
 from .study.config import StudyError
 from .study.preflight import check_folders
@@ -160,10 +161,22 @@ def cmd_show(args) -> int:
           f"{ds.sizes.get('instance', 0)} chips per point")
     if "float_accuracy" in ds:
         fa = ds["float_accuracy"]
-        print("float accuracy: " + (f"{float(fa):.4f}" if fa.ndim == 0 else
-                                    ", ".join(f"{m}={float(v):.4f}" for m, v in zip(fa["model"].values, fa.values))))
+        seeds = dims.TRAIN_SEED in fa.dims
+        if seeds:                          # mean over training seeds, the per-seed range after it
+            lo, hi, fa = fa.min(dims.TRAIN_SEED), fa.max(dims.TRAIN_SEED), fa.mean(dims.TRAIN_SEED)
+
+        def one(sel: dict) -> str:
+            text = f"{float(fa.sel(sel)):.4f}"
+            return text + (f" ({float(lo.sel(sel)):.4f}..{float(hi.sel(sel)):.4f})" if seeds else "")
+        print("float accuracy" + (f", mean over {ds.sizes[dims.TRAIN_SEED]} training seeds (min..max)" if seeds
+                                  else "") + ": " + (one({}) if fa.ndim == 0 else
+                                                      ", ".join(f"{m}={one({'model': m})}" for m in fa["model"].values)))
     print()
+    print(f"accuracy over chips{seed_note(ds)}:")
     print(format_text(point_table(ds)))
+    if dims.TRAIN_SEED in ds.dims:
+        print(f"\naccuracy across training seeds (two-level {int(ci * 100)}% CI):")
+        print(format_text(seed_table(ds, ci=ci)))
     for key, table in paired_tables(ds).items():
         print(f"\npaired differences ({key}, {int(ci * 100)}% CI):")
         print(format_text(table))

@@ -226,3 +226,25 @@ def test_store_makes_a_rerun_resume_from_zarr(tmp_path, fake_trainer):
     a = load_results(tmp_path / "a" / "results.nc")
     b = load_results(tmp_path / "b" / "results.nc")
     np.testing.assert_array_equal(a[dims.CORRECT_COUNT].values, b[dims.CORRECT_COUNT].values)
+
+
+def test_show_prints_results_of_several_training_seeds(tmp_path, capsys):
+    """`show` on a study trained with several seeds: float accuracy as the mean over seeds with its range, the first
+    seed's chip table (said so) and the across-seed table (it used to fail converting a [seed, model] array)."""
+    import xarray as xr
+    from anvm_stats import dims
+    from anvm_stats.hardware.spec import HardwareSpec
+    from anvm_stats.io import save
+    from anvm_stats.provenance import provenance
+    from tests.helpers import synthetic
+    parts = [synthetic(s) for s in (0, 1, 2)]
+    ds = xr.concat(parts, dim=dims.TRAIN_SEED, data_vars="all").assign_coords({dims.TRAIN_SEED: [0, 1, 2]})
+    ds["float_accuracy"] = ((dims.TRAIN_SEED, "model"), [[0.95, 0.94], [0.97, 0.93], [0.96, 0.95]])
+    ds.attrs.update(parts[0].attrs)
+    ds.attrs.update(provenance(model=build_model("mlp", seed=0, in_features=4, hidden=[4], n_classes=2),
+                               spec=HardwareSpec(), dataset="synthetic", seed_entropy="0", device="cpu"))
+    path = save(ds, tmp_path / "results.nc")
+    assert main(["show", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "mean over 3 training seeds (min..max)" in shown and "0.9600 (0.9500..0.9700)" in shown
+    assert "training seed 0, the first of 3" in shown and "across training seeds" in shown
