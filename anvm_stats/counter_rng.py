@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .counter_rng_triton import fill_triton
+from .errors import ConfigError
 from .rng import Stream
 
 Tensor = torch.Tensor
@@ -83,8 +84,6 @@ def _box_muller(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_indices(indices: Tensor) -> None:
-    from .errors import ConfigError
-
     if indices.dim() != 1:
         raise ConfigError("indices", tuple(indices.shape), "a 1-d sequence of instance indices")
     if indices.numel() and int(indices.min()) < 0:     # a device sync on CUDA: done once per index set
@@ -92,8 +91,6 @@ def _check_indices(indices: Tensor) -> None:
 
 
 def _check(kind: str, out: Tensor, indices: Tensor, slot: int) -> None:
-    from .errors import ConfigError
-
     if kind not in ("normal", "uniform", "centered_uniform"):
         raise ConfigError("kind", kind, "'normal', 'uniform' or 'centered_uniform'")
     if out.dim() != 2 or out.dtype != torch.float32 or not out.is_contiguous():

@@ -24,6 +24,7 @@ from .hardware.spec import HardwareSpec
 from .hessian import HessianOperator, LayerNoiseMoments, hutchinson_trace, predict_loss_increase, top_eigenvalues
 from .montecarlo import sweep
 from .rng import SeedLike, root_sequence
+from .stats import mean as mean_ci
 
 
 def _layer_moments(program, plans, moments, twin: nn.Module):
@@ -44,8 +45,6 @@ def _layer_moments(program, plans, moments, twin: nn.Module):
 
 
 def _mc_increase(model, spec, data, grid, n_instances, seed, layers, base_loss, progress, ci):
-    from .stats import mean as mean_ci
-
     ds = sweep(model, spec, data, grid=grid, n_instances=n_instances, seed=seed, layers=layers,
                progress=progress)
     inc = ds[dims.LOSS] - base_loss

@@ -30,6 +30,7 @@ from .analog.program import AnalogProgram, LayerFilter, prepare
 from .batches import EvaluationBatches, evaluation_batches
 from .checks import check_model_data, flag_nonfinite
 from .chunking import draw_block, instances_per_chunk, instances_per_forward
+from .cost import count as count_operations, grid_cost
 from .counter_rng import counter_draws_default
 from .data_source import describe
 from .errors import ConfigError, check_number
@@ -574,6 +575,26 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
         that are not integers in ``[0, n_classes)``: :func:`anvm_stats.checks.check_model_data`), and for
         ``instances`` / ``n_instances`` that are not valid int64 indices or whose results cannot fit in memory.
     """
+    options, executor, plan, metrics = _sweep_arguments(spec, options, executor, cost, grid, metrics)
+    idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
+    check_model_data(model, data, labels=metrics is None or any(m.class_labels for m in metrics))
+    extra = {} if metrics is None else {"metrics": metrics}     # executors without metrics keep working
+    ds = executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
+                      layers=layers, digital=digital, device=device, options=options, program=program,
+                      progress=progress, **extra)
+    flag_nonfinite(ds, variables=(dims.ACCURACY, dims.LOSS) if metrics is None else [m.name for m in metrics],
+                   what="sweep")
+    if cost:
+        counts = count_operations(model, spec, data, layers=layers, digital=digital, program=program)
+        priced = grid_cost(counts, plan.specs(spec), plan.keys, plan.values)
+        ds = xr.merge([ds, priced], combine_attrs="override")
+        ds.attrs.update(priced.attrs)
+    return ds
+
+
+def _sweep_arguments(spec, options, executor, cost, grid, metrics) -> tuple:
+    """:func:`sweep`'s arguments checked before any work: ``(options, executor, plan, metrics)`` with defaults
+    filled in, the grid planned and the metrics resolved (:class:`ConfigError` naming the argument otherwise)."""
     if not isinstance(spec, HardwareSpec):
         raise ConfigError("spec", type(spec).__name__, "a HardwareSpec")
     options = RunOptions() if options is None else options
@@ -589,23 +610,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
     clash = [m.name for m in metrics or () if m.name in plan.keys]
     if clash:
         raise ConfigError("metrics", clash[0], f"a name other than the grid's dims {list(plan.keys)}")
-    idx = instance_indices(n_instances, instances, points=max(len(plan.points), 1))
-    check_model_data(model, data, labels=metrics is None or any(m.class_labels for m in metrics))
-    extra = {} if metrics is None else {"metrics": metrics}     # executors without metrics keep working
-    ds = executor.run(model, spec, data, plan=plan, instances=idx, seed=seed, calibration_data=calibration_data,
-                      layers=layers, digital=digital, device=device, options=options, program=program,
-                      progress=progress, **extra)
-    if metrics is None:
-        flag_nonfinite(ds, what="sweep")
-    else:
-        flag_nonfinite(ds, variables=[m.name for m in metrics], what="sweep")
-    if cost:
-        from .cost import count, grid_cost
-        counts = count(model, spec, data, layers=layers, digital=digital, program=program)
-        priced = grid_cost(counts, plan.specs(spec), plan.keys, plan.values)
-        ds = xr.merge([ds, priced], combine_attrs="override")
-        ds.attrs.update(priced.attrs)
-    return ds
+    return options, executor, plan, metrics
 
 
 def evaluate(model: nn.Module, spec: HardwareSpec, data, *, n_instances: int | None = 256, seed: SeedLike = 0,

@@ -43,6 +43,61 @@ def _floats(v, where: str) -> tuple:
     return out
 
 
+def _group_levels(t: np.ndarray, max_levels: int, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(levels [L], index of each cell's level [N])``: the distinct targets when there are at most
+    ``max_levels``, else ``n_bins`` quantile bins of the targets (level = the bin's mean target)."""
+    distinct = np.unique(t)
+    if distinct.size <= max_levels:
+        return distinct, np.searchsorted(distinct, t)
+    edges = np.quantile(t, np.linspace(0.0, 1.0, int(n_bins) + 1)[1:-1])
+    idx = np.searchsorted(edges, t, side="right")
+    used = np.unique(idx)
+    idx = np.searchsorted(used, idx)
+    return np.array([t[idx == k].mean() for k in range(used.size)]), idx
+
+
+def _classify_stuck(t, m, err, L: int, idx, gmin: float, span: float, edge_tol: float, outlier_sd,
+                    false_stuck: float) -> tuple[np.ndarray, ...]:
+    """``(stuck_off, stuck_on, can_off, can_on)`` masks ``[N]``: a cell read at a window edge is stuck when its
+    level's robust error model (median, MAD) puts that edge more than ``k_sd`` sds away (``outlier_sd``, or the
+    normal quantile of ``false_stuck`` per level's cells); ``can_*``: cells whose level could reveal it."""
+    at_off = m <= gmin + edge_tol * span
+    at_on = m >= 1.0 - edge_tol * span
+    can_off = np.zeros(t.size, bool)
+    can_on = np.zeros(t.size, bool)
+    for k in range(L):
+        sel = idx == k
+        inner = sel & ~at_off & ~at_on
+        ref = err[inner] if inner.any() else err[sel]
+        centre = float(np.median(ref))
+        scale = max(_MAD_TO_SD * float(np.median(np.abs(ref - centre))), 1e-9 * span)
+        expected = t[sel] + centre
+        k_sd = outlier_sd if outlier_sd is not None else max(3.0, float(norm.isf(false_stuck / sel.sum())))
+        can_off[sel] = expected - gmin > k_sd * scale
+        can_on[sel] = 1.0 - expected > k_sd * scale
+    stuck_off = at_off & can_off
+    return stuck_off, at_on & can_on & ~stuck_off, can_off, can_on
+
+
+def _level_errors(err, levels, idx, stuck_off, stuck_on, probs) -> tuple:
+    """Per level, from its non-stuck cells: error quantiles at ``probs`` (made non-decreasing), cell count, error
+    mean and sd, stuck-off and stuck-on counts."""
+    ok = ~(stuck_off | stuck_on)
+    q, n, mean, sd, n_off, n_on = [], [], [], [], [], []
+    for k in range(levels.size):
+        sel = idx == k
+        e = err[sel & ok]
+        if e.size == 0:
+            raise ConfigError(f"level {levels[k]!r}", "only stuck cells", "some non-stuck cells per level")
+        q.append(np.quantile(e, probs))
+        n.append(int(sel.sum()))
+        mean.append(float(e.mean()))
+        sd.append(float(e.std(ddof=1)) if e.size > 1 else 0.0)
+        n_off.append(int((sel & stuck_off).sum()))
+        n_on.append(int((sel & stuck_on).sum()))
+    return np.maximum.accumulate(np.asarray(q), axis=1), n, mean, sd, n_off, n_on
+
+
 @register("effect")
 @dataclass(frozen=True, kw_only=True)
 class EmpiricalDevice:
@@ -173,50 +228,14 @@ class EmpiricalDevice:
         t, m = t / hi, np.clip(m / hi, gmin, 1.0)
         span = 1.0 - gmin
 
-        distinct = np.unique(t)
-        if distinct.size <= max_levels:
-            levels, idx = distinct, np.searchsorted(distinct, t)
-        else:
-            edges = np.quantile(t, np.linspace(0.0, 1.0, int(n_bins) + 1)[1:-1])
-            idx = np.searchsorted(edges, t, side="right")
-            used = np.unique(idx)
-            idx = np.searchsorted(used, idx)
-            levels = np.array([t[idx == k].mean() for k in range(used.size)])
-        L = levels.size
+        levels, idx = _group_levels(t, max_levels, n_bins)
         err = m - t
-        at_off = m <= gmin + edge_tol * span
-        at_on = m >= 1.0 - edge_tol * span
-        can_off = np.zeros(t.size, bool)
-        can_on = np.zeros(t.size, bool)
-        for k in range(L):
-            sel = idx == k
-            inner = sel & ~at_off & ~at_on
-            ref = err[inner] if inner.any() else err[sel]
-            centre = float(np.median(ref))
-            scale = max(_MAD_TO_SD * float(np.median(np.abs(ref - centre))), 1e-9 * span)
-            expected = t[sel] + centre
-            k_sd = outlier_sd if outlier_sd is not None else max(3.0, float(norm.isf(false_stuck / sel.sum())))
-            can_off[sel] = expected - gmin > k_sd * scale
-            can_on[sel] = 1.0 - expected > k_sd * scale
-        stuck_off = at_off & can_off
-        stuck_on = at_on & can_on & ~stuck_off
+        stuck_off, stuck_on, can_off, can_on = _classify_stuck(t, m, err, levels.size, idx, gmin, span, edge_tol,
+                                                               outlier_sd, false_stuck)
         p_off = float(stuck_off.sum() / can_off.sum()) if can_off.any() else 0.0
         p_on = float(stuck_on.sum() / can_on.sum()) if can_on.any() else 0.0
         probs = np.linspace(0.0, 1.0, int(n_quantiles))
-        ok = ~(stuck_off | stuck_on)
-        q, n, mean, sd, n_off, n_on = [], [], [], [], [], []
-        for k in range(L):
-            sel = idx == k
-            e = err[sel & ok]
-            if e.size == 0:
-                raise ConfigError(f"level {levels[k]!r}", "only stuck cells", "some non-stuck cells per level")
-            q.append(np.quantile(e, probs))
-            n.append(int(sel.sum()))
-            mean.append(float(e.mean()))
-            sd.append(float(e.std(ddof=1)) if e.size > 1 else 0.0)
-            n_off.append(int((sel & stuck_off).sum()))
-            n_on.append(int((sel & stuck_on).sum()))
-        q = np.maximum.accumulate(np.asarray(q), axis=1)
+        q, n, mean, sd, n_off, n_on = _level_errors(err, levels, idx, stuck_off, stuck_on, probs)
         return cls(levels=tuple(levels.tolist()), probs=tuple(probs.tolist()), quantiles=tuple(map(tuple, q.tolist())),
                    p_off=p_off, p_on=p_on, g_min=gmin, n_per_level=tuple(n), error_mean=tuple(mean),
                    error_sd=tuple(sd), n_stuck_off=tuple(n_off), n_stuck_on=tuple(n_on), g_scale=hi, clip=clip)

@@ -112,6 +112,51 @@ def _dot(a: Tensor, b) -> float:
     return float((a * b).sum())
 
 
+def _mean_terms(op: HessianOperator, mean: Mapping, gradient) -> tuple[dict, dict]:
+    """Per layer ``g . mu`` and ``1/2 mu^T H mu`` (zero without a mean shift): one HVP, the gradient from the same
+    pass unless ``gradient`` is given."""
+    first = dict.fromkeys(op.layers, 0.0)
+    shift = dict.fromkeys(op.layers, 0.0)
+    if any((not _is_scalar(m)) or m != 0.0 for m in mean.values()):
+        mu = {n: torch.as_tensor(m, dtype=op.dtype, device=op.device).expand(op.shapes[n]) for n, m in mean.items()}
+        h_mu, g = op.hvp_and_gradient(mu)
+        g = g if gradient is None else gradient
+        for layer, names in op.layers.items():
+            first[layer] = sum(_dot(g[n], mu[n]) for n in names)
+            shift[layer] = 0.5 * sum(_dot(h_mu[n], mu[n]) for n in names)
+    return first, shift
+
+
+def _exact_variance_terms(op: HessianOperator, var: Mapping) -> tuple:
+    """``(trace, trace_se, variance_term, variance_term_se, total_se, n_probes)`` from the exact Hessian
+    diagonal (standard errors 0, no probes)."""
+    diag = exact_diagonal(op)
+    zero = dict.fromkeys(op.layers, 0.0)
+    trace = {k: sum(float(diag[n].sum()) for n in names) for k, names in op.layers.items()}
+    vterm = {k: 0.5 * sum(_dot(diag[n], var[n]) for n in names) for k, names in op.layers.items()}
+    return trace, zero, vterm, dict(zero), 0.0, 0
+
+
+def _hutchinson_variance_terms(op: HessianOperator, var: Mapping, traces: TraceEstimate | None, gen, *,
+                               rel_tol: float, min_probes: int, max_probes: int) -> tuple:
+    """``(trace, trace_se, variance_term, variance_term_se, total_se, n_probes)`` by Hutchinson probes: the
+    traces' own probes when every variance is a scalar per parameter tensor, else probes scaled by ``sqrt(var)``."""
+    if traces is None:
+        traces = hutchinson_trace(op, seed=gen, rel_tol=rel_tol, min_probes=min_probes, max_probes=max_probes)
+    if all(_is_scalar(v) for v in var.values()):
+        weighted = traces
+        samples = traces.layer_samples({n: float(v) for n, v in var.items()})
+    else:
+        scale = {n: (v.sqrt() if isinstance(v, Tensor) else math.sqrt(v)) for n, v in var.items()}
+        weighted = hutchinson_trace(op, seed=gen, rel_tol=rel_tol, min_probes=min_probes, max_probes=max_probes,
+                                    scale=scale)
+        samples = weighted.layer_samples()
+    vterm = {k: 0.5 * float(np.mean(v)) for k, v in samples.items()}
+    vterm_se = {k: 0.5 * standard_error(v) for k, v in samples.items()}
+    return (traces.trace, traces.se, vterm, vterm_se, 0.5 * standard_error(sum(samples.values())),
+            weighted.n_probes)
+
+
 def predict_loss_increase(op: HessianOperator, moments: Mapping[str, LayerNoiseMoments], *, seed,
                           method: str = "hutchinson", traces: TraceEstimate | None = None,
                           gradient: Mapping[str, Tensor] | None = None,
@@ -154,44 +199,12 @@ def predict_loss_increase(op: HessianOperator, moments: Mapping[str, LayerNoiseM
     var, mean = _per_param(op, moments)
     layers = list(op.layers)
     gen = as_generator(seed) if method == "hutchinson" else None
-
-    # first-order and mean-shift terms: one HVP (and the gradient from the same pass)
-    first = dict.fromkeys(layers, 0.0)
-    shift = dict.fromkeys(layers, 0.0)
-    if any((not _is_scalar(m)) or m != 0.0 for m in mean.values()):
-        mu = {n: torch.as_tensor(m, dtype=op.dtype, device=op.device).expand(op.shapes[n]) for n, m in mean.items()}
-        h_mu, g = op.hvp_and_gradient(mu)
-        g = g if gradient is None else gradient
-        for layer, names in op.layers.items():
-            first[layer] = sum(_dot(g[n], mu[n]) for n in names)
-            shift[layer] = 0.5 * sum(_dot(h_mu[n], mu[n]) for n in names)
-
-    # variance term and traces
+    first, shift = _mean_terms(op, mean, gradient)
     if method == "exact":
-        diag = exact_diagonal(op)
-        trace = {k: sum(float(diag[n].sum()) for n in names) for k, names in op.layers.items()}
-        trace_se = dict.fromkeys(layers, 0.0)
-        vterm = {k: 0.5 * sum(_dot(diag[n], var[n]) for n in names) for k, names in op.layers.items()}
-        vterm_se = dict.fromkeys(layers, 0.0)
-        total_se = 0.0
-        n_probes = 0
+        trace, trace_se, vterm, vterm_se, total_se, n_probes = _exact_variance_terms(op, var)
     else:
-        if traces is None:
-            traces = hutchinson_trace(op, seed=gen, rel_tol=rel_tol, min_probes=min_probes, max_probes=max_probes)
-        trace, trace_se = traces.trace, traces.se
-        if all(_is_scalar(v) for v in var.values()):
-            weighted = traces
-            samples = traces.layer_samples({n: float(v) for n, v in var.items()})
-        else:
-            scale = {n: (v.sqrt() if isinstance(v, Tensor) else math.sqrt(v)) for n, v in var.items()}
-            weighted = hutchinson_trace(op, seed=gen, rel_tol=rel_tol, min_probes=min_probes,
-                                        max_probes=max_probes, scale=scale)
-            samples = weighted.layer_samples()
-        vterm = {k: 0.5 * float(np.mean(s)) for k, s in samples.items()}
-        vterm_se = {k: 0.5 * standard_error(s) for k, s in samples.items()}
-        total_se = 0.5 * standard_error(sum(samples.values()))
-        n_probes = weighted.n_probes
-
+        trace, trace_se, vterm, vterm_se, total_se, n_probes = _hutchinson_variance_terms(
+            op, var, traces, gen, rel_tol=rel_tol, min_probes=min_probes, max_probes=max_probes)
     second = {k: shift[k] + vterm[k] for k in layers}
     pred = {k: first[k] + second[k] for k in layers}
     data = {

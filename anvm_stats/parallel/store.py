@@ -22,7 +22,7 @@ import xarray as xr
 from .. import dims
 from ..errors import ConfigError
 from ..io import replace_atomically, temporary_sibling
-from .tasks import Task
+from .tasks import Task, hash_json
 
 FINGERPRINT_ATTR = "_anvm_fingerprint"
 DONE = "_task_done"
@@ -40,8 +40,6 @@ def fingerprint(*, spec_json: str, keys: Sequence[str], values: Sequence[np.ndar
     workers' device type(s): chips drawn another way, or scored on another device, never join a store.
     ``samples_per_batch`` changes scores at float32 round-off (the forward's kernels depend on its shape);
     ``precision`` other than float32 is recorded (float32 stores keep the fingerprint they always had)."""
-    from .tasks import hash_json
-
     n = len(instances)
     contiguous = bool(np.array_equal(instances, np.arange(n)))
     fp = {

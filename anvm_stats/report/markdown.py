@@ -78,17 +78,40 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
            quantiles=None) -> list[tuple]:
     """The report's content. ``figures`` maps figure name -> PNG file name (relative to the report)."""
     thr, c, qs = settings(ds, threshold, ci, quantiles)
-    pct = int(round(c * 100))
-    name = ds.attrs.get("study", "results")
-    out: list[tuple] = [("h1", f"Study: {name}")]
+    out: list[tuple] = [("h1", f"Study: {ds.attrs.get('study', 'results')}")]
     if ds.attrs.get("study_description"):
         out.append(("p", str(ds.attrs["study_description"])))
     out.append(("p", _setup_text(ds)))
     ft = _float_text(ds)
     if ft:
         out.append(("p", ft))
+    out += _chip_sections(ds, thr, c, qs)
+    out += _paired_sections(ds, c)
     note, one = seed_note(ds), seed_view(ds)
-    out.append(("h2", "Accuracy over chips at each sweep point" + note))
+    if f"recovery_{dims.ACCURACY}_after" in ds:
+        out.append(("h2", "Accuracy after recovery" + note))
+        out.append(("table", point_table(one, f"recovery_{dims.ACCURACY}_after", threshold=thr, ci=c,
+                                         quantiles=qs)))
+    elif "recovery" in ds.attrs and str(ds.attrs["recovery"]).startswith("skipped"):
+        out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
+    if "sensitivity_trace" in ds and dims.LAYER in ds.dims:
+        out.append(("h2", "Per-layer Hessian sensitivity" + note))
+        out.append(("p", ("Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
+                         "standard error; with several models, the trace of each relative to the first (a trained-"
+                         "with-noise net should show a flatter loss: a ratio below 1).")))
+        out.append(("table", sensitivity_table(one)))
+    if applies_front(ds):
+        out += front_blocks(ds, figures.get("front"), threshold=thr, ci=c, quantiles=qs)
+    out += _figure_section(figures, note, thr, c, qs)
+    out += _provenance_sections(ds)
+    return out
+
+
+def _chip_sections(ds: xr.Dataset, thr: float, c: float, qs) -> list[tuple]:
+    """Accuracy over chips at each point (the first training seed's networks), accuracy across training seeds,
+    and one table per extra metric."""
+    pct, note, one = int(round(c * 100)), seed_note(ds), seed_view(ds)
+    out: list[tuple] = [("h2", "Accuracy over chips at each sweep point" + note)]
     out.append(("p", f"Mean with a {pct}% Student-t interval; quantiles with distribution-free {pct}% "
                      f"order-statistic intervals; yield = fraction of chips with accuracy >= {thr:g}, with a "
                      f"{pct}% Clopper-Pearson interval."
@@ -111,12 +134,21 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                          f"is better): mean with a {pct}% Student-t interval; quantiles with distribution-free "
                          f"{pct}% order-statistic intervals."))
         out.append(("table", point_table(one, var, threshold=thr, ci=c, quantiles=qs, with_yield=False)))
-    titles = {"model": "Paired differences between trained models (same chips)",
-              "hardware": "Paired differences between chip variants (same base draws)",
-              "recovery": "Per-chip recovery: accuracy after minus before (same chips)"}
+    return out
+
+
+#: section titles of the paired-difference tables (:func:`~anvm_stats.report.summary.paired_tables` keys)
+PAIRED_TITLES = {"model": "Paired differences between trained models (same chips)",
+                 "hardware": "Paired differences between chip variants (same base draws)",
+                 "recovery": "Per-chip recovery: accuracy after minus before (same chips)"}
+
+
+def _paired_sections(ds: xr.Dataset, c: float) -> list[tuple]:
+    """One section per paired comparison, saying which uncertainty its interval covers."""
+    pct, out = int(round(c * 100)), []
     for key, table in paired_tables(ds, ci=c).items():
-        out.append(("h2", titles[key]))
-        if note:
+        out.append(("h2", PAIRED_TITLES[key]))
+        if seed_note(ds):
             out.append(("p", (f"Mean over the training seeds of the paired difference of accuracy (chips paired "
                              f"within each seed) with a {pct}% two-level interval across seeds (Student-t over the "
                              f"per-seed mean differences): it covers which networks training produced and which "
@@ -130,36 +162,30 @@ def blocks(ds: xr.Dataset, figures: dict[str, str], *, threshold: float | None =
                                 "which networks training produced (one training seed; set [training] seeds to "
                                 "compare across seeds)." if key == "model" else "")))
         out.append(("table", table))
-    if f"recovery_{dims.ACCURACY}_after" in ds:
-        out.append(("h2", "Accuracy after recovery" + note))
-        out.append(("table", point_table(one, f"recovery_{dims.ACCURACY}_after", threshold=thr, ci=c,
-                                         quantiles=qs)))
-    elif "recovery" in ds.attrs and str(ds.attrs["recovery"]).startswith("skipped"):
-        out.append(("p", f"Recovery: {ds.attrs['recovery']}."))
-    if "sensitivity_trace" in ds and dims.LAYER in ds.dims:
-        out.append(("h2", "Per-layer Hessian sensitivity" + note))
-        out.append(("p", ("Hutchinson estimate of each layer's Hessian trace of the float network's loss, +- one "
-                         "standard error; with several models, the trace of each relative to the first (a trained-"
-                         "with-noise net should show a flatter loss: a ratio below 1).")))
-        out.append(("table", sensitivity_table(one)))
-    if applies_front(ds):
-        out += front_blocks(ds, figures.get("front"), threshold=thr, ci=c, quantiles=qs)
+    return out
+
+
+def _figure_section(figures: dict[str, str], note: str, thr: float, c: float, qs) -> list[tuple]:
+    """The figures with their captions (the front figure has its own section)."""
+    pct = int(round(c * 100))
     captions = {"distribution": "Accuracy distribution over chips (violins; line = median).",
                 "mean_quantiles": f"Mean accuracy with its {pct}% CI and the {min(qs):g}-{max(qs):g} quantile band.",
                 "yield": f"Yield P(accuracy >= {thr:g}) with {pct}% Clopper-Pearson bands.",
                 "sensitivity": "Per-layer Hessian trace (Hutchinson estimate, +-2 standard errors).",
                 "training": "Training curves.",
                 "recovery": "Mean accuracy before and after per-chip recovery."}
-    if any(k != "front" for k in figures):
-        out.append(("h2", "Figures" + note))
-        for key, fname in figures.items():
-            if key == "front":   # drawn in its own section
-                continue
-            out.append(("img", fname, captions.get(key, key)))
+    shown = {k: f for k, f in figures.items() if k != "front"}
+    if not shown:
+        return []
+    return [("h2", "Figures" + note)] + [("img", f, captions.get(k, k)) for k, f in shown.items()]
+
+
+def _provenance_sections(ds: xr.Dataset) -> list[tuple]:
+    """Provenance attrs, the hardware spec field by field, and the study file."""
     prov = {k: ds.attrs[k] for k in ("created_at", "anvm_stats_version", "torch_version", "device",
                                      "seed_entropy", "dataset", "train_s", "sweep_s") if k in ds.attrs}
-    out.append(("h2", "Provenance"))
-    out.append(("table", (["attribute", "value"], [[k, str(v)] for k, v in prov.items()])))
+    out: list[tuple] = [("h2", "Provenance"),
+                        ("table", (["attribute", "value"], [[k, str(v)] for k, v in prov.items()]))]
     if ds.attrs.get("hardware_spec"):
         out.append(("p", "Hardware spec (each field of the spec's JSON, by its path):"))
         try:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError, check_number
 from . import arrays
@@ -176,12 +177,6 @@ def sequential_estimate(draw: Callable[[int, int], Any], *, statistic: str = "me
     ci, bounds = _check_arguments(draw, statistic, target_width, instances_per_round, max_n, ci, threshold, q,
                                   method, bounds)
     per_round, max_n = int(instances_per_round), int(max_n)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=max_n, desc=f"sequential {statistic}", unit="instance")
-
     chunks: list[np.ndarray] = []
     n = 0
     hist_n: list[int] = []
@@ -189,39 +184,45 @@ def sequential_estimate(draw: Callable[[int, int], Any], *, statistic: str = "me
     est: Estimate | None = None
     lower = upper = None
     stopped_by = "cap"
-    try:
+    with tqdm(total=max_n, desc=f"sequential {statistic}", unit="instance", disable=not progress) as bar:
         while n < max_n:
             m = min(per_round, max_n - n)
             batch = _call_draw(draw, n, m, chunks[0].shape[1:] if chunks else None)
-            if statistic == "mean" and (np.any(batch < bounds[0]) or np.any(batch > bounds[1])):
-                raise ConfigError("bounds", bounds, f"a range holding every drawn value (draw({n}, {m}) returned "
-                                                    f"values in [{np.min(batch):.6g}, {np.max(batch):.6g}])")
+            if statistic == "mean":
+                _check_bounds(batch, bounds, n, m)
             chunks.append(batch)
             n += m
-            if bar is not None:
-                bar.update(m)
-            values = np.concatenate(chunks, axis=0)
-            est = _round_interval(statistic, values, len(hist_n) + 1, ci, threshold, q, method, bounds)
-            lower = est.lower if lower is None else np.maximum(lower, est.lower)
-            upper = est.upper if upper is None else np.minimum(upper, est.upper)
-            # widened, if ever needed, to hold the point estimate (a superset keeps the guarantee)
-            lower, upper = np.minimum(lower, est.estimate), np.maximum(upper, est.estimate)
+            bar.update(m)
+            est = _round_interval(statistic, np.concatenate(chunks, axis=0), len(hist_n) + 1, ci, threshold, q,
+                                  method, bounds)
+            lower, upper = _intersect(lower, upper, est)
             width = float(np.max(upper - lower))
             hist_n.append(n)
             hist_w.append(width)
-            if bar is not None:
-                bar.set_postfix(width=f"{width:.4g}")
+            bar.set_postfix(width=f"{width:.4g}")
             if width <= target_width:
                 stopped_by = "width"
                 break
-    finally:
-        if bar is not None:
-            bar.close()
     assert est is not None
     est = Estimate(est.estimate, lower, upper, est.ci, est.method, est.n)
     return SequentialResult(estimate=est, n=n, stopped_by=stopped_by, target_width=float(target_width),
                             history_n=tuple(hist_n), history_width=tuple(hist_w),
                             values=np.concatenate(chunks, axis=0))
+
+
+def _intersect(lower, upper, est: Estimate) -> tuple:
+    """The running intersection of the rounds' intervals (``None``: none yet), widened, if ever needed, to hold
+    the point estimate (a superset keeps the guarantee)."""
+    lower = est.lower if lower is None else np.maximum(lower, est.lower)
+    upper = est.upper if upper is None else np.minimum(upper, est.upper)
+    return np.minimum(lower, est.estimate), np.maximum(upper, est.estimate)
+
+
+def _check_bounds(batch: np.ndarray, bounds: tuple[float, float], start: int, m: int) -> None:
+    """Refuse drawn values outside the known ``bounds`` (the mean's guarantee rests on them)."""
+    if np.any(batch < bounds[0]) or np.any(batch > bounds[1]):
+        raise ConfigError("bounds", bounds, f"a range holding every drawn value (draw({start}, {m}) returned "
+                                            f"values in [{np.min(batch):.6g}, {np.max(batch):.6g}])")
 
 
 def _call_draw(draw: Callable, start: int, m: int, trailing: tuple[int, ...] | None) -> np.ndarray:

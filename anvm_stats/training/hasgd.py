@@ -261,6 +261,31 @@ def _took_steps(row: dict) -> bool:
     return row.get("steps", 0) > 0
 
 
+def _checked_estimator(model, spec, cfg: HASGDConfig, sigma_schedule, stop_after_epoch):
+    """The gradient estimator of ``cfg.mode`` after checking :func:`train_hasgd`'s arguments that the config does
+    not (:class:`ConfigError` naming the argument)."""
+    check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
+    check(spec is None or isinstance(spec, HardwareSpec), "spec", type(spec).__name__,
+          "an anvm_stats.HardwareSpec or None")
+    check(spec is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when spec is None")
+    estimator = gradient_estimator(cfg.mode, cfg.samples)
+    if spec is not None:
+        estimator.check(spec, cfg.batch_size)
+    if stop_after_epoch is not None:
+        check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
+    return estimator
+
+
+def _restore(net: nn.Module, opt, state: dict | None) -> tuple[int, int, list]:
+    """Load a checkpoint's model and optimizer state into ``net`` and ``opt``: ``(first epoch, step, history
+    rows)``; ``(0, 0, [])`` without one."""
+    if state is None:
+        return 0, 0, []
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), int(state["step"]), list(state["history"])
+
+
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
@@ -305,7 +330,8 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
         and bias noise; :mod:`anvm_stats.training.perturb`). False perturbs the unfolded layer inside the
         BatchNorm (per-channel noise off by the channel's BN scale, no bias noise), for comparison.
     layers : list of module names or callable(name, module) -> bool, optional
-        Analog layers (default every Linear / Conv1d / Conv2d).
+        Analog layers (default those :func:`anvm_stats.analog.prepare` makes analog: Linear, Conv, attention,
+        recurrent; their arrays perturbed as the engine maps them).
     loss_fn : callable(out, y) -> scalar, optional
         Default cross-entropy.
     checkpoint : path, optional
@@ -333,15 +359,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                       batch_size=batch_size, optimizer=optimizer, mode=mode, adc_levels=adc_levels,
                       adc_percentile=adc_percentile, perturb_batchnorm=perturb_batchnorm,
                       eval_instances=eval_instances, n_calibration=n_calibration)
-    check(isinstance(model, nn.Module), "model", type(model).__name__, "a torch.nn.Module")
-    check(spec is None or isinstance(spec, HardwareSpec), "spec", type(spec).__name__,
-          "an anvm_stats.HardwareSpec or None")
-    check(spec is not None or sigma_schedule is None, "sigma_schedule", sigma_schedule, "None when spec is None")
-    estimator = gradient_estimator(mode, samples)
-    if spec is not None:
-        estimator.check(spec, batch_size)
-    if stop_after_epoch is not None:
-        check_number("stop_after_epoch", stop_after_epoch, low=0, integer=True)
+    estimator = _checked_estimator(model, spec, cfg, sigma_schedule, stop_after_epoch)
     loss_fn = loss_fn or F.cross_entropy
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
@@ -356,11 +374,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
     targets = perturb_targets(net, layers=layers, perturb_batchnorm=perturb_batchnorm) \
         if (spec is not None or adc_levels is not None) else ()
     opt = _make_optimizer(cfg, net.parameters(), _per_epoch(lr, 0, "lr"))
-    epoch0, step, rows = 0, 0, []
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        epoch0, step, rows = int(state["epoch"]), int(state["step"]), list(state["history"])
+    epoch0, step, rows = _restore(net, opt, state)
     adc, calib_x = None, None
     if adc_levels is not None:
         adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), adc_levels, adc_percentile)
