@@ -417,3 +417,44 @@ def load_study_script(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+#: the smallest study file: a plain digits MLP under paper-1 noise, two noise levels, 4 chips (tests derive variants
+#: with ``str.replace``)
+TINY_STUDY = """\
+[study]
+name = "tiny"
+seed = 1
+
+[model]
+name = "mlp"
+args = { in_features = 64, hidden = [8], n_classes = 10 }
+
+[data]
+name = "digits"
+
+[training]
+method = "plain"
+epochs = 1
+
+[hardware]
+preset = "paper1"
+args = { sigma = 0.05 }
+
+[sweep]
+grid = { noise_level = [0.05, 0.1] }
+n_instances = 4
+"""
+
+
+def fit_full_batch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 150,
+                   lr: float = 1e-2) -> nn.Module:
+    """``net`` trained in place by full-batch Adam on cross-entropy (deterministic: no sampling), returned in
+    eval mode."""
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()

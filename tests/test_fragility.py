@@ -7,7 +7,7 @@ import torch
 
 import anvm_stats as av
 from anvm_stats.fragility import sensitivity
-from tests.helpers import make_mlp
+from tests.helpers import fit_full_batch, make_mlp
 
 CI = 1 - 1e-5      # Monte Carlo interval level: false-failure rate 1e-5 per comparison
 Z_PRED = 4.4       # prediction standard errors allowed (two-sided 1e-5)
@@ -23,13 +23,7 @@ def trained():
     for i, m in enumerate(net):
         if isinstance(m, torch.nn.ReLU):
             net[i] = torch.nn.Tanh()
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    return net.eval(), (x, y)
+    return fit_full_batch(net, x, y), (x, y)
 
 
 @pytest.mark.slow

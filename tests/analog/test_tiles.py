@@ -13,7 +13,7 @@ from anvm_stats.cli import main
 from anvm_stats.errors import ConfigError, UnsupportedLayerError
 from anvm_stats.study import StudyError, load_study
 
-from tests.helpers import make_data, make_mlp
+from tests.helpers import TINY_STUDY, make_data, make_mlp
 
 
 def _conv_net(seed=0):
@@ -207,31 +207,7 @@ def test_tile_mvm_without_parasitics_is_the_product():
 
 
 # ---------------------------------------------------------------------------------------------------- study files
-STUDY = """\
-[study]
-name = "tiny"
-seed = 1
-
-[model]
-name = "mlp"
-args = { in_features = 64, hidden = [8], n_classes = 10 }
-
-[data]
-name = "digits"
-
-[training]
-method = "plain"
-epochs = 1
-
-[hardware]
-preset = "paper1"
-args = { sigma = 0.05 }
-tile = { rows = 32, cols = 16 }
-
-[sweep]
-grid = { noise_level = [0.05, 0.1] }
-n_instances = 4
-"""
+STUDY = TINY_STUDY.replace("args = { sigma = 0.05 }\n", "args = { sigma = 0.05 }\ntile = { rows = 32, cols = 16 }\n")
 
 
 def test_study_reads_a_tile(tmp_path):

@@ -16,7 +16,7 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.fragility import sensitivity
 from anvm_stats.hessian import (HessianOperator, LayerNoiseMoments, hutchinson_trace, layer_sensitivity,
                                     predict_loss_increase)
-from tests.helpers import make_mlp
+from tests.helpers import fit_full_batch, make_mlp
 from tests.helpers import (QUAD_LAYERS, assert_unchanged, exact_hessian, make_quadratic, quad_loss, snapshot,
                                   tiny_conv, tiny_data, tiny_mlp)
 
@@ -216,15 +216,7 @@ def trained_relu():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 8, generator=g)
     y = x[:, :4].argmax(1)
-    net = make_mlp(bn=True, sizes=(8, 16, 16, 4)).train()
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for _ in range(150):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-    return net.eval(), (x, y)
+    return fit_full_batch(make_mlp(bn=True, sizes=(8, 16, 16, 4)), x, y), (x, y)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from anvm_stats import devices
@@ -10,38 +11,12 @@ from anvm_stats.errors import ConfigError
 from anvm_stats.hardware import HardwareSpec
 from anvm_stats.study import StudyError, builtin_study, load_study
 from anvm_stats.study.lines import find_line, key_lines
-
-import numpy as np
-
-
+from tests.helpers import TINY_STUDY
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted((ROOT / "studies").glob("*.toml"))
 
-GOOD = """\
-[study]
-name = "tiny"
-seed = 1
-
-[model]
-name = "mlp"
-args = { in_features = 64, hidden = [8], n_classes = 10 }
-
-[data]
-name = "digits"
-
-[training]
-method = "plain"
-epochs = 1
-
-[hardware]
-preset = "paper1"
-args = { sigma = 0.05 }
-
-[sweep]
-grid = { noise_level = [0.05, 0.1] }
-n_instances = 4
-"""
+GOOD = TINY_STUDY
 
 
 def test_studies_folder_is_not_empty():
@@ -230,28 +205,7 @@ def test_with_knobs_extra_axes():
 
 
 # --- issue 15 item 9 + issue 16: study keys use the engine's names --------------------------------------------------
-STUDY = """\
-[study]
-name = "tiny"
-
-[model]
-name = "mlp"
-args = { in_features = 64, hidden = [8], n_classes = 10 }
-
-[data]
-name = "digits"
-
-[training]
-method = "plain"
-epochs = 1
-
-[hardware]
-preset = "paper1"
-args = { sigma = 0.05 }
-
-[sweep]
-grid = { noise_level = [0.05, 0.1] }
-"""
+STUDY = TINY_STUDY.replace("seed = 1\n", "").replace("n_instances = 4\n", "")   # keys appended by tests
 
 
 @pytest.mark.parametrize("old, new, value", [("eval_batch_size", "samples_per_batch", 500),
