@@ -93,8 +93,10 @@ def _check_indices(indices: Tensor) -> None:
 def _check(kind: str, out: Tensor, indices: Tensor, slot: int) -> None:
     if kind not in ("normal", "uniform", "centered_uniform"):
         raise ConfigError("kind", kind, "'normal', 'uniform' or 'centered_uniform'")
-    if out.dim() != 2 or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ConfigError("out", f"{tuple(out.shape)} {out.dtype}", "a contiguous float32 tensor [K, n]")
+    if out.dim() != 2 or out.dtype != torch.float32 or (out.numel() and (
+            out.stride(1) != 1 or out.stride(0) < out.shape[1])):
+        raise ConfigError("out", f"{tuple(out.shape)} {out.dtype} strides {out.stride()}",
+                          "a float32 tensor [K, n] with contiguous rows")
     if indices.shape != (out.shape[0],):
         raise ConfigError("indices", tuple(indices.shape), f"one index per row of out ({out.shape[0]})")
     if not 0 <= int(slot) < MAX_SLOT:
@@ -129,7 +131,7 @@ def fill_counter(kind: str, out: Tensor, key: tuple[int, int], indices: Sequence
     ----------
     kind : {"normal", "uniform", "centered_uniform"}
         N(0, 1); U[0, 1); uniform on [-sqrt 3, sqrt 3) (zero mean, unit variance).
-    out : Tensor ``[K, n]``, float32, contiguous
+    out : Tensor ``[K, n]``, float32, contiguous rows (a row stride above ``n`` is fine: padded rows)
     key : (int, int)
         The run key (:func:`run_key`).
     indices : ``K`` instance indices (non-negative, below 2^64)
@@ -184,9 +186,19 @@ class CounterStream:
     indices: Tensor
     stream: Stream
     calls: int = field(default=0)
+    checked: bool = field(default=False, repr=False)
 
     def __post_init__(self):
-        _check_indices(self.indices)     # once: every call reuses the same indices
+        if not self.checked:
+            _check_indices(self.indices)     # once: every call reuses the same indices
+
+    @classmethod
+    def from_host(cls, key: tuple[int, int], indices: np.ndarray, stream: Stream,
+                  device: torch.device | str) -> "CounterStream":
+        """The stream of instances ``indices`` (checked on the host: no device sync), drawing on ``device``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        _check_indices(torch.from_numpy(idx))
+        return cls(key, torch.as_tensor(idx, device=device), stream, checked=True)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])

@@ -24,7 +24,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def philox_fill(out_ptr, idx_ptr, meta_ptr, n, n_blocks, NORMAL: tl.constexpr, JOIN: tl.constexpr,
+    def philox_fill(out_ptr, idx_ptr, meta_ptr, n, n_blocks, row_stride, NORMAL: tl.constexpr, JOIN: tl.constexpr,
                     BLOCK: tl.constexpr):
         row = tl.program_id(0)
         b = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -65,7 +65,7 @@ def _kernel():
             v1 = (c1 >> 8).to(tl.float32) * 5.960464477539063e-08
             v2 = (c2 >> 8).to(tl.float32) * 5.960464477539063e-08
             v3 = (c3 >> 8).to(tl.float32) * 5.960464477539063e-08
-        base = out_ptr + row.to(tl.int64) * n
+        base = out_ptr + row.to(tl.int64) * row_stride
         if JOIN:
             # element order v0, v1, v2, v3 of each block, stored as one contiguous run of 4*BLOCK
             v = tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [4 * BLOCK])
@@ -101,7 +101,7 @@ def triton_available() -> bool:
 
 
 def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int, int]) -> bool:
-    """Fill CUDA ``out`` ``[K, n]`` (float32, contiguous) with ``kind`` in {"normal", "uniform"} draws of
+    """Fill CUDA ``out`` ``[K, n]`` (float32, contiguous rows; the row stride may exceed ``n``) with ``kind`` in {"normal", "uniform"} draws of
     instances ``idx`` (int64 ``[K]``); see :func:`anvm_stats.counter_rng.fill_counter`. Returns False, leaving
     ``out`` unfilled, where the kernel cannot run (the caller then uses the torch reference); a kernel that fails
     to build or run is reported once and not tried again."""
@@ -115,7 +115,8 @@ def fill_triton(kind: str, out: Tensor, idx: Tensor, word1: int, key: tuple[int,
     while True:
         join = not _NO_JOIN
         try:
-            _kernel()[grid](out, idx, meta, n, n_blocks, NORMAL=kind == "normal", JOIN=join, BLOCK=BLOCK)
+            _kernel()[grid](out, idx, meta, n, n_blocks, out.stride(0), NORMAL=kind == "normal", JOIN=join,
+                            BLOCK=BLOCK)
             return True
         except Exception as err:  # noqa: BLE001 - a compiler or driver problem must not stop a study
             if join:              # an older Triton without join/reshape: four strided stores instead

@@ -196,7 +196,9 @@ def _metrics_update(acc: dict, logits: Tensor, y: Tensor) -> None:
     true = logits.gather(1, y.view(1, 1, B).expand(K, 1, B))
     lse = torch.logsumexp(logits.float(), 1)
     earlier = torch.arange(C, device=logits.device).view(1, C, 1) < y.view(1, 1, B)
-    if bool(torch.isnan(lse).any()) or bool(torch.isinf(true).any()):   # NaN anywhere (lse is NaN then), inf
+    # NaN anywhere (lse is NaN then) or an infinite true logit: the general comparison. On CUDA always (exact for
+    # every input; asking the host which case holds would stall the GPU queue once per chunk)
+    if logits.is_cuda or bool(torch.isnan(lse).any()) or bool(torch.isinf(true).any()):
         before = (logits > true) | ((logits == true) & earlier) | torch.isnan(logits)
     else:                           # for finite t: x >= t  <=>  x > nextafter(t, -inf); one comparison fewer
         below = torch.nextafter(true, torch.full_like(true, -float("inf")))
@@ -396,7 +398,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
         program.mark_shared_inputs(batches.batches[0][0])
     nominal = [ProductCache(NOMINAL_CACHE_BYTES) for _ in specs]
     bar = tqdm(total=n_pts * n_inst, unit="chip", disable=not progress, desc="Monte Carlo", leave=False)
-    draws = None
+    draws, done = None, []
     try:
         for start in range(0, n_inst, block):
             block_idx = indices[start:start + block]
@@ -419,8 +421,11 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
                     bar.update(len(idx))
             for p in range(n_pts):
                 pending[p].flush(accs[p])
+            done.append((start, accs))      # copied to the host at the end: no device sync between blocks
+        for start, accs in done:
+            for p in range(n_pts):
                 for k in out:
-                    out[k][p, start:start + len(block_idx)] = accs[p][k].cpu().numpy()
+                    out[k][p, start:start + accs[p][k].shape[0]] = accs[p][k].cpu().numpy()
     finally:
         bar.close()
         program.unload()

@@ -81,7 +81,9 @@ class ChipSampler:
     def _from_stream(self, effects: Sequence, stream: CounterStream, reuse: Draws | None) -> Draws:
         """Draws of effects that declare ``draw_kinds``, one counter fill per draw tensor of the chunk."""
         layout = [dict(e.draw_kinds) for e in effects]
-        bufs = _buffers(layout, len(stream), self.program.n_devices, torch.float32, self.program.device, reuse)
+        dev = self.program.device
+        bufs = _buffers(layout, len(stream), self.program.n_devices, torch.float32, dev, reuse,
+                        CUDA_ROW_ALIGN if dev.type == "cuda" else 1)
         for j, kinds in enumerate(layout):
             for name, kind in kinds.items():
                 stream.fill(kind, bufs[j][name])
@@ -219,8 +221,8 @@ class CounterSampler(ChipSampler):
         self._key = run_key(self.root)
 
     def _stream(self, indices, stream: Stream) -> CounterStream:
-        idx = torch.as_tensor(np.asarray(list(indices), dtype=np.int64), device=self.program.device)
-        return CounterStream(self._key, idx, stream)
+        return CounterStream.from_host(self._key, np.asarray(list(indices), dtype=np.int64), stream,
+                                       self.program.device)
 
     def _program_draws(self, effects, indices, reuse):
         if _declares_kinds(effects) and self.program.g0.dtype == torch.float32:
@@ -242,12 +244,21 @@ def _declares_kinds(effects: Sequence) -> bool:
     return all(isinstance(getattr(e, "draw_kinds", None), dict) for e in effects)
 
 
-def _buffers(layout: list[dict], K: int, n: int, dtype, device, reuse: Draws | None) -> Draws:
-    """``[K, n]`` buffers for each (effect, name) of ``layout``: ``reuse`` when it has exactly that layout."""
+#: on CUDA, rows of counter-filled draw buffers start at multiples of this many floats (64 bytes): every chip's
+#: draws are equally aligned whatever its row in a chunk, so kernels that read them (``analog.affine_gemm``) compile
+#: to one variant (the same round-off for every chunking) and load them in wide vectors
+CUDA_ROW_ALIGN = 16
+
+
+def _buffers(layout: list[dict], K: int, n: int, dtype, device, reuse: Draws | None, row_align: int = 1) -> Draws:
+    """``[K, n]`` buffers for each (effect, name) of ``layout``: ``reuse`` when it has exactly that layout. With
+    ``row_align > 1`` the buffers are views of ``[K, n']`` blocks, ``n'`` the multiple of ``row_align`` at or
+    above ``n`` (rows contiguous, row stride ``n'``)."""
     if reuse is not None and len(reuse) == len(layout) and all(
             set(b) == set(kinds) and all(t.shape == (K, n) for t in b.values()) for b, kinds in zip(reuse, layout)):
         return reuse
-    return [{k: torch.empty((K, n), dtype=dtype, device=device) for k in kinds} for kinds in layout]
+    width = -(-n // row_align) * row_align
+    return [{k: torch.empty((K, width), dtype=dtype, device=device)[:, :n] for k in kinds} for kinds in layout]
 
 
 def instance_indices(n_instances: int | None, instances: Sequence[int] | None, points: int = 1) -> np.ndarray:

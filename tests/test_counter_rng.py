@@ -3,6 +3,7 @@ streams independent of the chunking, distributions against scipy at a 1e-5 false
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -83,7 +84,8 @@ def test_normal_moments_and_independence_between_instances_and_slots():
 
 @pytest.mark.parametrize("kw,field", [
     (dict(kind="gamma"), "kind"), (dict(out=torch.empty(2, 3, dtype=torch.float64)), "out"),
-    (dict(out=torch.empty(3)), "out"), (dict(indices=[0]), "indices"), (dict(indices=[0, -1]), "indices"), (dict(slot=1 << 30), "slot"),
+    (dict(out=torch.empty(3)), "out"), (dict(out=torch.empty(3, 2).t()), "out"),
+    (dict(out=torch.empty(2, 6)[:, ::2]), "out"), (dict(indices=[0]), "indices"), (dict(indices=[0, -1]), "indices"), (dict(slot=1 << 30), "slot"),
     (dict(slot=-1), "slot")])
 def test_bad_arguments_name_the_field(kw, field):
     args = dict(kind="normal", out=torch.empty(2, 3), key=(1, 2), indices=[0, 1], stream=Stream.PROGRAM, slot=0)
@@ -103,3 +105,23 @@ def test_counter_stream_checks_its_indices_once_and_advances_per_call():
     assert s.calls == 2 and not torch.equal(a, b)
     want = fill_counter("normal", torch.empty(2, 3), (1, 2), [4, 0], Stream.READ, slot=1)
     assert torch.equal(b, want)
+
+
+def test_rows_with_a_padded_stride_get_the_same_draws():
+    """The sampler pads CUDA draw rows to aligned strides: a ``[K, n]`` view of a ``[K, n']`` block gets exactly
+    the draws of a contiguous ``[K, n]`` tensor, and the padding is left alone."""
+    block = torch.full((3, 16), 7.0)
+    for kind in ("normal", "uniform", "centered_uniform"):
+        got = fill_counter(kind, block[:, :13], (5, 6), [2, 0, 9], Stream.PROGRAM, slot=3)
+        want = fill_counter(kind, torch.empty(3, 13), (5, 6), [2, 0, 9], Stream.PROGRAM, slot=3)
+        assert torch.equal(got, want) and got.data_ptr() == block.data_ptr()
+        assert torch.equal(block[:, 13:], torch.full((3, 3), 7.0))
+
+
+def test_counter_stream_from_host_indices_checks_them_there():
+    from anvm_stats.counter_rng import CounterStream
+
+    with pytest.raises(ConfigError, match="indices"):
+        CounterStream.from_host((1, 2), np.array([0, -3]), Stream.READ, "cpu")
+    s = CounterStream.from_host((1, 2), np.array([4, 0]), Stream.READ, "cpu")
+    assert torch.equal(s.normal((3,)), CounterStream((1, 2), torch.tensor([4, 0]), Stream.READ).normal((3,)))

@@ -146,3 +146,13 @@ def test_memory_bound_counts_grid_points():
         instance_indices(n, None, points=4)
     assert instance_indices(5, None, points=4).tolist() == [0, 1, 2, 3, 4]
     assert instance_indices(None, np.array([7, 2**63 - 1], dtype=np.uint64), points=4).tolist() == [7, 2**63 - 1]
+
+
+def test_draw_buffers_can_start_every_row_at_an_aligned_stride():
+    """CUDA draw blocks (``CUDA_ROW_ALIGN``): rows of ``[K, n]`` views start at multiples of 16 floats, so every chip
+    of a chunk is equally aligned whatever its row."""
+    bufs = sampler_mod._buffers([{"z": "normal"}], 5, 37, torch.float32, "cpu", None, row_align=16)
+    z = bufs[0]["z"]
+    assert z.shape == (5, 37) and z.stride() == (48, 1)
+    assert sampler_mod._buffers([{"z": "normal"}], 5, 37, torch.float32, "cpu", bufs, row_align=16) is bufs
+    assert sampler_mod._buffers([{"z": "normal"}], 5, 37, torch.float32, "cpu", None)[0]["z"].is_contiguous()

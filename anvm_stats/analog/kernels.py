@@ -9,7 +9,8 @@ products (they agree to round-off); each keeps its results independent of how ma
 - :class:`OneDNNKernel`: CPU; linear layers as oneDNN 1x1 convolutions (one per chip, or one grouped call over
   sample-major activations, :attr:`Kernel.sample_major`).
 - :class:`CudaFusedKernel`: CUDA; hidden linear layers add their bias and ReLU in one fused pass
-  (:mod:`anvm_stats.analog.fused`).
+  (:mod:`anvm_stats.analog.fused`); linear layers of chips affine in their draws run programming, GEMM, bias and
+  ReLU as one kernel (:mod:`anvm_stats.analog.affine_gemm`).
 
 Measurements behind these choices: ``reports/bench/README.md`` ("Design measurements").
 """
@@ -21,6 +22,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .affine_gemm import affine_linear as fused_affine_linear
+from .fused import bias_relu_
 
 Tensor = torch.Tensor
 CONV = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
@@ -130,6 +134,13 @@ class GenericKernel:
         """``relu(y + bias[k])`` in place on ``[K, B, O]`` (only called when :attr:`fuses_bias_relu`)."""
         raise NotImplementedError(f"{self.name} does not fuse bias and ReLU")
 
+    def affine_linear(self, x: Tensor, w0: Tensor, coef: Tensor, z: Tensor, bias: Tensor | None, *, shared: bool,
+                      K: int, B: int, relu: bool) -> Tensor | None:
+        """A linear layer of affine chips (``W = w0 + coef * z``) in one fused call, ``[K, B, O]`` with bias and
+        (``relu``) ReLU applied; None: this kernel has no such call (the caller programs the weights and runs
+        :meth:`linear`)."""
+        return None
+
 
 @dataclass(frozen=True)
 class OneDNNKernel(GenericKernel):
@@ -150,13 +161,17 @@ class OneDNNKernel(GenericKernel):
 
 @dataclass(frozen=True)
 class CudaFusedKernel(GenericKernel):
-    """CUDA: the generic kernel, with the bias and ReLU of hidden linear layers applied in one fused pass."""
+    """CUDA: the generic kernel, with the bias and ReLU of hidden linear layers applied in one fused pass, and
+    linear layers of affine chips programmed, multiplied, biased and clamped in one Triton kernel
+    (:mod:`anvm_stats.analog.affine_gemm`)."""
 
     fuses_bias_relu = True
 
     def bias_relu(self, y: Tensor, bias: Tensor) -> Tensor:
-        from .fused import bias_relu_
         return bias_relu_(y, bias)
+
+    def affine_linear(self, x, w0, coef, z, bias, *, shared, K, B, relu):
+        return fused_affine_linear(x, w0, coef, z, bias, shared=shared, K=K, B=B, relu=relu)
 
 
 #: the kernels by name

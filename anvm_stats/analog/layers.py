@@ -292,9 +292,13 @@ class AnalogModule(nn.Module):
             y = lazy.shared_input_output(key, lambda w, b, k: self.matmul(x, w, b, shared and k > 1, k, Bt),
                                          p.bias_scale)
         else:
+            read = rt.mode == "weights" and rt.read_var is not None and rt.mvm_noise is not None
+            if lazy is not None and not read and T == 1:
+                y = self._affine_fused(x, lazy, shared, K, Bt)
+                if y is not None:
+                    return self._out(y, K, Bt)
             w, b = lazy.weights() if lazy is not None else (rt.weight, rt.bias)
             bias = None if b is None else b * p.bias_scale
-            read = rt.mode == "weights" and rt.read_var is not None and rt.mvm_noise is not None
             fuse = (self.kernel.fuses_bias_relu and p.op == "linear" and bias is not None and self.relu_after
                     and rt.mode != "signals" and not read and p.digital_bias is None and not torch.is_grad_enabled())
             y = self.matmul(x, w, None if fuse else bias, shared, K, Bt)
@@ -321,6 +325,19 @@ class AnalogModule(nn.Module):
         if self.relu_after:
             y = y.relu_() if not y.requires_grad else torch.relu(y)
         return self._out(y, K, Bt)
+
+    def _affine_fused(self, x: Tensor, lazy: LazyAffine, shared: bool, K: int, B: int) -> Tensor | None:
+        """The layer's output ``[K, B, O]`` (bias and fused ReLU applied) from one fused call of the kernel
+        (:meth:`GenericKernel.affine_linear`), or None where that does not apply (the caller programs the weights):
+        linear layers on vectors read as weights, one program effect, no digital bias or sample-major fold."""
+        p, rt = self.plan, self.runtime
+        if (p.op != "linear" or rt.mode != "weights" or rt.sample_major or len(lazy.coef) != 1
+                or p.digital_bias is not None):
+            return None
+        coef = lazy.coef[0]
+        bias = None if lazy.b0 is None else torch.addcmul(lazy.b0, lazy.zb[0], coef[:, 0]) * p.bias_scale
+        return self.kernel.affine_linear(x, lazy.w0, coef, lazy.zw[0], bias, shared=shared, K=K, B=B,
+                                         relu=self.relu_after)
 
     def _out(self, y: Tensor, K: int, B: int) -> Tensor:
         """``[K, B, ...]`` outputs as the next layer reads them: ``[K*B, ...]``, or ``[B*K, ...]`` sample-major."""
