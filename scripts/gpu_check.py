@@ -178,7 +178,8 @@ def fused_configs(out: Path) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     K, B = 16384, 360
     g = torch.Generator(device=CUDA).manual_seed(0)
-    configs = {"wide": [(128, 128, 32, 8, 3), (128, 256, 32, 8, 3), (64, 256, 32, 8, 3), (128, 128, 64, 8, 3),
+    configs = {"wide": [(128, 128, 32, 8, 3), (128, 256, 32, 8, 3), (128, 256, 32, 8, 4), (128, 256, 16, 8, 5),
+                        (64, 256, 32, 8, 3), (128, 128, 64, 8, 3), (256, 128, 32, 8, 4),
                         (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (256, 128, 32, 8, 3), (128, 128, 32, 4, 4)],
                "narrow": [(128, 16, 32, 4, 3), (64, 16, 64, 4, 3), (256, 16, 32, 8, 3), (128, 16, 64, 4, 4),
                           (64, 16, 32, 2, 4)]}
@@ -233,6 +234,21 @@ def fused_configs(out: Path) -> dict:
     return res
 
 
+def engine_chunks(out: Path) -> dict:
+    """The engine alone on the digits MLP at 65,536 chips, by chips per chunk (default: the memory budget's)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    net, x, y = digits_mlp(CUDA)
+    spec = av.devices.paper1(0.05)
+    program = prepare(net, spec, fuse_relu=True)
+    res = {}
+    for chunk in (None, 8192, 16384, 32768, 65536):
+        run = lambda: av.sweep(net, spec, (x, y), n_instances=65536, seed=0, progress=False,  # noqa: E731
+                               program=program, options=av.RunOptions(instances_per_chunk=chunk))
+        run()
+        res[str(chunk or "default")] = 65536 / best_time(run, CUDA, 3)
+    return {"chips_per_s": res}
+
+
 #: step name -> function(OUT_DIR) -> JSON-able result
 STEPS = {
     "tests": tests, "tests_claims": tests_claims, "sampler": sampler,
@@ -243,6 +259,7 @@ STEPS = {
     "convnet_wrn28_10": lambda out: bench.bench_convnet("cuda"), "convnet_wrn28_10_nchw": convnet_default_layout,
     "sweep_mlp_1024": lambda out: bench.bench_sweep("cuda", n_instances=1024), "hasgd_L8": hasgd,
     "read_noise_mlp": read_noise, "bf16_paired": bf16_paired, "fused_configs": fused_configs,
+    "engine_chunks": engine_chunks,
 }
 #: the record run of session 4
 DEFAULT_STEPS = ("tests", "sampler", "engine_mlp_16384", "engine_mlp_65536", "engine_mlp_16384_unfused",
@@ -251,6 +268,8 @@ DEFAULT_STEPS = ("tests", "sampler", "engine_mlp_16384", "engine_mlp_65536", "en
 #: issue 19's strict references
 GROUPS = {"claims": ("tests_claims", "engine_mlp_65536", "engine_mlp_16384", "convnet_wrn28_10", "bf16_paired",
                      "profile_engine_65536"),
+          "final": ("tests_claims", "engine_mlp_65536", "engine_mlp_16384", "engine_chunks", "fused_configs",
+                    "convnet_wrn28_10", "bf16_paired", "profile_engine_65536"),
           "fused": ("tests_claims", "fused_configs", "engine_mlp_65536", "engine_mlp_16384", "profile_engine_65536")}
 
 
