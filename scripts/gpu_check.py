@@ -55,7 +55,8 @@ def tests(out: Path) -> dict:
 def tests_claims(out: Path) -> dict:
     """The CUDA tests of the engine and sampler, and the bf16 paired test (run on the host's CPU threads)."""
     return run_pytest(out, ["tests/test_counter_rng_triton.py", "tests/analog/test_fused.py",
-                            "tests/analog/test_affine_gemm.py", "tests/test_montecarlo.py", "-k", "cuda or bf16 or triton or fused"], timeout=150)
+                            "tests/analog/test_affine_gemm.py", "tests/analog/test_chain.py", "tests/test_montecarlo.py",
+                            "-k", "cuda or bf16 or triton or fused or interpreter"], timeout=150)
 
 
 def sampler(out: Path) -> dict:
@@ -249,6 +250,50 @@ def engine_chunks(out: Path) -> dict:
     return {"chips_per_s": res}
 
 
+def mlp3_configs(out: Path) -> dict:
+    """The three-layer kernel (``affine_gemm.affine_mlp3``: the digits MLP as one kernel) at 16,384 chips by tile
+    configuration, against the three per-layer fused calls (shipped configurations) on the same draws."""
+    from anvm_stats.analog import affine_gemm
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    K, B = 16384, 360
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    widths = [(256, 64), (256, 256), (10, 256)]
+    block = torch.randn(K, 85_008, device=CUDA, generator=g)
+    layers, off = [], 0
+    for o, i in widths:
+        layers.append((0.1 * torch.randn(o, i, device=CUDA, generator=g), torch.full((o, 1), 0.005, device=CUDA),
+                       block[:, off:off + o * i].view(K, o, i), 0.1 * torch.randn(K, o, device=CUDA, generator=g)))
+        off += o * i + o
+    x = torch.rand(B, 64, device=CUDA, generator=g)
+
+    def per_layer():
+        h, shared = x, True
+        for j, (w0, coef, z, bias) in enumerate(layers):
+            h = affine_gemm.launch(h, w0, coef, z, bias, shared=shared, K=K, B=B, relu=j < 2, precision="tf32")
+            h, shared = h.view(K * B, -1), False
+        return h.view(K, B, -1)
+
+    ref = per_layer()
+    res = {"per_layer_ms": best_time(per_layer, CUDA, 5) * 1e3, "shipped": affine_gemm.mlp3_config(256)}
+    flops = 2.0 * K * B * sum(o * i for o, i in widths)
+    for c in [(64, 32, 8, 2), (64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 16, 4, 3), (64, 32, 8, 3),
+              (32, 32, 4, 2), (128, 64, 8, 1), (64, 64, 4, 1)]:
+        cfg = dict(zip(("BM", "BH", "num_warps", "num_stages"), c))
+        run = lambda: affine_gemm.launch_mlp3(x, layers, shared=True, K=K, B=B, config=cfg,  # noqa: E731
+                                              precision="tf32")
+        try:
+            y = run()
+            t = best_time(run, CUDA, 5)
+        except Exception as err:  # noqa: BLE001 - a configuration that does not compile
+            res[str(c)] = repr(err)[:200]
+            continue
+        res[str(c)] = {"ms": t * 1e3, "tflops": flops / t / 1e12,
+                       "max_rel_err_vs_per_layer": float((y - ref).abs().max() / ref.abs().max()),
+                       "argmax_agreement": float((y.argmax(-1) == ref.argmax(-1)).float().mean())}
+    return res
+
+
 #: step name -> function(OUT_DIR) -> JSON-able result
 STEPS = {
     "tests": tests, "tests_claims": tests_claims, "sampler": sampler,
@@ -258,7 +303,7 @@ STEPS = {
     "profile_engine_65536": lambda out: profile_engine(out, 65536),
     "convnet_wrn28_10": lambda out: bench.bench_convnet("cuda"), "convnet_wrn28_10_nchw": convnet_default_layout,
     "sweep_mlp_1024": lambda out: bench.bench_sweep("cuda", n_instances=1024), "hasgd_L8": hasgd,
-    "read_noise_mlp": read_noise, "bf16_paired": bf16_paired, "fused_configs": fused_configs,
+    "read_noise_mlp": read_noise, "bf16_paired": bf16_paired, "fused_configs": fused_configs, "mlp3_configs": mlp3_configs,
     "engine_chunks": engine_chunks,
 }
 #: the record run of session 4
@@ -268,8 +313,8 @@ DEFAULT_STEPS = ("tests", "sampler", "engine_mlp_16384", "engine_mlp_65536", "en
 #: issue 19's strict references
 GROUPS = {"claims": ("tests_claims", "engine_mlp_65536", "engine_mlp_16384", "convnet_wrn28_10", "bf16_paired",
                      "profile_engine_65536"),
-          "final": ("tests_claims", "engine_mlp_65536", "engine_mlp_16384", "engine_chunks", "fused_configs",
-                    "convnet_wrn28_10", "bf16_paired", "profile_engine_65536"),
+          "final": ("tests_claims", "mlp3_configs", "engine_mlp_65536", "engine_mlp_16384", "engine_chunks",
+                    "convnet_wrn28_10", "bf16_paired", "profile_engine_65536", "fused_configs"),
           "fused": ("tests_claims", "fused_configs", "engine_mlp_65536", "engine_mlp_16384", "profile_engine_65536")}
 
 

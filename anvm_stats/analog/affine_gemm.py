@@ -30,7 +30,8 @@ from ..counter_rng_triton import triton_importable
 
 Tensor = torch.Tensor
 MAX_GRID_Y = 65535
-_BROKEN: list[str] = []
+_BROKEN: list[str] = []           # errors that made the per-layer kernel unusable here
+_BROKEN_MLP3: list[str] = []      # likewise for the three-layer kernel (the per-layer one may still run)
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,7 +90,7 @@ def tile_config(n_out: int, n_in: int) -> dict:
 
 def usable(x: Tensor, n_effects: int) -> bool:
     """Whether the fused kernel can run on ``x`` for a chip with ``n_effects`` program effects."""
-    return (x.is_cuda and x.dtype == torch.float32 and n_effects == 1 and not _BROKEN
+    return (x.is_cuda and x.dtype == torch.float32 and n_effects == 1
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda") and triton_importable())
 
 
@@ -117,7 +118,7 @@ def affine_linear(x: Tensor, w0: Tensor, coef: Tensor, z: Tensor, bias: Tensor |
     -------
     Tensor ``[K, B, O]``, contiguous, or None.
     """
-    if not usable(x, 1) or K > MAX_GRID_Y or z.stride(-1) != 1:
+    if _BROKEN or not usable(x, 1) or K > MAX_GRID_Y or z.stride(-1) != 1:
         return None
     O, n_in = w0.shape
     if x.stride(-1) != 1 or z.shape != (K, O, n_in) or x.shape[-1] != n_in:
@@ -150,4 +151,131 @@ def launch(x: Tensor, w0: Tensor, coef: Tensor, z: Tensor, bias: Tensor | None, 
                     0 if shared else B * x.stride(0), x.stride(0), z.stride(0), z.stride(1),
                     0 if bias is None else bias.stride(0), IN=n_in, HAS_BIAS=bias is not None, RELU=relu,
                     PRECISION=precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **tiles)
+    return y
+
+
+# --------------------------------------------------------------------------- three layers in one kernel
+#: limits of :func:`affine_mlp3`: the input width (held per tile), the second hidden width (one accumulator
+#: tile) and the outputs (one narrow tile); the first hidden width is any (streamed in chunks)
+MLP3_MAX_IN, MLP3_MAX_H2, MLP3_MAX_OUT = 128, 256, 32
+
+
+@functools.lru_cache(maxsize=1)
+def _mlp3_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def mlp3_kernel(x_ptr, y_ptr, w01, z1, c1_ptr, b1, w02, z2, c2_ptr, b2, w03, z3, c3_ptr, b3, B, sxk, sxb, szk,
+                    IN: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr, OUT: tl.constexpr,
+                    INP: tl.constexpr, H2P: tl.constexpr, OUTP: tl.constexpr, PRECISION: tl.constexpr,
+                    BM: tl.constexpr, BH: tl.constexpr):
+        k = tl.program_id(1).to(tl.int64)
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        ri = tl.arange(0, INP)
+        r2 = tl.arange(0, H2P)
+        r3 = tl.arange(0, OUTP)
+        m_ok = rm < B
+        x = tl.load(x_ptr + k * sxk + rm[:, None] * sxb + ri[None, :], mask=m_ok[:, None] & (ri[None, :] < IN),
+                    other=0.0)
+        acc = tl.zeros((BM, H2P), dtype=tl.float32)
+        c2 = tl.load(c2_ptr + r2, mask=r2 < H2, other=0.0)
+        for h0 in range(0, H1, BH):
+            rh = h0 + tl.arange(0, BH)
+            # layer 1's weights, transposed [INP, BH]: (w0 + coef * z_k)[h, i] at [i, h]
+            ok = (ri[:, None] < IN) & (rh[None, :] < H1)
+            off = rh[None, :] * IN + ri[:, None]
+            w = tl.load(w01 + off, mask=ok, other=0.0) + tl.load(c1_ptr + rh, mask=rh < H1, other=0.0)[None, :] * \
+                tl.load(z1 + k * szk + off, mask=ok, other=0.0)
+            h = tl.dot(x, w, input_precision=PRECISION)
+            h += tl.load(b1 + k * H1 + rh, mask=rh < H1, other=0.0)[None, :]
+            h = tl.where(h < 0.0, 0.0, h)
+            # layer 2's weights, transposed [BH, H2P]
+            ok = (rh[:, None] < H1) & (r2[None, :] < H2)
+            off = r2[None, :] * H1 + rh[:, None]
+            w = tl.load(w02 + off, mask=ok, other=0.0) + c2[None, :] * tl.load(z2 + k * szk + off, mask=ok, other=0.0)
+            acc = tl.dot(h, w, acc, input_precision=PRECISION)
+        acc += tl.load(b2 + k * H2 + r2, mask=r2 < H2, other=0.0)[None, :]
+        acc = tl.where(acc < 0.0, 0.0, acc)
+        # layer 3's weights, transposed [H2P, OUTP]
+        ok = (r2[:, None] < H2) & (r3[None, :] < OUT)
+        off = r3[None, :] * H2 + r2[:, None]
+        w = tl.load(w03 + off, mask=ok, other=0.0) + tl.load(c3_ptr + r3, mask=r3 < OUT, other=0.0)[None, :] * \
+            tl.load(z3 + k * szk + off, mask=ok, other=0.0)
+        out = tl.dot(acc, w, input_precision=PRECISION)
+        out += tl.load(b3 + k * OUT + r3, mask=r3 < OUT, other=0.0)[None, :]
+        tl.store(y_ptr + k * B * OUT + rm[:, None] * OUT + r3[None, :], out, mask=m_ok[:, None] & (r3[None, :] < OUT))
+
+    return mlp3_kernel
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << (int(n) - 1).bit_length())
+
+
+def mlp3_fits(n_in: int, h1: int, h2: int, n_out: int) -> bool:
+    """Whether :func:`affine_mlp3` takes a network of these widths (:data:`MLP3_MAX_IN` and friends)."""
+    return n_in <= MLP3_MAX_IN and h2 <= MLP3_MAX_H2 and n_out <= MLP3_MAX_OUT and h1 >= 1
+
+
+def mlp3_config(h2: int) -> dict:
+    """Tile and launch options of :func:`affine_mlp3` (fixed, as :func:`tile_config`): ``BM`` samples per
+    program, the first hidden layer streamed ``BH`` units at a time."""
+    return {"BM": 64 if _pow2(h2) > 128 else 128, "BH": 32, "num_warps": 8, "num_stages": 2}
+
+
+def affine_mlp3(x: Tensor, layers: list[tuple], *, shared: bool, K: int, B: int, config: dict | None = None,
+                precision: str | None = None) -> Tensor | None:
+    """A three-layer ReLU MLP of affine chips in one kernel: ``relu(relu(x W1^T + b1) W2^T + b2) W3^T + b3`` for
+    every chip, the weights formed from the draws tile by tile and no activation ever written to memory; or None
+    where it cannot run (:func:`usable`, :func:`mlp3_fits`).
+
+    Parameters
+    ----------
+    x : Tensor ``[B, in]`` (``shared``) or ``[K*B, in]``, float32, unit stride along ``in``
+    layers : three tuples ``(w0 [O, in], coef [O, 1], z [K, O, in], bias [K, O])``
+        Per layer as for :func:`affine_linear`; every ``z`` a view of one draw block (the same chip stride),
+        every bias present (made contiguous: row stride ``O``).
+    config : dict, optional
+        Default :func:`mlp3_config`.
+    precision : {"tf32", "ieee"}, optional
+        Default: TF32 when ``torch.backends.cuda.matmul.allow_tf32`` is set.
+
+    Returns
+    -------
+    Tensor ``[K, B, out]``, contiguous, or None.
+    """
+    if _BROKEN or _BROKEN_MLP3 or not usable(x, 1) or K > MAX_GRID_Y or len(layers) != 3 or x.stride(-1) != 1:
+        return None
+    (w1, _, z1, bias1), (w2, _, z2, bias2), (w3, _, z3, bias3) = layers
+    dims = (w1.shape[1], w1.shape[0], w2.shape[0], w3.shape[0])
+    if (not mlp3_fits(*dims) or w2.shape[1] != dims[1] or w3.shape[1] != dims[2] or x.shape[-1] != dims[0]
+            or any(z.stride(-1) != 1 or z.stride(0) != z1.stride(0) for z in (z1, z2, z3))
+            or any(b is None for b in (bias1, bias2, bias3))):
+        return None
+    try:
+        return launch_mlp3(x, layers, shared=shared, K=K, B=B, config=config, precision=precision or (
+            "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"))
+    except Exception as err:  # noqa: BLE001 - a compiler or driver problem must not stop a study
+        _BROKEN_MLP3.append(repr(err))
+        warnings.warn(f"anvm_stats: the fused three-layer kernel failed ({err!r}); using one call per layer",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def launch_mlp3(x: Tensor, layers: list[tuple], *, shared: bool, K: int, B: int, config: dict | None = None,
+                precision: str = "ieee") -> Tensor:
+    """Run the three-layer kernel with no checks of where it can run (:func:`affine_mlp3` checks; tests call
+    this on the CPU under Triton's interpreter)."""
+    n_in, h1, h2, n_out = layers[0][0].shape[1], layers[0][0].shape[0], layers[1][0].shape[0], layers[2][0].shape[0]
+    args = []
+    for w0, coef, z, bias in layers:
+        args += [w0.contiguous(), z, coef.reshape(-1).contiguous(), bias.contiguous()]
+    cfg = config or mlp3_config(h2)
+    y = torch.empty((K, B, n_out), device=x.device, dtype=torch.float32)
+    grid = (-(-B // cfg["BM"]), K)
+    _mlp3_kernel()[grid](x, y, *args, B, 0 if shared else B * x.stride(0), x.stride(0), layers[0][2].stride(0),
+                         IN=n_in, H1=h1, H2=h2, OUT=n_out, INP=_pow2(n_in), H2P=_pow2(h2),
+                         OUTP=_pow2(n_out), PRECISION=precision, BM=cfg["BM"], BH=cfg["BH"],
+                         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return y

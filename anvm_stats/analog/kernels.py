@@ -10,7 +10,8 @@ products (they agree to round-off); each keeps its results independent of how ma
   sample-major activations, :attr:`Kernel.sample_major`).
 - :class:`CudaFusedKernel`: CUDA; hidden linear layers add their bias and ReLU in one fused pass
   (:mod:`anvm_stats.analog.fused`); linear layers of chips affine in their draws run programming, GEMM, bias and
-  ReLU as one kernel (:mod:`anvm_stats.analog.affine_gemm`).
+  ReLU as one kernel, and three-layer MLPs of such chips as one kernel for the whole network
+  (:mod:`anvm_stats.analog.affine_gemm`, :mod:`anvm_stats.analog.chain`).
 
 Measurements behind these choices: ``reports/bench/README.md`` ("Design measurements").
 """
@@ -23,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .affine_gemm import affine_linear as fused_affine_linear
+from .affine_gemm import affine_linear as fused_affine_linear, affine_mlp3 as fused_affine_mlp3
 from .fused import bias_relu_
 
 Tensor = torch.Tensor
@@ -141,6 +142,11 @@ class GenericKernel:
         :meth:`linear`)."""
         return None
 
+    def affine_mlp3(self, x: Tensor, layers: list[tuple], *, shared: bool, K: int, B: int) -> Tensor | None:
+        """A three-layer ReLU MLP of affine chips in one call (``layers``: ``(w0, coef, z, bias)`` per layer),
+        ``[K, B, out]``; None: this kernel has no such call (the network runs layer by layer)."""
+        return None
+
 
 @dataclass(frozen=True)
 class OneDNNKernel(GenericKernel):
@@ -172,6 +178,9 @@ class CudaFusedKernel(GenericKernel):
 
     def affine_linear(self, x, w0, coef, z, bias, *, shared, K, B, relu):
         return fused_affine_linear(x, w0, coef, z, bias, shared=shared, K=K, B=B, relu=relu)
+
+    def affine_mlp3(self, x, layers, *, shared, K, B):
+        return fused_affine_mlp3(x, layers, shared=shared, K=K, B=B)
 
 
 #: the kernels by name

@@ -14,6 +14,7 @@ from ..data_source import first_samples
 from ..errors import ConfigError, UnsupportedLayerError
 from ..hardware.spec import HardwareSpec
 from .fold import find_fusable_relus, fold_batchnorm
+from .chain import probe_chain, run_chain
 from .kernels import KERNELS, GenericKernel, select_kernel
 from .layers import AnalogModule, LayerPlan, LayerRuntime
 from .tiles import (bias_first, encode_tiles, wired_blocks, expand_groups, groups, signal_blocks, single_tile,
@@ -96,6 +97,10 @@ class AnalogProgram:
     #: the network's input pre-hook (:class:`InputFold`) and the input shape it was probed for
     fold: InputFold | None = field(default=None, repr=False)
     _fold_for: tuple | None = field(default=None, repr=False)
+    #: the forward is a plain chain of the analog layers (:func:`~.chain.probe_chain`), for inputs shaped as
+    #: ``_chain_for``
+    chain: bool = False
+    _chain_for: tuple | None = field(default=None, repr=False)
 
     @torch.no_grad()
     def probe_fold(self, x: Tensor) -> None:
@@ -127,6 +132,8 @@ class AnalogProgram:
         activations run better in the default layout). The choice is made once per input shape; it never changes
         a value beyond round-off."""
         self.probe_fold(x)
+        if self._chain_for != (tuple(x.shape[1:]), x.dtype):
+            self.chain, self._chain_for = probe_chain(self, x), (tuple(x.shape[1:]), x.dtype)
         if x.dim() != 4:
             return x
         shape = tuple(x.shape[1:])
@@ -136,6 +143,13 @@ class AnalogProgram:
             self.module.to(memory_format=torch.channels_last if want else torch.contiguous_format)
             self.channels_last, self._layout_for = want, shape
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def run_chain(self, x: Tensor) -> Tensor | None:
+        """The network's output on ``x`` from one fused call of the kernel when the forward is a plain chain of
+        the analog layers (:attr:`chain`) and the loaded chips allow it (:func:`~.chain.run_chain`), else None."""
+        if not self.chain or self._chain_for != (tuple(x.shape[1:]), x.dtype):
+            return None
+        return run_chain(self, x)
 
     @property
     def sample_major_ok(self) -> bool:
