@@ -29,8 +29,9 @@ CUDA_SOLO_FLOATS = 1 << 22
 def instances_per_chunk(program: AnalogProgram, fixed: int | None, memory_budget: int | None, n_total: int, batch: int,
                act: int, n_draw_tensors: int) -> int:
     """Instances evaluated together: ``fixed`` when given, else as many as ``memory_budget`` holds (default: 2 GiB
-    on CPU, half the free memory on CUDA), on CPU also few enough that one layer's activations stay cache-sized,
-    and on CUDA one for conv networks with large activations (:data:`CUDA_SOLO_FLOATS`).
+    on CPU, half the free memory on CUDA, counting memory cached by torch's allocator but unused), on CPU also
+    few enough that one layer's activations stay cache-sized, and on CUDA one for conv networks with large
+    activations (:data:`CUDA_SOLO_FLOATS`).
 
     ``batch`` samples per forward, ``act`` floats of the largest activation per sample, ``n_draw_tensors`` base
     draw tensors per device."""
@@ -39,8 +40,10 @@ def instances_per_chunk(program: AnalogProgram, fixed: int | None, memory_budget
     budget = memory_budget
     if budget is None:
         if program.device.type == "cuda":
+            # memory the caching allocator holds but no tensor uses is as free to this run as the driver's
             free, _ = torch.cuda.mem_get_info(program.device)
-            budget = free // 2
+            cached = torch.cuda.memory_reserved(program.device) - torch.cuda.memory_allocated(program.device)
+            budget = (free + cached) // 2
         else:
             budget = DEFAULT_CPU_BUDGET
     if program.device.type == "cuda" and batch * act >= CUDA_SOLO_FLOATS and \

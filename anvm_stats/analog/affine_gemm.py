@@ -220,8 +220,9 @@ def mlp3_fits(n_in: int, h1: int, h2: int, n_out: int) -> bool:
 
 def mlp3_config(h2: int) -> dict:
     """Tile and launch options of :func:`affine_mlp3` (fixed, as :func:`tile_config`): ``BM`` samples per
-    program, the first hidden layer streamed ``BH`` units at a time."""
-    return {"BM": 64 if _pow2(h2) > 128 else 128, "BH": 32, "num_warps": 8, "num_stages": 2}
+    program, the first hidden layer streamed ``BH`` units at a time. Chosen on an H200 for the digits MLP
+    (``reports/bench/README.md``: 128 x 64, 8 warps, one stage ran in 9.0 ms per 16,384 chips; 64 x 32 in 18.6)."""
+    return {"BM": 128, "BH": 64, "num_warps": 8, "num_stages": 1}
 
 
 def affine_mlp3(x: Tensor, layers: list[tuple], *, shared: bool, K: int, B: int, config: dict | None = None,
