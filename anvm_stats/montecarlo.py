@@ -39,7 +39,7 @@ from .metrics import ACCURACY, CROSS_ENTROPY, TOP5_ACCURACY, Metric, resolve_met
 from .provenance import provenance
 from .rng import SeedLike, seed_entropy
 from .sample_rng import SampleNoise
-from .sampler import ChipSampler, instance_indices
+from .sampler import ChipSampler, instance_indices, warn_shared_streams
 
 Tensor = torch.Tensor
 #: RunOptions.sampler -> ChipSampler's ``counter`` argument
@@ -590,6 +590,7 @@ def sweep(model: nn.Module, spec: HardwareSpec, data, *, grid: Mapping[str, Sequ
                       progress=progress, **extra)
     flag_nonfinite(ds, variables=(dims.ACCURACY, dims.LOSS) if metrics is None else [m.name for m in metrics],
                    what="sweep")
+    warn_shared_streams(ds.attrs.get("sampler", ""), ds.attrs.get("device", ""), len(idx))
     if cost:
         counts = count_operations(model, spec, data, layers=layers, digital=digital, program=program)
         priced = grid_cost(counts, plan.specs(spec), plan.keys, plan.values)

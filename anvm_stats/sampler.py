@@ -12,6 +12,7 @@ point (common random numbers).
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, Sequence
 
@@ -302,3 +303,25 @@ def instance_indices(n_instances: int | None, instances: Sequence[int] | None, p
                           f"grid point(s) need {n * per_chip / 2**30:.3g} GiB, this machine has "
                           f"{memory / 2**30:.3g} GiB")
     return idx if instances is not None else np.arange(n, dtype=np.int64)
+
+
+#: chips of one run above which drawing them from per-instance CPU generators warns (:func:`warn_shared_streams`)
+GENERATOR_WARN_INSTANCES = 1 << 14
+
+
+def warn_shared_streams(sampler_kind: str, device: str, n_instances: int) -> None:
+    """Warn when a run drew ``n_instances`` chips from per-instance ``torch.Generator`` s on the CPU and the
+    chance that two of them drew the same chip is not negligible.
+
+    torch's CPU generator (MT19937) seeds its state from the low 32 bits of ``manual_seed``'s argument only (the
+    63-bit instance seeds of :func:`anvm_stats.rng.instance_seed` are cut to 32), so among ``n`` chips some pair
+    shares its programming draws with probability about ``n^2 / 2^33`` (0.5 expected pairs at 65,536 chips). The
+    counter sampler (``RunOptions(sampler="counter")``) keys Philox by the full instance index and has no such
+    limit."""
+    if sampler_kind != GeneratorSampler.kind or not str(device).startswith("cpu") \
+            or n_instances <= GENERATOR_WARN_INSTANCES:
+        return
+    pairs = n_instances * (n_instances - 1) / 2 / 2 ** 32
+    warnings.warn(f"anvm_stats: {n_instances} chips drawn from per-instance CPU generators, which torch seeds from 32 "
+                  f"bits: about {pairs:.2g} pairs of chips are expected to share their draws; use "
+                  "RunOptions(sampler='counter') for runs this large", RuntimeWarning, stacklevel=3)

@@ -1,6 +1,8 @@
 """anvm_stats.sampler: the generator and counter samplers under one base draw the same distribution, per-forward
 noise from counters is chunk-invariant, the default sampler follows the device."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,19 @@ def test_draw_buffers_can_start_every_row_at_an_aligned_stride():
     assert z.shape == (5, 37) and z.stride() == (48, 1)
     assert sampler_mod._buffers([{"z": "normal"}], 5, 37, torch.float32, "cpu", bufs, row_align=16) is bufs
     assert sampler_mod._buffers([{"z": "normal"}], 5, 37, torch.float32, "cpu", None)[0]["z"].is_contiguous()
+
+
+def test_torch_cpu_generators_key_32_bits_of_their_seed_and_large_generator_runs_warn(monkeypatch):
+    """The fact behind the warning (it would fail, and the warning become stale, if torch keyed all 64 bits),
+    and the warning itself: above GENERATOR_WARN_INSTANCES chips from CPU generators, never with counters."""
+    a = torch.randn(4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, torch.randn(4, generator=torch.Generator().manual_seed(7 + (1 << 32))))
+    monkeypatch.setattr(sampler_mod, "GENERATOR_WARN_INSTANCES", 3)
+    net, data = make_mlp(sizes=(8, 16, 4)), make_data(n=10, n_classes=4)
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05),))
+    with pytest.warns(RuntimeWarning, match="sampler='counter'"):
+        av.sweep(net, spec, data, n_instances=4, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        av.sweep(net, spec, data, n_instances=3, progress=False)
+        av.sweep(net, spec, data, n_instances=4, progress=False, options=av.RunOptions(sampler="counter"))
