@@ -5,6 +5,9 @@ scale-out job and a synthetic study result."""
 
 import copy
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -458,3 +461,16 @@ def fit_full_batch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: i
         F.cross_entropy(net(x), y).backward()
         opt.step()
     return net.eval()
+
+
+#: Triton is importable here (its interpreter runs kernels on the CPU)
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def run_triton_interpreted(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter from the checkout root with Triton's interpreter on
+    (``TRITON_INTERPRET=1`` must be set before Triton builds a kernel, so never in the test process itself)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                          timeout=timeout)

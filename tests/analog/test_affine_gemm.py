@@ -3,10 +3,6 @@
 The layer wiring is checked on the CPU with a kernel whose fused call is written in plain torch; the Triton kernel
 under Triton's interpreter (where Triton is installed) and on a GPU (where one is present)."""
 
-import importlib.util
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -15,7 +11,7 @@ import torch
 
 import anvm_stats as av
 from anvm_stats.analog.kernels import GenericKernel
-from tests.helpers import make_mlp
+from tests.helpers import HAVE_TRITON, make_mlp, run_triton_interpreted
 
 SPEC = av.devices.paper1(0.05)       # one array per layer, unclipped additive noise: affine in its draws
 
@@ -96,12 +92,9 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on CPU)")
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton (its interpreter runs on CPU)")
 def test_triton_kernel_under_the_interpreter_matches_torch():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, cwd=root,
-                          timeout=300)
+    proc = run_triton_interpreted(INTERPRETED)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 

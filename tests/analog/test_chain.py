@@ -3,10 +3,6 @@
 The fused call is written in plain torch here (a kernel subclass); the Triton kernel is checked under Triton's
 interpreter (where Triton is installed) and on a GPU (tests/analog/test_affine_gemm.py)."""
 
-import importlib.util
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,7 +12,7 @@ from torch import nn
 
 import anvm_stats as av
 from anvm_stats.analog.kernels import GenericKernel
-from tests.helpers import make_mlp
+from tests.helpers import HAVE_TRITON, make_mlp, run_triton_interpreted
 
 SPEC = av.devices.paper1(0.05)
 
@@ -125,10 +121,7 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on CPU)")
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton (its interpreter runs on CPU)")
 def test_three_layer_kernel_under_the_interpreter_matches_torch():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, cwd=root,
-                          timeout=300)
+    proc = run_triton_interpreted(INTERPRETED)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
