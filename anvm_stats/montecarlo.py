@@ -38,7 +38,7 @@ from .hardware.spec import KNOBS, HardwareSpec
 from .metrics import ACCURACY, CROSS_ENTROPY, TOP5_ACCURACY, Metric, resolve_metrics
 from .provenance import provenance
 from .rng import SeedLike, seed_entropy
-from .sample_rng import SampleNoise
+from .sample_rng import SampleNoise, release_workspace
 from .sampler import ChipSampler, instance_indices, warn_shared_streams
 
 Tensor = torch.Tensor
@@ -430,6 +430,7 @@ def run_points(program: AnalogProgram, sampler: ChipSampler, specs: list[Hardwar
     finally:
         bar.close()
         program.unload()
+        release_workspace()
     return out
 
 

@@ -13,6 +13,8 @@ samples before it). Each 64-bit word gives two normals by Box-Muller on its 32-b
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,28 +29,93 @@ SAMPLE_TAG = 0x5A3B1E
 KINDS = {"read": 0, "output": 1}
 
 
+class Workspace(threading.local):
+    """Buffers of the per-MVM pipeline (raw words, the float halves, radius and cosine), reused from call to
+    call in this thread and grown as needed.
+
+    A run draws per-MVM normals for every layer and batch (tens of MB each on a convolution); fresh buffers of that
+    size are new pages for the kernel to fault in and zero at every call, which cost more than the draws
+    themselves. Reused buffers give the same values (the same operations on the same shapes). The engine frees them
+    at the end of a run (:func:`release_workspace`)."""
+
+    def __init__(self):
+        self.words: np.ndarray | None = None
+        self.floats: list[Tensor | None] = [None, None, None, None]
+
+    def take_words(self, shape: tuple[int, int]) -> np.ndarray:
+        """A uint64 array of ``shape`` (contents undefined)."""
+        n = shape[0] * shape[1]
+        if self.words is None or self.words.size < n:
+            self.words = np.empty(n, dtype=np.uint64)
+        return self.words[:n].reshape(shape)
+
+    def take_floats(self, i: int, n: int) -> Tensor:
+        """Float32 buffer ``i`` (0..3) of ``n`` elements (contents undefined)."""
+        buf = self.floats[i]
+        if buf is None or buf.numel() < n:
+            buf = self.floats[i] = torch.empty(n)
+        return buf[:n]
+
+    def release(self) -> None:
+        self.words, self.floats = None, [None, None, None, None]
+
+
+#: this thread's workspace of the per-MVM pipeline
+WORKSPACE = Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's per-MVM buffers (:class:`Workspace`; the engine calls this when a run ends)."""
+    WORKSPACE.release()
+
+
 def normals_from_words(words: np.ndarray) -> Tensor:
     """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``.
 
-    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius."""
+    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius. The output is
+    a new tensor; the intermediate buffers are :data:`WORKSPACE`'s."""
     pairs = words.view(np.uint32).reshape(-1, 2)                        # (lo, hi) halves of every word
-    lo = torch.from_numpy(pairs[:, 0].astype(np.float32))              # contiguous halves: fast elementwise passes
-    hi = torch.from_numpy(pairs[:, 1].astype(np.float32))
-    r = torch.add(2.0 ** -33, hi, alpha=2.0 ** -32).log_().mul_(-2.0).sqrt_()
+    n = pairs.shape[0]
+    lo, hi, r, cosine = (WORKSPACE.take_floats(i, n) for i in range(4))
+    np.copyto(lo.numpy(), pairs[:, 0], casting="unsafe")               # contiguous halves: fast elementwise passes
+    np.copyto(hi.numpy(), pairs[:, 1], casting="unsafe")
+    torch.add(2.0 ** -33, hi, alpha=2.0 ** -32, out=r).log_().mul_(-2.0).sqrt_()
     theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
-    out = torch.empty(lo.shape[0], 2)
-    torch.mul(torch.cos(theta), r, out=out[:, 0])
+    out = torch.empty(n, 2)
+    torch.mul(torch.cos(theta, out=cosine), r, out=out[:, 0])
     torch.mul(theta.sin_(), r, out=out[:, 1])
     return out.view(*words.shape[:-1], 2 * words.shape[-1])
 
 
+#: words of a fill from which its rows are drawn by several threads (NumPy's Philox releases the GIL)
+THREADED_WORDS = 1 << 16
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The module's thread pool of ``workers`` threads (made on first use, remade when the count changes)."""
+    if not _POOL or _POOL[0]._max_workers != workers:
+        if _POOL:
+            _POOL.pop().shutdown(wait=False)
+        _POOL.append(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="anvm-mvm"))
+    return _POOL[0]
+
+
 def fill_streams(out: np.ndarray, k0: int, indices: np.ndarray, first_block: int) -> None:
     """Row ``r`` of ``out`` (uint64 ``[len(indices), n]``) = words ``4 first_block ..`` of the Philox4x64-10 stream
-    keyed ``(k0, indices[r])``."""
-    for r, i in enumerate(indices):
-        bg = np.random.Philox(key=np.array([k0, i], dtype=np.uint64),
-                              counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
-        out[r] = bg.random_raw(out.shape[1])
+    keyed ``(k0, indices[r])``. Large fills split their rows over ``torch.get_num_threads()`` threads (each row is
+    its own stream: the same words whatever the split)."""
+    def rows(rs) -> None:
+        for r in rs:
+            bg = np.random.Philox(key=np.array([k0, indices[r]], dtype=np.uint64),
+                                  counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
+            out[r] = bg.random_raw(out.shape[1])
+
+    workers = min(torch.get_num_threads(), out.shape[0])
+    if workers < 2 or out.size < THREADED_WORDS:
+        rows(range(out.shape[0]))
+        return
+    list(_pool(workers).map(rows, [range(w, out.shape[0], workers) for w in range(workers)]))
 
 
 @dataclass(eq=False)
@@ -91,7 +158,7 @@ class SampleNoise:
         if step < 0:
             raise ConfigError("SampleNoise.normal", step, "step >= 0")
         k0 = self.key(layer, kind, step)
-        out = np.empty((len(self.indices), n_samples * words_per), dtype=np.uint64)
+        out = WORKSPACE.take_words((len(self.indices), n_samples * words_per))
         fill_streams(out, k0, self.indices, first * (words_per // 4))
         z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]
         return z.to(device)

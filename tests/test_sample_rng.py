@@ -9,6 +9,7 @@ from scipy import stats
 from torch import nn
 
 import anvm_stats as av
+import anvm_stats.sample_rng as sr
 from anvm_stats.sample_rng import SampleNoise
 
 from tests.helpers import make_data, make_mlp
@@ -175,3 +176,30 @@ def test_grouped_and_same_padded_convolutions_run_per_mvm(mapping):
     b = _run(net, spec, (x, y), n_instances=3, seed=1, samples_per_batch=4)
     np.testing.assert_array_equal(a.correct_count.values, b.correct_count.values)
     np.testing.assert_allclose(a.loss.values, b.loss.values, rtol=2e-5, atol=1e-6)
+
+
+def test_threaded_fills_and_reused_buffers_give_the_same_normals(monkeypatch):
+    """Rows drawn by several threads, and buffers reused from a larger call, change no value: the same normals as
+    single-threaded fresh fills, for shapes that shrink and grow between calls."""
+    def draws():
+        sr.release_workspace()
+        s = SampleNoise(np.random.SeedSequence(5), np.arange(6))
+        return [s.normal(2, "read", first, n, per) for first, n, per in [(0, 9, 300), (4, 3, 13), (1, 20, 700)]]
+
+    monkeypatch.setattr(sr, "THREADED_WORDS", 1 << 62)       # one thread, fresh buffers for every call
+    monkeypatch.setattr(sr, "WORKSPACE", sr.Workspace())
+    fresh = []
+    for first, n, per in [(0, 9, 300), (4, 3, 13), (1, 20, 700)]:
+        sr.release_workspace()
+        fresh.append(SampleNoise(np.random.SeedSequence(5), np.arange(6)).normal(2, "read", first, n, per))
+    monkeypatch.setattr(sr, "THREADED_WORDS", 1)              # every fill threaded, buffers reused
+    again = draws()
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again))
+    assert sr.WORKSPACE.words.size >= 6 * 20 * 352           # kept after the largest call
+
+
+def test_the_engine_frees_the_per_mvm_buffers_after_a_run():
+    net, data = make_mlp(sizes=(8, 16, 4)), make_data(n=10, n_classes=4)
+    spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.02)))
+    av.sweep(net, spec, data, n_instances=3, progress=False)
+    assert sr.WORKSPACE.words is None and sr.WORKSPACE.floats == [None] * 4

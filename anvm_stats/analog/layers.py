@@ -378,7 +378,7 @@ class AnalogModule(nn.Module):
                 xs = xs + p.bias_scale ** 2
             c = self._channel_view(gain * rv.sqrt()[:, None], nsp)                            # [S, O, 1...]
             noise = z[:, :, 0].mul_(c[0]) if S == 1 else (z * c).sum(dim=2)
-            return torch.addcmul(y, noise, xs.sqrt_())
+            return y.addcmul_(noise, xs.sqrt_())          # y: this layer's fresh product (no new pages to fault in)
         sd = self._read_variance(x, rt, shared, K, Bt).sqrt_()                                # [K|1, Bt, S*O, ...]
         sd = sd.view(sd.shape[0], Bt, S, O, *y.shape[3:]).mul_(self._channel_view(gain, nsp))
         return y + (z.mul_(sd).sum(dim=2) if S > 1 else z[:, :, 0].mul_(sd[:, :, 0]))
