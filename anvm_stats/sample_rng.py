@@ -30,8 +30,8 @@ KINDS = {"read": 0, "output": 1}
 
 
 class Workspace(threading.local):
-    """Buffers of the per-MVM pipeline (raw words, the float halves, radius and cosine), reused from call to
-    call in this thread and grown as needed.
+    """Float buffers of the per-MVM pipeline (the two halves of every word, radius, cosine, and the normals of
+    :meth:`SampleNoise.normal` with ``scratch``), reused from call to call in this thread and grown as needed.
 
     A run draws per-MVM normals for every layer and batch (tens of MB each on a convolution); fresh buffers of that
     size are new pages for the kernel to fault in and zero at every call, which cost more than the draws
@@ -39,25 +39,17 @@ class Workspace(threading.local):
     at the end of a run (:func:`release_workspace`)."""
 
     def __init__(self):
-        self.words: np.ndarray | None = None
-        self.floats: list[Tensor | None] = [None, None, None, None]
-
-    def take_words(self, shape: tuple[int, int]) -> np.ndarray:
-        """A uint64 array of ``shape`` (contents undefined)."""
-        n = shape[0] * shape[1]
-        if self.words is None or self.words.size < n:
-            self.words = np.empty(n, dtype=np.uint64)
-        return self.words[:n].reshape(shape)
+        self.floats: list[Tensor | None] = [None] * 5
 
     def take_floats(self, i: int, n: int) -> Tensor:
-        """Float32 buffer ``i`` (0..3) of ``n`` elements (contents undefined)."""
+        """Float32 buffer ``i`` (0..4) of ``n`` elements (contents undefined)."""
         buf = self.floats[i]
         if buf is None or buf.numel() < n:
             buf = self.floats[i] = torch.empty(n)
         return buf[:n]
 
     def release(self) -> None:
-        self.words, self.floats = None, [None, None, None, None]
+        self.floats = [None] * 5
 
 
 #: this thread's workspace of the per-MVM pipeline
@@ -69,26 +61,35 @@ def release_workspace() -> None:
     WORKSPACE.release()
 
 
+def box_muller(lo: Tensor, hi: Tensor, out: Tensor | None = None) -> Tensor:
+    """Two standard normals per word from its 32-bit halves as floats (``lo``, ``hi`` ``[n]``, overwritten):
+    ``[n, 2]`` (into ``out`` when given), the cosine branch first (``u1 = hi * 2^-32 + 2^-33``,
+    ``theta = 2 pi lo 2^-32``)."""
+    n = lo.shape[0]
+    r = torch.add(2.0 ** -33, hi, alpha=2.0 ** -32, out=WORKSPACE.take_floats(2, n)).log_().mul_(-2.0).sqrt_()
+    theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
+    out = torch.empty(n, 2) if out is None else out.view(n, 2)
+    torch.mul(torch.cos(theta, out=WORKSPACE.take_floats(3, n)), r, out=out[:, 0])
+    torch.mul(theta.sin_(), r, out=out[:, 1])
+    return out
+
+
 def normals_from_words(words: np.ndarray) -> Tensor:
     """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``.
 
-    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius. The output is
-    a new tensor; the intermediate buffers are :data:`WORKSPACE`'s."""
+    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius."""
     pairs = words.view(np.uint32).reshape(-1, 2)                        # (lo, hi) halves of every word
-    n = pairs.shape[0]
-    lo, hi, r, cosine = (WORKSPACE.take_floats(i, n) for i in range(4))
-    np.copyto(lo.numpy(), pairs[:, 0], casting="unsafe")               # contiguous halves: fast elementwise passes
+    lo, hi = (WORKSPACE.take_floats(i, pairs.shape[0]) for i in range(2))
+    np.copyto(lo.numpy(), pairs[:, 0], casting="unsafe")
     np.copyto(hi.numpy(), pairs[:, 1], casting="unsafe")
-    torch.add(2.0 ** -33, hi, alpha=2.0 ** -32, out=r).log_().mul_(-2.0).sqrt_()
-    theta = lo.mul_(2.0 * math.pi * 2.0 ** -32)
-    out = torch.empty(n, 2)
-    torch.mul(torch.cos(theta, out=cosine), r, out=out[:, 0])
-    torch.mul(theta.sin_(), r, out=out[:, 1])
-    return out.view(*words.shape[:-1], 2 * words.shape[-1])
+    return box_muller(lo, hi).view(*words.shape[:-1], 2 * words.shape[-1])
 
 
 #: words of a fill from which its rows are drawn by several threads (NumPy's Philox releases the GIL)
 THREADED_WORDS = 1 << 16
+#: words drawn per NumPy call (16K words, 128 KB: each piece is converted while in cache, and below glibc's
+#: threshold for fresh mmap'ed pages)
+PIECE_WORDS = 1 << 14
 _POOL: list[ThreadPoolExecutor] = []
 
 
@@ -101,21 +102,27 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return _POOL[0]
 
 
-def fill_streams(out: np.ndarray, k0: int, indices: np.ndarray, first_block: int) -> None:
-    """Row ``r`` of ``out`` (uint64 ``[len(indices), n]``) = words ``4 first_block ..`` of the Philox4x64-10 stream
-    keyed ``(k0, indices[r])``. Large fills split their rows over ``torch.get_num_threads()`` threads (each row is
-    its own stream: the same words whatever the split)."""
+def fill_halves(lo: np.ndarray, hi: np.ndarray, k0: int, indices: np.ndarray, first_block: int) -> None:
+    """Row ``r`` of ``lo`` and ``hi`` (float32 ``[len(indices), n]``) = the low and high 32-bit halves of words
+    ``4 first_block ..`` of the Philox4x64-10 stream keyed ``(k0, indices[r])``, as floats. Large fills split
+    their rows over ``torch.get_num_threads()`` threads (each row is its own stream: the same values whatever the
+    split)."""
+    n = lo.shape[1]
+
     def rows(rs) -> None:
         for r in rs:
             bg = np.random.Philox(key=np.array([k0, indices[r]], dtype=np.uint64),
                                   counter=np.array([first_block, 0, 0, 0], dtype=np.uint64))
-            out[r] = bg.random_raw(out.shape[1])
+            for a in range(0, n, PIECE_WORDS):
+                pairs = bg.random_raw(min(PIECE_WORDS, n - a)).view(np.uint32).reshape(-1, 2)
+                np.copyto(lo[r, a:a + pairs.shape[0]], pairs[:, 0], casting="unsafe")
+                np.copyto(hi[r, a:a + pairs.shape[0]], pairs[:, 1], casting="unsafe")
 
-    workers = min(torch.get_num_threads(), out.shape[0])
-    if workers < 2 or out.size < THREADED_WORDS:
-        rows(range(out.shape[0]))
+    workers = min(torch.get_num_threads(), lo.shape[0])
+    if workers < 2 or lo.size < THREADED_WORDS:
+        rows(range(lo.shape[0]))
         return
-    list(_pool(workers).map(rows, [range(w, out.shape[0], workers) for w in range(workers)]))
+    list(_pool(workers).map(rows, [range(w, lo.shape[0], workers) for w in range(workers)]))
 
 
 @dataclass(eq=False)
@@ -148,9 +155,12 @@ class SampleNoise:
         return self._keys[(layer, kind, step)]
 
     def normal(self, layer: int, kind: str, first: int, n_samples: int, per_sample: int,
-               device: torch.device | str = "cpu", step: int = 0) -> Tensor:
+               device: torch.device | str = "cpu", step: int = 0, scratch: bool = False) -> Tensor:
         """Standard normals ``[K, n_samples, per_sample]`` of samples ``first .. first + n_samples - 1``: entry
-        ``[r, b, j]`` depends only on (seed, ``indices[r]``, layer, kind, ``step``, sample ``first + b``, ``j``)."""
+        ``[r, b, j]`` depends only on (seed, ``indices[r]``, layer, kind, ``step``, sample ``first + b``, ``j``).
+
+        ``scratch``: on the CPU, the result lives in this thread's :data:`WORKSPACE` and is valid only until the
+        next ``scratch`` call (for callers that use it at once, as the analog layers do: no fresh pages)."""
         if first < 0 or n_samples < 0 or per_sample < 1:
             raise ConfigError("SampleNoise.normal", (first, n_samples, per_sample),
                               "first >= 0, n_samples >= 0, per_sample >= 1")
@@ -158,7 +168,9 @@ class SampleNoise:
         if step < 0:
             raise ConfigError("SampleNoise.normal", step, "step >= 0")
         k0 = self.key(layer, kind, step)
-        out = WORKSPACE.take_words((len(self.indices), n_samples * words_per))
-        fill_streams(out, k0, self.indices, first * (words_per // 4))
-        z = normals_from_words(out.reshape(len(self.indices), n_samples, words_per))[..., :per_sample]
+        K, n = len(self.indices), n_samples * words_per
+        lo, hi = (WORKSPACE.take_floats(i, K * n) for i in range(2))
+        fill_halves(lo.numpy().reshape(K, n), hi.numpy().reshape(K, n), k0, self.indices, first * (words_per // 4))
+        out = WORKSPACE.take_floats(4, 2 * K * n) if scratch else None
+        z = box_muller(lo, hi, out).view(K, n_samples, 2 * words_per)[..., :per_sample]
         return z.to(device)

@@ -389,7 +389,7 @@ class AnalogModule(nn.Module):
         n = 1
         for d in shape[2:]:
             n *= d
-        z = rt.mvm_noise.normal(rt.layer, kind, rt.first_sample, B, n * T, device, step=step)
+        z = rt.mvm_noise.normal(rt.layer, kind, rt.first_sample, B, n * T, device, step=step, scratch=True)
         if T == 1:
             return z.view(shape)
         return z.view(shape[0], B, n, T).transpose(2, 3).reshape(shape)

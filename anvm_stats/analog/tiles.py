@@ -309,7 +309,7 @@ def noise_normals(noise, layer: int, kind: str, first: int, B: int, shape: tuple
     per sample), keyed by each sample's index (drawn sample-major; the view adds them to partial sums
     ``[K, S, R, O, B*L]`` without a copy)."""
     S, R, O, L = shape
-    z = noise.normal(layer, kind, first, B, S * R * O * L, device, step=step)
+    z = noise.normal(layer, kind, first, B, S * R * O * L, device, step=step, scratch=True)
     return z.view(-1, B, S, R, O, L).permute(0, 2, 3, 4, 1, 5)
 
 
