@@ -202,4 +202,4 @@ def test_the_engine_frees_the_per_mvm_buffers_after_a_run():
     net, data = make_mlp(sizes=(8, 16, 4)), make_data(n=10, n_classes=4)
     spec = av.HardwareSpec(effects=(av.ProgrammingNoise(sigma=0.05), av.ReadNoise(sigma=0.02)))
     av.sweep(net, spec, data, n_instances=3, progress=False)
-    assert sr.WORKSPACE.floats == [None] * 4
+    assert sr.WORKSPACE.floats == [None] * 5
