@@ -195,6 +195,10 @@ def test_threaded_fills_and_reused_buffers_give_the_same_normals(monkeypatch):
     monkeypatch.setattr(sr, "THREADED_WORDS", 1)              # every fill threaded, buffers reused
     again = draws()
     assert all(torch.equal(a, b) for a, b in zip(fresh, again))
+    s = SampleNoise(np.random.SeedSequence(5), np.arange(6))
+    scratch = [s.normal(2, "read", first, n, per, scratch=True).clone()
+               for first, n, per in [(0, 9, 300), (4, 3, 13), (1, 20, 700)]]
+    assert all(torch.equal(a, b) for a, b in zip(fresh, scratch))
     assert sr.WORKSPACE.floats[0].numel() >= 6 * 20 * 352    # kept after the largest call
 
 
