@@ -14,6 +14,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 SeedLike = Union[int, np.random.SeedSequence, None]
 
 
@@ -37,7 +39,6 @@ def root_sequence(seed: SeedLike) -> np.random.SeedSequence:
     if isinstance(seed, np.random.SeedSequence):
         return seed
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        from .errors import ConfigError
         raise ConfigError("seed", seed, "a non-negative int, a numpy SeedSequence or None")
     return np.random.SeedSequence(None if seed is None else int(seed))
 

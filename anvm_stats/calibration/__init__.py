@@ -9,9 +9,10 @@ from typing import Mapping, Sequence
 import xarray as xr
 from torch import nn
 
-from .. import dims
+from .. import dims, stats
 from ..errors import ConfigError
 from ..hardware.spec import HardwareSpec
+from ..montecarlo import evaluate
 from ..rng import SeedLike
 from .adapt import calibrate
 from .options import CalibrationOptions
@@ -63,8 +64,6 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
         ``accuracy[m] - accuracy[baseline]`` with its paired-t interval ``gain_interval``
         ``(recovery, ci_bound)``; attrs ``baseline``, ``confidence``.
     """
-    from .. import stats
-
     if isinstance(models, nn.Module):
         models = {"naive": models}
     if not models:
@@ -72,7 +71,6 @@ def compare_recovery(models: nn.Module | Mapping[str, nn.Module], spec: Hardware
     acc, loss = {}, {}
     for name, model in models.items():
         if not params:
-            from ..montecarlo import evaluate
             ds = evaluate(model, spec, data, n_instances=n_instances, seed=seed, progress=progress)
             acc[name], loss[name] = ds[dims.ACCURACY], ds[dims.LOSS]
         for p in params:

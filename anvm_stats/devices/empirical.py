@@ -24,6 +24,7 @@ from scipy.stats import norm
 from ..errors import ConfigError, check, check_number
 from ..hardware.effects import Bounds
 from ..hardware.registry import register
+from ..hardware.spec import HardwareSpec
 
 Tensor = torch.Tensor
 
@@ -350,7 +351,6 @@ class EmpiricalDevice:
 
     def spec(self, **kwargs):
         """A :class:`~anvm_stats.hardware.HardwareSpec` with this device alone and the device's ``g_min``."""
-        from ..hardware.spec import HardwareSpec
 
         kwargs.setdefault("name", f"empirical({len(self.levels)} levels)")
         return HardwareSpec(effects=(self,), g_min=self.g_min, **kwargs)

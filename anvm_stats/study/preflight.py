@@ -7,9 +7,12 @@ import math
 import os
 from pathlib import Path
 
-from ..checks import RESULT_BYTES_PER_CELL, memory_bytes
+import torch
+
+from ..checks import RESULT_BYTES_PER_CELL, check_model_data, memory_bytes
 from ..errors import ConfigError
 from .config import Ctx, Study
+from .train import build
 from .values import NAME_ALLOWED, SAFE_NAME
 
 def check_folders(paths: dict[str, str | os.PathLike | None]) -> None:
@@ -73,11 +76,6 @@ def check_data(study: Study, datasets) -> None:
     """Refuse data the model of ``study`` cannot score: inputs of another size, labels outside its outputs. The
     model is built on the meta device (shapes only: nothing is allocated or computed). The error names the data
     field and points at ``[data]``'s line."""
-    import torch
-
-    from ..checks import check_model_data
-    from .train import build
-
     with torch.device("meta"):
         model = build(study.model, study.seed)
     c = Ctx(study.text, study.source)

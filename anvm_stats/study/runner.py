@@ -40,6 +40,8 @@ from ..hessian import layer_sensitivity
 from ..io import load, save
 from ..metrics import token_loss
 from ..montecarlo import RunOptions, sweep
+from ..parallel import DaskExecutor, connect, hash_model
+from ..parallel.tasks import hash_json
 from ..report import write_report
 from ..stats import sequential_estimate
 from .config import Study
@@ -98,13 +100,10 @@ class _Ctx:
         """The executor of one sweep call (None: in process); with a store folder, a Dask store named by a hash of
         what the call computes (model weights, chip, instances, seed, grid), so re-running the study resumes each
         sweep."""
-        from ..parallel import DaskExecutor
         if self.client is None:
             return None
         if self.store_dir is None:
             return DaskExecutor(self.client)
-        from ..parallel import hash_model
-        from ..parallel.tasks import hash_json
         key = hash_json({"model": hash_model(model), "spec": spec.to_json(), "seed": self.seed,
                          "instances": [int(instances[0]), int(instances[-1]), len(instances)],
                          "grid": {k: [float(x) for x in v] for k, v in self.grids()[0].items()},
@@ -312,8 +311,6 @@ def run_study(study: Study, *, out: str | Path | None = None, device=None, progr
     if store is not None:
         Path(store).mkdir(parents=True, exist_ok=True)
     dask = scheduler is not None or workers is not None or store is not None
-    if dask:
-        from ..parallel import connect
     parts, times = [], {"train_s": 0.0, "sweep_s": 0.0}
     with connect(scheduler=scheduler, n_workers=workers or 2) if dask else contextlib.nullcontext() as client:
         for seed in seeds:

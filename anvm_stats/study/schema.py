@@ -71,9 +71,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from .. import models
 from ..calibration import CalibrationOptions, calibrate
 from ..errors import ConfigError
 from ..hardware.spec import KNOBS, HardwareSpec
+from ..metrics import BUILTIN
 from ..training import HASGDConfig, train_hasgd
 from .config import (PLOTS, Ctx, DataConfig, ModelConfig, OutputsConfig, RecoveryConfig, Study, StudyError,
                      SweepConfig, TrainingConfig)
@@ -94,8 +96,6 @@ _TRAIN_KEYS = ("method", "epochs", "lr", "batch_size", "samples", "sigma_train",
 
 
 def _model(c: Ctx, raw: dict) -> ModelConfig:
-    from .. import models
-
     c.table(raw, "model", ("name", "args", "seed", "weights"))
     if "name" not in raw:
         raise c.error("model.name", None, f"a zoo model name, one of {list(models.MODELS)} (required)")
@@ -288,8 +288,6 @@ def _sweep(c: Ctx, raw: dict, hardware: dict[str, HardwareSpec]) -> SweepConfig:
 
 def _metric_names(c: Ctx, raw) -> tuple[str, ...]:
     """``sweep.metrics``: distinct built-in metric names, ``accuracy`` among them."""
-    from ..metrics import BUILTIN
-
     if not isinstance(raw, list) or not raw:
         raise c.error("sweep.metrics", raw, f"a non-empty list of built-in metric names: {sorted(BUILTIN)}")
     names = tuple(c.string(f"sweep.metrics[{i}]", m, tuple(sorted(BUILTIN))) for i, m in enumerate(raw))

@@ -11,6 +11,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from ..devices import EmpiricalDevice, NeuRRAMNoise, PCMDrift, PCMProgrammingNoise, PCMReadNoise
 from ..hardware import (
     BitSlicedMapping, Bounds, ConductanceLevels, DifferentialMapping, Drift, HardwareSpec, OffsetMapping, Periphery,
     ProgrammingNoise, Quantizer, ReadNoise, StuckAt,
@@ -68,11 +69,9 @@ def _drift(draw):
 
 
 @st.composite
-def empirical_devices(draw, *, per_level: int = 200) -> "EmpiricalDevice":
+def empirical_devices(draw, *, per_level: int = 200) -> EmpiricalDevice:
     """An :class:`~anvm_stats.devices.EmpiricalDevice` fitted to a small synthetic table: 2..8 levels,
     state-dependent Gaussian error, a few stuck cells."""
-    from ..devices import EmpiricalDevice
-
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     levels = np.linspace(0.1, 0.9, draw(st.integers(2, 8)))
     a, b = draw(_finite(0.0, 0.02)), draw(_finite(0.0, 0.05))
@@ -85,8 +84,6 @@ def empirical_devices(draw, *, per_level: int = 200) -> "EmpiricalDevice":
 
 
 def _device_effects():
-    from ..devices import NeuRRAMNoise, PCMDrift, PCMProgrammingNoise, PCMReadNoise
-
     return [
         empirical_devices(),
         st.builds(PCMProgrammingNoise, scale=_finite(0.0, 3.0), clip=st.booleans()),

@@ -286,6 +286,37 @@ def _restore(net: nn.Module, opt, state: dict | None) -> tuple[int, int, list]:
     return int(state["epoch"]), int(state["step"]), list(state["history"])
 
 
+def _resume(checkpoint, seed: SeedLike, cfg: HASGDConfig, **fingerprinted) -> tuple[dict | None, object, str]:
+    """The checkpoint state to resume (None: a fresh run), the run's root ``SeedSequence`` (a resumed run without
+    ``seed`` reuses the checkpoint's entropy) and the run's fingerprint; a checkpoint written with other arguments
+    raises the ``ConfigError`` of :func:`load_checkpoint` naming the mismatch."""
+    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if seed is None and state is not None:
+        seed = int(state["seed_entropy"])
+    root = root_sequence(seed)
+    fp = _run_fingerprint(cfg, root=root, **fingerprinted)
+    if state is not None and state["fingerprint"] != fp:
+        load_checkpoint(checkpoint, fingerprint=fp)
+    return state, root, fp
+
+
+def _adc_in_the_loop(net: nn.Module, targets, cfg: HASGDConfig, data, device) -> tuple:
+    """The ADC observer of the analog layers' outputs and its calibration inputs (the first ``n_calibration``
+    training samples), or ``(None, None)`` without ``adc_levels``."""
+    if cfg.adc_levels is None:
+        return None, None
+    adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), cfg.adc_levels, cfg.adc_percentile)
+    return adc, first_samples(data, cfg.n_calibration).to(device)
+
+
+def _check_finite(row: dict, epoch: int, optimizer, mode: str) -> None:
+    """Raise ``FloatingPointError`` when an epoch that took steps ended with a non-finite training loss."""
+    if not math.isfinite(row["train_loss"]) and _took_steps(row):
+        raise FloatingPointError(f"HA-SGD diverged: training loss {row['train_loss']} in epoch {epoch} (lr "
+                                 f"{row['lr']:g}, optimizer {optimizer!r}, mode {mode!r}); lower lr (strong "
+                                 f"device noise, e.g. stuck-at faults, needs a smaller step)")
+
+
 def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: int = 8, epochs: int = 10,
                 lr: float | Sequence[float] | Callable = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                 batch_size: int = 128, optimizer: str | Callable = "sgd", seed: SeedLike = 0, mode: str = "split",
@@ -363,22 +394,13 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
     loss_fn = loss_fn or F.cross_entropy
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device
-    state = load_checkpoint(checkpoint) if checkpoint is not None else None
-    if seed is None and state is not None:
-        seed = int(state["seed_entropy"])
-    root = root_sequence(seed)
-    fp = _run_fingerprint(cfg, spec=spec, layers=layers, model=model, data=data, loss_fn=loss_fn,
-                          sigma_schedule=sigma_schedule, root=root)
-    if state is not None and state["fingerprint"] != fp:
-        load_checkpoint(checkpoint, fingerprint=fp)   # raises the ConfigError naming the mismatch
+    state, root, fp = _resume(checkpoint, seed, cfg, spec=spec, layers=layers, model=model, data=data,
+                              loss_fn=loss_fn, sigma_schedule=sigma_schedule)
     targets = perturb_targets(net, layers=layers, perturb_batchnorm=perturb_batchnorm) \
         if (spec is not None or adc_levels is not None) else ()
     opt = _make_optimizer(cfg, net.parameters(), _per_epoch(lr, 0, "lr"))
     epoch0, step, rows = _restore(net, opt, state)
-    adc, calib_x = None, None
-    if adc_levels is not None:
-        adc = ADCInTheLoop(net, adc_points(net, [t.name for t in targets]), adc_levels, adc_percentile)
-        calib_x = first_samples(data, n_calibration).to(device)
+    adc, calib_x = _adc_in_the_loop(net, targets, cfg, data, device)
     tensors = as_tensors(data)
     if tensors is not None:
         tensors = tensors[0].to(device), tensors[1].to(device)
@@ -388,10 +410,7 @@ def train_hasgd(model: nn.Module, spec: HardwareSpec | None, data, *, samples: i
                                targets=targets, adc=adc, calib_x=calib_x, loss_fn=loss_fn, lr=lr,
                                sigma_schedule=sigma_schedule, batch_size=batch_size, eval_data=eval_data,
                                eval_instances=eval_instances, layers=layers, device=device)
-        if not math.isfinite(row["train_loss"]) and _took_steps(row):
-            raise FloatingPointError(f"HA-SGD diverged: training loss {row['train_loss']} in epoch {epoch} (lr "
-                                     f"{row['lr']:g}, optimizer {optimizer!r}, mode {mode!r}); lower lr (strong "
-                                     f"device noise, e.g. stuck-at faults, needs a smaller step)")
+        _check_finite(row, epoch, optimizer, mode)
         rows.append(row)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fp, model_state=net.state_dict(), optimizer_state=opt.state_dict(),
