@@ -74,17 +74,6 @@ def box_muller(lo: Tensor, hi: Tensor, out: Tensor | None = None) -> Tensor:
     return out
 
 
-def normals_from_words(words: np.ndarray) -> Tensor:
-    """Two standard normals per uint64 word (Box-Muller on its 32-bit halves): ``[..., n]`` -> ``[..., 2n]``.
-
-    Word ``j`` gives normals ``2j`` (cosine branch) and ``2j + 1`` (sine branch) of the same radius."""
-    pairs = words.view(np.uint32).reshape(-1, 2)                        # (lo, hi) halves of every word
-    lo, hi = (WORKSPACE.take_floats(i, pairs.shape[0]) for i in range(2))
-    np.copyto(lo.numpy(), pairs[:, 0], casting="unsafe")
-    np.copyto(hi.numpy(), pairs[:, 1], casting="unsafe")
-    return box_muller(lo, hi).view(*words.shape[:-1], 2 * words.shape[-1])
-
-
 #: words of a fill from which its rows are drawn by several threads (NumPy's Philox releases the GIL)
 THREADED_WORDS = 1 << 16
 #: words drawn per NumPy call (16K words, 128 KB: each piece is converted while in cache, and below glibc's

@@ -88,10 +88,10 @@ def tile_config(n_out: int, n_in: int) -> dict:
     return {"BM": 128, "BN": 256, "BK": 32, "num_warps": 8, "num_stages": 3}
 
 
-def usable(x: Tensor, n_effects: int) -> bool:
-    """Whether the fused kernel can run on ``x`` for a chip with ``n_effects`` program effects."""
-    return (x.is_cuda and x.dtype == torch.float32 and n_effects == 1
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda") and triton_importable())
+def usable(x: Tensor) -> bool:
+    """Whether the fused kernels can run on ``x``: float32 on CUDA, no gradients, no autocast, Triton here (the
+    callers check the chips: one program effect)."""
+    return (x.is_cuda and x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cuda") and triton_importable())
 
 
 def affine_linear(x: Tensor, w0: Tensor, coef: Tensor, z: Tensor, bias: Tensor | None, *, shared: bool, K: int,
@@ -118,7 +118,7 @@ def affine_linear(x: Tensor, w0: Tensor, coef: Tensor, z: Tensor, bias: Tensor |
     -------
     Tensor ``[K, B, O]``, contiguous, or None.
     """
-    if _BROKEN or not usable(x, 1) or K > MAX_GRID_Y or z.stride(-1) != 1:
+    if _BROKEN or not usable(x) or K > MAX_GRID_Y or z.stride(-1) != 1:
         return None
     O, n_in = w0.shape
     if x.stride(-1) != 1 or z.shape != (K, O, n_in) or x.shape[-1] != n_in:
@@ -246,7 +246,7 @@ def affine_mlp3(x: Tensor, layers: list[tuple], *, shared: bool, K: int, B: int,
     -------
     Tensor ``[K, B, out]``, contiguous, or None.
     """
-    if _BROKEN or _BROKEN_MLP3 or not usable(x, 1) or K > MAX_GRID_Y or len(layers) != 3 or x.stride(-1) != 1:
+    if _BROKEN or _BROKEN_MLP3 or not usable(x) or K > MAX_GRID_Y or len(layers) != 3 or x.stride(-1) != 1:
         return None
     (w1, _, z1, bias1), (w2, _, z2, bias2), (w3, _, z3, bias3) = layers
     dims = (w1.shape[1], w1.shape[0], w2.shape[0], w3.shape[0])

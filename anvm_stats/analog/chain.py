@@ -75,9 +75,7 @@ def run_chain(program, x: Tensor) -> Tensor | None:
                 or lazy.b0 is None or p.digital_bias is not None or m.relu_after != relu
                 or m._forward_hooks or m._forward_pre_hooks):
             return None
-        coef = lazy.coef[0]
-        bias = torch.addcmul(lazy.b0, lazy.zb[0], coef[:, 0]) * p.bias_scale
-        layers.append((lazy.w0, coef, lazy.zw[0], bias))
+        layers.append((lazy.w0, lazy.coef[0], lazy.zw[0], lazy.bias_values(p.bias_scale)))
         K = lazy.K
     B = x.shape[0]
     y = program.kernel.affine_mlp3(x.reshape(B, -1), layers, shared=True, K=K, B=B)

@@ -334,10 +334,8 @@ class AnalogModule(nn.Module):
         if (p.op != "linear" or rt.mode != "weights" or rt.sample_major or len(lazy.coef) != 1
                 or p.digital_bias is not None):
             return None
-        coef = lazy.coef[0]
-        bias = None if lazy.b0 is None else torch.addcmul(lazy.b0, lazy.zb[0], coef[:, 0]) * p.bias_scale
-        return self.kernel.affine_linear(x, lazy.w0, coef, lazy.zw[0], bias, shared=shared, K=K, B=B,
-                                         relu=self.relu_after)
+        return self.kernel.affine_linear(x, lazy.w0, lazy.coef[0], lazy.zw[0], lazy.bias_values(p.bias_scale),
+                                         shared=shared, K=K, B=B, relu=self.relu_after)
 
     def _out(self, y: Tensor, K: int, B: int) -> Tensor:
         """``[K, B, ...]`` outputs as the next layer reads them: ``[K*B, ...]``, or ``[B*K, ...]`` sample-major."""

@@ -98,6 +98,13 @@ class LazyAffine:
             self._weights = (w, b)
         return self._weights
 
+    def bias_values(self, scale: float) -> Tensor | None:
+        """Every chip's bias ``[K, O]``: bias-column values of the one program effect times the bias scale
+        (None without a bias column), as :meth:`weights` programs them."""
+        if self.b0 is None:
+            return None
+        return torch.addcmul(self.b0, self.zb[0], self.coef[0][:, 0]) * scale
+
     def shared_input_output(self, key: tuple, matmul: Callable, bias_scale: float) -> Tensor:
         """``x W^T`` for a shared input as ``nominal + coef * products`` (one effect only), ``[K, B, O, ...]``.
 
